@@ -1,0 +1,1 @@
+"""Chat platform adapters: one module per platform, found through the `chatops.adapters` entry points."""

@@ -1,0 +1,117 @@
+"""The base every chat platform adapter implements, plus the shared reconnect loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from chatops.message import Conversation, Incoming, MessageRef, Reply
+
+if TYPE_CHECKING:
+    from chatops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Incoming], Awaitable[list[Reply]]]
+"""Given to `Adapter.start`: routes one message. Replies are delivered through the outbox
+(back to the adapter's `send`), the returned list is only informational."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    edit: bool = False
+    images: bool = False
+    buttons: bool = False
+    max_text: int = 4000
+
+
+@dataclass
+class AdapterContext:
+    """What the app hands an adapter: its settings and where it may keep state."""
+
+    settings: Settings
+    data_dir: Path
+    # Best-effort notice to admins on other platforms (e.g. "WeChat login lost").
+    notify_admins: Callable[[str], Awaitable[None]] | None = None
+    # Audit an event the router never sees (e.g. a mail dropped for a missing secret):
+    # audit(identity_key, action, detail).
+    audit: Callable[[str, str, str], Awaitable[None]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DeliveryError(Exception):
+    """Raised by `send`/`edit`; the outbox retries unless `permanent`, after `retry_after` if set."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.permanent = permanent
+
+
+class Adapter(ABC):
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, ctx: AdapterContext) -> Adapter | None:
+        """Build the adapter from config, or None when it is not configured."""
+
+    @abstractmethod
+    async def start(self, handle: Handler) -> None:
+        """Begin receiving; returns once listening (background work runs in tasks)."""
+
+    @abstractmethod
+    async def send(self, conversation: Conversation, reply: Reply) -> MessageRef: ...
+
+    async def edit(self, ref: MessageRef, reply: Reply) -> MessageRef:
+        """Replace a sent message; platforms that cannot edit send a new one."""
+        return await self.send(ref.conversation, reply)
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+
+async def reconnect_forever(
+    connect: Callable[[], Awaitable[None]],
+    *,
+    name: str,
+    min_delay: float = 1.0,
+    max_delay: float = 60.0,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run `connect` until `stop` is set, backing off with full jitter after each failure.
+
+    `connect` should run for as long as the connection lives and return or raise when it drops;
+    a connection that lived longer than `max_delay` resets the back-off.
+    """
+    delay = min_delay
+    loop = asyncio.get_running_loop()
+    while stop is None or not stop.is_set():
+        began = loop.time()
+        try:
+            await connect()
+            if stop is not None and stop.is_set():
+                return
+            log.warning("%s: connection closed; reconnecting", name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any network or protocol failure: back off and retry
+            log.warning("%s: connection failed: %s", name, exc.__class__.__name__ + ": " + str(exc))
+        if loop.time() - began > max_delay:
+            delay = min_delay
+        wait = random.uniform(0, delay)
+        delay = min(max_delay, delay * 2)
+        if stop is None:
+            await asyncio.sleep(wait)
+        else:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+            except TimeoutError:
+                pass

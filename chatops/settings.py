@@ -1,0 +1,190 @@
+"""Configuration: a TOML file (`--config` / CHATOPS_CONFIG) overridden by CHATOPS_<SECTION>__<KEY>.
+
+Secrets are `SecretStr` so they never show up in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "chatops"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @property
+    def configured(self) -> bool:
+        """Whether the platform has enough config to start (its adapter is enabled)."""
+        return False
+
+
+class AuthSettings(Section):
+    """Identity patterns (globs) per role; nobody else may do anything."""
+
+    admins: list[str] = Field(default_factory=list)
+    operators: list[str] = Field(default_factory=list)
+    viewers: list[str] = Field(default_factory=list)
+    # The local console user is admin: whoever can type into the bot's terminal owns the box.
+    console_admin: bool = True
+
+
+class JobsSettings(Section):
+    max_parallel: int = Field(1, ge=1, le=64)
+    stop_timeout: float = Field(10.0, gt=0, description="seconds between a graceful stop and a kill")
+    heartbeat_timeout: float = Field(60.0, gt=0, description="silence after which a job is lost")
+    datasets_dir: Path | None = Field(None, description="folder with MNIST/Fashion-MNIST IDX files")
+    python: str | None = Field(None, description="interpreter for runner processes")
+
+
+class NotifySettings(Section):
+    progress_seconds: float = Field(2.0, ge=0.2, description="minimum gap between live edits")
+    digest_seconds: float = Field(60.0, ge=1, description="digest interval where edits are impossible")
+    retry_max_seconds: float = Field(300.0, gt=0)
+
+
+class ConsoleSettings(Section):
+    enabled: bool | None = None  # None: on when no other adapter is configured
+    user: str = Field(default_factory=lambda: _safe_user())
+
+
+def _safe_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "local"
+
+
+class TelegramSettings(Section):
+    token: SecretStr | None = None
+    base_url: str | None = None
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str | None = None
+    listen: str = "0.0.0.0:8443"
+    secret_token: SecretStr | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.token is not None
+
+
+class SlackSettings(Section):
+    bot_token: SecretStr | None = None
+    signing_secret: SecretStr | None = None
+    app_token: SecretStr | None = None
+    base_url: str | None = None
+    listen: str = "0.0.0.0:3000"
+
+    @property
+    def configured(self) -> bool:
+        return self.bot_token is not None
+
+
+class EmailSettings(Section):
+    address: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    imap_host: str | None = None
+    imap_port: int | None = None
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    security: Literal["tls", "starttls", "none"] = "tls"
+    poll_seconds: float = Field(30.0, gt=0)
+    digest_minutes: float = Field(10.0, gt=0)
+    secret: SecretStr | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.imap_host is not None
+
+
+class WeChatSettings(Section):
+    enabled: bool = False
+    group_mention_only: bool = True
+    login_file: Path | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.enabled
+
+
+class WeComSettings(Section):
+    corp_id: str | None = None
+    agent_id: int | None = None
+    secret: SecretStr | None = None
+    token: SecretStr | None = None
+    aes_key: SecretStr | None = None
+    base_url: str | None = None
+    listen: str = "0.0.0.0:8088"
+
+    @property
+    def configured(self) -> bool:
+        return self.corp_id is not None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHATOPS_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    log_level: str = "INFO"
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
+    email: EmailSettings = Field(default_factory=EmailSettings)
+    wechat: WeChatSettings = Field(default_factory=WeChatSettings)
+    wecom: WeComSettings = Field(default_factory=WeComSettings)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "chatops.db"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+
+def load_settings(config: Path | str | None = None, data_dir: Path | str | None = None) -> Settings:
+    """Read settings: init arguments > environment > TOML file > defaults."""
+    path = config or os.environ.get("CHATOPS_CONFIG")
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+            return tuple(sources)
+
+    kwargs = {"data_dir": Path(data_dir)} if data_dir is not None else {}
+    loaded = _FromFile(**kwargs)
+    return Settings.model_validate(loaded.model_dump())

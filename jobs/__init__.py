@@ -1,0 +1,1 @@
+"""Training job management, usable as a library without any chat code."""

@@ -1,0 +1,122 @@
+"""Typed parameter schemas of job kinds.
+
+Each kind is a pydantic model. Field metadata (`json_schema_extra`) carries what the chat layer
+needs: `aliases` (short keys users type: `lr`, `bs`, `ep`, `wd`), and `live` for fields a running
+job may change. Validation is the only gate between chat text and a training process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+
+def param(default: Any, *aliases: str, live: bool = False, **kwargs: Any) -> Any:
+    """A schema field with short aliases, optionally changeable while the job runs."""
+    extra = {"aliases": list(aliases), "live": live}
+    return Field(
+        default,
+        validation_alias=AliasChoices(*aliases) if aliases else None,
+        json_schema_extra=extra,
+        **kwargs,
+    )
+
+
+class JobParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    @classmethod
+    def field_aliases(cls) -> dict[str, str]:
+        """Every accepted key (name or alias, lower-case) -> the field name."""
+        out: dict[str, str] = {}
+        for name, info in cls.model_fields.items():
+            out[name] = name
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            for alias in extra.get("aliases", []):  # type: ignore[union-attr]
+                out[str(alias).lower()] = name
+        return out
+
+    @classmethod
+    def live_fields(cls) -> set[str]:
+        return {
+            name
+            for name, info in cls.model_fields.items()
+            if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("live")
+        }
+
+
+class MXNetParams(JobParams):
+    """Gluon image classifier on digits (bundled) or MNIST / Fashion-MNIST (local IDX files)."""
+
+    model: Literal["mlp", "lenet"] = param("mlp", "net", "arch", description="network")
+    dataset: Literal["digits", "mnist", "fashion_mnist"] = param(
+        "digits", "data", "ds", description="data set (mnist/fashion_mnist read local IDX files)"
+    )
+    epochs: int = param(5, "ep", "ti", "epoch", ge=1, le=10_000, description="passes over the data")
+    batch_size: int = param(32, "bs", "batch", ge=1, le=65_536, description="samples per batch")
+    learning_rate: float = param(
+        0.05, "lr", "learning-rate", live=True, gt=0, le=10, description="optimizer step size"
+    )
+    weight_decay: float = param(0.0, "wd", ge=0, le=1, description="L2 penalty")
+    optimizer: Literal["sgd", "nag", "adam", "rmsprop", "adagrad"] = param(
+        "sgd", "opt", description="optimizer"
+    )
+    momentum: float = param(0.9, "mom", ge=0, lt=1, description="momentum (sgd, nag)")
+    context: str = param(
+        "cpu", "ctx", "device", pattern=r"^(cpu|gpu(:\d{1,2})?)$", description="cpu, gpu or gpu:N"
+    )
+    seed: int = param(42, ge=0, le=2**31 - 1, description="random seed")
+    report_seconds: float = param(
+        1.0, "report", ge=0.1, le=3600, description="seconds between progress reports"
+    )
+    max_samples: int | None = param(
+        None, "n", "samples", ge=1, description="use only the first N training samples"
+    )
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    params: type[JobParams]
+    runner_module: str  # run as `python -m <module> --job-dir DIR`
+    description: str = ""
+
+
+class KindRegistry:
+    """Job kinds by name; a deployment may register more (e.g. a PyTorch runner)."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, JobKind] = {}
+        self.default: str | None = None
+
+    def register(self, kind: JobKind, *, default: bool = False) -> None:
+        self._kinds[kind.name] = kind
+        if default or self.default is None:
+            self.default = kind.name
+
+    def get(self, name: str | None) -> JobKind:
+        key = name or self.default
+        if key is None or key not in self._kinds:
+            raise KeyError(name)
+        return self._kinds[key]
+
+    def names(self) -> list[str]:
+        return sorted(self._kinds)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+
+def default_registry() -> KindRegistry:
+    registry = KindRegistry()
+    registry.register(
+        JobKind("mxnet", MXNetParams, "jobs.runners.mxnet", MXNetParams.__doc__ or ""),
+        default=True,
+    )
+    return registry
+
+
+ParamsFactory = Callable[[dict[str, Any]], JobParams]
