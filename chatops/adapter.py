@@ -29,6 +29,8 @@ class Capabilities:
     images: bool = False
     buttons: bool = False
     max_text: int = 4000
+    # Minimum seconds between two messages to one conversation (platform rate limits).
+    min_interval: float = 0.0
 
 
 @dataclass

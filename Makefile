@@ -1,0 +1,32 @@
+# Two commands on a fresh machine with Python 3.11: `make demo` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# One resolver step, so scikit-learn cannot drag in numpy 2 (MXNet 1.9.1 needs numpy<1.24).
+	$(BIN)/python -m pip install -q -e ".[telegram,slack,email,wechat,test]" "numpy<1.24"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/chatops send "train epochs=5" --wait
+
+test: $(STAMP)
+	bash tests/ensure_dovecot.sh
+	$(BIN)/ruff check chatops adapters jobs tests bench
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check chatops adapters jobs tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/runner_overhead.py
+	$(BIN)/python bench/control_latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,131 @@
+"""Wiring: settings -> store, job manager, router, notifier and the configured adapters."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+
+from chatops.adapter import Adapter, AdapterContext
+from chatops.auth import Authorizer
+from chatops.commands import training
+from chatops.message import Incoming, Reply
+from chatops.notifier import Notifier
+from chatops.router import Router
+from chatops.settings import Section, Settings
+from chatops.specs import CommandRegistry
+from chatops.store import ChatStore
+from jobs.db import connect
+from jobs.executors.local import LocalExecutor
+from jobs.manager import JobManager
+from jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+BUILTIN_PLATFORMS = ("telegram", "slack", "email", "wechat", "wecom")
+
+
+class AdapterUnavailable(RuntimeError):
+    pass
+
+
+class App:
+    """One bot process. Build it, `await start()`, `await stop()`; no global state."""
+
+    def __init__(self, settings: Settings, adapters: list[Adapter] | None = None) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = connect(settings.db_path)
+        self.job_store = JobStore(self.db)
+        self.chat_store = ChatStore(self.db)
+        options = {"datasets_dir": str(settings.jobs.datasets_dir) if settings.jobs.datasets_dir else None}
+        self.manager = JobManager(
+            self.job_store,
+            LocalExecutor(python=settings.jobs.python),
+            settings.jobs_dir,
+            max_parallel=settings.jobs.max_parallel,
+            stop_timeout=settings.jobs.stop_timeout,
+            heartbeat_timeout=settings.jobs.heartbeat_timeout,
+            runner_options=options,
+        )
+        self.registry = CommandRegistry()
+        training.register(self.registry)
+        self.authorizer = Authorizer(settings.auth, settings.console.user)
+        self.router = Router(self.registry, self.chat_store, self.authorizer, app=self)
+        for kind in self.manager.registry.names():
+            self.router.param_keys |= set(self.manager.registry.get(kind).params.field_aliases())
+        self.adapters: dict[str, Adapter] = {}
+        self.notifier = Notifier(self.chat_store, self.manager, self.adapters, settings.notify, settings.data_dir / "spool")
+        self.manager.subscribe(self.notifier.on_job_event)
+        for adapter in adapters if adapters is not None else self._load_adapters():
+            self.adapters[adapter.name] = adapter
+
+    def context(self) -> AdapterContext:
+        return AdapterContext(
+            settings=self.settings,
+            data_dir=self.settings.data_dir,
+            notify_admins=self.notify_admins,
+            audit=self._audit,
+            extra={"commands": [(s.name, s.summary) for s in self.registry.specs()]},
+        )
+
+    def _load_adapters(self) -> list[Adapter]:
+        found = {ep.name: ep for ep in entry_points(group="chatops.adapters")}
+        wanted = [name for name in BUILTIN_PLATFORMS if _configured(getattr(self.settings, name))]
+        console = self.settings.console.enabled
+        if console or (console is None and not wanted):
+            wanted.insert(0, "console")
+        adapters: list[Adapter] = []
+        for name in wanted:
+            if name not in found:
+                raise AdapterUnavailable(f"adapter '{name}' is configured but not installed")
+            try:
+                cls = found[name].load()
+            except ImportError as exc:
+                raise AdapterUnavailable(
+                    f"adapter '{name}' needs its extra: pip install 'chatops[{name}]' ({exc})"
+                ) from None
+            adapter = cls.from_settings(self.context())
+            if adapter is not None:
+                adapters.append(adapter)
+        return adapters
+
+    async def handle(self, incoming: Incoming) -> list[Reply]:
+        """Route one message and queue its replies for delivery to the same conversation."""
+        replies = await self.router.handle(incoming)
+        for reply in replies:
+            self.notifier.enqueue(incoming.conversation, reply)
+        return replies
+
+    async def start(self) -> None:
+        await self.manager.start()
+        await self.notifier.start()
+        for adapter in self.adapters.values():
+            await adapter.start(self.handle)
+            log.info("adapter %s started", adapter.name)
+
+    async def stop(self) -> None:
+        for adapter in list(self.adapters.values()):
+            try:
+                await adapter.stop()
+            except Exception:
+                log.exception("stopping adapter %s failed", adapter.name)
+        await self.notifier.drain(timeout=2.0)
+        await self.notifier.close()
+        await self.manager.close()
+        self.db.close()
+
+    async def notify_admins(self, text: str) -> None:
+        """Tell admins on every platform where an admin pattern names a concrete chat."""
+        for pattern in self.settings.auth.admins:
+            platform, _, user = pattern.partition(":")
+            if platform in self.adapters and user and not any(c in user for c in "*?["):
+                self.notifier.enqueue(f"{platform}:{user}", Reply(text))
+
+    async def _audit(self, identity: str, action: str, detail: str) -> None:
+        self.chat_store.audit(identity, action, detail, allowed=False)
+
+
+def _configured(section: object) -> bool:
+    return isinstance(section, Section) and section.configured
+
+

@@ -1,0 +1,38 @@
+"""Roles from identity patterns: deny by default, globs allowed (`email:*@lab.example`)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from fnmatch import fnmatchcase
+
+from chatops.message import Identity
+from chatops.settings import AuthSettings
+
+
+class Role(IntEnum):
+    none = 0
+    viewer = 1
+    operator = 2
+    admin = 3
+
+
+class Authorizer:
+    def __init__(self, settings: AuthSettings, console_user: str | None = None) -> None:
+        self._patterns = [
+            (Role.admin, [p.lower() for p in settings.admins]),
+            (Role.operator, [p.lower() for p in settings.operators]),
+            (Role.viewer, [p.lower() for p in settings.viewers]),
+        ]
+        self._console_admin = f"console:{console_user}".lower() if settings.console_admin and console_user else None
+
+    def role_of(self, identity: Identity) -> Role:
+        key = identity.key.lower()
+        if key == self._console_admin:
+            return Role.admin
+        for role, patterns in self._patterns:
+            if any(fnmatchcase(key, p) for p in patterns):
+                return role
+        return Role.none
+
+    def admins_patterns(self) -> list[str]:
+        return list(self._patterns[0][1])

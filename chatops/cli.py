@@ -1,0 +1,144 @@
+"""`chatops run | send | jobs`: the command-line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from adapters.console import ConsoleAdapter
+from chatops.app import AdapterUnavailable, App
+from chatops.settings import Settings, load_settings
+from jobs.store import ACTIVE_STATES, QUEUED, SUCCEEDED, TERMINAL_STATES
+
+EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_CONFIG = 0, 1, 2, 3
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config, args.data_dir)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Bot API URLs embed the token; keep HTTP client request lines out of the log.
+    for noisy in ("httpx", "httpcore", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def _run(settings: Settings) -> int:
+    app = App(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    console = app.adapters.get("console")
+    names = ", ".join(app.adapters) or "none"
+    logging.getLogger("chatops").info("chatops running (adapters: %s; data: %s)", names, settings.data_dir)
+    waiters = [asyncio.create_task(stop.wait())]
+    if isinstance(console, ConsoleAdapter):
+        print(f"chatops ready ({names}). Type help; Ctrl-D to quit.", file=sys.stderr)
+        waiters.append(asyncio.create_task(_after_eof(app, console)))
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    await app.stop()
+    return EXIT_OK
+
+
+async def _after_eof(app: App, console: ConsoleAdapter) -> None:
+    """End of piped input: finish the jobs this session runs, deliver their reports, then exit."""
+    await console.eof.wait()
+    while app.job_store.list(ACTIVE_STATES | {QUEUED}, limit=1):
+        await asyncio.sleep(0.2)
+    await app.notifier.drain()
+
+
+async def _send(settings: Settings, text: str, wait: bool) -> int:
+    console = ConsoleAdapter(settings.console.user, read_input=False)
+    app = App(settings, adapters=[console])
+    await app.start()
+    try:
+        before = {j.id: (j.state, j.runs) for j in app.job_store.list(limit=200)}
+        replies = await app.handle(console.incoming(text))
+        await app.notifier.drain()
+        if any(r.error for r in replies):
+            return EXIT_REJECTED
+        started = [
+            j.id for j in app.job_store.list(limit=200)
+            if (j.state in ACTIVE_STATES | {QUEUED}) and before.get(j.id) != (j.state, j.runs)
+        ]  # fmt: skip
+        if not wait or not started:
+            if started and not wait:
+                print("(the job runs on in the background; follow it with: chatops run, or status)", file=sys.stderr)
+            return EXIT_OK
+        while True:
+            jobs = [app.job_store.get(i) for i in started]
+            if all(j is not None and j.state in TERMINAL_STATES for j in jobs):
+                break
+            await asyncio.sleep(0.2)
+        await app.notifier.drain()
+        return EXIT_OK if all(j is not None and j.state == SUCCEEDED for j in jobs) else EXIT_FAILED
+    finally:
+        await app.stop()
+
+
+def _jobs(settings: Settings) -> int:
+    from jobs.db import connect
+    from jobs.store import JobStore
+
+    store = JobStore(connect(settings.db_path))
+    jobs = store.list(limit=100)
+    if not jobs:
+        print("no jobs")
+    for j in jobs:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created_at))
+        acc = j.metrics.get("test_acc", j.metrics.get("val_acc"))
+        acc_text = f"acc {acc:.4f}" if isinstance(acc, int | float) else ""
+        print(f"{j.id:<8} {j.state:<10} {j.kind:<7} {when}  epochs {j.params.get('epochs', '?'):<4} {acc_text}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chatops", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML config file (or CHATOPS_CONFIG)")
+    parser.add_argument("--data-dir", type=Path, help="data directory (or CHATOPS_DATA_DIR)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("run", help="run the bot with the configured adapters (the console by default)")
+    send = sub.add_parser("send", help="send one message as the console user and print the replies")
+    send.add_argument("text")
+    send.add_argument("--wait", action="store_true", help="print progress until the started jobs end")
+    sub.add_parser("jobs", help="list jobs from the store")
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings(args)
+    except Exception as exc:  # bad config: one clear line, no traceback
+        print(f"chatops: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.cmd == "run":
+            _logging(settings.log_level)
+            return asyncio.run(_run(settings))
+        if args.cmd == "send":
+            _logging("WARNING")
+            return asyncio.run(_send(settings, args.text, args.wait))
+        return _jobs(settings)
+    except AdapterUnavailable as exc:
+        print(f"chatops: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

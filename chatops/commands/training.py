@@ -1,0 +1,364 @@
+"""The training commands: help, params, set, train, stop, pause, resume, status, jobs, logs, plot,
+follow, unfollow, whoami. Each is a declarative spec; help text and validation come from it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from chatops.auth import Role
+from chatops.message import Reply
+from chatops.notifier import job_buttons
+from chatops.render import duration, metrics_text, progress_from, progress_text
+from chatops.router import CommandContext
+from chatops.specs import CommandError, CommandRegistry, CommandSpec
+from chatops.validation import describe, map_keys
+from jobs.manager import JobError, log_tail
+from jobs.schemas import JobParams
+from jobs.store import ACTIVE_STATES, PAUSED, QUEUED, TERMINAL_STATES, Job
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobRef(_Args):
+    job: str | None = Field(None, description="job id (default: the latest)")
+
+
+class TrainArgs(_Args):
+    kind: str | None = Field(None, description="job kind (default: mxnet)")
+    resume: str | None = Field(None, description="id of a stopped job to continue from its checkpoint")
+
+
+class LogsArgs(JobRef):
+    n: int = Field(20, ge=1, le=500, description="number of lines")
+
+
+class HelpArgs(_Args):
+    command: str | None = None
+
+
+class ParamsArgs(_Args):
+    kind: str | None = None
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _find_job(ctx: CommandContext, ref: str | None, states: frozenset[str] | set[str] | None = None) -> Job:
+    manager = ctx.app.manager
+    if ref:
+        try:
+            return manager.require(ref.lower().removeprefix("#"))
+        except JobError as exc:
+            raise CommandError(ctx.tr(str(exc) + ". Send jobs for the list.", f"没有任务 {ref}。发送 任务 查看列表。")) from None
+    jobs = manager.store.list(states, limit=1) if states else manager.store.list(limit=1)
+    if not jobs:
+        raise CommandError(ctx.tr("No matching job. Send jobs for the list.", "没有符合的任务。"))
+    return jobs[0]
+
+
+def _kind_model(ctx: CommandContext, kind: str | None) -> tuple[str, type[JobParams]]:
+    try:
+        job_kind = ctx.app.manager.registry.get(kind)
+    except KeyError:
+        names = ", ".join(ctx.app.manager.registry.names())
+        raise CommandError(f"Unknown job kind '{kind}'. Kinds: {names}") from None
+    return job_kind.name, job_kind.params
+
+
+def _validated(model: type[JobParams], raw: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    mapped, errors = map_keys(model, raw, model.field_aliases())
+    if errors:
+        raise CommandError("\n".join(errors))
+    try:
+        return model.model_validate({**base, **mapped}).model_dump(mode="json")
+    except ValidationError as exc:
+        raise CommandError("\n".join(describe(exc, model.field_aliases()))) from None
+
+
+def _summary(job: Job) -> str:
+    p = job.params
+    bits = [str(p.get(k)) for k in ("model", "dataset") if p.get(k)]
+    if "epochs" in p:
+        bits.append(f"{p['epochs']} epochs")
+    if "learning_rate" in p:
+        bits.append(f"lr {p['learning_rate']}" + (f" ({p['optimizer']})" if "optimizer" in p else ""))
+    if "batch_size" in p:
+        bits.append(f"batch {p['batch_size']}")
+    if "context" in p:
+        bits.append(str(p["context"]))
+    return ", ".join(bits)
+
+
+def _job_line(job: Job) -> str:
+    age = duration(time.time() - job.created_at)
+    extra = ""
+    if job.state in ACTIVE_STATES and job.metrics.get("epoch"):
+        extra = f" epoch {job.metrics.get('epoch')}/{job.params.get('epochs', '?')}"
+    elif job.terminal and job.metrics:
+        extra = " " + metrics_text({k: v for k, v in job.metrics.items() if k in ("test_acc", "val_acc")})
+    return f"job {job.id}  {job.state:<9} {job.kind}: {_summary(job)}{extra}  ({age} ago, by {job.owner})"
+
+
+# -- handlers ------------------------------------------------------------------------------------
+async def cmd_help(ctx: CommandContext) -> str:
+    registry: CommandRegistry = ctx.app.registry
+    name = ctx.args.command  # type: ignore[attr-defined]
+    zh = ctx.lang == "zh"
+    if name:
+        spec = registry.lookup(name)
+        if spec is None:
+            raise CommandError(f"No command '{name}'. Send help for the list.")
+        lines = [f"{spec.name}: {spec.summary_zh if zh and spec.summary_zh else spec.summary}"]
+        if spec.aliases:
+            lines.append("aliases: " + ", ".join(spec.aliases))
+        lines.append(f"role: {spec.role.name}")
+        for field_name, info in spec.args.model_fields.items():
+            lines.append(f"  {field_name}: {info.description or ''}".rstrip())
+        if spec.job_params:
+            lines.append("parameters: see params (key=value, or one 'key value' per line)")
+        if spec.examples:
+            lines.append("examples: " + " | ".join(spec.examples))
+        return "\n".join(lines)
+    lines = ["命令 (commands):" if zh else "Commands:"]
+    for spec in registry.specs():
+        words = ", ".join(spec.aliases)
+        summary = f"{spec.summary} / {spec.summary_zh}" if zh and spec.summary_zh else spec.summary
+        lines.append(f"  {spec.name}" + (f" ({words})" if words else "") + f": {summary}")
+    lines.append("help <command> for details; parameters as key=value, or one 'key value' per line.")
+    return "\n".join(lines)
+
+
+async def cmd_params(ctx: CommandContext) -> str:
+    kind, model = _kind_model(ctx, ctx.args.kind)  # type: ignore[attr-defined]
+    saved = ctx.app.chat_store.saved_params(ctx.incoming.conversation.key, kind)
+    lines = [ctx.tr(f"Parameters of {kind} (saved values marked *, live = changeable while running):",
+                    f"参数 ({kind})：* 为本会话保存的值，live 表示训练中可修改")]  # fmt: skip
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        aliases = ",".join(extra.get("aliases", [])[:2])  # type: ignore[index]
+        bounds = [f"{k}{m}" for m in info.metadata for k, attr in ((">", "gt"), (">=", "ge"), ("<", "lt"), ("<=", "le"))
+                  for m in [getattr(m, attr, None)] if m is not None]  # fmt: skip
+        typ = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+        value = f"*{saved[name]}" if name in saved else str(info.default)
+        line = f"  {name}" + (f" ({aliases})" if aliases else "") + f": {typ} = {value}"
+        if bounds:
+            line += " [" + " ".join(bounds) + "]"
+        if extra.get("live"):
+            line += " live"
+        if info.description:
+            line += f" - {info.description}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+async def cmd_set(ctx: CommandContext) -> Reply:
+    ref = ctx.args.job  # type: ignore[attr-defined]
+    if not ctx.params:
+        raise CommandError(ctx.tr("Nothing to set. Example: set lr=0.01", "没有要修改的参数。例如：set lr 0.01"))
+    if ref:
+        job = _find_job(ctx, ref)
+        model = ctx.app.manager.registry.get(job.kind).params
+        changes = _validated(model, ctx.params, job.params)
+        changed = {k: v for k, v in changes.items() if k in {model.field_aliases().get(x.lower()) for x in ctx.params}}
+        not_live = sorted(set(changed) - model.live_fields())
+        if not_live:
+            live = ", ".join(sorted(model.live_fields())) or "none"
+            raise CommandError(f"{', '.join(not_live)} cannot change while job {job.id} runs (live: {live}).")
+        try:
+            await ctx.app.manager.control(job.id, "set", changed)
+        except JobError as exc:
+            raise CommandError(str(exc)) from None
+        pretty = ", ".join(f"{k}={v}" for k, v in changed.items())
+        return Reply(ctx.tr(f"job {job.id}: asked to set {pretty}; it applies at the next batch.",
+                            f"job {job.id}：将在下一个批次设置 {pretty}"), job_id=job.id)  # fmt: skip
+    kind, model = _kind_model(ctx, None)
+    conv = ctx.incoming.conversation.key
+    saved = ctx.app.chat_store.saved_params(conv, kind)
+    clean = _validated(model, ctx.params, saved)
+    mapped, _ = map_keys(model, ctx.params, model.field_aliases())
+    saved.update({k: clean[k] for k in mapped})
+    ctx.app.chat_store.save_params(conv, kind, saved)
+    pretty = ", ".join(f"{k}={v}" for k, v in saved.items())
+    return Reply(ctx.tr(f"Saved for the next train here: {pretty}", f"已保存，下次训练使用：{pretty}"))
+
+
+async def cmd_train(ctx: CommandContext) -> Reply:
+    manager = ctx.app.manager
+    args: TrainArgs = ctx.args  # type: ignore[assignment]
+    if args.resume:
+        if ctx.params:
+            raise CommandError("train resume=<id> continues with the job's own parameters; drop the others.")
+        job = _find_job(ctx, args.resume)
+        try:
+            job = await manager.resume(job.id)
+        except JobError as exc:
+            raise CommandError(str(exc)) from None
+        ctx.app.chat_store.follow(job.id, ctx.incoming.conversation.key, ctx.lang)
+        return Reply(f"job {job.id} {job.state}: resuming from its checkpoint", job_id=job.id)
+    kind, model = _kind_model(ctx, args.kind)
+    conv = ctx.incoming.conversation.key
+    params = _validated(model, ctx.params, ctx.app.chat_store.saved_params(conv, kind))
+    job = await manager.submit(kind, params, owner=ctx.incoming.sender.key, origin=conv)
+    ctx.app.chat_store.follow(job.id, conv, ctx.lang)
+    if job.state == QUEUED:
+        running = [j.id for j in manager.store.list(ACTIVE_STATES, limit=5)]
+        pos = manager.queue_position(job.id)
+        text = ctx.tr(
+            "job {id} queued (position {pos}): training is underway ({running}). It starts when a slot frees.",
+            "job {id} 已排队（第 {pos} 位）：正在训练 {running}，空闲后开始。",
+            id=job.id, pos=pos, running=", ".join(f"job {r}" for r in running) or "-",
+        )  # fmt: skip
+    else:
+        text = ctx.tr("job {id} started: {s}", "训练已开始：job {id}（{s}）", id=job.id, s=_summary(job))
+    return Reply(text, job_id=job.id, buttons=job_buttons(job.id, "running"))
+
+
+def _confirm_stop(ctx: CommandContext) -> str:
+    job = _find_job(ctx, ctx.args.job, ACTIVE_STATES | {QUEUED})  # type: ignore[attr-defined]
+    if job.terminal:
+        raise CommandError(f"job {job.id} already ended ({job.state}).")
+    return ctx.tr(f"Stop job {job.id} ({job.state}, {_summary(job)})?", f"停止 job {job.id}？")
+
+
+async def cmd_stop(ctx: CommandContext) -> Reply:
+    job = _find_job(ctx, ctx.args.job, ACTIVE_STATES | {QUEUED})  # type: ignore[attr-defined]
+    try:
+        job = await ctx.app.manager.stop(job.id)
+    except JobError as exc:
+        raise CommandError(str(exc)) from None
+    if job.state == "stopped":
+        return Reply(ctx.tr(f"job {job.id} cancelled before it started.", f"job {job.id} 已取消"), job_id=job.id)
+    return Reply(ctx.tr(f"job {job.id} stopping at the next batch; a checkpoint is kept.",
+                        f"job {job.id} 将在下一个批次停止，并保存检查点。"), job_id=job.id)  # fmt: skip
+
+
+async def cmd_pause(ctx: CommandContext) -> Reply:
+    job = _find_job(ctx, ctx.args.job, ACTIVE_STATES)  # type: ignore[attr-defined]
+    try:
+        await ctx.app.manager.control(job.id, "pause")
+    except JobError as exc:
+        raise CommandError(str(exc)) from None
+    return Reply(ctx.tr(f"job {job.id} pausing at the next batch.", f"job {job.id} 将在下一个批次暂停。"), job_id=job.id)
+
+
+async def cmd_resume(ctx: CommandContext) -> Reply:
+    manager = ctx.app.manager
+    job = _find_job(ctx, ctx.args.job, {PAUSED, "stopped", "failed", "lost"})  # type: ignore[attr-defined]
+    try:
+        if job.state == PAUSED:
+            await manager.control(job.id, "resume")
+            return Reply(ctx.tr(f"job {job.id} resuming.", f"job {job.id} 继续训练。"), job_id=job.id)
+        job = await manager.resume(job.id)
+    except JobError as exc:
+        raise CommandError(str(exc)) from None
+    ctx.app.chat_store.follow(job.id, ctx.incoming.conversation.key, ctx.lang)
+    return Reply(f"job {job.id} {job.state}: continuing from its last checkpoint.", job_id=job.id)
+
+
+async def cmd_status(ctx: CommandContext) -> Reply:
+    ref = ctx.args.job  # type: ignore[attr-defined]
+    manager = ctx.app.manager
+    if ref:
+        job = _find_job(ctx, ref)
+    else:
+        active = manager.store.list(ACTIVE_STATES, limit=1)
+        job = active[0] if active else _find_job(ctx, None)
+    lines = [f"job {job.id}: {job.state}  {job.kind}: {_summary(job)}", f"owner {job.owner}"]
+    if job.state in ACTIVE_STATES and job.metrics:
+        progress = progress_from(job.id, int(job.params.get("epochs", 1)), {"type": "progress", **job.metrics}, job.metrics)
+        lines.append(progress_text(progress, job.metrics, job.state))
+        res = manager.executor.resources(job.handle)
+        if res:
+            lines.append("runner: " + ", ".join(f"{k} {v}" for k, v in res.items()))
+    elif job.metrics:
+        lines.append(metrics_text(job.metrics))
+    if job.state == QUEUED:
+        lines.append(f"queue position {manager.queue_position(job.id)}")
+    if job.error:
+        lines.append(f"error: {job.error.splitlines()[0]}")
+    if job.checkpoint:
+        lines.append(f"checkpoint: {job.checkpoint}")
+    lines.append(f"folder: {job.job_dir} (TensorBoard: {job.job_dir}/tensorboard)")
+    buttons = job_buttons(job.id, job.state)
+    return Reply("\n".join(lines), job_id=job.id, buttons=buttons)
+
+
+async def cmd_jobs(ctx: CommandContext) -> str:
+    jobs = ctx.app.manager.store.list(limit=15)
+    if not jobs:
+        return ctx.tr("No jobs yet. Start one with: train epochs=5", "还没有任务。发送 开始 ep 5 开始训练。")
+    return "\n".join(_job_line(j) for j in jobs)
+
+
+async def cmd_logs(ctx: CommandContext) -> str:
+    job = _find_job(ctx, ctx.args.job)  # type: ignore[attr-defined]
+    tail = log_tail(job.dir, ctx.args.n)  # type: ignore[attr-defined]
+    return f"job {job.id} log (last {ctx.args.n} lines):\n{tail or '(empty)'}"  # type: ignore[attr-defined]
+
+
+async def cmd_plot(ctx: CommandContext) -> Reply:
+    job = _find_job(ctx, ctx.args.job)  # type: ignore[attr-defined]
+    path = await ctx.app.notifier.plot(job)
+    if path is None:
+        raise CommandError(f"job {job.id} has no metrics to plot yet.")
+    return Reply(f"job {job.id} curves", image=path, job_id=job.id)
+
+
+async def cmd_follow(ctx: CommandContext) -> str:
+    job = _find_job(ctx, ctx.args.job)  # type: ignore[attr-defined]
+    added = ctx.app.chat_store.follow(job.id, ctx.incoming.conversation.key, ctx.lang)
+    return f"Following job {job.id}." if added else f"Already following job {job.id}."
+
+
+async def cmd_unfollow(ctx: CommandContext) -> str:
+    job = _find_job(ctx, ctx.args.job)  # type: ignore[attr-defined]
+    removed = ctx.app.chat_store.unfollow(job.id, ctx.incoming.conversation.key)
+    return f"Stopped following job {job.id}." if removed else f"Not following job {job.id}."
+
+
+async def cmd_whoami(ctx: CommandContext) -> str:
+    who = ctx.incoming.sender
+    name = f" ({who.name})" if who.name else ""
+    return f"{who.key}{name}: role {ctx.role.name}"
+
+
+def register(registry: CommandRegistry) -> None:
+    op, viewer = Role.operator, Role.viewer
+    specs = [
+        CommandSpec("help", cmd_help, "list commands, or explain one", "帮助", ("帮助", "h", "?"), HelpArgs,
+                    ("command",), viewer, examples=("help", "help train")),
+        CommandSpec("params", cmd_params, "parameters of a job kind: types, bounds, defaults, saved values",
+                    "参数说明", ("参数", "param", "parameters"), ParamsArgs, ("kind",), viewer, examples=("params",)),
+        CommandSpec("set", cmd_set, "save defaults for the next train here; with a job id, change a live "
+                    "parameter of a running job", "设置参数", ("设置",), JobRef, ("job",), op, job_params=True,
+                    examples=("set lr=0.01 bs=64", "set 3f2a lr=0.001")),
+        CommandSpec("train", cmd_train, "start (or queue) a training job", "开始训练", ("开始", "start", "run"),
+                    TrainArgs, ("kind",), op, job_params=True,
+                    examples=("train lr=0.05 epochs=10", "train model=lenet bs=128", "train resume=3f2a")),
+        CommandSpec("stop", cmd_stop, "stop a job at the next batch (checkpoint kept)", "停止训练", ("停止",),
+                    JobRef, ("job",), op, confirm=_confirm_stop, examples=("stop 3f2a",)),
+        CommandSpec("pause", cmd_pause, "pause a job at the next batch", "暂停训练", ("暂停",), JobRef, ("job",), op,
+                    examples=("pause 3f2a",)),
+        CommandSpec("resume", cmd_resume, "resume a paused job, or continue a stopped one from its checkpoint",
+                    "继续训练", ("继续",), JobRef, ("job",), op, examples=("resume 3f2a",)),
+        CommandSpec("status", cmd_status, "state, progress, metrics and resources of a job", "任务状态", ("状态",),
+                    JobRef, ("job",), viewer, examples=("status", "status 3f2a")),
+        CommandSpec("jobs", cmd_jobs, "recent jobs", "任务列表", ("任务", "list", "ls"), examples=("jobs",)),
+        CommandSpec("logs", cmd_logs, "the last lines of a job's output", "日志", ("日志", "log"), LogsArgs,
+                    ("job", "n"), viewer, examples=("logs 3f2a 50",)),
+        CommandSpec("plot", cmd_plot, "loss / accuracy / learning-rate curves as an image", "训练曲线", ("曲线",),
+                    JobRef, ("job",), viewer, examples=("plot 3f2a",)),
+        CommandSpec("follow", cmd_follow, "send a job's progress to this conversation", "关注", ("关注",), JobRef,
+                    ("job",), viewer, examples=("follow 3f2a",)),
+        CommandSpec("unfollow", cmd_unfollow, "stop sending a job's progress here", "取消关注", ("取消关注",), JobRef,
+                    ("job",), viewer, examples=("unfollow 3f2a",)),
+        CommandSpec("whoami", cmd_whoami, "your identity and role", "我是谁", ("我是谁",), role=Role.none),
+    ]  # fmt: skip
+    for spec in specs:
+        registry.add(spec)
+
+
+__all__ = ["TERMINAL_STATES", "register"]

@@ -1,0 +1,256 @@
+"""Job events -> messages for followers, through a persistent outbox.
+
+Every outgoing message is written to the outbox first and delivered by one loop with retries
+and back-off, honouring each platform's pace. Progress is coalesced: edit-capable platforms get
+one live message per job edited in place; the others get a digest every `digest_seconds`.
+Terminal states always produce a new message, with the plot attached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from chatops.adapter import Adapter, DeliveryError
+from chatops.message import Button, Conversation, MessageRef, Progress, Reply
+from chatops.render import duration, metrics_text, progress_from, progress_text
+from chatops.settings import NotifySettings
+from chatops.store import ChatStore, OutboxItem
+from jobs.store import Job
+
+if TYPE_CHECKING:
+    from jobs.manager import JobManager
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 12
+
+
+def reply_to_payload(reply: Reply, spool: Path) -> dict[str, Any]:
+    image: str | None = None
+    if isinstance(reply.image, bytes):
+        spool.mkdir(parents=True, exist_ok=True)
+        path = spool / f"{time.time_ns()}.png"
+        path.write_bytes(reply.image)
+        image = str(path)
+    elif reply.image is not None:
+        image = str(reply.image)
+    return {
+        "text": reply.text,
+        "image": image,
+        "buttons": [asdict(b) for b in reply.buttons],
+        "progress": asdict(reply.progress) if reply.progress else None,
+        "error": reply.error,
+        "job_id": reply.job_id,
+        "live_key": reply.live_key,
+    }
+
+
+def payload_to_reply(payload: dict[str, Any]) -> Reply:
+    return Reply(
+        text=payload["text"],
+        image=Path(payload["image"]) if payload.get("image") else None,
+        buttons=[Button(**b) for b in payload.get("buttons", [])],
+        progress=Progress(**payload["progress"]) if payload.get("progress") else None,
+        error=payload.get("error", False),
+        job_id=payload.get("job_id"),
+        live_key=payload.get("live_key"),
+    )
+
+
+def job_buttons(job_id: str, state: str) -> list[Button]:
+    if state == "paused":
+        return [Button("Resume", f"resume {job_id}"), Button("Stop", f"stop {job_id}")]
+    if state in ("running", "starting"):
+        return [Button("Pause", f"pause {job_id}"), Button("Stop", f"stop {job_id}")]
+    return []
+
+
+class Notifier:
+    def __init__(
+        self,
+        store: ChatStore,
+        manager: JobManager,
+        adapters: dict[str, Adapter],
+        settings: NotifySettings,
+        spool: Path,
+    ) -> None:
+        self.store = store
+        self.manager = manager
+        self.adapters = adapters
+        self.settings = settings
+        self.spool = spool
+        self._last_push: dict[tuple[str, str], float] = {}
+        self._last_sent: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- producing -------------------------------------------------------------------------
+    def enqueue(self, conversation: Conversation | str, reply: Reply) -> int:
+        key = conversation if isinstance(conversation, str) else conversation.key
+        item = self.store.enqueue(key, reply_to_payload(reply, self.spool), reply.live_key)
+        self._wake.set()
+        return item
+
+    async def on_job_event(self, job: Job, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        for conv_key, lang in self.store.followers(job.id):
+            zh = lang == "zh"
+            if kind in ("progress", "epoch"):
+                self._progress(job, event, conv_key, zh)
+            elif kind == "state" and event["to"] in ("succeeded", "failed", "stopped", "lost"):
+                await self._final(job, conv_key, zh)
+            elif kind == "state" and event["to"] == "running" and event.get("from") == "queued":
+                pass
+            elif kind in ("paused", "resumed"):
+                word = {"paused": ("paused", "已暂停"), "resumed": ("resumed", "已继续")}[kind]
+                text = f"job {job.id} {word[1] if zh else word[0]} (epoch {event.get('epoch', '?')})"
+                self.enqueue(conv_key, Reply(text, job_id=job.id, buttons=job_buttons(job.id, job.state)))
+            elif kind == "param_changed":
+                text = f"job {job.id}: {event.get('name')} {event.get('old')} -> {event.get('new')}"
+                self.enqueue(conv_key, Reply(text, job_id=job.id))
+            elif kind == "param_rejected":
+                text = f"job {job.id}: {event.get('name')} not changed: {event.get('reason')}"
+                self.enqueue(conv_key, Reply(text, job_id=job.id, error=True))
+            elif kind == "state" and event["to"] == "starting" and job.runs > 1:
+                self.enqueue(conv_key, Reply(f"job {job.id} resuming ({event.get('reason')})", job_id=job.id))
+
+    def _progress(self, job: Job, event: dict[str, Any], conv_key: str, zh: bool) -> None:
+        adapter = self.adapters.get(Conversation.from_key(conv_key).platform)
+        if adapter is None:
+            return
+        live = adapter.capabilities.edit
+        gap = self.settings.progress_seconds if live else self.settings.digest_seconds
+        now = time.time()
+        last = self._last_push.setdefault((conv_key, job.id), now if not live else 0.0)
+        if now - last < gap and (not live or event["type"] != "epoch"):
+            return
+        self._last_push[(conv_key, job.id)] = now
+        progress = progress_from(job.id, int(job.params.get("epochs", 1)), event, job.metrics)
+        text = progress_text(progress, job.metrics, job.state, zh)
+        self.enqueue(
+            conv_key,
+            Reply(
+                text,
+                progress=progress,
+                job_id=job.id,
+                buttons=job_buttons(job.id, job.state),
+                live_key=f"job:{job.id}" if live else None,
+            ),
+        )
+
+    async def _final(self, job: Job, conv_key: str, zh: bool) -> None:
+        took = duration((job.ended_at or time.time()) - (job.started_at or job.created_at))
+        state = job.state
+        if state == "succeeded":
+            text = f"job {job.id} succeeded in {took}: {metrics_text(job.metrics)}"
+        elif state == "stopped":
+            where = f" at epoch {job.metrics.get('epoch', '?')}" if job.metrics else ""
+            text = f"job {job.id} stopped{where}."
+            if job.checkpoint:
+                text += f" Checkpoint kept: {job.checkpoint}. Continue with: train resume={job.id}"
+        else:
+            text = f"job {job.id} {state}: {job.error or 'no reason given'}"
+        if zh:
+            text = {"succeeded": "训练完成 ", "failed": "训练失败 ", "stopped": "训练已停止 "}.get(state, "") + text
+        image = await self.plot(job)
+        self.enqueue(conv_key, Reply(text, image=image, job_id=job.id, error=state != "succeeded"))
+        self._last_push.pop((conv_key, job.id), None)
+
+    async def plot(self, job: Job) -> Path | None:
+        """Render the job's curves to its folder (off the event loop); None if there is nothing."""
+        events = self.manager.store.events(job.id)
+        if not any(e["type"] in ("epoch", "progress") for e in events):
+            return None
+        try:
+            from jobs.plots import render_plot
+
+            path = job.dir / "plot.png"
+            return await asyncio.to_thread(render_plot, events, path, f"job {job.id} ({job.kind})")
+        except Exception:
+            log.exception("plot for job %s failed", job.id)
+            return None
+
+    # -- delivering ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._deliver_forever(), name="outbox")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until nothing deliverable is pending (used by one-shot CLI commands)."""
+        deadline = time.monotonic() + timeout
+        while self.store.pending_count() and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.05)
+        return self.store.pending_count() == 0
+
+    async def _deliver_forever(self) -> None:
+        while True:
+            try:
+                wait = await self.deliver_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox delivery failed")
+                wait = 1.0
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+
+    async def deliver_due(self) -> float:
+        """Deliver what is due, oldest first, one at a time per conversation; returns a wait hint."""
+        blocked: set[str] = set()
+        wait = 0.5
+        for item in self.store.due(limit=200):
+            if item.conversation in blocked:
+                continue
+            conv = Conversation.from_key(item.conversation)
+            adapter = self.adapters.get(conv.platform)
+            if adapter is None:
+                continue  # its adapter is not running in this process; stays pending
+            pace = adapter.capabilities.min_interval - (time.monotonic() - self._last_sent.get(item.conversation, 0))
+            if pace > 0:
+                blocked.add(item.conversation)
+                wait = min(wait, pace)
+                continue
+            if not await self._deliver_one(adapter, conv, item):
+                blocked.add(item.conversation)
+        return wait
+
+    async def _deliver_one(self, adapter: Adapter, conv: Conversation, item: OutboxItem) -> bool:
+        reply = payload_to_reply(item.payload)
+        try:
+            ref_id = self.store.live_ref(item.conversation, item.live_key) if item.live_key else None
+            if ref_id and adapter.capabilities.edit:
+                ref = await adapter.edit(MessageRef(conv, ref_id), reply)
+            else:
+                ref = await adapter.send(conv, reply)
+            if item.live_key:
+                self.store.set_live_ref(item.conversation, item.live_key, ref.message_id)
+            self.store.delivered(item.id)
+            self._last_sent[item.conversation] = time.monotonic()
+            return True
+        except DeliveryError as exc:
+            give_up = exc.permanent or item.attempts + 1 >= MAX_ATTEMPTS
+            delay = exc.retry_after if exc.retry_after is not None else min(60.0, 2.0 ** item.attempts)
+            log.warning("delivery to %s failed (%s); %s", conv.platform, exc, "giving up" if give_up else f"retry in {delay:.1f}s")
+            self.store.retry_later(item.id, delay, str(exc), give_up=give_up)
+        except Exception as exc:
+            give_up = item.attempts + 1 >= MAX_ATTEMPTS
+            delay = min(60.0, 2.0 ** item.attempts)
+            log.warning("delivery to %s failed: %s: %s", conv.platform, type(exc).__name__, exc)
+            self.store.retry_later(item.id, delay, f"{type(exc).__name__}: {exc}", give_up=give_up)
+        return False

@@ -1,0 +1,184 @@
+"""The command router: parse, resolve, authorise, validate, confirm, run, audit.
+
+Every path out of `handle` is a list of replies; nothing a user types can raise out of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from chatops.auth import Authorizer, Role
+from chatops.message import Button, Incoming, Reply
+from chatops.parser import Parsed, parse
+from chatops.specs import CommandError, CommandRegistry, CommandSpec
+from chatops.store import ChatStore
+from chatops.validation import describe, suggest
+
+if TYPE_CHECKING:
+    from chatops.app import App
+
+log = logging.getLogger(__name__)
+
+YES_WORDS = frozenset({"yes", "y", "是", "是的", "确认", "好", "ok"})
+NO_WORDS = frozenset({"no", "n", "cancel", "否", "取消", "不"})
+CONFIRM_TTL = 300.0
+
+
+@dataclass
+class CommandContext:
+    """Everything a handler may use; no globals."""
+
+    app: App
+    incoming: Incoming
+    spec: CommandSpec
+    role: Role
+    args: BaseModel
+    params: dict[str, str]
+    lang: str = "en"
+
+    def tr(self, en: str, zh: str | None = None, **values: Any) -> str:
+        """Pick the reply language the command was typed in."""
+        text = zh if self.lang == "zh" and zh else en
+        return text.format(**values) if values else text
+
+
+@dataclass
+class _Pending:
+    text: str
+    expires: float
+
+
+@dataclass
+class Router:
+    registry: CommandRegistry
+    store: ChatStore
+    auth: Authorizer
+    app: Any = None
+    param_keys: set[str] = field(default_factory=set)
+    _pending: dict[tuple[str, str], _Pending] = field(default_factory=dict)
+
+    async def handle(self, incoming: Incoming) -> list[Reply]:
+        if not self.store.claim_message(incoming.conversation.platform, incoming.message_id):
+            log.info("ignoring redelivered message %s", incoming.message_id)
+            return []
+        try:
+            return await self._handle(incoming)
+        except Exception:
+            ref = secrets.token_hex(3)
+            log.exception("internal error handling a message (ref %s)", ref)
+            return [Reply(f"Internal error (ref {ref}); the details are in the bot's log.", error=True)]
+
+    async def _handle(self, incoming: Incoming) -> list[Reply]:
+        parsed = parse(incoming.text, self.param_keys)
+        if parsed is None:
+            return []
+        role = self.auth.role_of(incoming.sender)
+        who = incoming.sender.key
+        if role == Role.none and incoming.meta.get("quiet_deny"):
+            return self._deny(incoming, role, None)
+        pending_key = (incoming.conversation.key, who)
+
+        if parsed.word in YES_WORDS | NO_WORDS and not parsed.args and not parsed.positionals:
+            pending = self._pending.pop(pending_key, None)
+            if pending is None or pending.expires < time.time():
+                return [Reply("Nothing to confirm.", error=True)] if role else self._deny(incoming, role, None)
+            if parsed.word in NO_WORDS:
+                return [Reply("Cancelled.")]
+            parsed = parse(pending.text, self.param_keys) or parsed
+            parsed.confirmed = True
+
+        spec = self.registry.lookup(parsed.word)
+        lang = "zh" if parsed.word in self.registry.chinese_words else "en"
+        if spec is None:
+            if role == Role.none:
+                return self._deny(incoming, role, None)
+            hint = suggest(parsed.word, self.registry.words())
+            text = f"Unknown command '{parsed.word}'."
+            text += f" Did you mean {hint}?" if hint else " Send help for the list."
+            return [Reply(text, error=True)]
+        if role < spec.role:
+            return self._deny(incoming, role, spec)
+
+        try:
+            args, params = self._bind(spec, parsed)
+        except CommandError as exc:
+            return [Reply(str(exc), error=True)]
+        ctx = CommandContext(self.app, incoming, spec, role, args, params, lang)
+
+        if spec.confirm is not None and not parsed.confirmed:
+            try:
+                question = spec.confirm(ctx)
+            except CommandError as exc:
+                return [Reply(str(exc), error=True)]
+            self._pending[pending_key] = _Pending(incoming.text, time.time() + CONFIRM_TTL)
+            line = _strip_confirm(incoming.text)
+            buttons = [Button(ctx.tr("Yes", "确认"), f"{line} --yes"), Button(ctx.tr("Cancel", "取消"), "cancel")]
+            return [Reply(question + ctx.tr(" Reply yes to confirm.", " 回复 是 确认。"), buttons=buttons)]
+
+        if spec.changes_state:
+            self.store.audit(who, spec.name, incoming.text.strip()[:500], allowed=True)
+        try:
+            result = await spec.handler(ctx)
+        except CommandError as exc:
+            return [Reply(str(exc), error=True)]
+        if isinstance(result, str):
+            return [Reply(result)]
+        return [result] if isinstance(result, Reply) else list(result)
+
+    def _deny(self, incoming: Incoming, role: Role, spec: CommandSpec | None) -> list[Reply]:
+        who = incoming.sender.key
+        action = spec.name if spec else "message"
+        self.store.audit(who, action, incoming.text.strip()[:500], allowed=False)
+        if incoming.meta.get("quiet_deny") and role == Role.none:
+            return []
+        if role == Role.none:
+            return [Reply(f"Sorry, {who} is not allowed to use this bot. Ask an admin to add you.", error=True)]
+        assert spec is not None
+        return [
+            Reply(
+                f"Sorry, {spec.name} needs the {spec.role.name} role; {who} is {role.name}.", error=True
+            )
+        ]
+
+    def _bind(self, spec: CommandSpec, parsed: Parsed) -> tuple[BaseModel, dict[str, str]]:
+        if parsed.duplicates:
+            raise CommandError(f"{', '.join(sorted(set(parsed.duplicates)))}: given more than once")
+        fields = spec.args.model_fields
+        values: dict[str, Any] = {}
+        params: dict[str, str] = {}
+        for key, value in parsed.args.items():
+            if key in fields:
+                values[key] = value
+            elif spec.job_params:
+                params[key] = value
+            else:
+                hint = suggest(key, fields)
+                raise CommandError(
+                    f"{spec.name} takes no parameter '{key}'" + (f" (did you mean {hint}?)" if hint else "")
+                )
+        positionals = list(parsed.positionals)
+        for name in spec.positionals:
+            if not positionals:
+                break
+            if name not in values:
+                values[name] = positionals.pop(0)
+        if positionals:
+            raise CommandError(
+                f"{spec.name}: unexpected '{' '.join(positionals)}'. Usage: "
+                + (spec.examples[0] if spec.examples else spec.name)
+            )
+        try:
+            return spec.args.model_validate(values), params
+        except ValidationError as exc:
+            raise CommandError("\n".join(describe(exc))) from None
+
+
+def _strip_confirm(text: str) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else text
+    return " ".join(t for t in first.split() if t.lower() not in {"--yes", "-y", "--confirm"})

@@ -1,0 +1,83 @@
+"""Declarative command specs: parsing, validation messages, help and confirmation come from them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from chatops.auth import Role
+from chatops.message import Reply
+
+if TYPE_CHECKING:
+    from chatops.router import CommandContext
+
+HandlerResult = Reply | list[Reply] | str
+Handler = Callable[["CommandContext"], Awaitable[HandlerResult]]
+
+
+class NoArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CommandError(Exception):
+    """A refusal meant for the user: the router turns it into one clear error reply."""
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    handler: Handler
+    summary: str
+    summary_zh: str = ""
+    aliases: tuple[str, ...] = ()
+    args: type[BaseModel] = NoArgs
+    positionals: tuple[str, ...] = ()  # arg names that bare words fill, in order
+    role: Role = Role.viewer
+    # Keys not in `args` are job parameters for the handler to validate against a kind's schema.
+    job_params: bool = False
+    confirm: Callable[[CommandContext], str] | None = None  # question asked before running
+    examples: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def changes_state(self) -> bool:
+        return self.role >= Role.operator
+
+
+class CommandRegistry:
+    def __init__(self) -> None:
+        self._specs: dict[str, CommandSpec] = {}
+        self._words: dict[str, CommandSpec] = {}
+        self.chinese_words: set[str] = set()
+
+    def add(self, spec: CommandSpec) -> CommandSpec:
+        for word in (spec.name, *spec.aliases):
+            key = word.lower()
+            if key in self._words:
+                raise ValueError(f"command word {word!r} is taken by {self._words[key].name}")
+            self._words[key] = spec
+            if any("\u4e00" <= ch <= "\u9fff" for ch in word):
+                self.chinese_words.add(key)
+        self._specs[spec.name] = spec
+        return spec
+
+    def command(self, name: str, summary: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        """Decorator form, Errbot style: the function is the handler."""
+
+        def wrap(fn: Handler) -> Handler:
+            self.add(CommandSpec(name=name, handler=fn, summary=summary, **kwargs))
+            return fn
+
+        return wrap
+
+    def lookup(self, word: str) -> CommandSpec | None:
+        return self._words.get(word.lower())
+
+    def words(self) -> list[str]:
+        return list(self._words)
+
+    def specs(self) -> list[CommandSpec]:
+        return list(self._specs.values())

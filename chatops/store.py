@@ -1,0 +1,162 @@
+"""The chat side of the database: idempotency, saved parameters, followers, outbox, audit log."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.db import migrate
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE processed_messages (
+        platform TEXT NOT NULL, message_id TEXT NOT NULL, t REAL NOT NULL,
+        PRIMARY KEY (platform, message_id)
+    );
+    CREATE TABLE conversation_params (
+        conversation TEXT NOT NULL, kind TEXT NOT NULL, params TEXT NOT NULL, updated_at REAL NOT NULL,
+        PRIMARY KEY (conversation, kind)
+    );
+    CREATE TABLE followers (
+        job_id TEXT NOT NULL, conversation TEXT NOT NULL, lang TEXT NOT NULL DEFAULT 'en',
+        PRIMARY KEY (job_id, conversation)
+    );
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, conversation TEXT NOT NULL, payload TEXT NOT NULL,
+        live_key TEXT, status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL, created_at REAL NOT NULL, delivered_at REAL, last_error TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox(status, next_at);
+    CREATE TABLE live_messages (
+        conversation TEXT NOT NULL, live_key TEXT NOT NULL, message_id TEXT NOT NULL,
+        PRIMARY KEY (conversation, live_key)
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, t REAL NOT NULL, identity TEXT NOT NULL,
+        action TEXT NOT NULL, detail TEXT NOT NULL, allowed INTEGER NOT NULL
+    )
+    """,
+]
+
+
+@dataclass
+class OutboxItem:
+    id: int
+    conversation: str
+    payload: dict[str, Any]
+    live_key: str | None
+    attempts: int
+
+
+class ChatStore:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        migrate(conn, "chat", _MIGRATIONS)
+
+    # idempotency
+    def claim_message(self, platform: str, message_id: str) -> bool:
+        """True the first time a (platform, message id) is seen, False on redelivery."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO processed_messages VALUES (?, ?, ?)", (platform, message_id, time.time())
+        )
+        return cur.rowcount == 1
+
+    # saved parameters
+    def saved_params(self, conversation: str, kind: str) -> dict[str, Any]:
+        row = self.conn.execute(
+            "SELECT params FROM conversation_params WHERE conversation=? AND kind=?", (conversation, kind)
+        ).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def save_params(self, conversation: str, kind: str, params: dict[str, Any]) -> None:
+        self.conn.execute(
+            "INSERT INTO conversation_params VALUES (?, ?, ?, ?) ON CONFLICT(conversation, kind)"
+            " DO UPDATE SET params=excluded.params, updated_at=excluded.updated_at",
+            (conversation, kind, json.dumps(params), time.time()),
+        )
+
+    # followers
+    def follow(self, job_id: str, conversation: str, lang: str = "en") -> bool:
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO followers VALUES (?, ?, ?)", (job_id, conversation, lang)
+        )
+        return cur.rowcount == 1
+
+    def unfollow(self, job_id: str, conversation: str) -> bool:
+        cur = self.conn.execute(
+            "DELETE FROM followers WHERE job_id=? AND conversation=?", (job_id, conversation)
+        )
+        return cur.rowcount == 1
+
+    def followers(self, job_id: str) -> list[tuple[str, str]]:
+        rows = self.conn.execute(
+            "SELECT conversation, lang FROM followers WHERE job_id=? ORDER BY rowid", (job_id,)
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    # outbox
+    def enqueue(self, conversation: str, payload: dict[str, Any], live_key: str | None = None) -> int:
+        now = time.time()
+        if live_key is not None:
+            # A newer state of a live message replaces an undelivered older one (coalescing).
+            row = self.conn.execute(
+                "SELECT id FROM outbox WHERE conversation=? AND live_key=? AND status='pending'",
+                (conversation, live_key),
+            ).fetchone()
+            if row:
+                self.conn.execute("UPDATE outbox SET payload=? WHERE id=?", (json.dumps(payload), row[0]))
+                return int(row[0])
+        cur = self.conn.execute(
+            "INSERT INTO outbox (conversation, payload, live_key, next_at, created_at) VALUES (?, ?, ?, ?, ?)",
+            (conversation, json.dumps(payload), live_key, now, now),
+        )
+        return int(cur.lastrowid or 0)
+
+    def due(self, limit: int = 100) -> list[OutboxItem]:
+        rows = self.conn.execute(
+            "SELECT id, conversation, payload, live_key, attempts FROM outbox"
+            " WHERE status='pending' AND next_at<=? ORDER BY id LIMIT ?",
+            (time.time(), limit),
+        ).fetchall()
+        return [OutboxItem(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
+
+    def pending_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM outbox WHERE status='pending'").fetchone()[0])
+
+    def delivered(self, item_id: int) -> None:
+        self.conn.execute(
+            "UPDATE outbox SET status='delivered', delivered_at=? WHERE id=?", (time.time(), item_id)
+        )
+
+    def retry_later(self, item_id: int, delay: float, error: str, *, give_up: bool = False) -> None:
+        self.conn.execute(
+            "UPDATE outbox SET attempts=attempts+1, next_at=?, last_error=?, status=? WHERE id=?",
+            (time.time() + delay, error[:500], "failed" if give_up else "pending", item_id),
+        )
+
+    def live_ref(self, conversation: str, live_key: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT message_id FROM live_messages WHERE conversation=? AND live_key=?", (conversation, live_key)
+        ).fetchone()
+        return row[0] if row else None
+
+    def set_live_ref(self, conversation: str, live_key: str, message_id: str) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO live_messages VALUES (?, ?, ?)", (conversation, live_key, message_id)
+        )
+
+    # audit
+    def audit(self, identity: str, action: str, detail: str, allowed: bool = True) -> None:
+        self.conn.execute(
+            "INSERT INTO audit (t, identity, action, detail, allowed) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), identity, action, detail[:1000], int(allowed)),
+        )
+
+    def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT t, identity, action, detail, allowed FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [dict(r) for r in rows]

@@ -1,0 +1,102 @@
+"""A test harness for command authors: push a message, pop the replies (Errbot style).
+
+    async with BotHarness(settings) as bot:
+        replies = await bot.say("train epochs=1", user="alice")
+        final = await bot.wait_for(lambda r: "succeeded" in r.text)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chatops.adapter import Adapter, AdapterContext, Capabilities, Handler
+from chatops.app import App
+from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
+from chatops.settings import Settings
+
+
+class RecordingAdapter(Adapter):
+    """An in-process platform that records what the bot sends, in order."""
+
+    name = "test"
+    capabilities = Capabilities(edit=True, images=True, buttons=True)
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Conversation, Reply, bool]] = []  # (where, what, was_edit)
+        self._ids = itertools.count(1)
+        self._new = asyncio.Condition()
+
+    @classmethod
+    def from_settings(cls, ctx: AdapterContext) -> RecordingAdapter:
+        return cls()
+
+    async def start(self, handle: Handler) -> None:
+        return None
+
+    async def send(self, conversation: Conversation, reply: Reply) -> MessageRef:
+        await self._record(conversation, reply, False)
+        return MessageRef(conversation, str(next(self._ids)))
+
+    async def edit(self, ref: MessageRef, reply: Reply) -> MessageRef:
+        await self._record(ref.conversation, reply, True)
+        return ref
+
+    async def _record(self, conversation: Conversation, reply: Reply, edit: bool) -> None:
+        async with self._new:
+            self.sent.append((conversation, reply, edit))
+            self._new.notify_all()
+
+    async def stop(self) -> None:
+        return None
+
+
+class BotHarness:
+    def __init__(self, settings: Settings) -> None:
+        self.adapter = RecordingAdapter()
+        self.app = App(settings, adapters=[self.adapter])
+        self._seen = 0
+        self._ids = itertools.count(1)
+
+    async def __aenter__(self) -> BotHarness:
+        await self.app.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.app.stop()
+
+    def incoming(self, text: str, user: str = "op", chat: str | None = None, message_id: str | None = None,
+                 **meta: Any) -> Incoming:  # fmt: skip
+        return Incoming(
+            text=text,
+            sender=Identity("test", user, user),
+            conversation=Conversation("test", chat or user),
+            message_id=message_id or f"m{next(self._ids)}-{time.time_ns()}",
+            meta=meta,
+        )
+
+    async def say(self, text: str, user: str = "op", **kwargs: Any) -> list[Reply]:
+        """Route one message; returns the router's direct replies (also queued for delivery)."""
+        return await self.app.handle(self.incoming(text, user, **kwargs))
+
+    async def wait_for(self, predicate: Callable[[Reply], bool], timeout: float = 60.0) -> Reply:
+        """The next delivered reply (not seen by an earlier wait_for) that matches."""
+        deadline = time.monotonic() + timeout
+        async with self.adapter._new:
+            while True:
+                for i in range(self._seen, len(self.adapter.sent)):
+                    reply = self.adapter.sent[i][1]
+                    if predicate(reply):
+                        self._seen = i + 1
+                        return reply
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    texts = [r.text for _, r, _ in self.adapter.sent[-10:]]
+                    raise TimeoutError(f"no matching reply within {timeout}s; last: {texts}")
+                try:
+                    await asyncio.wait_for(self.adapter._new.wait(), timeout=left)
+                except TimeoutError:
+                    pass

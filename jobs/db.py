@@ -1,0 +1,59 @@
+"""SQLite helpers shared by the job store and the chat store: one file, versioned migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    """Open the database for use from one thread of an asyncio process (WAL, short busy wait)."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=10, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str]) -> int:
+    """Apply the migrations of `component` not applied yet; returns the schema version.
+
+    Migrations are append-only: entry i brings the component to version i + 1. Each runs in one
+    transaction with its version bump, so a crash never leaves a half-migrated schema.
+    """
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " component TEXT NOT NULL, version INTEGER NOT NULL, applied_at REAL NOT NULL,"
+        " PRIMARY KEY (component, version))"
+    )
+    row = conn.execute(
+        "SELECT MAX(version) FROM schema_migrations WHERE component = ?", (component,)
+    ).fetchone()
+    current = row[0] or 0
+    if current > len(migrations):
+        raise RuntimeError(
+            f"database schema of {component!r} is version {current}, newer than this code "
+            f"({len(migrations)}): upgrade chatops"
+        )
+    for version in range(current + 1, len(migrations) + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(migrations[version - 1]):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)", (component, version, time.time())
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(migrations)
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

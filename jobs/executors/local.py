@@ -1,0 +1,93 @@
+"""Runs each job as a local process in its own session, so it outlives the bot."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from jobs.executors.base import ExitInfo
+from jobs.protocol import LOG_FILE
+
+
+class LocalExecutor:
+    def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.python = python or sys.executable
+        self.env = env or {}
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    async def launch(self, job_id: str, job_dir: Path, runner_module: str) -> dict[str, Any]:
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        # The project root on the path, so a checkout without `pip install` runs as well.
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        with open(job_dir / LOG_FILE, "ab") as log:
+            # An argument vector, never a shell: parameters travel in params.json.
+            proc = subprocess.Popen(
+                [self.python, "-m", runner_module, "--job-dir", str(job_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=job_dir,
+                env=env,
+                start_new_session=True,
+            )
+        self._children[job_id] = proc
+        try:
+            created = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            created = None
+        return {"executor": "local", "pid": proc.pid, "create_time": created}
+
+    def poll(self, job_id: str, handle: dict[str, Any]) -> ExitInfo | None:
+        proc = self._children.get(job_id)
+        if proc is not None:
+            code = proc.poll()
+            if code is None:
+                return None
+            self._children.pop(job_id, None)
+            return ExitInfo(code, -code if code < 0 else None)
+        # Not our child (the bot restarted): the pid and its start time identify the runner.
+        return None if self._alive(handle) else ExitInfo(None)
+
+    async def kill(self, job_id: str, handle: dict[str, Any], *, force: bool) -> None:
+        pid = handle.get("pid")
+        if not pid or not self._alive(handle):
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def resources(self, handle: dict[str, Any]) -> dict[str, Any]:
+        if not self._alive(handle):
+            return {}
+        try:
+            proc = psutil.Process(handle["pid"])
+            with proc.oneshot():
+                return {
+                    "cpu_percent": proc.cpu_percent(interval=None),
+                    "rss_mb": round(proc.memory_info().rss / 2**20, 1),
+                    "threads": proc.num_threads(),
+                }
+        except psutil.Error:
+            return {}
+
+    @staticmethod
+    def _alive(handle: dict[str, Any]) -> bool:
+        pid = handle.get("pid")
+        if not pid:
+            return False
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return False
+            created = handle.get("create_time")
+            return created is None or abs(proc.create_time() - created) < 1.0
+        except psutil.Error:
+            return False

@@ -1,0 +1,345 @@
+"""The job manager: queue, state machine, runner supervision and event fan-out.
+
+One asyncio task watches every active job: it reads the runner's `events.jsonl` from the stored
+offset, persists what is new, moves the state machine, notices dead or silent runners and starts
+queued jobs when a slot is free. Because the runner's channel is its job folder, a restarted
+manager re-attaches to jobs that kept running while it was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from jobs import protocol
+from jobs.executors.base import Executor
+from jobs.schemas import KindRegistry, default_registry
+from jobs.store import (
+    ACTIVE_STATES,
+    FAILED,
+    LOST,
+    PAUSED,
+    QUEUED,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    SUCCEEDED,
+    TERMINAL_STATES,
+    Job,
+    JobStore,
+    check_transition,
+)
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Job, dict[str, Any]], Awaitable[None]]
+
+# Events kept in the store; heartbeats only refresh `last_event_at`.
+_PERSISTED = frozenset(
+    {
+        "started", "progress", "epoch", "checkpoint", "log", "paused", "resumed",
+        "param_changed", "param_rejected", "stopped", "finished", "failed",
+    }
+)  # fmt: skip
+
+
+class JobError(Exception):
+    """A request the manager refuses; the message is meant for the user."""
+
+
+class JobManager:
+    def __init__(
+        self,
+        store: JobStore,
+        executor: Executor,
+        jobs_dir: Path,
+        *,
+        registry: KindRegistry | None = None,
+        max_parallel: int = 1,
+        stop_timeout: float = 10.0,
+        heartbeat_timeout: float = 60.0,
+        poll_interval: float = 0.2,
+        runner_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.jobs_dir = Path(jobs_dir)
+        self.registry = registry or default_registry()
+        self.max_parallel = max_parallel
+        self.stop_timeout = stop_timeout
+        self.heartbeat_timeout = heartbeat_timeout
+        self.poll_interval = poll_interval
+        self.runner_options = runner_options or {}
+        self._listeners: list[Listener] = []
+        self._task: asyncio.Task[None] | None = None
+        self._kill_tasks: dict[str, asyncio.Task[None]] = {}
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        await self.tick()  # re-attach to whatever ran while we were away, before serving
+        self._task = asyncio.create_task(self._watch(), name="job-manager")
+
+    async def close(self) -> None:
+        """Stop watching; runners keep going (a dead bot never kills training)."""
+        for task in [self._task, *self._kill_tasks.values()]:
+            if task is not None:
+                task.cancel()
+        for task in [self._task, *self._kill_tasks.values()]:
+            if task is not None:
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self._task = None
+
+    # -- requests --------------------------------------------------------------------------
+    def validate(self, kind: str | None, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Validate parameters for a kind; raises KeyError or pydantic's ValidationError."""
+        job_kind = self.registry.get(kind)
+        model = job_kind.params.model_validate(params)
+        return job_kind.name, model.model_dump(mode="json")
+
+    async def submit(
+        self, kind: str | None, params: dict[str, Any], *, owner: str, origin: str
+    ) -> Job:
+        kind_name, clean = self.validate(kind, params)
+        async with self._lock:
+            job_id = self.store.new_id()
+            job_dir = self.jobs_dir / job_id
+            job_dir.mkdir(parents=True, exist_ok=False)
+            job = Job(
+                id=job_id, kind=kind_name, params=clean, state=QUEUED, owner=owner,
+                origin=origin, job_dir=str(job_dir), created_at=time.time(),
+            )  # fmt: skip
+            self.store.insert(job)
+            self.store.add_event(job.id, _state_event(None, QUEUED, "submitted"))
+        await self._publish(job, _state_event(None, QUEUED, "submitted"))
+        await self.tick()
+        return self.store.get(job_id) or job
+
+    async def resume(self, job_id: str) -> Job:
+        """Queue a stopped, failed or lost job again; it continues from its last checkpoint."""
+        job = self.require(job_id)
+        if job.state not in (STOPPED, FAILED, LOST):
+            raise JobError(f"job {job.id} is {job.state}; only stopped, failed or lost jobs resume")
+        if not job.checkpoint:
+            raise JobError(f"job {job.id} has no checkpoint to resume from")
+        job.stop_requested = False
+        job.error = None
+        await self._move(job, QUEUED, f"resume from {Path(job.checkpoint).name}")
+        await self.tick()
+        return self.require(job_id)
+
+    def require(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job is None:
+            raise JobError(f"no job {job_id}")
+        return job
+
+    def running_count(self) -> int:
+        return len(self.store.list(ACTIVE_STATES, limit=10_000))
+
+    def queue_position(self, job_id: str) -> int | None:
+        queued = sorted(self.store.list({QUEUED}, limit=10_000), key=lambda j: j.created_at)
+        ids = [j.id for j in queued]
+        return ids.index(job_id) + 1 if job_id in ids else None
+
+    async def control(self, job_id: str, cmd: str, params: dict[str, Any] | None = None) -> str:
+        """Send pause/resume/set to a live runner; returns the control id it will acknowledge."""
+        job = self.require(job_id)
+        if job.state not in (RUNNING, PAUSED, STARTING):
+            raise JobError(f"job {job.id} is {job.state}, not running")
+        if cmd == "pause" and job.state == PAUSED:
+            raise JobError(f"job {job.id} is already paused")
+        if cmd == "resume" and job.state != PAUSED:
+            raise JobError(f"job {job.id} is not paused")
+        return protocol.write_control(job.dir, cmd, params)
+
+    async def stop(self, job_id: str) -> Job:
+        """Graceful stop at the next batch boundary; a kill follows after `stop_timeout`."""
+        job = self.require(job_id)
+        if job.terminal:
+            raise JobError(f"job {job.id} already ended ({job.state})")
+        if job.state == QUEUED:
+            job.stop_requested = True
+            await self._move(job, STOPPED, "cancelled before it started")
+            return job
+        job.stop_requested = True
+        self.store.save(job)
+        protocol.write_control(job.dir, "stop")
+        if job.id not in self._kill_tasks:
+            self._kill_tasks[job.id] = asyncio.create_task(self._kill_later(job.id))
+        return job
+
+    # -- watching --------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("job manager tick failed")
+            await asyncio.sleep(self.poll_interval)
+
+    async def tick(self) -> None:
+        """One pass: ingest events of active jobs, detect ends, start queued jobs."""
+        async with self._lock:
+            for job in self.store.list(ACTIVE_STATES | {LOST}, limit=10_000):
+                await self._ingest(job)
+                if job.state in ACTIVE_STATES:
+                    await self._check_health(job)
+            await self._schedule()
+
+    async def _ingest(self, job: Job) -> None:
+        events, offset = protocol.read_events(job.dir / protocol.EVENTS_FILE, job.events_offset)
+        if offset == job.events_offset:
+            return
+        job.events_offset = offset
+        for event in events:
+            if event["seq"] <= job.last_seq:
+                continue
+            job.last_seq = event["seq"]
+            job.last_event_at = time.time()
+            await self._apply(job, event)
+        self.store.save(job)
+
+    async def _apply(self, job: Job, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind in _PERSISTED:
+            self.store.add_event(job.id, event)
+        if kind in ("progress", "epoch"):
+            job.metrics.update({k: v for k, v in event.items() if k not in ("v", "seq", "t", "type")})
+        elif kind == "finished":
+            job.metrics.update(event.get("metrics", {}))
+        elif kind in ("checkpoint", "stopped") and (event.get("path") or event.get("checkpoint")):
+            job.checkpoint = event.get("path") or event.get("checkpoint")
+        elif kind == "failed":
+            job.error = event.get("error") or "runner failed"
+        target = {
+            "started": RUNNING, "resumed": RUNNING, "paused": PAUSED, "stopped": STOPPED,
+            "finished": SUCCEEDED, "failed": FAILED,
+        }.get(kind)  # fmt: skip
+        if kind != "heartbeat":
+            await self._publish(job, event)
+        if target is not None and target != job.state:
+            if job.state == STARTING and target == PAUSED:
+                await self._move(job, RUNNING, "runner started")
+            await self._move(job, target, kind)
+
+    async def _check_health(self, job: Job) -> None:
+        exit_info = self.executor.poll(job.id, job.handle)
+        if exit_info is not None:
+            # Drain what the runner wrote just before it ended.
+            await self._ingest(job)
+            if job.terminal:
+                return
+            tail = log_tail(job.dir, 12)
+            if job.stop_requested:
+                await self._move(job, STOPPED, f"runner {exit_info.describe()} after stop")
+                return
+            if exit_info.code is None and exit_info.signal is None:
+                job.error = f"runner {exit_info.describe()}"
+                await self._move(job, LOST, job.error)
+                return
+            job.error = f"runner {exit_info.describe()}" + (f"\n{tail}" if tail else "")
+            await self._move(job, FAILED, job.error)
+            return
+        last = job.last_event_at or job.started_at or time.time()
+        if job.state != PAUSED and time.time() - last > self.heartbeat_timeout:
+            job.error = f"no sign of life from the runner for {int(time.time() - last)} s"
+            await self._move(job, LOST, job.error)
+
+    async def _schedule(self) -> None:
+        active = len(self.store.list(ACTIVE_STATES, limit=10_000))
+        queued = sorted(self.store.list({QUEUED}, limit=10_000), key=lambda j: j.created_at)
+        for job in queued[: max(0, self.max_parallel - active)]:
+            await self._launch(job)
+
+    async def _launch(self, job: Job) -> None:
+        kind = self.registry.get(job.kind)
+        options = {**self.runner_options}
+        if job.checkpoint:
+            options["resume_from"] = job.checkpoint
+        spec = {"job_id": job.id, "kind": job.kind, "params": job.params, "options": options}
+        (job.dir / protocol.PARAMS_FILE).write_text(json.dumps(spec, indent=2))
+        # Start reading where this run's events begin (a resumed job appends to the same file).
+        events_file = job.dir / protocol.EVENTS_FILE
+        job.events_offset = events_file.stat().st_size if events_file.exists() else 0
+        job.started_at = time.time()
+        job.last_event_at = time.time()
+        job.runs += 1
+        await self._move(job, STARTING, "launching runner")
+        try:
+            job.handle = await self.executor.launch(job.id, job.dir, kind.runner_module)
+        except Exception as exc:
+            job.error = f"could not start the runner: {exc}"
+            await self._move(job, FAILED, job.error)
+            return
+        self.store.save(job)
+
+    async def _kill_later(self, job_id: str) -> None:
+        try:
+            await asyncio.sleep(self.stop_timeout)
+            job = self.store.get(job_id)
+            if job and not job.terminal:
+                log.warning("job %s did not stop within %.0f s; terminating", job_id, self.stop_timeout)
+                await self.executor.kill(job_id, job.handle, force=False)
+                await asyncio.sleep(3)
+                job = self.store.get(job_id)
+                if job and not job.terminal:
+                    await self.executor.kill(job_id, job.handle, force=True)
+        finally:
+            self._kill_tasks.pop(job_id, None)
+
+    async def _move(self, job: Job, state: str, reason: str) -> None:
+        check_transition(job.state, state)
+        event = _state_event(job.state, state, reason)
+        job.state = state
+        if state in TERMINAL_STATES:
+            job.ended_at = time.time()
+        elif state == QUEUED:
+            job.ended_at = None
+        self.store.save(job)
+        self.store.add_event(job.id, event)
+        await self._publish(job, event)
+
+    async def _publish(self, job: Job, event: dict[str, Any]) -> None:
+        for listener in self._listeners:
+            try:
+                await listener(job, event)
+            except Exception:
+                log.exception("job listener failed on %s", event.get("type"))
+
+
+def _state_event(old: str | None, new: str, reason: str) -> dict[str, Any]:
+    return {"type": "state", "from": old, "to": new, "reason": reason, "t": time.time()}
+
+
+def log_tail(job_dir: Path, lines: int = 20) -> str:
+    """The last lines of the runner's output (stdout and stderr)."""
+    path = Path(job_dir) / protocol.LOG_FILE
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            data = fh.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+__all__ = ["JobError", "JobManager", "ValidationError", "log_tail"]

@@ -1,0 +1,166 @@
+"""Job records and their events in SQLite, and the job state machine."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobs.db import connect, migrate
+
+QUEUED, STARTING, RUNNING, PAUSED = "queued", "starting", "running", "paused"
+SUCCEEDED, FAILED, STOPPED, LOST = "succeeded", "failed", "stopped", "lost"
+ACTIVE_STATES = frozenset({STARTING, RUNNING, PAUSED})
+TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, STOPPED, LOST})
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({STARTING, STOPPED}),
+    STARTING: frozenset({RUNNING, FAILED, STOPPED, LOST}),
+    RUNNING: frozenset({PAUSED, SUCCEEDED, FAILED, STOPPED, LOST}),
+    PAUSED: frozenset({RUNNING, FAILED, STOPPED, LOST}),
+    # A lost runner may speak again; a stopped, failed or lost job may be resumed from its checkpoint.
+    LOST: frozenset({RUNNING, PAUSED, SUCCEEDED, FAILED, STOPPED, QUEUED}),
+    STOPPED: frozenset({QUEUED}),
+    FAILED: frozenset({QUEUED}),
+    SUCCEEDED: frozenset(),
+}
+
+
+class InvalidTransition(ValueError):
+    pass
+
+
+def check_transition(old: str, new: str) -> None:
+    if new not in TRANSITIONS[old]:
+        raise InvalidTransition(f"job cannot go from {old} to {new}")
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    params: dict[str, Any]
+    state: str
+    owner: str
+    origin: str
+    job_dir: str
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    handle: dict[str, Any] = field(default_factory=dict)
+    events_offset: int = 0
+    last_seq: int = 0
+    last_event_at: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    error: str | None = None
+    stop_requested: bool = False
+    runs: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.job_dir)
+
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, params TEXT NOT NULL, state TEXT NOT NULL,
+        owner TEXT NOT NULL, origin TEXT NOT NULL, job_dir TEXT NOT NULL, created_at REAL NOT NULL,
+        started_at REAL, ended_at REAL, handle TEXT NOT NULL DEFAULT '{}',
+        events_offset INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT 0,
+        last_event_at REAL, metrics TEXT NOT NULL DEFAULT '{}', checkpoint TEXT, error TEXT,
+        stop_requested INTEGER NOT NULL DEFAULT 0, runs INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_state ON jobs(state, created_at);
+    CREATE TABLE job_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL REFERENCES jobs(id),
+        seq INTEGER, t REAL NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL
+    );
+    CREATE INDEX job_events_job ON job_events(job_id, id)
+    """,
+]
+
+_JSON_FIELDS = ("params", "handle", "metrics")
+
+
+class JobStore:
+    """Persistence of jobs; shares the database file with the chat store when given a connection."""
+
+    def __init__(self, db: sqlite3.Connection | Path | str) -> None:
+        self.conn = db if isinstance(db, sqlite3.Connection) else connect(db)
+        migrate(self.conn, "jobs", _MIGRATIONS)
+
+    def new_id(self) -> str:
+        for length in (3, 4, 6):
+            for _ in range(20):
+                job_id = secrets.token_hex(length)[: length + 1]
+                if not self.conn.execute("SELECT 1 FROM jobs WHERE id=?", (job_id,)).fetchone():
+                    return job_id
+        raise RuntimeError("could not allocate a job id")
+
+    def insert(self, job: Job) -> None:
+        row = self._row(job)
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        self.conn.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(row.values()))
+
+    def save(self, job: Job) -> None:
+        row = self._row(job)
+        job_id = row.pop("id")
+        sets = ", ".join(f"{k}=?" for k in row)
+        self.conn.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*row.values(), job_id))
+
+    def get(self, job_id: str) -> Job | None:
+        row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return self._job(row) if row else None
+
+    def list(self, states: set[str] | frozenset[str] | None = None, limit: int = 50) -> list[Job]:
+        if states:
+            marks = ", ".join("?" for _ in states)
+            rows = self.conn.execute(
+                f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at DESC LIMIT ?",
+                (*states, limit),
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                "SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [self._job(r) for r in rows]
+
+    def add_event(self, job_id: str, event: dict[str, Any]) -> None:
+        self.conn.execute(
+            "INSERT INTO job_events (job_id, seq, t, type, data) VALUES (?, ?, ?, ?, ?)",
+            (job_id, event.get("seq"), event.get("t", time.time()), event["type"], json.dumps(event)),
+        )
+
+    def events(self, job_id: str, types: set[str] | None = None) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT data FROM job_events WHERE job_id=? ORDER BY id", (job_id,)
+        ).fetchall()
+        out = [json.loads(r[0]) for r in rows]
+        return [e for e in out if types is None or e["type"] in types]
+
+    @staticmethod
+    def _row(job: Job) -> dict[str, Any]:
+        row = dict(job.__dict__)
+        for key in _JSON_FIELDS:
+            row[key] = json.dumps(row[key])
+        row["stop_requested"] = int(job.stop_requested)
+        return row
+
+    @staticmethod
+    def _job(row: sqlite3.Row) -> Job:
+        data = dict(row)
+        for key in _JSON_FIELDS:
+            data[key] = json.loads(data[key])
+        data["stop_requested"] = bool(data["stop_requested"])
+        return Job(**data)

@@ -1,0 +1,27 @@
+"""Shared fixtures: settings on a temporary data dir, and the push/pop bot harness."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from chatops.settings import AuthSettings, JobsSettings, NotifySettings, Settings
+from chatops.testing import BotHarness
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        auth=AuthSettings(admins=["test:admin"], operators=["test:op", "test:op*"], viewers=["test:viewer"]),
+        jobs=JobsSettings(max_parallel=1, stop_timeout=10, heartbeat_timeout=60),
+        notify=NotifySettings(progress_seconds=0.2, digest_seconds=1),
+    )
+
+
+@pytest.fixture
+async def bot(settings: Settings) -> AsyncIterator[BotHarness]:
+    async with BotHarness(settings) as harness:
+        yield harness
