@@ -87,6 +87,7 @@ class Notifier:
         self._last_push: dict[tuple[str, str], float] = {}
         self._last_sent: dict[str, float] = {}
         self._wake = asyncio.Event()
+        self._composing = 0  # final reports being rendered (plots) but not yet in the outbox
         self._task: asyncio.Task[None] | None = None
 
     # -- producing -------------------------------------------------------------------------
@@ -103,7 +104,11 @@ class Notifier:
             if kind in ("progress", "epoch"):
                 self._progress(job, event, conv_key, zh)
             elif kind == "state" and event["to"] in ("succeeded", "failed", "stopped", "lost"):
-                await self._final(job, conv_key, zh)
+                self._composing += 1
+                try:
+                    await self._final(job, conv_key, zh)
+                finally:
+                    self._composing -= 1
             elif kind == "state" and event["to"] == "running" and event.get("from") == "queued":
                 pass
             elif kind in ("paused", "resumed"):
@@ -190,10 +195,10 @@ class Notifier:
     async def drain(self, timeout: float = 30.0) -> bool:
         """Wait until nothing deliverable is pending (used by one-shot CLI commands)."""
         deadline = time.monotonic() + timeout
-        while self.store.pending_count() and time.monotonic() < deadline:
+        while (self._composing or self.store.pending_count()) and time.monotonic() < deadline:
             self._wake.set()
             await asyncio.sleep(0.05)
-        return self.store.pending_count() == 0
+        return not self._composing and self.store.pending_count() == 0
 
     async def _deliver_forever(self) -> None:
         while True:

@@ -1,0 +1,125 @@
+"""Jobs end to end through the router: real MXNet runner processes on tiny slices of digits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from chatops.settings import Settings
+from chatops.testing import BotHarness
+from jobs.store import TRANSITIONS, InvalidTransition, check_transition
+
+TINY = "max_samples=200 report=0.2"
+
+
+def job_id(text: str) -> str:
+    match = re.search(r"job ([0-9a-z]+)", text)
+    assert match, text
+    return match.group(1)
+
+
+async def wait_state(bot: BotHarness, jid: str, states: set[str], timeout: float = 60) -> str:
+    for _ in range(int(timeout / 0.1)):
+        job = bot.app.job_store.get(jid)
+        if job and job.state in states:
+            return job.state
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"job {jid} never reached {states}; it is {bot.app.job_store.get(jid)}")
+
+
+def test_state_machine_rejects_illegal_moves() -> None:
+    check_transition("queued", "starting")
+    check_transition("running", "paused")
+    check_transition("paused", "running")
+    for old, new in [("succeeded", "running"), ("queued", "running"), ("stopped", "running"), ("failed", "paused")]:
+        with pytest.raises(InvalidTransition):
+            check_transition(old, new)
+    assert not TRANSITIONS["succeeded"]
+
+
+@pytest.mark.slow
+async def test_train_reports_progress_and_final_plot(bot: BotHarness) -> None:
+    [reply] = await bot.say(f"train epochs=2 {TINY}")
+    jid = job_id(reply.text)
+    assert "started" in reply.text and reply.job_id == jid
+    final = await bot.wait_for(lambda r: r.job_id == jid and "succeeded" in r.text)
+    assert "test_acc" in final.text
+    assert isinstance(final.image, Path) and final.image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    edits = [r for _, r, edit in bot.adapter.sent if edit and r.job_id == jid]
+    live = [r for _, r, _ in bot.adapter.sent if r.live_key == f"job:{jid}"]
+    assert live and live[-1].progress is not None and live[-1].progress.epochs == 2
+    assert edits, "progress should be edited into one message"
+    kinds = [e["type"] for e in bot.app.job_store.events(jid)]
+    assert kinds.index("started") < kinds.index("epoch") < kinds.index("finished")
+
+
+@pytest.mark.slow
+async def test_chinese_alias_and_queue(bot: BotHarness) -> None:
+    [first] = await bot.say(f"开始 ep 1 {TINY}")
+    assert "job" in first.text and "训练已开始" in first.text
+    [second] = await bot.say(f"train epochs=1 {TINY}")
+    assert "queued" in second.text and "training is underway" in second.text
+    a, b = job_id(first.text), job_id(second.text)
+    assert await wait_state(bot, a, {"succeeded"}) == "succeeded"
+    assert await wait_state(bot, b, {"succeeded"}) == "succeeded"
+
+
+@pytest.mark.slow
+async def test_redelivered_train_starts_one_job(bot: BotHarness) -> None:
+    await bot.say(f"train epochs=1 {TINY}", message_id="update-1")
+    await bot.say(f"train epochs=1 {TINY}", message_id="update-1")
+    assert len(bot.app.job_store.list()) == 1
+
+
+@pytest.mark.slow
+async def test_stop_needs_confirmation_and_keeps_checkpoint(bot: BotHarness) -> None:
+    [reply] = await bot.say(f"train epochs=200 {TINY}")
+    jid = job_id(reply.text)
+    await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None)
+    [question] = await bot.say(f"stop {jid}")
+    assert f"Stop job {jid}" in question.text and question.buttons[0].command == f"stop {jid} --yes"
+    assert bot.app.job_store.get(jid).state == "running"
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    [ack] = await bot.say("yes")
+    assert "stopping" in ack.text
+    assert await wait_state(bot, jid, {"stopped", "failed"}, timeout=15) == "stopped"
+    assert loop.time() - asked < 5
+    job = bot.app.job_store.get(jid)
+    assert job.checkpoint and Path(job.checkpoint + ".params").exists()
+    final = await bot.wait_for(lambda r: r.job_id == jid and "stopped" in r.text)
+    assert f"train resume={jid}" in final.text
+
+
+@pytest.mark.slow
+async def test_sigkill_ends_failed_with_clear_message(bot: BotHarness) -> None:
+    [reply] = await bot.say(f"train epochs=200 {TINY}")
+    jid = job_id(reply.text)
+    await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None)
+    os.kill(bot.app.job_store.get(jid).handle["pid"], signal.SIGKILL)
+    final = await bot.wait_for(lambda r: r.job_id == jid and "failed" in r.text, timeout=15)
+    assert "killed by SIGKILL" in final.text
+    assert bot.app.job_store.get(jid).state == "failed"
+
+
+@pytest.mark.slow
+async def test_bot_restart_reattaches_without_duplicates(settings: Settings) -> None:
+    async with BotHarness(settings) as bot:
+        [reply] = await bot.say(f"train epochs=3 {TINY}")
+        jid = job_id(reply.text)
+        await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None)
+        first_sent = len(bot.adapter.sent)
+    # The bot is gone; training goes on. A new bot process picks the job up from the store.
+    async with BotHarness(settings) as bot2:
+        final = await bot2.wait_for(lambda r: r.job_id == jid and "succeeded" in r.text)
+        assert final.image is not None
+        seqs = [e["seq"] for e in bot2.app.job_store.events(jid) if "seq" in e]
+        assert len(seqs) == len(set(seqs)), "an event was stored twice"
+        finals = [r for _, r, _ in bot2.adapter.sent if r.job_id == jid and "succeeded" in r.text]
+        assert len(finals) == 1
+    assert first_sent > 0
