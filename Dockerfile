@@ -1,0 +1,24 @@
+# Self-hosted chatops: the bot and local training in one container.
+#   docker build -t chatops .
+#   docker run -v chatops-data:/data -v $PWD/chatops.toml:/etc/chatops.toml:ro \
+#     -e CHATOPS_CONFIG=/etc/chatops.toml -e CHATOPS_TELEGRAM__TOKEN=... chatops
+FROM python:3.11-slim-bookworm
+
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 1000 chatops \
+    && mkdir /data && chown chatops /data
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY chatops ./chatops
+COPY adapters ./adapters
+COPY jobs ./jobs
+# One resolver step keeps numpy below 1.24 for MXNet 1.9.1.
+RUN pip install --no-cache-dir ".[telegram,slack,email,wechat]" "numpy<1.24"
+
+USER chatops
+ENV CHATOPS_DATA_DIR=/data
+VOLUME ["/data"]
+ENTRYPOINT ["chatops"]
+CMD ["run"]
