@@ -87,7 +87,7 @@ class Notifier:
         self._last_push: dict[tuple[str, str], float] = {}
         self._last_sent: dict[str, float] = {}
         self._wake = asyncio.Event()
-        self._composing = 0  # final reports being rendered (plots) but not yet in the outbox
+        self._composing: set[asyncio.Task[None]] = set()  # final reports being rendered (plots)
         self._task: asyncio.Task[None] | None = None
 
     # -- producing -------------------------------------------------------------------------
@@ -99,18 +99,17 @@ class Notifier:
 
     async def on_job_event(self, job: Job, event: dict[str, Any]) -> None:
         kind = event["type"]
-        for conv_key, lang in self.store.followers(job.id):
+        followers = self.store.followers(job.id)
+        if kind == "state" and event["to"] in ("succeeded", "failed", "stopped", "lost"):
+            # Rendered off the manager's path: a plot takes a while and must not stall it.
+            task = asyncio.create_task(self._final(job, followers))
+            self._composing.add(task)
+            task.add_done_callback(self._composing.discard)
+            return
+        for conv_key, lang in followers:
             zh = lang == "zh"
             if kind in ("progress", "epoch"):
                 self._progress(job, event, conv_key, zh)
-            elif kind == "state" and event["to"] in ("succeeded", "failed", "stopped", "lost"):
-                self._composing += 1
-                try:
-                    await self._final(job, conv_key, zh)
-                finally:
-                    self._composing -= 1
-            elif kind == "state" and event["to"] == "running" and event.get("from") == "queued":
-                pass
             elif kind in ("paused", "resumed"):
                 word = {"paused": ("paused", "已暂停"), "resumed": ("resumed", "已继续")}[kind]
                 text = f"job {job.id} {word[1] if zh else word[0]} (epoch {event.get('epoch', '?')})"
@@ -148,7 +147,13 @@ class Notifier:
             ),
         )
 
-    async def _final(self, job: Job, conv_key: str, zh: bool) -> None:
+    async def _final(self, job: Job, followers: list[tuple[str, str]]) -> None:
+        image = await self.plot(job)
+        for conv_key, lang in followers:
+            self.enqueue(conv_key, self._final_reply(job, lang == "zh", image))
+            self._last_push.pop((conv_key, job.id), None)
+
+    def _final_reply(self, job: Job, zh: bool, image: Path | None) -> Reply:
         took = duration((job.ended_at or time.time()) - (job.started_at or job.created_at))
         state = job.state
         if state == "succeeded":
@@ -162,9 +167,7 @@ class Notifier:
             text = f"job {job.id} {state}: {job.error or 'no reason given'}"
         if zh:
             text = {"succeeded": "训练完成 ", "failed": "训练失败 ", "stopped": "训练已停止 "}.get(state, "") + text
-        image = await self.plot(job)
-        self.enqueue(conv_key, Reply(text, image=image, job_id=job.id, error=state != "succeeded"))
-        self._last_push.pop((conv_key, job.id), None)
+        return Reply(text, image=image, job_id=job.id, error=state != "succeeded")
 
     async def plot(self, job: Job) -> Path | None:
         """Render the job's curves to its folder (off the event loop); None if there is nothing."""

@@ -131,14 +131,15 @@ class JobManager:
 
     async def resume(self, job_id: str) -> Job:
         """Queue a stopped, failed or lost job again; it continues from its last checkpoint."""
-        job = self.require(job_id)
-        if job.state not in (STOPPED, FAILED, LOST):
-            raise JobError(f"job {job.id} is {job.state}; only stopped, failed or lost jobs resume")
-        if not job.checkpoint:
-            raise JobError(f"job {job.id} has no checkpoint to resume from")
-        job.stop_requested = False
-        job.error = None
-        await self._move(job, QUEUED, f"resume from {Path(job.checkpoint).name}")
+        async with self._lock:
+            job = self.require(job_id)
+            if job.state not in (STOPPED, FAILED, LOST):
+                raise JobError(f"job {job.id} is {job.state}; only stopped, failed or lost jobs resume")
+            if not job.checkpoint:
+                raise JobError(f"job {job.id} has no checkpoint to resume from")
+            job.stop_requested = False
+            job.error = None
+            await self._move(job, QUEUED, f"resume from {Path(job.checkpoint).name}")
         await self.tick()
         return self.require(job_id)
 
@@ -169,16 +170,16 @@ class JobManager:
 
     async def stop(self, job_id: str) -> Job:
         """Graceful stop at the next batch boundary; a kill follows after `stop_timeout`."""
-        job = self.require(job_id)
-        if job.terminal:
-            raise JobError(f"job {job.id} already ended ({job.state})")
-        if job.state == QUEUED:
+        async with self._lock:  # the watcher saves jobs too: no interleaving with it
+            job = self.require(job_id)
+            if job.terminal:
+                raise JobError(f"job {job.id} already ended ({job.state})")
             job.stop_requested = True
-            await self._move(job, STOPPED, "cancelled before it started")
-            return job
-        job.stop_requested = True
-        self.store.save(job)
-        protocol.write_control(job.dir, "stop")
+            if job.state == QUEUED:
+                await self._move(job, STOPPED, "cancelled before it started")
+                return job
+            self.store.save(job)
+            protocol.write_control(job.dir, "stop")
         if job.id not in self._kill_tasks:
             self._kill_tasks[job.id] = asyncio.create_task(self._kill_later(job.id))
         return job

@@ -1,0 +1,95 @@
+"""Live control from chat: pause, live learning rate, resume, stop, resume from checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from chatops.testing import BotHarness
+from tests.test_jobs import job_id, wait_state
+
+SLOW_RUN = "epochs=300 max_samples=200 report=0.2"
+
+
+async def wait_event(bot: BotHarness, jid: str, kind: str, timeout: float = 10) -> dict:
+    for _ in range(int(timeout / 0.05)):
+        events = [e for e in bot.app.job_store.events(jid) if e["type"] == kind]
+        if events:
+            return events[-1]
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"no {kind} event for job {jid}")
+
+
+@pytest.mark.slow
+async def test_pause_set_resume_stop_and_resume_from_checkpoint(bot: BotHarness) -> None:
+    loop = asyncio.get_running_loop()
+    [reply] = await bot.say(f"train {SLOW_RUN}")
+    jid = job_id(reply.text)
+    await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None)
+
+    t0 = loop.time()
+    [ack] = await bot.say(f"pause {jid}")
+    assert "pausing" in ack.text
+    await wait_state(bot, jid, {"paused"}, timeout=5)
+    assert loop.time() - t0 < 2.0
+    [status] = await bot.say(f"status {jid}")
+    assert f"job {jid}: paused" in status.text and "tensorboard" in status.text
+
+    [ack] = await bot.say(f"set {jid} lr=0.001")
+    assert "lr" in ack.text or "learning_rate" in ack.text
+    changed = await wait_event(bot, jid, "param_changed", timeout=3)
+    assert changed["name"] == "learning_rate" and changed["new"] == pytest.approx(0.001)
+    await bot.wait_for(lambda r: r.job_id == jid and "learning_rate" in r.text and "0.001" in r.text)
+
+    [refused] = await bot.say(f"set {jid} bs=64")
+    assert refused.error and "batch_size cannot change while job" in refused.text
+
+    await bot.say(f"resume {jid}")
+    await wait_state(bot, jid, {"running"}, timeout=5)
+    await wait_event(bot, jid, "resumed")
+    for _ in range(100):  # a report after the change carries the new rate
+        later = [e for e in bot.app.job_store.events(jid) if e["type"] == "progress" and e["seq"] > changed["seq"]]
+        if later:
+            break
+        await asyncio.sleep(0.05)
+    assert later and later[-1]["lr"] == pytest.approx(0.001)
+
+    [question] = await bot.say(f"stop {jid}")
+    assert "Stop job" in question.text
+    t0 = loop.time()
+    await bot.say("yes")
+    await wait_state(bot, jid, {"stopped"}, timeout=10)
+    assert loop.time() - t0 < 3.0
+    job = bot.app.job_store.get(jid)
+    assert job.checkpoint and Path(job.checkpoint + ".params").exists()
+    epoch_at_stop = job.metrics.get("epoch", 0)
+
+    [again] = await bot.say(f"train resume={jid}")
+    assert f"job {jid}" in again.text and not again.error, again.text
+    await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None and r.progress.epoch >= epoch_at_stop)
+    await bot.say(f"stop {jid} --yes")
+    await wait_state(bot, jid, {"stopped"}, timeout=10)
+    job = bot.app.job_store.get(jid)
+    assert job.runs == 2
+    seqs = [e["seq"] for e in bot.app.job_store.events(jid) if "seq" in e]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)), "history continues in one sequence"
+
+    [plot] = await bot.say(f"plot {jid}")
+    assert isinstance(plot.image, Path) and plot.image.stat().st_size > 1000
+
+
+@pytest.mark.slow
+async def test_follow_and_unfollow(bot: BotHarness) -> None:
+    [reply] = await bot.say("train epochs=2 max_samples=200 report=0.2")
+    jid = job_id(reply.text)
+    [ok] = await bot.say(f"follow {jid}", user="viewer")
+    assert ok.text == f"Following job {jid}."
+    final = await bot.wait_for(lambda r: r.job_id == jid and "succeeded" in r.text)
+    assert final is not None
+    await asyncio.sleep(0.3)
+    destinations = {c.chat_id for c, r, _ in bot.adapter.sent if r.job_id == jid and "succeeded" in r.text}
+    assert destinations == {"op", "viewer"}
+    [bye] = await bot.say(f"unfollow {jid}", user="viewer")
+    assert "Stopped following" in bye.text
