@@ -31,9 +31,7 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str])
         " component TEXT NOT NULL, version INTEGER NOT NULL, applied_at REAL NOT NULL,"
         " PRIMARY KEY (component, version))"
     )
-    row = conn.execute(
-        "SELECT MAX(version) FROM schema_migrations WHERE component = ?", (component,)
-    ).fetchone()
+    row = conn.execute("SELECT MAX(version) FROM schema_migrations WHERE component = ?", (component,)).fetchone()
     current = row[0] or 0
     if current > len(migrations):
         raise RuntimeError(
@@ -45,9 +43,7 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str])
         try:
             for statement in _statements(migrations[version - 1]):
                 conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_migrations VALUES (?, ?, ?)", (component, version, time.time())
-            )
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (component, version, time.time()))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

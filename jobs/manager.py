@@ -111,9 +111,7 @@ class JobManager:
         model = job_kind.params.model_validate(params)
         return job_kind.name, model.model_dump(mode="json")
 
-    async def submit(
-        self, kind: str | None, params: dict[str, Any], *, owner: str, origin: str
-    ) -> Job:
+    async def submit(self, kind: str | None, params: dict[str, Any], *, owner: str, origin: str) -> Job:
         kind_name, clean = self.validate(kind, params)
         async with self._lock:
             job_id = self.store.new_id()
@@ -271,7 +269,11 @@ class JobManager:
 
     async def _launch(self, job: Job) -> None:
         kind = self.registry.get(job.kind)
-        options = {**self.runner_options}
+        control_file = job.dir / protocol.CONTROL_FILE
+        options = {
+            **self.runner_options,
+            "control_offset": control_file.stat().st_size if control_file.exists() else 0,
+        }
         if job.checkpoint:
             options["resume_from"] = job.checkpoint
         spec = {"job_id": job.id, "kind": job.kind, "params": job.params, "options": options}

@@ -77,7 +77,7 @@ class EventWriter:
         self.path = path
         self._seq = start_seq
         self._lock = threading.Lock()
-        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the runner
+        self._fh = open(path, "a", encoding="utf-8")
 
     @classmethod
     def continuing(cls, path: Path) -> EventWriter:

@@ -57,24 +57,14 @@ class MXNetParams(JobParams):
     )
     epochs: int = param(5, "ep", "ti", "epoch", ge=1, le=10_000, description="passes over the data")
     batch_size: int = param(32, "bs", "batch", ge=1, le=65_536, description="samples per batch")
-    learning_rate: float = param(
-        0.05, "lr", "learning-rate", live=True, gt=0, le=10, description="optimizer step size"
-    )
+    learning_rate: float = param(0.05, "lr", "learning-rate", live=True, gt=0, le=10, description="optimizer step size")
     weight_decay: float = param(0.0, "wd", ge=0, le=1, description="L2 penalty")
-    optimizer: Literal["sgd", "nag", "adam", "rmsprop", "adagrad"] = param(
-        "sgd", "opt", description="optimizer"
-    )
+    optimizer: Literal["sgd", "nag", "adam", "rmsprop", "adagrad"] = param("nag", "opt", description="optimizer")
     momentum: float = param(0.9, "mom", ge=0, lt=1, description="momentum (sgd, nag)")
-    context: str = param(
-        "cpu", "ctx", "device", pattern=r"^(cpu|gpu(:\d{1,2})?)$", description="cpu, gpu or gpu:N"
-    )
+    context: str = param("cpu", "ctx", "device", pattern=r"^(cpu|gpu(:\d{1,2})?)$", description="cpu, gpu or gpu:N")
     seed: int = param(42, ge=0, le=2**31 - 1, description="random seed")
-    report_seconds: float = param(
-        1.0, "report", ge=0.1, le=3600, description="seconds between progress reports"
-    )
-    max_samples: int | None = param(
-        None, "n", "samples", ge=1, description="use only the first N training samples"
-    )
+    report_seconds: float = param(1.0, "report", ge=0.1, le=3600, description="seconds between progress reports")
+    max_samples: int | None = param(None, "n", "samples", ge=1, description="use only the first N training samples")
 
 
 @dataclass(frozen=True)

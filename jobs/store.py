@@ -131,9 +131,7 @@ class JobStore:
                 (*states, limit),
             ).fetchall()
         else:
-            rows = self.conn.execute(
-                "SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
-            ).fetchall()
+            rows = self.conn.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
         return [self._job(r) for r in rows]
 
     def add_event(self, job_id: str, event: dict[str, Any]) -> None:
@@ -143,9 +141,7 @@ class JobStore:
         )
 
     def events(self, job_id: str, types: set[str] | None = None) -> list[dict[str, Any]]:
-        rows = self.conn.execute(
-            "SELECT data FROM job_events WHERE job_id=? ORDER BY id", (job_id,)
-        ).fetchall()
+        rows = self.conn.execute("SELECT data FROM job_events WHERE job_id=? ORDER BY id", (job_id,)).fetchall()
         out = [json.loads(r[0]) for r in rows]
         return [e for e in out if types is None or e["type"] in types]
 

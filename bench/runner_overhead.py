@@ -1,0 +1,166 @@
+"""What does our runner cost, and what does it save? Samples/s, side by side, in one process.
+
+(a) our runner loop as a job runs it: progress events to a file, control polled every batch,
+    heartbeat thread, TensorBoard scalars + histograms + images, a checkpoint every epoch;
+(b) the same loop with reporting, monitoring, heartbeat and checkpoints off;
+(c) a classic loop as in the blog tutorials: `gluon.data.DataLoader` over an `ArrayDataset`
+    (per-sample loading and batchify), `loss.mean().asscalar()` and the accuracy read back
+    every batch. Same LeNet (plain `hybridize()`), same data, same optimizer;
+(d) that classic loop with the runner's hybridize flags (static memory and shapes).
+
+Each variant runs `--repeats` times, interleaved (a, b, c, a, b, c, ...) so a noisy neighbour
+hurts all alike; the best run counts. Throughput is training samples over the time of the
+epoch loops (per-epoch validation included), not process start or data loading. Digits is
+tiled to an MNIST-sized epoch because (a) pays its monitoring once per epoch (histograms,
+weight image, checkpoint: ~30-60 ms on two cores): on one-second epochs that alone is ~5 %.
+
+    .venv/bin/python bench/runner_overhead.py [--ctx cpu|gpu|gpu:N] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from jobs.datasets import load_dataset
+from jobs.models import build_model
+from jobs.protocol import ControlReader, EventWriter
+from jobs.runners.mxnet import HYBRIDIZE, NullEvents, RunOptions, resolve_context, train
+from jobs.schemas import MXNetParams
+
+
+def runner(params: MXNetParams, repeat: int, on: bool) -> float:
+    with tempfile.TemporaryDirectory(prefix="bench-job-") as tmp:
+        job = Path(tmp)
+        if on:
+            options = RunOptions(
+                monitor=True, report=True, checkpoint_dir=job / "checkpoints",
+                tensorboard_dir=job / "tensorboard", heartbeat_seconds=5.0, repeat=repeat,
+            )
+            events = EventWriter(job / "events.jsonl")
+            control = ControlReader(job / "control.jsonl")
+            try:
+                result = train(params, options, events, control)
+            finally:
+                events.close()
+        else:
+            options = RunOptions(monitor=False, report=False, heartbeat_seconds=0, repeat=repeat)
+            result = train(params, options, NullEvents(), None)
+    return result.samples_per_sec
+
+
+def classic(params: MXNetParams, repeat: int, static: bool = False) -> float:
+    """The tutorial loop: per-sample DataLoader, per-batch `asscalar()` and metric update.
+
+    `static=True` hybridizes with the runner's flags, to tell the loop's cost from the graph's.
+    """
+    ctx = resolve_context(params.context)
+    mx.random.seed(params.seed)
+    data = load_dataset(params.dataset)
+    x = np.concatenate([data.x_train] * repeat)
+    y = np.concatenate([data.y_train] * repeat).astype(np.float32)
+    train_data = gluon.data.DataLoader(
+        gluon.data.ArrayDataset(x, y), batch_size=params.batch_size, shuffle=True
+    )
+    val_data = gluon.data.DataLoader(
+        gluon.data.ArrayDataset(data.x_val, data.y_val.astype(np.float32)),
+        batch_size=params.batch_size,
+    )
+    net = build_model(params.model, data.input_shape, data.num_classes)
+    net.initialize(mx.init.Xavier(magnitude=2.24), ctx=ctx)
+    net.hybridize(**(HYBRIDIZE if static else {}))
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    trainer = gluon.Trainer(
+        net.collect_params(), params.optimizer,
+        {"learning_rate": params.learning_rate, "momentum": params.momentum},
+    )
+    samples = 0
+    start = time.perf_counter()
+    for _epoch in range(params.epochs):
+        metric = mx.metric.Accuracy()
+        cumulative_loss = 0.0
+        for xb, yb in train_data:
+            xb, yb = xb.as_in_context(ctx), yb.as_in_context(ctx)
+            with autograd.record():
+                out = net(xb)
+                loss = loss_fn(out, yb)
+            loss.backward()
+            trainer.step(xb.shape[0])
+            cumulative_loss += loss.mean().asscalar()
+            metric.update([yb], [out])
+            samples += xb.shape[0]
+        val_metric = mx.metric.Accuracy()
+        for xb, yb in val_data:
+            val_metric.update([yb.as_in_context(ctx)], [net(xb.as_in_context(ctx))])
+        _ = (cumulative_loss, metric.get(), val_metric.get())  # printed per epoch in the blogs
+    return samples / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ctx", default="cpu", help="cpu, gpu or gpu:N")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per variant (best counts)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument(
+        "--data-repeat", type=int, default=46,
+        help="tile digits N times (46: 59,570 samples, an MNIST-sized epoch)",
+    )
+    parser.add_argument("--batch-size", type=int, default=128)
+    args = parser.parse_args()
+    params = MXNetParams(
+        model="lenet", dataset="digits", batch_size=args.batch_size, epochs=args.epochs,
+        context=args.ctx, optimizer="sgd", learning_rate=0.05, momentum=0.9, report_seconds=1.0,
+    )
+    ctx = resolve_context(params.context)
+    print(f"mxnet {mx.__version__}, numpy {np.__version__}, python {platform.python_version()}")
+    print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+          f"MXNET_ENGINE_TYPE={os.environ.get('MXNET_ENGINE_TYPE', 'default')}")
+    print(f"context: {ctx}; lenet on digits x{args.data_repeat}, batch {args.batch_size}, "
+          f"{args.epochs} epochs per run, best of {args.repeats}")
+    runner(params.model_copy(update={"epochs": 1}), 1, on=False)  # warm-up: kernels, caches
+    best = {"runner_on": 0.0, "runner_off": 0.0, "classic": 0.0, "classic_static": 0.0}
+    seen: dict[str, list[float]] = {}
+    began = time.perf_counter()
+    for i in range(args.repeats):
+        rates = {
+            "runner_on": runner(params, args.data_repeat, on=True),
+            "runner_off": runner(params, args.data_repeat, on=False),
+            "classic": classic(params, args.data_repeat),
+            "classic_static": classic(params, args.data_repeat, static=True),
+        }
+        print(f"  run {i + 1}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in rates.items()))
+        for key, rate in rates.items():
+            best[key] = max(best[key], rate)
+            seen.setdefault(key, []).append(rate)
+    print(f"(a) runner, reporting + monitoring on : {best['runner_on']:>10,.0f} samples/s")
+    print(f"(b) runner, reporting + monitoring off: {best['runner_off']:>10,.0f} samples/s")
+    print(f"(c) classic DataLoader + asscalar loop: {best['classic']:>10,.0f} samples/s")
+    print(f"(d) classic loop, runner's hybridize   : {best['classic_static']:>10,.0f} samples/s"
+          f"  {HYBRIDIZE}")
+    print(f"on/off          = {best['runner_on'] / best['runner_off']:.3f}  (target >= 0.97)")
+    print(f"runner/classic  = {best['runner_on'] / best['classic']:.2f}x  (a/c: monitoring on)")
+    print(f"runner/classic' = {best['runner_on'] / best['classic_static']:.2f}x  (a/d: same graph "
+          "flags, so only the data path and per-batch syncs differ)")
+    med = {k: statistics.median(v) for k, v in seen.items()}
+    print(f"medians: on/off = {med['runner_on'] / med['runner_off']:.3f}, "
+          f"runner/classic = {med['runner_on'] / med['classic']:.2f}x "
+          "(a noisy machine moves single runs by +-30 %: trust best-of, check medians)")
+    print(f"total {time.perf_counter() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Loss / accuracy / learning-rate curves of a job as a PNG, drawn from its events.
+
+The bot process calls this (no MXNet here): `plot 7` in chat and the picture attached to a
+finished job both come from the events already stored, so a plot never needs the runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; must precede pyplot
+import matplotlib.pyplot as plt
+
+
+def render_plot(events: Iterable[dict[str, Any]], path: Path, title: str) -> Path:
+    """Draw train/validation loss, accuracy and learning rate per epoch; returns `path`.
+
+    Progress points are drawn faintly at fractional epochs so a job without a finished epoch
+    still gets a useful picture; with nothing at all the panels say so.
+    """
+    epochs: dict[int, dict[str, Any]] = {}
+    progress: list[tuple[float, dict[str, Any]]] = []
+    changes: list[tuple[float, dict[str, Any]]] = []
+    position = 0.0
+    for ev in events:
+        kind = ev.get("type")
+        if kind == "epoch" and isinstance(ev.get("epoch"), int | float):
+            epochs[int(ev["epoch"])] = ev  # a resumed run may repeat an epoch: keep the last
+            position = float(ev["epoch"])
+        elif kind == "progress" and ev.get("batches"):
+            position = float(ev["epoch"]) - 1 + float(ev["batch"]) / float(ev["batches"])
+            progress.append((position, ev))
+        elif kind == "param_changed" and ev.get("name") == "learning_rate":
+            changes.append((position, ev))
+
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+    fig.suptitle(title)
+    xs = sorted(epochs)
+    _curve(ax_loss, progress, "loss", "train (progress)")
+    _curve(ax_acc, progress, "accuracy", "train (progress)")
+    _curve(ax_lr, progress, "lr", "lr (progress)")
+    for ax, keys in (
+        (ax_loss, (("train_loss", "train"), ("val_loss", "validation"))),
+        (ax_acc, (("train_acc", "train"), ("val_acc", "validation"))),
+        (ax_lr, (("lr", "learning rate"),)),
+    ):
+        for key, label in keys:
+            pts = [(x, epochs[x][key]) for x in xs if _number(epochs[x].get(key))]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+    for x, ev in changes:
+        ax_lr.axvline(x, color="grey", linestyle=":", linewidth=1)
+        ax_lr.annotate(f"lr -> {ev.get('new'):g}", (x, ev.get("new")), fontsize=7)
+
+    ax_loss.set_ylabel("loss")
+    ax_acc.set_ylabel("accuracy")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("epoch")
+    if not xs:
+        note = "no epoch yet" + (" (progress points shown)" if progress else "")
+        ax_loss.text(0.5, 0.5, note, transform=ax_loss.transAxes, ha="center", va="center")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _curve(ax: Any, points: list[tuple[float, dict[str, Any]]], key: str, label: str) -> None:
+    pts = [(x, ev[key]) for x, ev in points if _number(ev.get(key))]
+    if pts:
+        ax.plot(*zip(*pts, strict=True), color="tab:blue", alpha=0.3, linewidth=1, label=label)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and value == value  # NaN-free
