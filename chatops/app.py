@@ -54,7 +54,9 @@ class App:
         for kind in self.manager.registry.names():
             self.router.param_keys |= set(self.manager.registry.get(kind).params.field_aliases())
         self.adapters: dict[str, Adapter] = {}
-        self.notifier = Notifier(self.chat_store, self.manager, self.adapters, settings.notify, settings.data_dir / "spool")
+        self.notifier = Notifier(
+            self.chat_store, self.manager, self.adapters, settings.notify, settings.data_dir / "spool"
+        )
         self.manager.subscribe(self.notifier.on_job_event)
         for adapter in adapters if adapters is not None else self._load_adapters():
             self.adapters[adapter.name] = adapter
@@ -104,12 +106,13 @@ class App:
             log.info("adapter %s started", adapter.name)
 
     async def stop(self) -> None:
+        # Deliver what is queued while the adapters can still send; the rest waits in the outbox.
+        await self.notifier.drain(timeout=2.0)
         for adapter in list(self.adapters.values()):
             try:
                 await adapter.stop()
             except Exception:
                 log.exception("stopping adapter %s failed", adapter.name)
-        await self.notifier.drain(timeout=2.0)
         await self.notifier.close()
         await self.manager.close()
         self.db.close()
@@ -127,5 +130,3 @@ class App:
 
 def _configured(section: object) -> bool:
     return isinstance(section, Section) and section.configured
-
-

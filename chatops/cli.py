@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             _logging("WARNING")
             return asyncio.run(_send(settings, args.text, args.wait))
         return _jobs(settings)
-    except AdapterUnavailable as exc:
-        print(f"chatops: {exc}", file=sys.stderr)
+    except (AdapterUnavailable, ValueError, RuntimeError, OSError) as exc:
+        # Bad tokens, missing extras, busy ports: one line, never a traceback.
+        print(f"chatops: cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130

@@ -253,12 +253,17 @@ class Notifier:
             return True
         except DeliveryError as exc:
             give_up = exc.permanent or item.attempts + 1 >= MAX_ATTEMPTS
-            delay = exc.retry_after if exc.retry_after is not None else min(60.0, 2.0 ** item.attempts)
-            log.warning("delivery to %s failed (%s); %s", conv.platform, exc, "giving up" if give_up else f"retry in {delay:.1f}s")
+            delay = exc.retry_after if exc.retry_after is not None else min(60.0, 2.0**item.attempts)
+            log.warning(
+                "delivery to %s failed (%s); %s",
+                conv.platform,
+                exc,
+                "giving up" if give_up else f"retry in {delay:.1f}s",
+            )
             self.store.retry_later(item.id, delay, str(exc), give_up=give_up)
         except Exception as exc:
             give_up = item.attempts + 1 >= MAX_ATTEMPTS
-            delay = min(60.0, 2.0 ** item.attempts)
+            delay = min(60.0, 2.0**item.attempts)
             log.warning("delivery to %s failed: %s: %s", conv.platform, type(exc).__name__, exc)
             self.store.retry_later(item.id, delay, f"{type(exc).__name__}: {exc}", give_up=give_up)
         return False

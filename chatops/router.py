@@ -140,11 +140,7 @@ class Router:
         if role == Role.none:
             return [Reply(f"Sorry, {who} is not allowed to use this bot. Ask an admin to add you.", error=True)]
         assert spec is not None
-        return [
-            Reply(
-                f"Sorry, {spec.name} needs the {spec.role.name} role; {who} is {role.name}.", error=True
-            )
-        ]
+        return [Reply(f"Sorry, {spec.name} needs the {spec.role.name} role; {who} is {role.name}.", error=True)]
 
     def _bind(self, spec: CommandSpec, parsed: Parsed) -> tuple[BaseModel, dict[str, str]]:
         if parsed.duplicates:

@@ -80,15 +80,11 @@ class ChatStore:
 
     # followers
     def follow(self, job_id: str, conversation: str, lang: str = "en") -> bool:
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO followers VALUES (?, ?, ?)", (job_id, conversation, lang)
-        )
+        cur = self.conn.execute("INSERT OR IGNORE INTO followers VALUES (?, ?, ?)", (job_id, conversation, lang))
         return cur.rowcount == 1
 
     def unfollow(self, job_id: str, conversation: str) -> bool:
-        cur = self.conn.execute(
-            "DELETE FROM followers WHERE job_id=? AND conversation=?", (job_id, conversation)
-        )
+        cur = self.conn.execute("DELETE FROM followers WHERE job_id=? AND conversation=?", (job_id, conversation))
         return cur.rowcount == 1
 
     def followers(self, job_id: str) -> list[tuple[str, str]]:
@@ -127,9 +123,7 @@ class ChatStore:
         return int(self.conn.execute("SELECT COUNT(*) FROM outbox WHERE status='pending'").fetchone()[0])
 
     def delivered(self, item_id: int) -> None:
-        self.conn.execute(
-            "UPDATE outbox SET status='delivered', delivered_at=? WHERE id=?", (time.time(), item_id)
-        )
+        self.conn.execute("UPDATE outbox SET status='delivered', delivered_at=? WHERE id=?", (time.time(), item_id))
 
     def retry_later(self, item_id: int, delay: float, error: str, *, give_up: bool = False) -> None:
         self.conn.execute(
@@ -144,9 +138,7 @@ class ChatStore:
         return row[0] if row else None
 
     def set_live_ref(self, conversation: str, live_key: str, message_id: str) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO live_messages VALUES (?, ?, ?)", (conversation, live_key, message_id)
-        )
+        self.conn.execute("INSERT OR REPLACE INTO live_messages VALUES (?, ?, ?)", (conversation, live_key, message_id))
 
     # audit
     def audit(self, identity: str, action: str, detail: str, allowed: bool = True) -> None:

@@ -1,8 +1,8 @@
 """A test harness for command authors: push a message, pop the replies (Errbot style).
 
-    async with BotHarness(settings) as bot:
-        replies = await bot.say("train epochs=1", user="alice")
-        final = await bot.wait_for(lambda r: "succeeded" in r.text)
+async with BotHarness(settings) as bot:
+    replies = await bot.say("train epochs=1", user="alice")
+    final = await bot.wait_for(lambda r: "succeeded" in r.text)
 """
 
 from __future__ import annotations

@@ -65,7 +65,9 @@ def suggest(word: str, choices: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
-def map_keys(model: type[BaseModel], raw: Mapping[str, Any], aliases: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+def map_keys(
+    model: type[BaseModel], raw: Mapping[str, Any], aliases: Mapping[str, str]
+) -> tuple[dict[str, Any], list[str]]:
     """Canonical field names for user keys; unknown keys come back as error lines with a suggestion."""
     out: dict[str, Any] = {}
     errors: list[str] = []
@@ -73,9 +75,7 @@ def map_keys(model: type[BaseModel], raw: Mapping[str, Any], aliases: Mapping[st
         name = aliases.get(key.lower())
         if name is None:
             hint = suggest(key, aliases)
-            errors.append(
-                f"{key}: unknown parameter" + (f" (did you mean {hint}?)" if hint else "")
-            )
+            errors.append(f"{key}: unknown parameter" + (f" (did you mean {hint}?)" if hint else ""))
             continue
         out[name] = value
     return out, errors

@@ -95,4 +95,9 @@ async def test_stop_without_jobs_is_a_clear_error(bot: BotHarness) -> None:
 async def test_state_changes_are_audited(bot: BotHarness) -> None:
     await bot.say("set lr=0.3")
     entry = bot.app.chat_store.audit_log()[0]
-    assert (entry["identity"], entry["action"], entry["detail"], entry["allowed"]) == ("test:op", "set", "set lr=0.3", 1)
+    assert (entry["identity"], entry["action"], entry["detail"], entry["allowed"]) == (
+        "test:op",
+        "set",
+        "set lr=0.3",
+        1,
+    )

@@ -52,7 +52,9 @@ def _find_job(ctx: CommandContext, ref: str | None, states: frozenset[str] | set
         try:
             return manager.require(ref.lower().removeprefix("#"))
         except JobError as exc:
-            raise CommandError(ctx.tr(str(exc) + ". Send jobs for the list.", f"没有任务 {ref}。发送 任务 查看列表。")) from None
+            raise CommandError(
+                ctx.tr(str(exc) + ". Send jobs for the list.", f"没有任务 {ref}。发送 任务 查看列表。")
+            ) from None
     jobs = manager.store.list(states, limit=1) if states else manager.store.list(limit=1)
     if not jobs:
         raise CommandError(ctx.tr("No matching job. Send jobs for the list.", "没有符合的任务。"))
@@ -241,7 +243,9 @@ async def cmd_pause(ctx: CommandContext) -> Reply:
         await ctx.app.manager.control(job.id, "pause")
     except JobError as exc:
         raise CommandError(str(exc)) from None
-    return Reply(ctx.tr(f"job {job.id} pausing at the next batch.", f"job {job.id} 将在下一个批次暂停。"), job_id=job.id)
+    return Reply(
+        ctx.tr(f"job {job.id} pausing at the next batch.", f"job {job.id} 将在下一个批次暂停。"), job_id=job.id
+    )
 
 
 async def cmd_resume(ctx: CommandContext) -> Reply:
@@ -268,7 +272,9 @@ async def cmd_status(ctx: CommandContext) -> Reply:
         job = active[0] if active else _find_job(ctx, None)
     lines = [f"job {job.id}: {job.state}  {job.kind}: {_summary(job)}", f"owner {job.owner}"]
     if job.state in ACTIVE_STATES and job.metrics:
-        progress = progress_from(job.id, int(job.params.get("epochs", 1)), {"type": "progress", **job.metrics}, job.metrics)
+        progress = progress_from(
+            job.id, int(job.params.get("epochs", 1)), {"type": "progress", **job.metrics}, job.metrics
+        )
         lines.append(progress_text(progress, job.metrics, job.state))
         res = manager.executor.resources(job.handle)
         if res:
