@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import aioimaplib
 import aiosmtplib
 
 from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler, reconnect_forever
+from chatops.auth import Authorizer, Role
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.settings import EmailSettings
 
@@ -92,6 +92,7 @@ class EmailAdapter(Adapter):
             raise ValueError("email: address, password and imap_host must be configured")
         self.s = settings
         self.ctx = ctx
+        self._auth = Authorizer(ctx.settings.auth)  # only to decide who may get error answers
         self.address = settings.address.strip()
         self.username = settings.username or self.address
         secure = settings.security
@@ -309,9 +310,7 @@ class EmailAdapter(Adapter):
 
     def _allowed(self, who: Identity) -> bool:
         """Any role at all: only then does a sender get error answers (never answer strangers)."""
-        auth = self.ctx.settings.auth
-        key = who.key.lower()
-        return any(fnmatchcase(key, p.lower()) for p in [*auth.admins, *auth.operators, *auth.viewers])
+        return self._auth.role_of(who) > Role.none
 
     async def _audit(self, who: str, action: str, detail: str) -> None:
         log.info("email: %s %s: %s", action, who, detail)

@@ -51,6 +51,7 @@ from chatops.adapter import (
     reconnect_forever,
 )
 from chatops.message import Button, Conversation, Identity, Incoming, MessageRef, Reply
+from chatops.redact import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +68,6 @@ _SLASH = re.compile(r"^/([^\s@]+)@(\w+)")
 # Loggers that may print the token inside a URL (httpx logs every request URL at INFO).
 _TOKEN_LOGGERS = ("httpx", "telegram.Bot", "telegram.ext", "telegram.ext.ExtBot",
                   "telegram.ext.Updater", "telegram.ext.Application")
-
-
-class _RedactToken(logging.Filter):
-    """Replaces the bot token in log records: it is part of every Bot API URL."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self._token = token
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            text = record.getMessage()
-        except Exception:
-            return True
-        if self._token in text:
-            record.msg, record.args = text.replace(self._token, "<token>"), None
-        if record.exc_info and not record.exc_text:
-            # Formatters reuse exc_text, so the traceback (InvalidToken quotes it) is scrubbed too.
-            trace = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = trace.replace(self._token, "<token>")
-        return True
 
 
 def _utf16_len(text: str) -> int:
@@ -198,7 +178,7 @@ class TelegramAdapter(Adapter):
         self._cfg = cfg
         self._ctx = ctx
         token = cfg.token.get_secret_value()
-        self._redact = _RedactToken(token)
+        self._redact = Redactor(token, "<token>")
         for name in _TOKEN_LOGGERS:
             logging.getLogger(name).addFilter(self._redact)
         builder = Application.builder().token(token).rate_limiter(AIORateLimiter(max_retries=3))

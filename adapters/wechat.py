@@ -27,6 +27,7 @@ import requests
 
 from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
+from chatops.redact import redact_logger
 from chatops.settings import WeChatSettings
 
 # itchat writes a block character to stdout when imported; keep the terminal clean.
@@ -48,25 +49,10 @@ _SECRET_PARAMS = re.compile(
 )
 
 
-class _RedactSession(logging.Filter):
-    """itchat logs tracebacks whose URLs carry the session id; keep those out of our logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            text = record.getMessage()
-        except Exception:
-            return True
-        redacted = _SECRET_PARAMS.sub(r"\1***", text)
-        if redacted != text:
-            record.msg, record.args = redacted, None
-        return True
-
-
-_itchat_log = logging.getLogger("itchat")
-if not any(isinstance(f, _RedactSession) for f in _itchat_log.filters):
-    _itchat_log.addFilter(_RedactSession())
-    # itchat prints to the terminal through its own handler; let our logging config decide.
-    itchat.set_logging(showOnCmd=False)
+# itchat logs tracebacks whose URLs carry the session id; keep those out of our logs.
+redact_logger("itchat", _SECRET_PARAMS, r"\1***")
+# itchat prints to the terminal through its own handler; let our logging config decide.
+itchat.set_logging(showOnCmd=False)
 
 
 def split_text(text: str, limit: int) -> list[str]:

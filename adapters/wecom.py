@@ -23,6 +23,7 @@ from wechatpy.exceptions import APILimitedException, InvalidSignatureException, 
 
 from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
+from chatops.redact import redact_logger
 from chatops.settings import WeComSettings
 
 log = logging.getLogger(__name__)
@@ -35,23 +36,8 @@ _PERMANENT = {40001, 40003, 40013, 40056, 60020, 81013, 301002}
 _SECRETS_IN_URL = re.compile(r"((?:corpsecret|access_token)=)[^&\s'\"]+", re.IGNORECASE)
 
 
-class _RedactQuery(logging.Filter):
-    """urllib3 logs request URLs at debug level; the token and secret travel in the query."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            text = record.getMessage()
-        except Exception:
-            return True
-        redacted = _SECRETS_IN_URL.sub(r"\1***", text)
-        if redacted != text:
-            record.msg, record.args = redacted, None
-        return True
-
-
-_urllib3_log = logging.getLogger("urllib3.connectionpool")
-if not any(isinstance(f, _RedactQuery) for f in _urllib3_log.filters):
-    _urllib3_log.addFilter(_RedactQuery())
+# urllib3 logs request URLs at debug level; the token and secret travel in the query.
+redact_logger("urllib3.connectionpool", _SECRETS_IN_URL, r"\1***")
 
 
 class _Client(WeChatClient):
