@@ -33,6 +33,7 @@ async def test_pause_set_resume_stop_and_resume_from_checkpoint(bot: BotHarness)
     await wait_state(bot, jid, {"paused"}, timeout=10)
     [status] = await bot.say(f"status {jid}")
     assert f"job {jid}: paused" in status.text and "tensorboard" in status.text
+    assert "rss_mb" in status.text  # the runner's resources
 
     [ack] = await bot.say(f"set {jid} lr=0.001")
     assert "lr" in ack.text or "learning_rate" in ack.text

@@ -3,6 +3,7 @@ follow, unfollow, whoami. Each is a declarative spec; help text and validation c
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -276,7 +277,7 @@ async def cmd_status(ctx: CommandContext) -> Reply:
             job.id, int(job.params.get("epochs", 1)), {"type": "progress", **job.metrics}, job.metrics
         )
         lines.append(progress_text(progress, job.metrics, job.state))
-        res = manager.executor.resources(job.handle)
+        res = await asyncio.to_thread(manager.executor.resources, job.handle)  # samples CPU for 0.1 s
         if res:
             lines.append("runner: " + ", ".join(f"{k} {v}" for k, v in res.items()))
     elif job.metrics:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,39 @@ import psutil
 
 from jobs.executors.base import ExitInfo
 from jobs.protocol import LOG_FILE
+
+
+def _gpu_usage(pid: int) -> dict[str, Any]:
+    """GPU memory of the runner and the device's utilisation, where nvidia-smi exists."""
+    if shutil.which("nvidia-smi") is None:
+        return {}
+    try:
+        apps = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+        util = subprocess.run(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    used = sum(
+        int(mem)
+        for p, mem in (line.split(",") for line in apps.splitlines() if "," in line)
+        if p.strip() == str(pid) and mem.strip().isdigit()
+    )
+    figures: dict[str, Any] = {"gpu_mem_mb": used}
+    values = [int(v) for v in util.split() if v.strip().isdigit()]
+    if values:
+        figures["gpu_util_percent"] = max(values)
+    return figures
 
 
 class LocalExecutor:
@@ -70,13 +104,15 @@ class LocalExecutor:
         try:
             proc = psutil.Process(handle["pid"])
             with proc.oneshot():
-                return {
-                    "cpu_percent": proc.cpu_percent(interval=None),
+                figures: dict[str, Any] = {
+                    "cpu_percent": proc.cpu_percent(interval=0.1),
                     "rss_mb": round(proc.memory_info().rss / 2**20, 1),
                     "threads": proc.num_threads(),
                 }
         except psutil.Error:
             return {}
+        figures.update(_gpu_usage(handle["pid"]))
+        return figures
 
     @staticmethod
     def _alive(handle: dict[str, Any]) -> bool:
