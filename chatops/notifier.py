@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -177,8 +178,12 @@ class Notifier:
         try:
             from jobs.plots import render_plot
 
+            # Render beside, then rename: a final report and a `plot` command may render at once.
             path = job.dir / "plot.png"
-            return await asyncio.to_thread(render_plot, events, path, f"job {job.id} ({job.kind})")
+            tmp = job.dir / f".plot-{time.time_ns()}.png"
+            await asyncio.to_thread(render_plot, events, tmp, f"job {job.id} ({job.kind})")
+            os.replace(tmp, path)
+            return path
         except Exception:
             log.exception("plot for job %s failed", job.id)
             return None
