@@ -268,6 +268,10 @@ class JobManager:
             await self._launch(job)
 
     async def _launch(self, job: Job) -> None:
+        # Another bot process on the same database (`chatops send` beside `chatops run`) may
+        # have taken this job already; only the one that flips queued -> starting launches it.
+        if not self.store.claim(job.id, QUEUED, STARTING):
+            return
         kind = self.registry.get(job.kind)
         control_file = job.dir / protocol.CONTROL_FILE
         options = {

@@ -119,6 +119,11 @@ class JobStore:
         sets = ", ".join(f"{k}=?" for k in row)
         self.conn.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*row.values(), job_id))
 
+    def claim(self, job_id: str, old: str, new: str) -> bool:
+        """Compare-and-set of the state: False when another process moved the job first."""
+        cur = self.conn.execute("UPDATE jobs SET state=? WHERE id=? AND state=?", (new, job_id, old))
+        return cur.rowcount == 1
+
     def get(self, job_id: str) -> Job | None:
         row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return self._job(row) if row else None

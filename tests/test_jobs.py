@@ -132,3 +132,16 @@ async def test_bot_restart_reattaches_without_duplicates(settings: Settings) -> 
         finals = [r for _, r, _ in bot2.adapter.sent if r.job_id == jid and "succeeded" in r.text]
         assert len(finals) == 1
     assert first_sent > 0
+
+
+def test_only_one_process_can_claim_a_queued_job(tmp_path: Path) -> None:
+    from jobs.db import connect
+    from jobs.store import Job, JobStore
+
+    first, second = JobStore(connect(tmp_path / "db")), JobStore(connect(tmp_path / "db"))
+    job = Job(id=first.new_id(), kind="mxnet", params={}, state="queued", owner="o", origin="c",
+              job_dir=str(tmp_path), created_at=0.0)  # fmt: skip
+    first.insert(job)
+    assert first.claim(job.id, "queued", "starting")
+    assert not second.claim(job.id, "queued", "starting")
+    assert second.get(job.id).state == "starting"
