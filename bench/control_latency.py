@@ -80,6 +80,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--ctx", default="cpu")
     parser.add_argument("--sets", type=int, default=20, help="number of `set lr` probes")
+    parser.add_argument("--on-off-repeats", type=int, default=3, help="monitoring on/off runs (0: skip)")
     args = parser.parse_args()
     params = {"model": args.model, "batch_size": args.batch_size, "context": args.ctx,
               "epochs": 10_000, "report_seconds": 0.2}
@@ -135,7 +136,26 @@ def main() -> int:
     print(f"pause  -> paused (+ckpt)  : {pause_ms:6.1f} ms")
     print(f"resume -> resumed         : {resume_ms:6.1f} ms")
     print(f"stop   -> stopped (+ckpt) : {stop_ms:6.1f} ms; process exit after {exit_ms:.0f} ms")
+    if args.on_off_repeats:
+        on_off(args)
     return 0
+
+
+def on_off(args: argparse.Namespace) -> None:
+    """The price of full monitoring: the same in-process loop with it on and off, interleaved."""
+    from runner_overhead import runner  # the sibling script's measured loop
+
+    from jobs.schemas import MXNetParams
+
+    params = MXNetParams(model=args.model, batch_size=args.batch_size, context=args.ctx, epochs=1)
+    on, off = [], []
+    for _ in range(args.on_off_repeats):
+        on.append(runner(params, 23, on=True))
+        off.append(runner(params, 23, on=False))
+    print(f"samples/s monitoring on : best {max(on):,.0f}, median {statistics.median(on):,.0f}")
+    print(f"samples/s monitoring off: best {max(off):,.0f}, median {statistics.median(off):,.0f}")
+    print(f"on/off = {max(on) / max(off):.3f} best-of, {statistics.median(on) / statistics.median(off):.3f} "
+          "median (target >= 0.97)")
 
 
 if __name__ == "__main__":

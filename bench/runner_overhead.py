@@ -111,7 +111,7 @@ def classic(params: MXNetParams, repeat: int, static: bool = False) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ctx", default="cpu", help="cpu, gpu or gpu:N")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per variant (best counts)")
+    parser.add_argument("--repeats", type=int, default=7, help="runs per variant (best counts)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument(
         "--data-repeat", type=int, default=46,
@@ -135,12 +135,12 @@ def main() -> int:
     seen: dict[str, list[float]] = {}
     began = time.perf_counter()
     for i in range(args.repeats):
-        rates = {
-            "runner_on": runner(params, args.data_repeat, on=True),
-            "runner_off": runner(params, args.data_repeat, on=False),
-            "classic": classic(params, args.data_repeat),
-            "classic_static": classic(params, args.data_repeat, static=True),
-        }
+        # Each run measures all four back to back, alternating the order so slow drift of a
+        # shared machine does not always favour the same variant; ratios are taken per run.
+        order = [True, False] if i % 2 == 0 else [False, True]
+        rates = {("runner_on" if on else "runner_off"): runner(params, args.data_repeat, on=on) for on in order}
+        rates["classic"] = classic(params, args.data_repeat)
+        rates["classic_static"] = classic(params, args.data_repeat, static=True)
         print(f"  run {i + 1}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in rates.items()))
         for key, rate in rates.items():
             best[key] = max(best[key], rate)
@@ -154,10 +154,10 @@ def main() -> int:
     print(f"runner/classic  = {best['runner_on'] / best['classic']:.2f}x  (a/c: monitoring on)")
     print(f"runner/classic' = {best['runner_on'] / best['classic_static']:.2f}x  (a/d: same graph "
           "flags, so only the data path and per-batch syncs differ)")
-    med = {k: statistics.median(v) for k, v in seen.items()}
-    print(f"medians: on/off = {med['runner_on'] / med['runner_off']:.3f}, "
-          f"runner/classic = {med['runner_on'] / med['classic']:.2f}x "
-          "(a noisy machine moves single runs by +-30 %: trust best-of, check medians)")
+    pairs = list(zip(seen["runner_on"], seen["runner_off"], seen["classic"], strict=True))
+    print(f"paired medians: on/off = {statistics.median(a / b for a, b, _ in pairs):.3f}, "
+          f"runner/classic = {statistics.median(a / c for a, _, c in pairs):.2f}x "
+          "(ratio within each run, then the median: a shared machine moves single runs by +-30 %)")
     print(f"total {time.perf_counter() - began:.0f} s")
     return 0
 
