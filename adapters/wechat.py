@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 import requests
 
-from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler
+from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler, KeyedLocks
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.redact import redact_logger
 from chatops.settings import WeChatSettings
@@ -104,7 +104,7 @@ class WeChatAdapter(Adapter):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: Handler | None = None
         self._stopping = False
-        self._chat_locks: dict[str, asyncio.Lock] = {}
+        self._lock = KeyedLocks()  # per chat: inbound in order, outbound parts together
         self._last_sent: dict[str, float] = {}
         # Parts of a reply already delivered when a later part failed; a retry skips them.
         self._partial: dict[tuple[str, str, str], int] = {}
@@ -327,11 +327,6 @@ class WeChatAdapter(Adapter):
 
     # --- outbound --------------------------------------------------------------------------
 
-    def _lock(self, key: str) -> asyncio.Lock:
-        lock = self._chat_locks.get(key)
-        if lock is None:
-            lock = self._chat_locks[key] = asyncio.Lock()
-        return lock
 
     async def send(self, conversation: Conversation, reply: Reply) -> MessageRef:
         core = self._core

@@ -21,7 +21,7 @@ from aiohttp import web
 from wechatpy.enterprise import WeChatClient, WeChatCrypto, parse_message
 from wechatpy.exceptions import APILimitedException, InvalidSignatureException, WeChatClientException
 
-from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler
+from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler, KeyedLocks
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.redact import redact_logger
 from chatops.settings import WeComSettings
@@ -119,7 +119,7 @@ class WeComAdapter(Adapter):
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._lock = KeyedLocks()  # per chat: inbound in order, outbound parts together
         self._last_sent: dict[str, float] = {}
         self._partial: dict[tuple[str, str, str], int] = {}
 
@@ -260,11 +260,6 @@ class WeComAdapter(Adapter):
 
     # --- outbound --------------------------------------------------------------------------
 
-    def _lock(self, key: str) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
 
     async def send(self, conversation: Conversation, reply: Reply) -> MessageRef:
         loop = asyncio.get_running_loop()

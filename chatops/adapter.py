@@ -117,3 +117,16 @@ async def reconnect_forever(
                 await asyncio.wait_for(stop.wait(), timeout=wait)
             except TimeoutError:
                 pass
+
+
+class KeyedLocks:
+    """One asyncio lock per key (a chat): its messages are handled, and sent, in arrival order."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def __call__(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
