@@ -69,6 +69,8 @@ class ConsoleAdapter(Adapter):
         threading.Thread(target=pump, name="console-stdin", daemon=True).start()
         try:
             while (line := await lines.get()) is not None:
+                if self.tty:
+                    self._live_line = None  # the Enter key moved the cursor below the live line
                 if line.strip():
                     await handle(self.incoming(line.rstrip("\n")))
         finally:

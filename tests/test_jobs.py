@@ -54,8 +54,15 @@ async def test_train_reports_progress_and_final_plot(bot: BotHarness) -> None:
     assert live and live[-1][0].progress is not None and live[-1][0].progress.epochs == 6
     # One live message per job: the first progress is sent, every later one edits it.
     assert [edit for _, edit in live] == [False] + [True] * (len(live) - 1)
-    kinds = [e["type"] for e in bot.app.job_store.events(jid)]
+    events = bot.app.job_store.events(jid)
+    kinds = [e["type"] for e in events]
     assert kinds.index("started") < kinds.index("epoch") < kinds.index("finished")
+    # Reported throughput spans epoch ends: it agrees with the whole run's samples over its time.
+    started = next(e for e in events if e["type"] == "started")
+    last_epoch = [e for e in events if e["type"] == "epoch"][-1]
+    run_rate = started["samples"] * 6 / (last_epoch["t"] - started["t"])
+    reported = sorted(e["samples_per_sec"] for e in events if e["type"] == "progress")
+    assert reported and run_rate / 3 < reported[len(reported) // 2] < run_rate * 3, (reported, run_rate)
 
 
 @pytest.mark.slow

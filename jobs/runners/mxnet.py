@@ -245,6 +245,9 @@ class _Training:
         p = self.params
         self.last_epoch_metrics: dict[str, float] = {}
         self._last_report = time.monotonic()  # time-based across epochs: short epochs report too
+        # Throughput counts every sample since the last report, across epoch ends, minus pauses.
+        self._samples_done = self._samples_at_report = 0
+        self._paused_at_report = self._paused_seconds
         while self.epoch <= p.epochs:
             epoch_start = time.monotonic()
             paused_before = self._paused_seconds
@@ -272,6 +275,7 @@ class _Training:
                 hits = (out.argmax(axis=1) == y).sum()
                 correct += hits
                 counted += self.batch_size
+                self._samples_done += self.batch_size
                 self.batch += 1
                 inflight.append(hits)
                 if len(inflight) > INFLIGHT_BATCHES:
@@ -308,7 +312,10 @@ class _Training:
         n = max(delta[2], 1.0)
         global_batch = (self.epoch - 1) * self.batches + self.batch
         lr = self.trainer.learning_rate
-        rate = delta[2] / interval if interval > 0 else 0.0
+        busy = interval - (self._paused_seconds - self._paused_at_report)
+        done = self._samples_done - self._samples_at_report
+        rate = done / busy if busy > 0 else 0.0
+        self._samples_at_report, self._paused_at_report = self._samples_done, self._paused_seconds
         remaining = (self.params.epochs * self.batches - global_batch) * self.batch_size
         self.events.emit(
             "progress",
