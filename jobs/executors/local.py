@@ -20,21 +20,12 @@ def _gpu_usage(pid: int) -> dict[str, Any]:
     """GPU memory of the runner and the device's utilisation, where nvidia-smi exists."""
     if shutil.which("nvidia-smi") is None:
         return {}
+    def query(what: str) -> str:
+        argv = ["nvidia-smi", f"--query-{what}", "--format=csv,noheader,nounits"]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=5, check=True).stdout
+
     try:
-        apps = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
-        util = subprocess.run(
-            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
+        apps, util = query("compute-apps=pid,used_memory"), query("gpu=utilization.gpu")
     except (OSError, subprocess.SubprocessError):
         return {}
     used = sum(
