@@ -100,3 +100,30 @@ class BotHarness:
                     await asyncio.wait_for(self.adapter._new.wait(), timeout=left)
                 except TimeoutError:
                     pass
+
+
+class RecordingHandler:
+    """A stand-in for the router when testing an adapter alone: records every Incoming and, when
+    `reply_prefix` is set, answers through the adapter's own `send` (as the outbox would)."""
+
+    def __init__(self, adapter: Adapter | None = None, reply_prefix: str | None = None) -> None:
+        self.items: list[Incoming] = []
+        self.adapter = adapter
+        self.reply_prefix = reply_prefix
+        self.fail = False  # raise, as a broken router would, to check the adapter survives it
+
+    async def __call__(self, incoming: Incoming) -> list[Reply]:
+        self.items.append(incoming)
+        if self.fail:
+            raise RuntimeError("router blew up")
+        if self.reply_prefix is not None and self.adapter is not None:
+            await self.adapter.send(incoming.conversation, Reply(f"{self.reply_prefix}{incoming.text}"))
+        return []
+
+    async def wait(self, count: int, timeout: float = 10.0) -> list[Incoming]:
+        deadline = time.monotonic() + timeout
+        while len(self.items) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} messages, got {self.items!r}")
+            await asyncio.sleep(0.02)
+        return self.items

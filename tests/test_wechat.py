@@ -15,8 +15,9 @@ import pytest
 from adapters.wechat import WeChatAdapter
 from chatops.adapter import AdapterContext, DeliveryError
 from chatops.app import App
-from chatops.message import Conversation, Incoming, Reply
+from chatops.message import Conversation, Reply
 from chatops.settings import AuthSettings, NotifySettings, Settings, WeChatSettings
+from chatops.testing import RecordingHandler
 from tests.fakes.wechat_web import (
     BOT_NICK,
     BOT_USER,
@@ -39,30 +40,7 @@ LAB = "@@1ab0000000000000000000000000004"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
 
-class Recorder:
-    """A stand-in for the router: records what arrives, optionally answers through the adapter."""
 
-    def __init__(self) -> None:
-        self.items: list[Incoming] = []
-        self.adapter: WeChatAdapter | None = None
-        self.answer = False
-        self.fail = False
-
-    async def __call__(self, incoming: Incoming) -> list[Reply]:
-        self.items.append(incoming)
-        if self.fail:
-            raise RuntimeError("router blew up")
-        if self.answer and self.adapter is not None:
-            await self.adapter.send(incoming.conversation, Reply(f"got: {incoming.text}"))
-        return []
-
-    async def wait(self, count: int, timeout: float = 10.0) -> list[Incoming]:
-        deadline = time.monotonic() + timeout
-        while len(self.items) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"expected {count} messages, got {self.items!r}")
-            await asyncio.sleep(0.05)
-        return self.items
 
 
 class Notes:
@@ -116,9 +94,9 @@ def notes() -> Notes:
 
 
 @pytest.fixture
-async def running(login_file: Path, notes: Notes) -> AsyncIterator[tuple[WeChatAdapter, Recorder]]:
+async def running(login_file: Path, notes: Notes) -> AsyncIterator[tuple[WeChatAdapter, RecordingHandler]]:
     adapter = make_adapter(login_file, notes)
-    rec = Recorder()
+    rec = RecordingHandler()
     rec.adapter = adapter
     await adapter.start(rec)
     assert adapter.online
@@ -127,10 +105,10 @@ async def running(login_file: Path, notes: Notes) -> AsyncIterator[tuple[WeChatA
 
 
 async def test_friend_message_is_routed_and_answered(
-    running: tuple[WeChatAdapter, Recorder], fake: FakeWebWeChat
+    running: tuple[WeChatAdapter, RecordingHandler], fake: FakeWebWeChat
 ) -> None:
     _, rec = running
-    rec.answer = True
+    rec.reply_prefix = "got: "
     mid = fake.push_text(ALICE, "开始 ep 1")
     (incoming,) = await rec.wait(1)
     assert incoming.text == "开始 ep 1"
@@ -144,7 +122,7 @@ async def test_friend_message_is_routed_and_answered(
 
 
 async def test_friend_without_remark_uses_nickname_and_redelivery_keeps_id(
-    running: tuple[WeChatAdapter, Recorder], fake: FakeWebWeChat
+    running: tuple[WeChatAdapter, RecordingHandler], fake: FakeWebWeChat
 ) -> None:
     _, rec = running
     fake.push_text(BOB, "状态", msg_id=777)
@@ -155,7 +133,7 @@ async def test_friend_without_remark_uses_nickname_and_redelivery_keeps_id(
 
 
 async def test_stranger_is_ignored_and_audited(
-    running: tuple[WeChatAdapter, Recorder], fake: FakeWebWeChat, notes: Notes
+    running: tuple[WeChatAdapter, RecordingHandler], fake: FakeWebWeChat, notes: Notes
 ) -> None:
     _, rec = running
     fake.push_text("@5tranger00000000000000000000000009", "开始")
@@ -168,7 +146,7 @@ async def test_stranger_is_ignored_and_audited(
 
 
 async def test_group_needs_a_mention_and_a_friend(
-    running: tuple[WeChatAdapter, Recorder], fake: FakeWebWeChat
+    running: tuple[WeChatAdapter, RecordingHandler], fake: FakeWebWeChat
 ) -> None:
     adapter, rec = running
     fake.push_text(LAB, "状态", member=ALICE)  # no mention
@@ -189,7 +167,7 @@ async def test_group_without_mention_when_allowed(
     login_file: Path, notes: Notes, fake: FakeWebWeChat
 ) -> None:
     adapter = make_adapter(login_file, notes, mention_only=False)
-    rec = Recorder()
+    rec = RecordingHandler()
     await adapter.start(rec)
     try:
         fake.push_text(LAB, "jobs", member=ALICE)
@@ -200,7 +178,7 @@ async def test_group_without_mention_when_allowed(
 
 
 async def test_reply_with_plot_sends_text_then_image(
-    running: tuple[WeChatAdapter, Recorder], fake: FakeWebWeChat, tmp_path: Path
+    running: tuple[WeChatAdapter, RecordingHandler], fake: FakeWebWeChat, tmp_path: Path
 ) -> None:
     adapter, _ = running
     plot = tmp_path / "plot.png"
@@ -220,7 +198,7 @@ async def test_sends_are_throttled_per_chat(
     login_file: Path, notes: Notes, fake: FakeWebWeChat
 ) -> None:
     adapter = make_adapter(login_file, notes, min_interval=1.0)
-    await adapter.start(Recorder())
+    await adapter.start(RecordingHandler())
     try:
         conv = Conversation("wechat", "alice")
         await asyncio.gather(adapter.send(conv, Reply("one")), adapter.send(conv, Reply("two")))
@@ -232,7 +210,7 @@ async def test_sends_are_throttled_per_chat(
 
 
 async def test_refused_send_is_retryable_and_not_duplicated(
-    running: tuple[WeChatAdapter, Recorder], fake: FakeWebWeChat
+    running: tuple[WeChatAdapter, RecordingHandler], fake: FakeWebWeChat
 ) -> None:
     adapter, _ = running
     conv = Conversation("wechat", "alice")
@@ -250,7 +228,7 @@ async def test_refused_send_is_retryable_and_not_duplicated(
 
 
 async def test_bad_input_does_not_stop_the_loop(
-    running: tuple[WeChatAdapter, Recorder], fake: FakeWebWeChat
+    running: tuple[WeChatAdapter, RecordingHandler], fake: FakeWebWeChat
 ) -> None:
     _, rec = running
     rec.fail = True
@@ -266,7 +244,7 @@ async def test_bad_input_does_not_stop_the_loop(
 
 
 async def test_login_lost_notifies_admins(
-    running: tuple[WeChatAdapter, Recorder], fake: FakeWebWeChat, notes: Notes
+    running: tuple[WeChatAdapter, RecordingHandler], fake: FakeWebWeChat, notes: Notes
 ) -> None:
     adapter, _ = running
     fake.log_out()
@@ -282,7 +260,7 @@ async def test_without_saved_login_it_stays_down_quietly(
     tmp_path: Path, notes: Notes, fake: FakeWebWeChat
 ) -> None:
     adapter = make_adapter(tmp_path / "missing.pkl", notes)
-    await asyncio.wait_for(adapter.start(Recorder()), 5)  # returns, never exits the process
+    await asyncio.wait_for(adapter.start(RecordingHandler()), 5)  # returns, never exits the process
     assert not adapter.online
     assert "stays down" in (await notes.wait())[0]
     with pytest.raises(DeliveryError):
@@ -296,7 +274,7 @@ async def test_refused_saved_login_stays_down(
 ) -> None:
     fake.logged_out = True
     adapter = make_adapter(login_file, notes)
-    await adapter.start(Recorder())
+    await adapter.start(RecordingHandler())
     assert not adapter.online
     assert "webwxsync" in fake.requests
     assert "stays down" in (await notes.wait())[0]
@@ -304,7 +282,7 @@ async def test_refused_saved_login_stays_down(
 
 
 async def test_stop_saves_login_for_the_next_start(
-    running: tuple[WeChatAdapter, Recorder], login_file: Path, notes: Notes,
+    running: tuple[WeChatAdapter, RecordingHandler], login_file: Path, notes: Notes,
     fake: FakeWebWeChat,
 ) -> None:
     adapter, _ = running
@@ -313,7 +291,7 @@ async def test_stop_saves_login_for_the_next_start(
     assert stat.S_IMODE(login_file.stat().st_mode) == 0o600
     await asyncio.sleep(0.6)  # the old receive thread finishes its last long poll
     again = make_adapter(login_file, notes)
-    rec = Recorder()
+    rec = RecordingHandler()
     await again.start(rec)
     try:
         fake.push_text(ALICE, "参数")

@@ -17,8 +17,9 @@ from wechatpy.enterprise import WeChatCrypto
 from adapters.wecom import CALLBACK_PATH, WeComAdapter, split_utf8
 from chatops.adapter import AdapterContext, DeliveryError
 from chatops.app import App
-from chatops.message import Conversation, Incoming, Reply
+from chatops.message import Conversation, Reply
 from chatops.settings import AuthSettings, NotifySettings, Settings, WeComSettings
+from chatops.testing import RecordingHandler
 from tests.fakes.wecom_api import FakeWeComAPI
 
 pytestmark = pytest.mark.timeout(60)
@@ -31,24 +32,6 @@ AES_KEY = base64.b64encode(bytes(range(32))).decode().rstrip("=")
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 80
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.items: list[Incoming] = []
-        self.adapter: WeComAdapter | None = None
-
-    async def __call__(self, incoming: Incoming) -> list[Reply]:
-        self.items.append(incoming)
-        if self.adapter is not None:
-            await self.adapter.send(incoming.conversation, Reply(f"收到: {incoming.text}"))
-        return []
-
-    async def wait(self, count: int, timeout: float = 10.0) -> list[Incoming]:
-        deadline = time.monotonic() + timeout
-        while len(self.items) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"expected {count} messages, got {self.items!r}")
-            await asyncio.sleep(0.02)
-        return self.items
 
 
 def text_xml(user: str, text: str, msg_id: int, agent: int = AGENT) -> str:
@@ -87,7 +70,7 @@ def make_adapter(api: FakeWeComAPI, min_interval: float = 0.05, audit=None) -> W
 
 
 @pytest.fixture
-async def running(api: FakeWeComAPI) -> AsyncIterator[tuple[WeComAdapter, Recorder, str]]:
+async def running(api: FakeWeComAPI) -> AsyncIterator[tuple[WeComAdapter, RecordingHandler, str]]:
     audits: list[tuple[str, str, str]] = []
 
     async def audit(who: str, action: str, detail: str) -> None:
@@ -95,7 +78,7 @@ async def running(api: FakeWeComAPI) -> AsyncIterator[tuple[WeComAdapter, Record
 
     adapter = make_adapter(api, audit=audit)
     adapter.audits = audits  # type: ignore[attr-defined]
-    rec = Recorder()
+    rec = RecordingHandler(reply_prefix="收到: ")
     rec.adapter = adapter
     await adapter.start(rec)
     yield adapter, rec, f"http://127.0.0.1:{adapter.port}{CALLBACK_PATH}"
@@ -109,7 +92,7 @@ async def post(url: str, params: dict[str, str], body: str) -> aiohttp.ClientRes
 
 
 async def test_url_verification_echoes_decrypted_echostr(
-    running: tuple[WeComAdapter, Recorder, str],
+    running: tuple[WeComAdapter, RecordingHandler, str],
 ) -> None:
     _, _, url = running
     params, _ = encrypt("1234567890abc")
@@ -126,7 +109,7 @@ async def test_url_verification_echoes_decrypted_echostr(
 
 
 async def test_text_message_is_routed_and_answered_through_the_api(
-    running: tuple[WeComAdapter, Recorder, str], api: FakeWeComAPI
+    running: tuple[WeComAdapter, RecordingHandler, str], api: FakeWeComAPI
 ) -> None:
     _, rec, url = running
     params, body = encrypt(text_xml("zhangsan", "参数", 6001))
@@ -144,7 +127,7 @@ async def test_text_message_is_routed_and_answered_through_the_api(
 
 
 async def test_bad_signature_is_refused(
-    running: tuple[WeComAdapter, Recorder, str], api: FakeWeComAPI
+    running: tuple[WeComAdapter, RecordingHandler, str], api: FakeWeComAPI
 ) -> None:
     adapter, rec, url = running
     params, body = encrypt(text_xml("mallory", "停止 3f2a --yes", 6002))
@@ -170,7 +153,7 @@ async def test_bad_signature_is_refused(
 
 
 async def test_events_and_other_agents_are_ignored(
-    running: tuple[WeComAdapter, Recorder, str],
+    running: tuple[WeComAdapter, RecordingHandler, str],
 ) -> None:
     _, rec, url = running
     event = (f"<xml><ToUserName><![CDATA[{CORP}]]></ToUserName><FromUserName><![CDATA[lisi]]>"
@@ -187,7 +170,7 @@ async def test_events_and_other_agents_are_ignored(
 
 
 async def test_plot_is_uploaded_and_sent_as_an_image(
-    running: tuple[WeComAdapter, Recorder, str], api: FakeWeComAPI, tmp_path: Path
+    running: tuple[WeComAdapter, RecordingHandler, str], api: FakeWeComAPI, tmp_path: Path
 ) -> None:
     adapter, _, _ = running
     plot = tmp_path / "plot.png"
@@ -204,7 +187,7 @@ async def test_plot_is_uploaded_and_sent_as_an_image(
 
 
 async def test_expired_token_is_refreshed_and_limits_are_retryable(
-    running: tuple[WeComAdapter, Recorder, str], api: FakeWeComAPI
+    running: tuple[WeComAdapter, RecordingHandler, str], api: FakeWeComAPI
 ) -> None:
     adapter, _, _ = running
     conv = Conversation("wecom", "zhangsan")
@@ -227,7 +210,7 @@ async def test_expired_token_is_refreshed_and_limits_are_retryable(
 
 async def test_long_chinese_text_is_split_and_throttled(api: FakeWeComAPI) -> None:
     adapter = make_adapter(api, min_interval=1.0)
-    await adapter.start(Recorder())
+    await adapter.start(RecordingHandler())
     try:
         text = "\n".join(f"第{i}行 训练进度 " + "损失" * 20 for i in range(40))
         await adapter.send(Conversation("wecom", "zhangsan"), Reply(text))
