@@ -365,13 +365,17 @@ def button_payload(value: str, *, user: str = "U0ALICE", channel: str = "C0GENER
     }
 
 
+SLACK_ACK_SECONDS = 3.0
+
+
 async def post_signed(
     url: str, secret: str, *, form: dict[str, str] | None = None, payload: dict[str, Any] | None = None,
     event: dict[str, Any] | None = None, timestamp: int | None = None, signature: str | None = None,
-) -> tuple[int, str, float]:
+) -> tuple[int, str]:
     """POST like Slack does (form for commands, `payload=` form for buttons, JSON for events).
 
-    Returns (status, body, seconds until the response arrived).
+    Like Slack, it gives up when no answer arrives within 3 seconds (Slack then shows the user
+    "operation_timeout"), so an adapter that acks late fails here with a timeout.
     """
     if event is not None:
         body, ctype = json.dumps(event).encode(), "application/json"
@@ -381,6 +385,6 @@ async def post_signed(
     headers = {"Content-Type": ctype, **sign(secret, body, timestamp)}
     if signature is not None:
         headers["X-Slack-Signature"] = signature
-    began = time.monotonic()
-    async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=headers) as resp:
-        return resp.status, await resp.text(), time.monotonic() - began
+    timeout = aiohttp.ClientTimeout(total=SLACK_ACK_SECONDS)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.post(url, data=body, headers=headers) as resp:
+        return resp.status, await resp.text()
