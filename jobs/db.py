@@ -14,7 +14,7 @@ def connect(path: Path | str) -> sqlite3.Connection:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=10, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    _enable_wal(conn)
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
@@ -23,32 +23,47 @@ def connect(path: Path | str) -> sqlite3.Connection:
 def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str]) -> int:
     """Apply the migrations of `component` not applied yet; returns the schema version.
 
-    Migrations are append-only: entry i brings the component to version i + 1. Each runs in one
-    transaction with its version bump, so a crash never leaves a half-migrated schema.
+    Migrations are append-only: entry i brings the component to version i + 1. They run in one
+    transaction with their version bumps, so a crash never leaves a half-migrated schema.
     """
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " component TEXT NOT NULL, version INTEGER NOT NULL, applied_at REAL NOT NULL,"
-        " PRIMARY KEY (component, version))"
-    )
-    row = conn.execute("SELECT MAX(version) FROM schema_migrations WHERE component = ?", (component,)).fetchone()
-    current = row[0] or 0
-    if current > len(migrations):
-        raise RuntimeError(
-            f"database schema of {component!r} is version {current}, newer than this code "
-            f"({len(migrations)}): upgrade chatops"
+    # The version is read under the write lock: two processes starting on a fresh data
+    # directory (`chatops send` beside `chatops run`) must not both apply a migration.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " component TEXT NOT NULL, version INTEGER NOT NULL, applied_at REAL NOT NULL,"
+            " PRIMARY KEY (component, version))"
         )
-    for version in range(current + 1, len(migrations) + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        query = "SELECT MAX(version) FROM schema_migrations WHERE component = ?"
+        current = conn.execute(query, (component,)).fetchone()[0] or 0
+        if current > len(migrations):
+            raise RuntimeError(
+                f"database schema of {component!r} is version {current}, newer than this code "
+                f"({len(migrations)}): upgrade chatops"
+            )
+        for version in range(current + 1, len(migrations) + 1):
             for statement in _statements(migrations[version - 1]):
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (component, version, time.time()))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
     return len(migrations)
+
+
+def _enable_wal(conn: sqlite3.Connection, attempts: int = 50) -> None:
+    """Switch to WAL; retried because SQLite answers "locked" at once, without its busy wait,
+    when another process opens a fresh database at the same moment."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 + 0.01 * attempt)
 
 
 def _statements(script: str) -> list[str]:

@@ -196,10 +196,17 @@ class JobManager:
     async def tick(self) -> None:
         """One pass: ingest events of active jobs, detect ends, start queued jobs."""
         async with self._lock:
-            for job in self.store.list(ACTIVE_STATES | {LOST}, limit=10_000):
-                await self._ingest(job)
-                if job.state in ACTIVE_STATES:
-                    await self._check_health(job)
+            for listed in self.store.list(ACTIVE_STATES | {LOST}, limit=10_000):
+                # Another bot process may share the database (`chatops send --wait` beside
+                # `chatops run`): under the write lock and re-read, each event is applied and
+                # announced once, and an exit is judged only after the events before it.
+                with self.store.transaction():
+                    job = self.store.get(listed.id)
+                    if job is None or job.state not in ACTIVE_STATES | {LOST}:
+                        continue
+                    await self._ingest(job)
+                    if job.state in ACTIVE_STATES:
+                        await self._check_health(job)
             await self._schedule()
 
     async def _ingest(self, job: Job) -> None:
@@ -239,7 +246,9 @@ class JobManager:
             await self._move(job, target, kind)
 
     async def _check_health(self, job: Job) -> None:
-        exit_info = self.executor.poll(job.id, job.handle)
+        # No handle yet: another bot process is launching it; the heartbeat timeout covers a
+        # launch that never completes.
+        exit_info = self.executor.poll(job.id, job.handle) if job.handle else None
         if exit_info is not None:
             # Drain what the runner wrote just before it ended.
             await self._ingest(job)
@@ -268,10 +277,6 @@ class JobManager:
             await self._launch(job)
 
     async def _launch(self, job: Job) -> None:
-        # Another bot process on the same database (`chatops send` beside `chatops run`) may
-        # have taken this job already; only the one that flips queued -> starting launches it.
-        if not self.store.claim(job.id, QUEUED, STARTING):
-            return
         kind = self.registry.get(job.kind)
         control_file = job.dir / protocol.CONTROL_FILE
         options = {
@@ -280,15 +285,16 @@ class JobManager:
         }
         if job.checkpoint:
             options["resume_from"] = job.checkpoint
-        spec = {"job_id": job.id, "kind": job.kind, "params": job.params, "options": options}
-        (job.dir / protocol.PARAMS_FILE).write_text(json.dumps(spec, indent=2))
         # Start reading where this run's events begin (a resumed job appends to the same file).
         events_file = job.dir / protocol.EVENTS_FILE
         job.events_offset = events_file.stat().st_size if events_file.exists() else 0
         job.started_at = time.time()
         job.last_event_at = time.time()
         job.runs += 1
-        await self._move(job, STARTING, "launching runner")
+        if not await self._move(job, STARTING, "launching runner"):
+            return  # another bot process on the same database launched it
+        spec = {"job_id": job.id, "kind": job.kind, "params": job.params, "options": options}
+        (job.dir / protocol.PARAMS_FILE).write_text(json.dumps(spec, indent=2))
         try:
             job.handle = await self.executor.launch(job.id, job.dir, kind.runner_module)
         except Exception as exc:
@@ -311,17 +317,29 @@ class JobManager:
         finally:
             self._kill_tasks.pop(job_id, None)
 
-    async def _move(self, job: Job, state: str, reason: str) -> None:
+    async def _move(self, job: Job, state: str, reason: str) -> bool:
+        """Change the state once across processes; False (and `job` refreshed) when another won."""
         check_transition(job.state, state)
         event = _state_event(job.state, state, reason)
-        job.state = state
-        if state in TERMINAL_STATES:
-            job.ended_at = time.time()
-        elif state == QUEUED:
-            job.ended_at = None
-        self.store.save(job)
-        self.store.add_event(job.id, event)
+        with self.store.transaction():
+            if not self.store.claim(job.id, job.state, state):
+                self._refresh(job)
+                return False
+            job.state = state
+            if state in TERMINAL_STATES:
+                job.ended_at = time.time()
+            elif state == QUEUED:
+                job.ended_at = None
+            self.store.save(job)
+            self.store.add_event(job.id, event)
         await self._publish(job, event)
+        return True
+
+    def _refresh(self, job: Job) -> None:
+        """Take what another process stored, so a later save of `job` does not undo it."""
+        fresh = self.store.get(job.id)
+        if fresh is not None:
+            job.__dict__.update(fresh.__dict__)
 
     async def _publish(self, job: Job, event: dict[str, Any]) -> None:
         for listener in self._listeners:

@@ -6,6 +6,8 @@ import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,23 @@ class JobStore:
         """Compare-and-set of the state: False when another process moved the job first."""
         cur = self.conn.execute("UPDATE jobs SET state=? WHERE id=? AND state=?", (new, job_id, old))
         return cur.rowcount == 1
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the database's write lock: other bot processes on the same file wait for the end.
+
+        Nested use joins the outer transaction, which commits.
+        """
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def get(self, job_id: str) -> Job | None:
         row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()

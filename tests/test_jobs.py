@@ -152,3 +152,33 @@ def test_only_one_process_can_claim_a_queued_job(tmp_path: Path) -> None:
     assert first.claim(job.id, "queued", "starting")
     assert not second.claim(job.id, "queued", "starting")
     assert second.get(job.id).state == "starting"
+
+
+def test_processes_opening_a_fresh_database_at_once_all_start(tmp_path: Path) -> None:
+    """`chatops send` beside `chatops run` on a new data dir: no "database is locked", one migration."""
+    import threading
+
+    from chatops.store import ChatStore
+    from jobs.db import connect
+    from jobs.store import JobStore
+
+    path, n = tmp_path / "fresh.db", 8
+    barrier, errors = threading.Barrier(n), []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            conn = connect(path)
+            JobStore(conn), ChatStore(conn)
+            conn.close()
+        except Exception as exc:  # collected: an exception in a thread would not fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    rows = connect(path).execute("SELECT component, version FROM schema_migrations").fetchall()
+    assert sorted(tuple(r) for r in rows) == [("chat", 1), ("jobs", 1)]

@@ -59,3 +59,33 @@ def test_sigkill_of_the_bot_loses_nothing(tmp_path: Path) -> None:
         env={**os.environ, "CHATOPS_DATA_DIR": str(data)}, timeout=60,
     )  # fmt: skip
     assert re.search(rf"{jid.group(1)}\s+succeeded", listing.stdout)
+
+
+@pytest.mark.slow
+def test_send_beside_a_running_bot_applies_each_event_once(tmp_path: Path) -> None:
+    """Two bot processes on one database (`chatops run` and `chatops send --wait`) share a job:
+    every runner event is stored once and every state change is announced once."""
+    from jobs.db import connect
+    from jobs.store import JobStore
+
+    data = tmp_path / "data"
+    bot = _bot(data)  # stdin stays open: the bot keeps running beside `send`
+    try:
+        sent = subprocess.run(
+            [sys.executable, "-m", "chatops.cli", "send", "train epochs=6 max_samples=300 report=0.1", "--wait"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "CHATOPS_DATA_DIR": str(data)},
+        )  # fmt: skip
+    finally:
+        bot.terminate()
+        bot.wait(30)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    jid = re.search(r"job ([0-9a-z]+)", sent.stdout)
+    assert jid, sent.stdout
+    store = JobStore(connect(data / "chatops.db"))
+    job = store.get(jid.group(1))
+    assert job is not None and job.state == "succeeded" and job.runs == 1
+    events = store.events(job.id)
+    seqs = [e["seq"] for e in events if "seq" in e]
+    assert len(seqs) > 6 and len(seqs) == len(set(seqs)), "a runner event was ingested twice"
+    moves = [e["to"] for e in events if e["type"] == "state"]
+    assert moves == ["queued", "starting", "running", "succeeded"], moves
