@@ -201,12 +201,12 @@ class Notifier:
                 pass
 
     async def drain(self, timeout: float = 30.0) -> bool:
-        """Wait until nothing deliverable is pending (used by one-shot CLI commands)."""
+        """Wait until nothing this process can deliver is pending (used by one-shot CLI commands)."""
         deadline = time.monotonic() + timeout
-        while (self._composing or self.store.pending_count()) and time.monotonic() < deadline:
+        while (self._composing or self.store.pending_count(self.adapters)) and time.monotonic() < deadline:
             self._wake.set()
             await asyncio.sleep(0.05)
-        return not self._composing and self.store.pending_count() == 0
+        return not self._composing and self.store.pending_count(self.adapters) == 0
 
     async def _deliver_forever(self) -> None:
         while True:

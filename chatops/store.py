@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +120,14 @@ class ChatStore:
         ).fetchall()
         return [OutboxItem(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
-    def pending_count(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM outbox WHERE status='pending'").fetchone()[0])
+    def pending_count(self, platforms: Iterable[str]) -> int:
+        """Undelivered messages for these platforms (others wait for the process that runs them)."""
+        names = list(platforms)
+        if not names:
+            return 0
+        where = " OR ".join("conversation LIKE ?" for _ in names)
+        query = f"SELECT COUNT(*) FROM outbox WHERE status='pending' AND ({where})"
+        return int(self.conn.execute(query, [f"{n}:%" for n in names]).fetchone()[0])
 
     def delivered(self, item_id: int) -> None:
         self.conn.execute("UPDATE outbox SET status='delivered', delivered_at=? WHERE id=?", (time.time(), item_id))

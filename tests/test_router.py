@@ -101,3 +101,14 @@ async def test_state_changes_are_audited(bot: BotHarness) -> None:
         "set lr=0.3",
         1,
     )
+
+
+async def test_drain_waits_only_for_platforms_this_process_runs(bot: BotHarness) -> None:
+    """`chatops send` must not sit out its timeout on Telegram messages only `chatops run` sends."""
+    from chatops.message import Reply
+
+    bot.app.notifier.enqueue("telegram:42", Reply("for the bot process"))
+    await bot.say("whoami")
+    assert await bot.app.notifier.drain(timeout=5)
+    assert bot.adapter.sent and "role" in bot.adapter.sent[-1][1].text
+    assert bot.app.chat_store.pending_count(["telegram"]) == 1, "kept for the process that runs Telegram"
