@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatops.adapter import Adapter, DeliveryError
 from chatops.message import Button, Conversation, MessageRef, Progress, Reply
-from chatops.render import duration, metrics_text, progress_from, progress_text
+from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
 from chatops.settings import NotifySettings
 from chatops.store import ChatStore, OutboxItem
 from jobs.store import Job
@@ -63,12 +63,13 @@ def payload_to_reply(payload: dict[str, Any]) -> Reply:
     )
 
 
-def job_buttons(job_id: str, state: str) -> list[Button]:
-    if state == "paused":
-        return [Button("Resume", f"resume {job_id}"), Button("Stop", f"stop {job_id}")]
-    if state in ("running", "starting"):
-        return [Button("Pause", f"pause {job_id}"), Button("Stop", f"stop {job_id}")]
-    return []
+def job_buttons(job_id: str, state: str, zh: bool = False) -> list[Button]:
+    """Buttons in the language of the conversation; a press sends that language's command."""
+    words = {"pause": "暂停", "resume": "继续", "stop": "停止"} if zh else {}
+    actions = {"paused": ("resume", "stop"), "running": ("pause", "stop"), "starting": ("pause", "stop")}
+    return [
+        Button(words.get(a, a.capitalize()), f"{words.get(a, a)} {job_id}") for a in actions.get(state, ())
+    ]
 
 
 class Notifier:
@@ -112,17 +113,23 @@ class Notifier:
             if kind in ("progress", "epoch"):
                 self._progress(job, event, conv_key, zh)
             elif kind in ("paused", "resumed"):
-                word = {"paused": ("paused", "已暂停"), "resumed": ("resumed", "已继续")}[kind]
-                text = f"job {job.id} {word[1] if zh else word[0]} (epoch {event.get('epoch', '?')})"
-                self.enqueue(conv_key, Reply(text, job_id=job.id, buttons=job_buttons(job.id, job.state)))
+                epoch = event.get("epoch", "?")
+                if zh:
+                    text = f"job {job.id} {'已暂停' if kind == 'paused' else '已继续'}（第 {epoch} 轮）"
+                else:
+                    text = f"job {job.id} {kind} (epoch {epoch})"
+                self.enqueue(conv_key, Reply(text, job_id=job.id, buttons=job_buttons(job.id, job.state, zh)))
             elif kind == "param_changed":
-                text = f"job {job.id}: {event.get('name')} {event.get('old')} -> {event.get('new')}"
+                change = f"{event.get('name')} {event.get('old')} -> {event.get('new')}"
+                text = f"job {job.id}：已修改 {change}" if zh else f"job {job.id}: {change}"
                 self.enqueue(conv_key, Reply(text, job_id=job.id))
             elif kind == "param_rejected":
-                text = f"job {job.id}: {event.get('name')} not changed: {event.get('reason')}"
+                name, reason = event.get("name"), event.get("reason")
+                text = f"job {job.id}：{name} 未修改：{reason}" if zh else f"job {job.id}: {name} not changed: {reason}"
                 self.enqueue(conv_key, Reply(text, job_id=job.id, error=True))
             elif kind == "state" and event["to"] == "starting" and job.runs > 1:
-                self.enqueue(conv_key, Reply(f"job {job.id} resuming ({event.get('reason')})", job_id=job.id))
+                word = "继续训练" if zh else "resuming"
+                self.enqueue(conv_key, Reply(f"job {job.id} {word} ({event.get('reason')})", job_id=job.id))
 
     def _progress(self, job: Job, event: dict[str, Any], conv_key: str, zh: bool) -> None:
         adapter = self.adapters.get(Conversation.from_key(conv_key).platform)
@@ -143,7 +150,7 @@ class Notifier:
                 text,
                 progress=progress,
                 job_id=job.id,
-                buttons=job_buttons(job.id, job.state),
+                buttons=job_buttons(job.id, job.state, zh),
                 live_key=f"job:{job.id}" if live else None,
             ),
         )
@@ -156,18 +163,25 @@ class Notifier:
 
     def _final_reply(self, job: Job, zh: bool, image: Path | None) -> Reply:
         took = duration((job.ended_at or time.time()) - (job.started_at or job.created_at))
-        state = job.state
-        if state == "succeeded":
+        state, epoch = job.state, job.metrics.get("epoch", "?")
+        if zh:
+            word = state_word(state, True)
+            if state == "succeeded":
+                text = f"job {job.id} {word}，用时 {took}：{metrics_text(job.metrics)}"
+            elif state == "stopped":
+                text = f"job {job.id} {word}" + (f"（第 {epoch} 轮）。" if job.metrics else "。")
+                if job.checkpoint:
+                    text += f"检查点已保存：{job.checkpoint}。继续训练请发送：开始 resume={job.id}"
+            else:
+                text = f"job {job.id} {word}：{job.error or '没有给出原因'}"
+        elif state == "succeeded":
             text = f"job {job.id} succeeded in {took}: {metrics_text(job.metrics)}"
         elif state == "stopped":
-            where = f" at epoch {job.metrics.get('epoch', '?')}" if job.metrics else ""
-            text = f"job {job.id} stopped{where}."
+            text = f"job {job.id} stopped" + (f" at epoch {epoch}." if job.metrics else ".")
             if job.checkpoint:
                 text += f" Checkpoint kept: {job.checkpoint}. Continue with: train resume={job.id}"
         else:
             text = f"job {job.id} {state}: {job.error or 'no reason given'}"
-        if zh:
-            text = {"succeeded": "训练完成 ", "failed": "训练失败 ", "stopped": "训练已停止 "}.get(state, "") + text
         return Reply(text, image=image, job_id=job.id, error=state != "succeeded")
 
     async def plot(self, job: Job) -> Path | None:

@@ -84,29 +84,37 @@ class Router:
             return self._deny(incoming, role, None)
         pending_key = (incoming.conversation.key, who)
 
+        zh = _chinese(parsed.word)
         if parsed.word in YES_WORDS | NO_WORDS and not parsed.args and not parsed.positionals:
             pending = self._pending.pop(pending_key, None)
             if pending is None or pending.expires < time.time():
-                return [Reply("Nothing to confirm.", error=True)] if role else self._deny(incoming, role, None)
+                if not role:
+                    return self._deny(incoming, role, None, zh)
+                return [Reply("没有需要确认的操作。" if zh else "Nothing to confirm.", error=True)]
             if parsed.word in NO_WORDS:
-                return [Reply("Cancelled.")]
+                return [Reply("已取消。" if zh else "Cancelled.")]
             parsed = parse(pending.text, self.param_keys) or parsed
             parsed.confirmed = True
+            zh = _chinese(parsed.word)
 
         spec = self.registry.lookup(parsed.word)
-        lang = "zh" if parsed.word in self.registry.chinese_words else "en"
+        lang = "zh" if zh else "en"
         if spec is None:
             if role == Role.none:
-                return self._deny(incoming, role, None)
+                return self._deny(incoming, role, None, zh)
             hint = suggest(parsed.word, self.registry.words())
-            text = f"Unknown command '{parsed.word}'."
-            text += f" Did you mean {hint}?" if hint else " Send help for the list."
+            if zh:
+                text = f"未知命令 '{parsed.word}'。"
+                text += f"你是想发送 {hint} 吗？" if hint else "发送 帮助 查看命令列表。"
+            else:
+                text = f"Unknown command '{parsed.word}'."
+                text += f" Did you mean {hint}?" if hint else " Send help for the list."
             return [Reply(text, error=True)]
         if role < spec.role:
-            return self._deny(incoming, role, spec)
+            return self._deny(incoming, role, spec, zh)
 
         try:
-            args, params = self._bind(spec, parsed)
+            args, params = self._bind(spec, parsed, zh)
         except CommandError as exc:
             return [Reply(str(exc), error=True)]
         ctx = CommandContext(self.app, incoming, spec, role, args, params, lang)
@@ -131,20 +139,25 @@ class Router:
             return [Reply(result)]
         return [result] if isinstance(result, Reply) else list(result)
 
-    def _deny(self, incoming: Incoming, role: Role, spec: CommandSpec | None) -> list[Reply]:
+    def _deny(self, incoming: Incoming, role: Role, spec: CommandSpec | None, zh: bool = False) -> list[Reply]:
         who = incoming.sender.key
         action = spec.name if spec else "message"
         self.store.audit(who, action, incoming.text.strip()[:500], allowed=False)
         if incoming.meta.get("quiet_deny") and role == Role.none:
             return []
         if role == Role.none:
+            if zh:
+                return [Reply(f"抱歉，{who} 无权使用这个机器人，请联系管理员添加。", error=True)]
             return [Reply(f"Sorry, {who} is not allowed to use this bot. Ask an admin to add you.", error=True)]
         assert spec is not None
+        if zh:
+            return [Reply(f"抱歉，{spec.name} 需要 {spec.role.name} 角色；{who} 是 {role.name}。", error=True)]
         return [Reply(f"Sorry, {spec.name} needs the {spec.role.name} role; {who} is {role.name}.", error=True)]
 
-    def _bind(self, spec: CommandSpec, parsed: Parsed) -> tuple[BaseModel, dict[str, str]]:
+    def _bind(self, spec: CommandSpec, parsed: Parsed, zh: bool = False) -> tuple[BaseModel, dict[str, str]]:
         if parsed.duplicates:
-            raise CommandError(f"{', '.join(sorted(set(parsed.duplicates)))}: given more than once")
+            keys = ", ".join(sorted(set(parsed.duplicates)))
+            raise CommandError(f"{keys}：重复给出" if zh else f"{keys}: given more than once")
         fields = spec.args.model_fields
         values: dict[str, Any] = {}
         params: dict[str, str] = {}
@@ -155,6 +168,8 @@ class Router:
                 params[key] = value
             else:
                 hint = suggest(key, fields)
+                if zh:
+                    raise CommandError(f"{spec.name} 没有参数 '{key}'" + (f"（你是想写 {hint} 吗？）" if hint else ""))
                 raise CommandError(
                     f"{spec.name} takes no parameter '{key}'" + (f" (did you mean {hint}?)" if hint else "")
                 )
@@ -165,14 +180,19 @@ class Router:
             if name not in values:
                 values[name] = positionals.pop(0)
         if positionals:
-            raise CommandError(
-                f"{spec.name}: unexpected '{' '.join(positionals)}'. Usage: "
-                + (spec.examples[0] if spec.examples else spec.name)
-            )
+            usage = spec.examples[0] if spec.examples else spec.name
+            extra = " ".join(positionals)
+            raise CommandError(f"{spec.name}：多余的 '{extra}'。用法：{usage}" if zh
+                               else f"{spec.name}: unexpected '{extra}'. Usage: {usage}")  # fmt: skip
         try:
             return spec.args.model_validate(values), params
         except ValidationError as exc:
             raise CommandError("\n".join(describe(exc))) from None
+
+
+def _chinese(word: str) -> bool:
+    """A command typed in Chinese gets its answer in Chinese (CJK ideographs in the word)."""
+    return any("\u4e00" <= ch <= "\u9fff" for ch in word)
 
 
 def _strip_confirm(text: str) -> str:

@@ -51,7 +51,6 @@ class CommandRegistry:
     def __init__(self) -> None:
         self._specs: dict[str, CommandSpec] = {}
         self._words: dict[str, CommandSpec] = {}
-        self.chinese_words: set[str] = set()
 
     def add(self, spec: CommandSpec) -> CommandSpec:
         for word in (spec.name, *spec.aliases):
@@ -59,8 +58,6 @@ class CommandRegistry:
             if key in self._words:
                 raise ValueError(f"command word {word!r} is taken by {self._words[key].name}")
             self._words[key] = spec
-            if any("\u4e00" <= ch <= "\u9fff" for ch in word):
-                self.chinese_words.add(key)
         self._specs[spec.name] = spec
         return spec
 

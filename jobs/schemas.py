@@ -14,9 +14,10 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 
-def param(default: Any, *aliases: str, live: bool = False, **kwargs: Any) -> Any:
-    """A schema field with short aliases, optionally changeable while the job runs."""
-    extra = {"aliases": list(aliases), "live": live}
+def param(default: Any, *aliases: str, live: bool = False, zh: str = "", **kwargs: Any) -> Any:
+    """A schema field with short aliases, optionally changeable while the job runs; `zh` is its
+    description in Chinese, for people who drive training in Chinese."""
+    extra = {"aliases": list(aliases), "live": live, "zh": zh}
     return Field(
         default,
         validation_alias=AliasChoices(*aliases) if aliases else None,
@@ -51,20 +52,32 @@ class JobParams(BaseModel):
 class MXNetParams(JobParams):
     """Gluon image classifier on digits (bundled) or MNIST / Fashion-MNIST (local IDX files)."""
 
-    model: Literal["mlp", "lenet"] = param("mlp", "net", "arch", description="network")
+    model: Literal["mlp", "lenet"] = param("mlp", "net", "arch", description="network", zh="网络结构")
     dataset: Literal["digits", "mnist", "fashion_mnist"] = param(
-        "digits", "data", "ds", description="data set (mnist/fashion_mnist read local IDX files)"
+        "digits", "data", "ds", description="data set (mnist/fashion_mnist read local IDX files)",
+        zh="数据集（mnist / fashion_mnist 读取本地 IDX 文件）",
+    )  # fmt: skip
+    epochs: int = param(5, "ep", "ti", "epoch", ge=1, le=10_000, description="passes over the data", zh="训练轮数")
+    batch_size: int = param(32, "bs", "batch", ge=1, le=65_536, description="samples per batch", zh="批大小")
+    learning_rate: float = param(
+        0.05, "lr", "learning-rate", live=True, gt=0, le=10, description="optimizer step size", zh="学习率"
     )
-    epochs: int = param(5, "ep", "ti", "epoch", ge=1, le=10_000, description="passes over the data")
-    batch_size: int = param(32, "bs", "batch", ge=1, le=65_536, description="samples per batch")
-    learning_rate: float = param(0.05, "lr", "learning-rate", live=True, gt=0, le=10, description="optimizer step size")
-    weight_decay: float = param(0.0, "wd", ge=0, le=1, description="L2 penalty")
-    optimizer: Literal["sgd", "nag", "adam", "rmsprop", "adagrad"] = param("nag", "opt", description="optimizer")
-    momentum: float = param(0.9, "mom", ge=0, lt=1, description="momentum (sgd, nag)")
-    context: str = param("cpu", "ctx", "device", pattern=r"^(cpu|gpu(:\d{1,2})?)$", description="cpu, gpu or gpu:N")
-    seed: int = param(42, ge=0, le=2**31 - 1, description="random seed")
-    report_seconds: float = param(1.0, "report", ge=0.1, le=3600, description="seconds between progress reports")
-    max_samples: int | None = param(None, "n", "samples", ge=1, description="use only the first N training samples")
+    weight_decay: float = param(0.0, "wd", ge=0, le=1, description="L2 penalty", zh="权重衰减（L2）")
+    optimizer: Literal["sgd", "nag", "adam", "rmsprop", "adagrad"] = param(
+        "nag", "opt", description="optimizer", zh="优化器"
+    )
+    momentum: float = param(0.9, "mom", ge=0, lt=1, description="momentum (sgd, nag)", zh="动量（sgd、nag）")
+    context: str = param(
+        "cpu", "ctx", "device", pattern=r"^(cpu|gpu(:\d{1,2})?)$", description="cpu, gpu or gpu:N",
+        zh="设备：cpu、gpu 或 gpu:N",
+    )  # fmt: skip
+    seed: int = param(42, ge=0, le=2**31 - 1, description="random seed", zh="随机种子")
+    report_seconds: float = param(
+        1.0, "report", ge=0.1, le=3600, description="seconds between progress reports", zh="进度汇报间隔（秒）"
+    )
+    max_samples: int | None = param(
+        None, "n", "samples", ge=1, description="use only the first N training samples", zh="只用前 N 个训练样本"
+    )
 
 
 @dataclass(frozen=True)

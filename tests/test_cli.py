@@ -53,8 +53,8 @@ def test_config_file_env_override_and_errors(tmp_path: Path, monkeypatch: pytest
 def test_send_wait_trains_and_lists(tmp_path: Path) -> None:
     proc = chatops(tmp_path, "send", "开始 ep 2 max_samples=300 report=0.2", "--wait")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "训练已开始" in proc.stdout and "succeeded" in proc.stdout and "plot:" in proc.stdout
-    assert "epoch 2/2" in proc.stdout  # progress was printed on the way
+    assert "训练已开始" in proc.stdout and "已完成，用时" in proc.stdout and "plot:" in proc.stdout
+    assert "第 2/2 轮" in proc.stdout  # progress was printed on the way, in the command's language
     listing = chatops(tmp_path, "jobs")
     assert "succeeded" in listing.stdout
 

@@ -182,3 +182,44 @@ def test_processes_opening_a_fresh_database_at_once_all_start(tmp_path: Path) ->
     assert errors == []
     rows = connect(path).execute("SELECT component, version FROM schema_migrations").fetchall()
     assert sorted(tuple(r) for r in rows) == [("chat", 1), ("jobs", 1)]
+
+
+@pytest.mark.slow
+async def test_a_conversation_in_chinese_is_answered_in_chinese(bot: BotHarness) -> None:
+    """Every training command typed with its Chinese word answers in Chinese, errors included."""
+    [bad] = await bot.say("开始 lr -1")
+    assert bad.error and bad.text.splitlines()[0].startswith("参数有误")
+    assert "learning_rate: must be > 0 (got -1)" in bad.text
+    [started] = await bot.say("开始 ep 1 n 100")
+    assert started.text.startswith("训练已开始") and "1 轮" in started.text, started.text
+    assert [b.label for b in started.buttons] == ["暂停", "停止"]
+    jid = job_id(started.text)
+    final = await bot.wait_for(lambda r: r.job_id == jid and r.error is False and "已完成" in r.text)
+    assert "用时" in final.text and "test_acc" in final.text
+
+    [status] = await bot.say(f"状态 {jid}")
+    assert f"job {jid}: 已完成" in status.text and "发起人 test:op" in status.text and "目录：" in status.text
+    [listing] = await bot.say("任务")
+    assert f"job {jid}  已完成" in listing.text and "前" in listing.text
+    [plot] = await bot.say(f"曲线 {jid}")
+    assert plot.text == f"job {jid} 训练曲线" and plot.image is not None
+    [logs] = await bot.say(f"日志 {jid} 5")
+    assert logs.text.startswith(f"job {jid} 日志（最后 5 行）")
+    [follow] = await bot.say(f"关注 {jid}", user="viewer")
+    [unfollow] = await bot.say(f"取消关注 {jid}", user="viewer")
+    assert follow.text.startswith("已关注") and unfollow.text.startswith("已取消关注")
+    [me] = await bot.say("我是谁")
+    assert me.text == "test:op (op): 角色 operator"
+    [usage] = await bot.say("帮助 开始")
+    assert "别名：" in usage.text and "示例：" in usage.text
+
+    [nothing] = await bot.say("停止")
+    assert nothing.error and nothing.text == "没有符合的任务。"
+    [ended] = await bot.say(f"暂停 {jid}")
+    assert ended.error and ended.text.startswith("无法执行：")
+    [unknown] = await bot.say("开使")
+    assert unknown.error and unknown.text.startswith("未知命令 '开使'")
+    [denied] = await bot.say("开始", user="viewer")
+    assert denied.error and denied.text.startswith("抱歉，train 需要 operator 角色")
+    [live_only] = await bot.say(f"设置 {jid} bs 64")
+    assert live_only.error and "不能修改 batch_size" in live_only.text

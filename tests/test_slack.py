@@ -458,7 +458,8 @@ async def test_e2e_signed_train_acks_answers_updates_progress_and_uploads_plot(
 ) -> None:
     _, url = app_http
     fake.rate_limit("chat.postMessage", times=1, retry_after=1)  # the first answer meets a 429
-    form = slash_form("/train", "epochs=12 max_samples=200", response_url=fake.response_url())
+    # About 5 s of training: the run outlasts the 429 wait and a few paced rounds of live edits.
+    form = slash_form("/train", "epochs=100 max_samples=200", response_url=fake.response_url())
     status, body = await post_signed(url, SECRET, form=form)
     assert status == 200 and json.loads(body)["response_type"] == "in_channel"
     answer = await fake.wait_for(lambda: fake.find_text("job "), timeout=15)

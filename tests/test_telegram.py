@@ -384,8 +384,8 @@ async def app(api: FakeBotAPI, tmp_path: Path) -> AsyncIterator[Any]:
 @pytest.mark.slow
 async def test_e2e_train_reply_live_progress_and_final_photo(app, api) -> None:
     assert {c["command"] for c in api.commands} >= {"train", "stop", "status"}
-    # Enough epochs that the run outlasts a couple of outbox rounds (progress coalesces).
-    api.push_message("/train@TestBot epochs=10 max_samples=200", user_id=42)
+    # Enough epochs (about 5 s) that the run outlasts a few paced outbox rounds (progress coalesces).
+    api.push_message("/train@TestBot epochs=100 max_samples=200", user_id=42)
     answer = await api.wait_call("sendMessage", lambda c: bool(JOB.search(_text(c))), timeout=30)
     job_id = JOB.search(_text(answer)).group(1)  # type: ignore[union-attr]
     final = await api.wait_call(

@@ -360,7 +360,8 @@ async def test_e2e_params_in_chinese_and_stranger_ignored(app: App, fake: FakeWe
     fake.push_text(BOB, "开始 ep 1")  # a friend, but not allowed: silently audited
     fake.push_text(ALICE, "参数")
     answer = await wait_text(fake, ALICE, "learning_rate")
-    assert answer.startswith("参数")
+    assert answer.startswith("参数") and "learning_rate (lr,learning-rate): float = 0.05" in answer
+    assert "学习率" in answer and "训练轮数" in answer  # the schema's own Chinese descriptions
     await asyncio.sleep(0.5)
     assert [s.to for s in fake.sent] == [ALICE]
     assert not app.manager.store.list(limit=5)
@@ -371,7 +372,7 @@ async def test_e2e_train_in_chinese_ends_with_the_plot(app: App, fake: FakeWebWe
     fake.push_text(ALICE, "开始 ep 1 n 200")
     answer = await wait_text(fake, ALICE, r"job [0-9a-z]+", timeout=30)
     job_id = JOB.search(answer).group(1)  # type: ignore[union-attr]
-    final = await wait_text(fake, ALICE, rf"job {job_id}.*succeeded", timeout=120)
+    final = await wait_text(fake, ALICE, rf"job {job_id} 已完成，用时", timeout=120)
     images = await asyncio.wait_for(_image_after(fake, ALICE, final), 30)
     assert images[0].data.startswith(b"\x89PNG")
 
@@ -395,4 +396,4 @@ async def test_e2e_stop_is_confirmed_by_typing_yes(app: App, fake: FakeWebWeChat
     await wait_text(fake, ALICE, "回复 是", timeout=20)  # the question (no buttons on WeChat)
     assert app.manager.store.get(job_id).state not in ("stopped", "failed")
     fake.push_text(ALICE, "是")
-    await wait_text(fake, ALICE, rf"job {job_id}.*stopped", timeout=60)
+    await wait_text(fake, ALICE, rf"job {job_id} 已停止", timeout=60)

@@ -304,7 +304,7 @@ async def test_e2e_train_in_chinese_ends_with_the_plot(
     assert (await post(url, params, body)).status == 200
     answer = await wait_text(api, "zhangsan", r"job [0-9a-z]+", timeout=30)
     job_id = JOB.search(answer).group(1)  # type: ignore[union-attr]
-    await wait_text(api, "zhangsan", rf"job {job_id}.*succeeded", timeout=120)
+    await wait_text(api, "zhangsan", rf"job {job_id} 已完成", timeout=120)
     deadline = time.monotonic() + 30
     while not [m for m in api.messages if m["msgtype"] == "image"]:
         assert time.monotonic() < deadline, "no plot"
@@ -312,5 +312,5 @@ async def test_e2e_train_in_chinese_ends_with_the_plot(
     (upload,) = [c for c in api.calls if c.path == "media/upload"]
     assert upload.data.startswith(b"\x89PNG")
     starts = [m for m in api.messages if m["msgtype"] == "text" and JOB.search(m["text"]["content"])
-              and "succeeded" not in m["text"]["content"]]
+              and "已完成" not in m["text"]["content"]]
     assert len({JOB.search(m["text"]["content"]).group(1) for m in starts}) == 1  # type: ignore[union-attr]

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from chatops.auth import Role
 from chatops.message import Reply
 from chatops.notifier import job_buttons
-from chatops.render import duration, metrics_text, progress_from, progress_text
+from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
 from chatops.router import CommandContext
 from chatops.specs import CommandError, CommandRegistry, CommandSpec
 from chatops.validation import describe, map_keys
@@ -67,42 +67,62 @@ def _kind_model(ctx: CommandContext, kind: str | None) -> tuple[str, type[JobPar
         job_kind = ctx.app.manager.registry.get(kind)
     except KeyError:
         names = ", ".join(ctx.app.manager.registry.names())
-        raise CommandError(f"Unknown job kind '{kind}'. Kinds: {names}") from None
+        raise CommandError(ctx.tr("Unknown job kind '{k}'. Kinds: {names}", "没有任务类型 '{k}'。可用：{names}",
+                                  k=kind, names=names)) from None  # fmt: skip
     return job_kind.name, job_kind.params
 
 
-def _validated(model: type[JobParams], raw: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+def _validated(
+    ctx: CommandContext, model: type[JobParams], raw: dict[str, Any], base: dict[str, Any]
+) -> dict[str, Any]:
     mapped, errors = map_keys(model, raw, model.field_aliases())
-    if errors:
-        raise CommandError("\n".join(errors))
-    try:
-        return model.model_validate({**base, **mapped}).model_dump(mode="json")
-    except ValidationError as exc:
-        raise CommandError("\n".join(describe(exc, model.field_aliases()))) from None
+    if not errors:
+        try:
+            return model.model_validate({**base, **mapped}).model_dump(mode="json")
+        except ValidationError as exc:
+            errors = describe(exc, model.field_aliases())
+    # Field names stay as typed in commands; a Chinese first line says what went wrong.
+    raise CommandError("\n".join([ctx.tr("", "参数有误（发送 参数 查看说明）："), *errors]).lstrip("\n"))
 
 
-def _summary(job: Job) -> str:
+def _summary(job: Job, zh: bool = False) -> str:
     p = job.params
     bits = [str(p.get(k)) for k in ("model", "dataset") if p.get(k)]
     if "epochs" in p:
-        bits.append(f"{p['epochs']} epochs")
+        bits.append(f"{p['epochs']} 轮" if zh else f"{p['epochs']} epochs")
     if "learning_rate" in p:
         bits.append(f"lr {p['learning_rate']}" + (f" ({p['optimizer']})" if "optimizer" in p else ""))
     if "batch_size" in p:
-        bits.append(f"batch {p['batch_size']}")
+        bits.append(f"批大小 {p['batch_size']}" if zh else f"batch {p['batch_size']}")
     if "context" in p:
         bits.append(str(p["context"]))
     return ", ".join(bits)
 
 
-def _job_line(job: Job) -> str:
+def _job_line(job: Job, zh: bool = False) -> str:
     age = duration(time.time() - job.created_at)
     extra = ""
     if job.state in ACTIVE_STATES and job.metrics.get("epoch"):
-        extra = f" epoch {job.metrics.get('epoch')}/{job.params.get('epochs', '?')}"
+        done = f"{job.metrics.get('epoch')}/{job.params.get('epochs', '?')}"
+        extra = f" 第 {done} 轮" if zh else f" epoch {done}"
     elif job.terminal and job.metrics:
         extra = " " + metrics_text({k: v for k, v in job.metrics.items() if k in ("test_acc", "val_acc")})
+    if zh:
+        return f"job {job.id}  {state_word(job.state, True)} {job.kind}: {_summary(job, True)}{extra}" \
+               f"（{age} 前，{job.owner}）"
     return f"job {job.id}  {job.state:<9} {job.kind}: {_summary(job)}{extra}  ({age} ago, by {job.owner})"
+
+
+def _job_error(ctx: CommandContext, exc: JobError) -> CommandError:
+    """The job manager speaks English; a Chinese command gets a Chinese lead-in before it."""
+    return CommandError(ctx.tr(str(exc), f"无法执行：{exc}"))
+
+
+def _resumed(ctx: CommandContext, job: Job) -> Reply:
+    text = ctx.tr("job {id} {state}: continuing from its last checkpoint.",
+                  "job {id} {state}：从最近的检查点继续训练。",
+                  id=job.id, state=state_word(job.state, ctx.lang == "zh"))  # fmt: skip
+    return Reply(text, job_id=job.id)
 
 
 # -- handlers ------------------------------------------------------------------------------------
@@ -113,24 +133,27 @@ async def cmd_help(ctx: CommandContext) -> str:
     if name:
         spec = registry.lookup(name)
         if spec is None:
-            raise CommandError(f"No command '{name}'. Send help for the list.")
+            raise CommandError(ctx.tr("No command '{n}'. Send help for the list.",
+                                      "没有命令 '{n}'。发送 帮助 查看列表。", n=name))  # fmt: skip
         lines = [f"{spec.name}: {spec.summary_zh if zh and spec.summary_zh else spec.summary}"]
         if spec.aliases:
-            lines.append("aliases: " + ", ".join(spec.aliases))
-        lines.append(f"role: {spec.role.name}")
+            lines.append(ctx.tr("aliases: ", "别名：") + ", ".join(spec.aliases))
+        lines.append(ctx.tr("role: ", "所需角色：") + spec.role.name)
         for field_name, info in spec.args.model_fields.items():
             lines.append(f"  {field_name}: {info.description or ''}".rstrip())
         if spec.job_params:
-            lines.append("parameters: see params (key=value, or one 'key value' per line)")
+            lines.append(ctx.tr("parameters: see params (key=value, or one 'key value' per line)",
+                                "参数：见 参数 命令（key=value，或每行一个 key value）"))  # fmt: skip
         if spec.examples:
-            lines.append("examples: " + " | ".join(spec.examples))
+            lines.append(ctx.tr("examples: ", "示例：") + " | ".join(spec.examples))
         return "\n".join(lines)
     lines = ["命令 (commands):" if zh else "Commands:"]
     for spec in registry.specs():
         words = ", ".join(spec.aliases)
         summary = f"{spec.summary} / {spec.summary_zh}" if zh and spec.summary_zh else spec.summary
         lines.append(f"  {spec.name}" + (f" ({words})" if words else "") + f": {summary}")
-    lines.append("help <command> for details; parameters as key=value, or one 'key value' per line.")
+    lines.append(ctx.tr("help <command> for details; parameters as key=value, or one 'key value' per line.",
+                        "帮助 <命令> 查看详情；参数写成 key=value，或每行一个 key value。"))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -151,8 +174,9 @@ async def cmd_params(ctx: CommandContext) -> str:
             line += " [" + " ".join(bounds) + "]"
         if extra.get("live"):
             line += " live"
-        if info.description:
-            line += f" - {info.description}"
+        description = extra.get("zh") if ctx.lang == "zh" and extra.get("zh") else info.description
+        if description:
+            line += f" - {description}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -164,23 +188,25 @@ async def cmd_set(ctx: CommandContext) -> Reply:
     if ref:
         job = _find_job(ctx, ref)
         model = ctx.app.manager.registry.get(job.kind).params
-        changes = _validated(model, ctx.params, job.params)
+        changes = _validated(ctx, model, ctx.params, job.params)
         changed = {k: v for k, v in changes.items() if k in {model.field_aliases().get(x.lower()) for x in ctx.params}}
         not_live = sorted(set(changed) - model.live_fields())
         if not_live:
             live = ", ".join(sorted(model.live_fields())) or "none"
-            raise CommandError(f"{', '.join(not_live)} cannot change while job {job.id} runs (live: {live}).")
+            raise CommandError(ctx.tr("{f} cannot change while job {id} runs (live: {live}).",
+                                      "job {id} 训练中不能修改 {f}（可修改：{live}）。",
+                                      f=", ".join(not_live), id=job.id, live=live))  # fmt: skip
         try:
             await ctx.app.manager.control(job.id, "set", changed)
         except JobError as exc:
-            raise CommandError(str(exc)) from None
+            raise _job_error(ctx, exc) from None
         pretty = ", ".join(f"{k}={v}" for k, v in changed.items())
         return Reply(ctx.tr(f"job {job.id}: asked to set {pretty}; it applies at the next batch.",
                             f"job {job.id}：将在下一个批次设置 {pretty}"), job_id=job.id)  # fmt: skip
     kind, model = _kind_model(ctx, None)
     conv = ctx.incoming.conversation.key
     saved = ctx.app.chat_store.saved_params(conv, kind)
-    clean = _validated(model, ctx.params, saved)
+    clean = _validated(ctx, model, ctx.params, saved)
     mapped, _ = map_keys(model, ctx.params, model.field_aliases())
     saved.update({k: clean[k] for k in mapped})
     ctx.app.chat_store.save_params(conv, kind, saved)
@@ -193,17 +219,18 @@ async def cmd_train(ctx: CommandContext) -> Reply:
     args: TrainArgs = ctx.args  # type: ignore[assignment]
     if args.resume:
         if ctx.params:
-            raise CommandError("train resume=<id> continues with the job's own parameters; drop the others.")
+            raise CommandError(ctx.tr("train resume=<id> continues with the job's own parameters; drop the others.",
+                                      "resume=<id> 沿用原任务的参数，请去掉其他参数。"))  # fmt: skip
         job = _find_job(ctx, args.resume)
         try:
             job = await manager.resume(job.id)
         except JobError as exc:
-            raise CommandError(str(exc)) from None
+            raise _job_error(ctx, exc) from None
         ctx.app.chat_store.follow(job.id, ctx.incoming.conversation.key, ctx.lang)
-        return Reply(f"job {job.id} {job.state}: resuming from its checkpoint", job_id=job.id)
+        return _resumed(ctx, job)
     kind, model = _kind_model(ctx, args.kind)
     conv = ctx.incoming.conversation.key
-    params = _validated(model, ctx.params, ctx.app.chat_store.saved_params(conv, kind))
+    params = _validated(ctx, model, ctx.params, ctx.app.chat_store.saved_params(conv, kind))
     job = await manager.submit(kind, params, owner=ctx.incoming.sender.key, origin=conv)
     ctx.app.chat_store.follow(job.id, conv, ctx.lang)
     if job.state == QUEUED:
@@ -215,15 +242,19 @@ async def cmd_train(ctx: CommandContext) -> Reply:
             id=job.id, pos=pos, running=", ".join(f"job {r}" for r in running) or "-",
         )  # fmt: skip
     else:
-        text = ctx.tr("job {id} started: {s}", "训练已开始：job {id}（{s}）", id=job.id, s=_summary(job))
-    return Reply(text, job_id=job.id, buttons=job_buttons(job.id, "running"))
+        summary = _summary(job, ctx.lang == "zh")
+        text = ctx.tr("job {id} started: {s}", "训练已开始：job {id}（{s}）", id=job.id, s=summary)
+    return Reply(text, job_id=job.id, buttons=job_buttons(job.id, "running", ctx.lang == "zh"))
 
 
 def _confirm_stop(ctx: CommandContext) -> str:
     job = _find_job(ctx, ctx.args.job, ACTIVE_STATES | {QUEUED})  # type: ignore[attr-defined]
     if job.terminal:
-        raise CommandError(f"job {job.id} already ended ({job.state}).")
-    return ctx.tr(f"Stop job {job.id} ({job.state}, {_summary(job)})?", f"停止 job {job.id}？")
+        raise CommandError(ctx.tr(f"job {job.id} already ended ({job.state}).",
+                                  f"job {job.id} 已经结束（{state_word(job.state, True)}）。"))  # fmt: skip
+    zh = ctx.lang == "zh"
+    return ctx.tr(f"Stop job {job.id} ({job.state}, {_summary(job)})?",
+                  f"停止 job {job.id}（{state_word(job.state, zh)}，{_summary(job, zh)}）？")  # fmt: skip
 
 
 async def cmd_stop(ctx: CommandContext) -> Reply:
@@ -231,7 +262,7 @@ async def cmd_stop(ctx: CommandContext) -> Reply:
     try:
         job = await ctx.app.manager.stop(job.id)
     except JobError as exc:
-        raise CommandError(str(exc)) from None
+        raise _job_error(ctx, exc) from None
     if job.state == "stopped":
         return Reply(ctx.tr(f"job {job.id} cancelled before it started.", f"job {job.id} 已取消"), job_id=job.id)
     return Reply(ctx.tr(f"job {job.id} stopping at the next batch; a checkpoint is kept.",
@@ -243,7 +274,7 @@ async def cmd_pause(ctx: CommandContext) -> Reply:
     try:
         await ctx.app.manager.control(job.id, "pause")
     except JobError as exc:
-        raise CommandError(str(exc)) from None
+        raise _job_error(ctx, exc) from None
     return Reply(
         ctx.tr(f"job {job.id} pausing at the next batch.", f"job {job.id} 将在下一个批次暂停。"), job_id=job.id
     )
@@ -258,9 +289,9 @@ async def cmd_resume(ctx: CommandContext) -> Reply:
             return Reply(ctx.tr(f"job {job.id} resuming.", f"job {job.id} 继续训练。"), job_id=job.id)
         job = await manager.resume(job.id)
     except JobError as exc:
-        raise CommandError(str(exc)) from None
+        raise _job_error(ctx, exc) from None
     ctx.app.chat_store.follow(job.id, ctx.incoming.conversation.key, ctx.lang)
-    return Reply(f"job {job.id} {job.state}: continuing from its last checkpoint.", job_id=job.id)
+    return _resumed(ctx, job)
 
 
 async def cmd_status(ctx: CommandContext) -> Reply:
@@ -271,25 +302,30 @@ async def cmd_status(ctx: CommandContext) -> Reply:
     else:
         active = manager.store.list(ACTIVE_STATES, limit=1)
         job = active[0] if active else _find_job(ctx, None)
-    lines = [f"job {job.id}: {job.state}  {job.kind}: {_summary(job)}", f"owner {job.owner}"]
+    zh = ctx.lang == "zh"
+    lines = [
+        f"job {job.id}: {state_word(job.state, zh)}  {job.kind}: {_summary(job, zh)}",
+        ctx.tr("owner ", "发起人 ") + job.owner,
+    ]
     if job.state in ACTIVE_STATES and job.metrics:
         progress = progress_from(
             job.id, int(job.params.get("epochs", 1)), {"type": "progress", **job.metrics}, job.metrics
         )
-        lines.append(progress_text(progress, job.metrics, job.state))
+        lines.append(progress_text(progress, job.metrics, job.state, zh))
         res = await asyncio.to_thread(manager.executor.resources, job.handle)  # samples CPU for 0.1 s
         if res:
-            lines.append("runner: " + ", ".join(f"{k} {v}" for k, v in res.items()))
+            lines.append(ctx.tr("runner: ", "训练进程：") + ", ".join(f"{k} {v}" for k, v in res.items()))
     elif job.metrics:
         lines.append(metrics_text(job.metrics))
     if job.state == QUEUED:
-        lines.append(f"queue position {manager.queue_position(job.id)}")
+        lines.append(ctx.tr("queue position {n}", "排队第 {n} 位", n=manager.queue_position(job.id)))
     if job.error:
-        lines.append(f"error: {job.error.splitlines()[0]}")
+        lines.append(ctx.tr("error: ", "错误：") + job.error.splitlines()[0])
     if job.checkpoint:
-        lines.append(f"checkpoint: {job.checkpoint}")
-    lines.append(f"folder: {job.job_dir} (TensorBoard: {job.job_dir}/tensorboard)")
-    buttons = job_buttons(job.id, job.state)
+        lines.append(ctx.tr("checkpoint: ", "检查点：") + job.checkpoint)
+    lines.append(ctx.tr("folder: {d} (TensorBoard: {d}/tensorboard)", "目录：{d}（TensorBoard：{d}/tensorboard）",
+                        d=job.job_dir))  # fmt: skip
+    buttons = job_buttons(job.id, job.state, zh)
     return Reply("\n".join(lines), job_id=job.id, buttons=buttons)
 
 
@@ -297,39 +333,45 @@ async def cmd_jobs(ctx: CommandContext) -> str:
     jobs = ctx.app.manager.store.list(limit=15)
     if not jobs:
         return ctx.tr("No jobs yet. Start one with: train epochs=5", "还没有任务。发送 开始 ep 5 开始训练。")
-    return "\n".join(_job_line(j) for j in jobs)
+    return "\n".join(_job_line(j, ctx.lang == "zh") for j in jobs)
 
 
 async def cmd_logs(ctx: CommandContext) -> str:
     job = _find_job(ctx, ctx.args.job)  # type: ignore[attr-defined]
     tail = log_tail(job.dir, ctx.args.n)  # type: ignore[attr-defined]
-    return f"job {job.id} log (last {ctx.args.n} lines):\n{tail or '(empty)'}"  # type: ignore[attr-defined]
+    n = ctx.args.n  # type: ignore[attr-defined]
+    head = ctx.tr("job {id} log (last {n} lines):", "job {id} 日志（最后 {n} 行）：", id=job.id, n=n)
+    return f"{head}\n{tail or ctx.tr('(empty)', '（空）')}"
 
 
 async def cmd_plot(ctx: CommandContext) -> Reply:
     job = _find_job(ctx, ctx.args.job)  # type: ignore[attr-defined]
     path = await ctx.app.notifier.plot(job)
     if path is None:
-        raise CommandError(f"job {job.id} has no metrics to plot yet.")
-    return Reply(f"job {job.id} curves", image=path, job_id=job.id)
+        raise CommandError(ctx.tr(f"job {job.id} has no metrics to plot yet.", f"job {job.id} 还没有可画的指标。"))
+    return Reply(ctx.tr(f"job {job.id} curves", f"job {job.id} 训练曲线"), image=path, job_id=job.id)
 
 
 async def cmd_follow(ctx: CommandContext) -> str:
     job = _find_job(ctx, ctx.args.job)  # type: ignore[attr-defined]
     added = ctx.app.chat_store.follow(job.id, ctx.incoming.conversation.key, ctx.lang)
-    return f"Following job {job.id}." if added else f"Already following job {job.id}."
+    if added:
+        return ctx.tr(f"Following job {job.id}.", f"已关注 job {job.id}，进度会发到这里。")
+    return ctx.tr(f"Already following job {job.id}.", f"已经在关注 job {job.id}。")
 
 
 async def cmd_unfollow(ctx: CommandContext) -> str:
     job = _find_job(ctx, ctx.args.job)  # type: ignore[attr-defined]
     removed = ctx.app.chat_store.unfollow(job.id, ctx.incoming.conversation.key)
-    return f"Stopped following job {job.id}." if removed else f"Not following job {job.id}."
+    if removed:
+        return ctx.tr(f"Stopped following job {job.id}.", f"已取消关注 job {job.id}。")
+    return ctx.tr(f"Not following job {job.id}.", f"没有关注 job {job.id}。")
 
 
 async def cmd_whoami(ctx: CommandContext) -> str:
     who = ctx.incoming.sender
     name = f" ({who.name})" if who.name else ""
-    return f"{who.key}{name}: role {ctx.role.name}"
+    return f"{who.key}{name}: " + ctx.tr("role ", "角色 ") + ctx.role.name
 
 
 def register(registry: CommandRegistry) -> None:
