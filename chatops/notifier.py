@@ -63,6 +63,24 @@ def payload_to_reply(payload: dict[str, Any]) -> Reply:
     )
 
 
+_FINAL_EN = {
+    "succeeded": "job {id} succeeded in {took}: {metrics}",
+    "stopped": "job {id} stopped.",
+    "stopped_at": "job {id} stopped at epoch {epoch}.",
+    "kept": " Checkpoint kept: {ckpt}. Continue with: train resume={id}",
+    "ended": "job {id} {state}: {error}",
+    "no_reason": "no reason given",
+}
+_FINAL_ZH = {
+    "succeeded": "job {id} {state}，用时 {took}：{metrics}",
+    "stopped": "job {id} {state}。",
+    "stopped_at": "job {id} {state}（第 {epoch} 轮）。",
+    "kept": "检查点已保存：{ckpt}。继续训练请发送：开始 resume={id}",
+    "ended": "job {id} {state}：{error}",
+    "no_reason": "没有给出原因",
+}
+
+
 def job_buttons(job_id: str, state: str, zh: bool = False) -> list[Button]:
     """Buttons in the language of the conversation; a press sends that language's command."""
     words = {"pause": "暂停", "resume": "继续", "stop": "停止"} if zh else {}
@@ -162,27 +180,17 @@ class Notifier:
             self._last_push.pop((conv_key, job.id), None)
 
     def _final_reply(self, job: Job, zh: bool, image: Path | None) -> Reply:
-        took = duration((job.ended_at or time.time()) - (job.started_at or job.created_at))
-        state, epoch = job.state, job.metrics.get("epoch", "?")
-        if zh:
-            word = state_word(state, True)
-            if state == "succeeded":
-                text = f"job {job.id} {word}，用时 {took}：{metrics_text(job.metrics)}"
-            elif state == "stopped":
-                text = f"job {job.id} {word}" + (f"（第 {epoch} 轮）。" if job.metrics else "。")
-                if job.checkpoint:
-                    text += f"检查点已保存：{job.checkpoint}。继续训练请发送：开始 resume={job.id}"
-            else:
-                text = f"job {job.id} {word}：{job.error or '没有给出原因'}"
-        elif state == "succeeded":
-            text = f"job {job.id} succeeded in {took}: {metrics_text(job.metrics)}"
-        elif state == "stopped":
-            text = f"job {job.id} stopped" + (f" at epoch {epoch}." if job.metrics else ".")
-            if job.checkpoint:
-                text += f" Checkpoint kept: {job.checkpoint}. Continue with: train resume={job.id}"
+        words = _FINAL_ZH if zh else _FINAL_EN
+        values = {
+            "id": job.id, "state": state_word(job.state, zh), "error": job.error or words["no_reason"],
+            "took": duration((job.ended_at or time.time()) - (job.started_at or job.created_at)),
+            "metrics": metrics_text(job.metrics), "epoch": job.metrics.get("epoch", "?"), "ckpt": job.checkpoint,
+        }  # fmt: skip
+        if job.state == "stopped":
+            text = words["stopped_at" if job.metrics else "stopped"] + (words["kept"] if job.checkpoint else "")
         else:
-            text = f"job {job.id} {state}: {job.error or 'no reason given'}"
-        return Reply(text, image=image, job_id=job.id, error=state != "succeeded")
+            text = words.get(job.state, words["ended"])
+        return Reply(text.format(**values), image=image, job_id=job.id, error=job.state != "succeeded")
 
     async def plot(self, job: Job) -> Path | None:
         """Render the job's curves to its folder (off the event loop); None if there is nothing."""
