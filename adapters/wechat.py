@@ -25,7 +25,15 @@ from urllib.parse import unquote
 
 import requests
 
-from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler, KeyedLocks
+from chatops.adapter import (
+    Adapter,
+    AdapterContext,
+    Capabilities,
+    DeliveryError,
+    Handler,
+    KeyedLocks,
+    PacedParts,
+)
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.redact import redact_logger
 from chatops.settings import WeChatSettings
@@ -97,17 +105,14 @@ class WeChatAdapter(Adapter):
         self.notify_admins = notify_admins
         self.audit = audit
         # WeChat flags accounts that answer like machines; keep a human pace per chat.
-        self.min_interval = min_interval
+        self._paced = PacedParts(min_interval)
         self.interactive = interactive
         self.online = False
         self._core: Core | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: Handler | None = None
         self._stopping = False
-        self._lock = KeyedLocks()  # per chat: inbound in order, outbound parts together
-        self._last_sent: dict[str, float] = {}
-        # Parts of a reply already delivered when a later part failed; a retry skips them.
-        self._partial: dict[tuple[str, str, str], int] = {}
+        self._lock = KeyedLocks()  # per chat: inbound in order
         self._tasks: set[asyncio.Future[Any]] = set()
         self._login_thread: threading.Thread | None = None
 
@@ -327,40 +332,18 @@ class WeChatAdapter(Adapter):
 
     # --- outbound --------------------------------------------------------------------------
 
-
     async def send(self, conversation: Conversation, reply: Reply) -> MessageRef:
         core = self._core
         if core is None or not self.online or not core.alive:
             raise DeliveryError("WeChat is not logged in", retry_after=60)
         loop = asyncio.get_running_loop()
-        parts: list[tuple[str, Any]] = [
-            ("text", t) for t in split_text(reply.text, self.capabilities.max_text) if t.strip()
-        ]
-        if reply.image is not None:
-            parts.append(("image", reply.image))
-        image = reply.image
-        image_tag = f"bytes:{len(image)}" if isinstance(image, bytes) else str(image or "")
-        memo = (conversation.key, reply.text, image_tag)
-        async with self._lock("out:" + conversation.key):
-            to = self._resolve(core, conversation.chat_id)
-            done = self._partial.pop(memo, 0)
-            last_id = ""
-            for index, (kind, payload) in enumerate(parts):
-                if index < done:
-                    continue
-                wait = self._last_sent.get(conversation.key, -1e9) + self.min_interval
-                delay = wait - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                try:
-                    last_id = await loop.run_in_executor(None, self._send_part, core, to, kind,
-                                                         payload)
-                except DeliveryError:
-                    if index > 0:
-                        self._partial[memo] = index
-                    raise
-                finally:
-                    self._last_sent[conversation.key] = time.monotonic()
+        to = self._resolve(core, conversation.chat_id)
+
+        async def send_part(kind: str, payload: Any) -> str:
+            return await loop.run_in_executor(None, self._send_part, core, to, kind, payload)
+
+        texts = split_text(reply.text, self.capabilities.max_text)
+        last_id = await self._paced.send(conversation, reply, texts, send_part)
         return MessageRef(conversation, last_id or f"wechat-{time.time_ns()}")
 
     def _resolve(self, core: Core, chat_id: str) -> str:

@@ -21,7 +21,15 @@ from aiohttp import web
 from wechatpy.enterprise import WeChatClient, WeChatCrypto, parse_message
 from wechatpy.exceptions import APILimitedException, InvalidSignatureException, WeChatClientException
 
-from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler, KeyedLocks
+from chatops.adapter import (
+    Adapter,
+    AdapterContext,
+    Capabilities,
+    DeliveryError,
+    Handler,
+    KeyedLocks,
+    PacedParts,
+)
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.redact import redact_logger
 from chatops.settings import WeComSettings
@@ -112,16 +120,14 @@ class WeComAdapter(Adapter):
         self.agent_id = agent_id
         self.listen = listen
         self.audit = audit
-        self.min_interval = min_interval
+        self._paced = PacedParts(min_interval)
         self._crypto = WeChatCrypto(token, aes_key, corp_id)
         self._client = _Client(corp_id, secret, base_url, timeout)
         self._handle: Handler | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lock = KeyedLocks()  # per chat: inbound in order, outbound parts together
-        self._last_sent: dict[str, float] = {}
-        self._partial: dict[tuple[str, str, str], int] = {}
+        self._lock = KeyedLocks()  # per chat: inbound in order
 
     def __repr__(self) -> str:
         return f"<WeComAdapter corp={self.corp_id} agent={self.agent_id} listen={self.listen}>"
@@ -244,7 +250,7 @@ class WeComAdapter(Adapter):
         handle = self._handle
         if handle is None:
             return
-        async with self._lock("in:" + incoming.conversation.key):
+        async with self._lock(incoming.conversation.key):
             try:
                 await handle(incoming)
             except Exception as exc:
@@ -263,35 +269,12 @@ class WeComAdapter(Adapter):
 
     async def send(self, conversation: Conversation, reply: Reply) -> MessageRef:
         loop = asyncio.get_running_loop()
-        user = conversation.chat_id
-        parts: list[tuple[str, Any]] = [
-            ("text", t) for t in split_utf8(reply.text, TEXT_BYTES) if t.strip()
-        ]
-        if reply.image is not None:
-            parts.append(("image", reply.image))
-        image = reply.image
-        image_tag = f"bytes:{len(image)}" if isinstance(image, bytes) else str(image or "")
-        memo = (conversation.key, reply.text, image_tag)
-        last_id = ""
+
+        async def send_part(kind: str, payload: Any) -> str:
+            return await loop.run_in_executor(None, self._send_part, conversation.chat_id, kind, payload)
+
         # Sends to one user are serialized and spaced out; WeCom limits messages per user.
-        async with self._lock("out:" + conversation.key):
-            done = self._partial.pop(memo, 0)
-            for index, (kind, payload) in enumerate(parts):
-                if index < done:
-                    continue
-                delay = self._last_sent.get(conversation.key, -1e9) + self.min_interval
-                delay -= time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                try:
-                    last_id = await loop.run_in_executor(None, self._send_part, user, kind,
-                                                         payload)
-                except DeliveryError:
-                    if index > 0:
-                        self._partial[memo] = index
-                    raise
-                finally:
-                    self._last_sent[conversation.key] = time.monotonic()
+        last_id = await self._paced.send(conversation, reply, split_utf8(reply.text, TEXT_BYTES), send_part)
         return MessageRef(conversation, last_id or f"wecom-{time.time_ns()}")
 
     def _send_part(self, user: str, kind: str, payload: Any) -> str:

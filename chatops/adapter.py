@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -130,3 +131,44 @@ class KeyedLocks:
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
         return lock
+
+
+SendPart = Callable[[str, Any], Awaitable[str]]
+"""Sends one part, ("text", str) or ("image", path or bytes), and returns the platform's id."""
+
+
+class PacedParts:
+    """Delivery of one reply as several messages (text chunks, then the image) on platforms that
+    punish bursts (WeChat, WeCom): parts to one chat go one at a time, `min_interval` apart, and a
+    retry of a reply whose later part failed starts at that part, so no chunk arrives twice."""
+
+    def __init__(self, min_interval: float) -> None:
+        self.min_interval = min_interval
+        self._locks = KeyedLocks()
+        self._last_sent: dict[str, float] = {}
+        self._partial: dict[tuple[str, str, str], int] = {}
+
+    async def send(
+        self, conversation: Conversation, reply: Reply, texts: list[str], send_part: SendPart
+    ) -> str:
+        parts: list[tuple[str, Any]] = [("text", t) for t in texts if t.strip()]
+        if reply.image is not None:
+            parts.append(("image", reply.image))
+        image = reply.image
+        memo = (conversation.key, reply.text, f"bytes:{len(image)}" if isinstance(image, bytes) else str(image or ""))
+        last_id = ""
+        async with self._locks(conversation.key):
+            done = self._partial.pop(memo, 0)
+            for index, (kind, payload) in enumerate(parts[done:], start=done):
+                delay = self._last_sent.get(conversation.key, -1e9) + self.min_interval - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                try:
+                    last_id = await send_part(kind, payload)
+                except DeliveryError:
+                    if index > 0:
+                        self._partial[memo] = index
+                    raise
+                finally:
+                    self._last_sent[conversation.key] = time.monotonic()
+        return last_id
