@@ -88,8 +88,11 @@ async def test_follow_and_unfollow(bot: BotHarness) -> None:
     assert ok.text == f"Following job {jid}."
     final = await bot.wait_for(lambda r: r.job_id == jid and "succeeded" in r.text)
     assert final is not None
-    await asyncio.sleep(0.3)
-    destinations = {c.chat_id for c, r, _ in bot.adapter.sent if r.job_id == jid and "succeeded" in r.text}
+    for _ in range(200):  # the two followers' copies leave the outbox one after the other
+        destinations = {c.chat_id for c, r, _ in bot.adapter.sent if r.job_id == jid and "succeeded" in r.text}
+        if len(destinations) == 2:
+            break
+        await asyncio.sleep(0.05)
     assert destinations == {"op", "viewer"}
     [bye] = await bot.say(f"unfollow {jid}", user="viewer")
     assert "Stopped following" in bye.text
