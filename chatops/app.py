@@ -106,6 +106,8 @@ class App:
             log.info("adapter %s started", adapter.name)
 
     async def stop(self) -> None:
+        # Take in no more job events first: what happens from now on is the next start's to tell.
+        await self.manager.close()
         # Deliver what is queued while the adapters can still send; the rest waits in the outbox.
         await self.notifier.drain(timeout=2.0)
         for adapter in list(self.adapters.values()):
@@ -114,7 +116,6 @@ class App:
             except Exception:
                 log.exception("stopping adapter %s failed", adapter.name)
         await self.notifier.close()
-        await self.manager.close()
         self.db.close()
 
     async def notify_admins(self, text: str) -> None:

@@ -121,10 +121,8 @@ class Notifier:
         kind = event["type"]
         followers = self.store.followers(job.id)
         if kind == "state" and event["to"] in ("succeeded", "failed", "stopped", "lost"):
-            # Rendered off the manager's path: a plot takes a while and must not stall it.
-            task = asyncio.create_task(self._final(job, followers))
-            self._composing.add(task)
-            task.add_done_callback(self._composing.discard)
+            self.store.owe_final(job.id)
+            self._compose(job.id)
             return
         for conv_key, lang in followers:
             zh = lang == "zh"
@@ -173,11 +171,23 @@ class Notifier:
             ),
         )
 
-    async def _final(self, job: Job, followers: list[tuple[str, str]]) -> None:
+    def _compose(self, job_id: str) -> None:
+        """Rendered off the manager's path: a plot takes a while and must not stall it."""
+        task = asyncio.create_task(self._final(job_id), name=f"final-{job_id}")
+        self._composing.add(task)
+        task.add_done_callback(self._composing.discard)
+
+    async def _final(self, job_id: str) -> None:
+        job = self.manager.store.get(job_id)
+        if job is None:
+            self.store.final_sent(job_id)
+            return
         image = await self.plot(job)
-        for conv_key, lang in followers:
-            self.enqueue(conv_key, self._final_reply(job, lang == "zh", image))
-            self._last_push.pop((conv_key, job.id), None)
+        with self.manager.store.transaction():  # the report is queued and no longer owed, at once
+            for conv_key, lang in self.store.followers(job.id):
+                self.enqueue(conv_key, self._final_reply(job, lang == "zh", image))
+                self._last_push.pop((conv_key, job.id), None)
+            self.store.final_sent(job.id)
 
     def _final_reply(self, job: Job, zh: bool, image: Path | None) -> Reply:
         words = _FINAL_ZH if zh else _FINAL_EN
@@ -212,9 +222,16 @@ class Notifier:
 
     # -- delivering ------------------------------------------------------------------------
     async def start(self) -> None:
+        for job_id in self.store.orphaned_finals():
+            self._compose(job_id)
         self._task = asyncio.create_task(self._deliver_forever(), name="outbox")
 
     async def close(self) -> None:
+        # A report still rendering is finished (it is quick) or left owed for the next start.
+        if self._composing:
+            await asyncio.wait(self._composing, timeout=15)
+        for task in list(self._composing):
+            task.cancel()
         if self._task:
             self._task.cancel()
             try:

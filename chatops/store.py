@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import psutil
 
 from jobs.db import migrate
 
@@ -39,6 +42,11 @@ _MIGRATIONS = [
         id INTEGER PRIMARY KEY AUTOINCREMENT, t REAL NOT NULL, identity TEXT NOT NULL,
         action TEXT NOT NULL, detail TEXT NOT NULL, allowed INTEGER NOT NULL
     )
+    """,
+    # Final reports owed: written with the job's end, removed with the report's enqueueing, so a
+    # bot that stops (or dies) while the plot renders still owes the report after a restart.
+    """
+    CREATE TABLE pending_finals (job_id TEXT PRIMARY KEY, owner INTEGER NOT NULL, t REAL NOT NULL)
     """,
 ]
 
@@ -93,6 +101,25 @@ class ChatStore:
             "SELECT conversation, lang FROM followers WHERE job_id=? ORDER BY rowid", (job_id,)
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
+
+    # final reports owed
+    def owe_final(self, job_id: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO pending_finals VALUES (?, ?, ?)", (job_id, os.getpid(), time.time()))
+
+    def final_sent(self, job_id: str) -> None:
+        self.conn.execute("DELETE FROM pending_finals WHERE job_id=?", (job_id,))
+
+    def orphaned_finals(self) -> list[str]:
+        """Reports owed by processes that are gone; they become this process's to compose."""
+        mine = []
+        for job_id, owner in self.conn.execute("SELECT job_id, owner FROM pending_finals").fetchall():
+            if owner != os.getpid() and not psutil.pid_exists(owner):
+                cur = self.conn.execute(
+                    "UPDATE pending_finals SET owner=? WHERE job_id=? AND owner=?", (os.getpid(), job_id, owner)
+                )
+                if cur.rowcount == 1:
+                    mine.append(job_id)
+        return mine
 
     # outbox
     def enqueue(self, conversation: str, payload: dict[str, Any], live_key: str | None = None) -> int:

@@ -6,6 +6,9 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,7 +129,7 @@ async def test_sigkill_ends_failed_with_clear_message(bot: BotHarness) -> None:
 @pytest.mark.slow
 async def test_bot_restart_reattaches_without_duplicates(settings: Settings) -> None:
     async with BotHarness(settings) as bot:
-        [reply] = await bot.say(f"train epochs=3 {TINY}")
+        [reply] = await bot.say(f"train epochs=40 {TINY}")  # about 2 s: it ends after the first bot
         jid = job_id(reply.text)
         await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None)
         first_sent = len(bot.adapter.sent)
@@ -181,7 +184,7 @@ def test_processes_opening_a_fresh_database_at_once_all_start(tmp_path: Path) ->
         t.join()
     assert errors == []
     rows = connect(path).execute("SELECT component, version FROM schema_migrations").fetchall()
-    assert sorted(tuple(r) for r in rows) == [("chat", 1), ("jobs", 1)]
+    assert sorted(tuple(r) for r in rows) == [("chat", 1), ("chat", 2), ("jobs", 1)]
 
 
 @pytest.mark.slow
@@ -223,3 +226,23 @@ async def test_a_conversation_in_chinese_is_answered_in_chinese(bot: BotHarness)
     assert denied.error and denied.text.startswith("抱歉，train 需要 operator 角色")
     [live_only] = await bot.say(f"设置 {jid} bs 64")
     assert live_only.error and "不能修改 batch_size" in live_only.text
+
+
+@pytest.mark.slow
+async def test_a_final_report_owed_by_a_dead_bot_is_sent_at_the_next_start(settings: Settings) -> None:
+    from jobs.db import connect
+
+    async with BotHarness(settings) as bot:
+        [reply] = await bot.say(f"train epochs=1 {TINY}")
+        jid = job_id(reply.text)
+        await bot.wait_for(lambda r: r.job_id == jid and "succeeded" in r.text)
+        assert bot.app.chat_store.orphaned_finals() == [], "nothing owed once the report is queued"
+    # The state a bot killed while the plot rendered leaves behind: the report owed by a gone pid.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    conn = connect(settings.db_path)
+    conn.execute("INSERT INTO pending_finals VALUES (?, ?, ?)", (jid, int(gone.stdout), time.time()))
+    conn.close()
+    async with BotHarness(settings) as again:
+        final = await again.wait_for(lambda r: r.job_id == jid and "succeeded" in r.text, timeout=30)
+        assert final.image is not None
+        assert again.app.chat_store.orphaned_finals() == []
