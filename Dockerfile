@@ -18,7 +18,10 @@ COPY jobs ./jobs
 RUN pip install --no-cache-dir ".[telegram,slack,email,wechat]" "numpy<1.24"
 
 USER chatops
-ENV CHATOPS_DATA_DIR=/data
+ENV CHATOPS_DATA_DIR=/data CHATOPS_HEALTH__LISTEN=0.0.0.0:8080
 VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
+    CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"
 ENTRYPOINT ["chatops"]
 CMD ["run"]

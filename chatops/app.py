@@ -8,6 +8,7 @@ from importlib.metadata import entry_points
 from chatops.adapter import Adapter, AdapterContext
 from chatops.auth import Authorizer
 from chatops.commands import training
+from chatops.health import HealthServer
 from chatops.message import Incoming, Reply
 from chatops.notifier import Notifier
 from chatops.router import Router
@@ -60,6 +61,7 @@ class App:
         self.manager.subscribe(self.notifier.on_job_event)
         for adapter in adapters if adapters is not None else self._load_adapters():
             self.adapters[adapter.name] = adapter
+        self.health = HealthServer(self, settings.health.listen) if settings.health.listen else None
 
     def context(self) -> AdapterContext:
         return AdapterContext(
@@ -101,6 +103,8 @@ class App:
     async def start(self) -> None:
         await self.manager.start()
         await self.notifier.start()
+        if self.health is not None:
+            await self.health.start()
         for adapter in self.adapters.values():
             await adapter.start(self.handle)
             log.info("adapter %s started", adapter.name)
@@ -116,6 +120,8 @@ class App:
             except Exception:
                 log.exception("stopping adapter %s failed", adapter.name)
         await self.notifier.close()
+        if self.health is not None:
+            await self.health.stop()
         self.db.close()
 
     async def notify_admins(self, text: str) -> None:

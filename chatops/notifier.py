@@ -226,6 +226,10 @@ class Notifier:
             self._compose(job_id)
         self._task = asyncio.create_task(self._deliver_forever(), name="outbox")
 
+    @property
+    def delivering(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def close(self) -> None:
         # A report still rendering is finished (it is quick) or left owed for the next start.
         if self._composing:

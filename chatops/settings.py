@@ -57,6 +57,10 @@ class NotifySettings(Section):
     retry_max_seconds: float = Field(300.0, gt=0)
 
 
+class HealthSettings(Section):
+    listen: str | None = Field(None, description="host:port of GET /healthz (off when unset)")
+
+
 class ConsoleSettings(Section):
     enabled: bool | None = None  # None: on when no other adapter is configured
     user: str = Field(default_factory=lambda: _safe_user())
@@ -148,6 +152,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     slack: SlackSettings = Field(default_factory=SlackSettings)

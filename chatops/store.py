@@ -149,12 +149,19 @@ class ChatStore:
 
     def pending_count(self, platforms: Iterable[str]) -> int:
         """Undelivered messages for these platforms (others wait for the process that runs them)."""
+        return int(self._pending("COUNT(*)", platforms) or 0)
+
+    def oldest_pending(self, platforms: Iterable[str]) -> float | None:
+        """When the oldest undelivered message for these platforms was queued."""
+        return self._pending("MIN(created_at)", platforms)
+
+    def _pending(self, what: str, platforms: Iterable[str]) -> Any:
         names = list(platforms)
         if not names:
-            return 0
+            return None
         where = " OR ".join("conversation LIKE ?" for _ in names)
-        query = f"SELECT COUNT(*) FROM outbox WHERE status='pending' AND ({where})"
-        return int(self.conn.execute(query, [f"{n}:%" for n in names]).fetchone()[0])
+        query = f"SELECT {what} FROM outbox WHERE status='pending' AND ({where})"
+        return self.conn.execute(query, [f"{n}:%" for n in names]).fetchone()[0]
 
     def delivered(self, item_id: int) -> None:
         self.conn.execute("UPDATE outbox SET status='delivered', delivered_at=? WHERE id=?", (time.time(), item_id))

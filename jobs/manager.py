@@ -91,6 +91,10 @@ class JobManager:
         await self.tick()  # re-attach to whatever ran while we were away, before serving
         self._task = asyncio.create_task(self._watch(), name="job-manager")
 
+    @property
+    def watching(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def close(self) -> None:
         """Stop watching; runners keep going (a dead bot never kills training)."""
         for task in [self._task, *self._kill_tasks.values()]:
