@@ -211,6 +211,10 @@ class JobManager:
                     await self._ingest(job)
                     if job.state in ACTIVE_STATES:
                         await self._check_health(job)
+                    if job.stop_requested and job.state in ACTIVE_STATES and job.id not in self._kill_tasks:
+                        # Asked by a process that has gone since (`chatops send "stop …"`, a
+                        # restart): the kill after `stop_timeout` is this process's to do.
+                        self._kill_tasks[job.id] = asyncio.create_task(self._kill_later(job.id))
             await self._schedule()
 
     async def _ingest(self, job: Job) -> None:

@@ -246,3 +246,24 @@ async def test_a_final_report_owed_by_a_dead_bot_is_sent_at_the_next_start(setti
         final = await again.wait_for(lambda r: r.job_id == jid and "succeeded" in r.text, timeout=30)
         assert final.image is not None
         assert again.app.chat_store.orphaned_finals() == []
+
+
+@pytest.mark.slow
+async def test_a_stop_asked_before_a_restart_still_ends_a_hung_runner(settings: Settings) -> None:
+    """The kill that backs a graceful stop survives the bot that was asked (e.g. `chatops send`)."""
+    settings = settings.model_copy(update={"jobs": settings.jobs.model_copy(update={"stop_timeout": 1.0})})
+    async with BotHarness(settings) as bot:
+        [reply] = await bot.say(f"train epochs=500 {TINY}")
+        jid = job_id(reply.text)
+        await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None)
+        pid = bot.app.job_store.get(jid).handle["pid"]
+        os.kill(pid, signal.SIGSTOP)  # hung: it reads no control and honours no SIGTERM
+        await bot.say(f"stop {jid} --yes")
+    async with BotHarness(settings) as again:
+        for _ in range(300):
+            if again.app.job_store.get(jid).state == "stopped":
+                break
+            await asyncio.sleep(0.05)
+        assert again.app.job_store.get(jid).state == "stopped"
+        [ended] = [e for e in again.app.job_store.events(jid) if e.get("to") == "stopped"]
+        assert ended["reason"].endswith("after stop"), ended
