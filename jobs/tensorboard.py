@@ -113,7 +113,11 @@ def device_histograms(arrays: Mapping[str, Any], bins: int = 64) -> dict[str, Ra
     for value in arrays.values():
         flat = value.astype("float32")  # no reshape: a view of an MKL-DNN-laid-out weight fails
         lo, hi = flat.min(), flat.max()
-        edges = lo + nd.maximum(hi - lo, 1e-12) * steps.as_in_context(flat.context)
+        # The last edge must lie strictly above the maximum: MXNet 1.9's CPU kernel finds a
+        # value's bin by walking the edges while value >= edge, and for a value equal to the last
+        # edge it walks past the end of the array (a random segfault, seen after many epochs).
+        width = (hi - lo) + (nd.abs(lo) + nd.abs(hi)) * 1e-6 + 1e-30
+        edges = lo + width * steps.as_in_context(flat.context)
         counts, _ = nd.histogram(flat, bins=edges)
         stats = nd.concat(lo, hi, flat.sum(), nd.sum(flat * flat), dim=0)
         parts.append(nd.concat(stats, edges, counts.astype("float32"), dim=0).as_in_context(mx.cpu()))

@@ -267,3 +267,24 @@ async def test_a_stop_asked_before_a_restart_still_ends_a_hung_runner(settings: 
         assert again.app.job_store.get(jid).state == "stopped"
         [ended] = [e for e in again.app.job_store.events(jid) if e.get("to") == "stopped"]
         assert ended["reason"].endswith("after stop"), ended
+
+
+def test_a_runner_seen_ending_by_another_bot_is_judged_by_its_launcher() -> None:
+    """Only the launching process can read a runner's exit status (a SIGKILL means `failed`, not
+    `lost`); a second bot on the same data dir leaves the verdict to it while it lives."""
+    import psutil
+
+    from jobs.executors.local import LocalExecutor
+
+    runner = subprocess.Popen([sys.executable, "-c", "pass"])
+    runner.wait()
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        handle = {"executor": "local", "pid": runner.pid, "create_time": 0.0, "parent": launcher.pid}
+        assert LocalExecutor().poll("j1", handle) is None, "the launcher lives: its call"
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert not psutil.pid_exists(launcher.pid)
+    ended = LocalExecutor().poll("j1", handle)
+    assert ended is not None and ended.code is None, "launcher gone: this bot says the runner ended"

@@ -158,3 +158,25 @@ def test_device_histograms_match_numpy() -> None:
     assert np.allclose(got["w"].bucket_limits, ref.bucket_limits, atol=1e-5)
     assert got["w"].num == 54 and got["w"].sum == pytest.approx(ref.sum, abs=1e-4)
     assert got["zeros"].bucket_counts.sum() == 4  # a constant array still lands in a bucket
+
+
+def test_device_histogram_edges_stay_above_the_maximum() -> None:
+    """MXNet's CPU histogram reads past its edges for a value equal to the last one (a segfault
+    that came after ~50 epochs in CI); our edges keep every value strictly below the last."""
+    import mxnet as mx
+
+    from jobs.tensorboard import device_histograms
+
+    arrays = {
+        "constant": mx.nd.full((7,), 3.0),
+        "zeros": mx.nd.zeros((5,)),
+        "negative": mx.nd.array([-2.0, -1.0, -0.5]),
+        "exact": mx.nd.array([0.0, 0.25, 0.5, 1.0]),  # max exactly representable
+        "big": mx.nd.array([1e30, -1e30, 0.0]),
+    }
+    got = device_histograms(arrays, bins=8)
+    for name, value in arrays.items():
+        hist = got[name]
+        top = float(value.max().asscalar())
+        assert hist.bucket_limits[-1] > top, name
+        assert hist.bucket_counts.sum() == value.size, name

@@ -456,7 +456,7 @@ def texts(fake: FakeSlack) -> list[str]:
 async def test_e2e_signed_train_acks_answers_updates_progress_and_uploads_plot(
     fake: FakeSlack, app_http: tuple[Any, str]
 ) -> None:
-    _, url = app_http
+    app, url = app_http
     fake.rate_limit("chat.postMessage", times=1, retry_after=1)  # the first answer meets a 429
     # About 5 s of training: the run outlasts the 429 wait and a few paced rounds of live edits.
     form = slash_form("/train", "epochs=100 max_samples=200", response_url=fake.response_url())
@@ -470,7 +470,11 @@ async def test_e2e_signed_train_acks_answers_updates_progress_and_uploads_plot(
         comments = [f.initial_comment or "" for f in fake.files.values()]
         return bool(fake.find_text("succeeded")) or any("succeeded" in c for c in comments)
 
-    await fake.wait_for(final, timeout=60)
+    try:
+        await fake.wait_for(final, timeout=60)
+    except TimeoutError:
+        job = app.job_store.get(job_id)
+        raise AssertionError(f"no final report; job {job and job.state}, {job and job.error}: {texts(fake)}") from None
     done = [f for f in fake.files.values() if f.completed and "succeeded" in (f.initial_comment or "")]
     assert done, f"the final report came without a plot: {texts(fake)}"
     (plot,) = done

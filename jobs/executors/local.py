@@ -67,7 +67,7 @@ class LocalExecutor:
             created = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             created = None
-        return {"executor": "local", "pid": proc.pid, "create_time": created}
+        return {"executor": "local", "pid": proc.pid, "create_time": created, "parent": os.getpid()}
 
     def poll(self, job_id: str, handle: dict[str, Any]) -> ExitInfo | None:
         proc = self._children.get(job_id)
@@ -78,7 +78,14 @@ class LocalExecutor:
             self._children.pop(job_id, None)
             return ExitInfo(code, -code if code < 0 else None)
         # Not our child (the bot restarted): the pid and its start time identify the runner.
-        return None if self._alive(handle) else ExitInfo(None)
+        if self._alive(handle):
+            return None
+        parent = handle.get("parent")
+        if parent and parent != os.getpid() and psutil.pid_exists(parent):
+            # Its launcher (another bot process on this data dir) still runs and can read the
+            # exit status, which this process cannot: leave the verdict to it.
+            return None
+        return ExitInfo(None)
 
     async def kill(self, job_id: str, handle: dict[str, Any], *, force: bool) -> None:
         pid = handle.get("pid")
