@@ -33,8 +33,7 @@ class HealthServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        if self.port == 0 and site._server is not None:  # an ephemeral port: tell which one
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]  # the real one when 0 asked for any free port
         log.info("health endpoint on http://%s:%d/healthz", self.host, self.port)
 
     async def stop(self) -> None:
