@@ -33,7 +33,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler
+from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler, listen_address
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 
 log = logging.getLogger(__name__)
@@ -232,12 +232,12 @@ class SlackAdapter(Adapter):
             log.info("slack: Socket Mode connected")
 
     async def _start_http(self) -> None:
-        host, _, port = self._listen.rpartition(":")
+        host, port = listen_address(self._listen)
         app = web.Application(client_max_size=1 << 20)
         app.router.add_post(EVENTS_PATH, self._on_http)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host.strip("[]") or "0.0.0.0", int(port or 3000))
+        site = web.TCPSite(self._runner, host, port)
         await site.start()
         address = self._runner.addresses[0]
         self.http_address = (str(address[0]), int(address[1]))

@@ -48,6 +48,7 @@ from chatops.adapter import (
     Capabilities,
     DeliveryError,
     Handler,
+    listen_address,
     reconnect_forever,
 )
 from chatops.message import Button, Conversation, Identity, Incoming, MessageRef, Reply
@@ -127,11 +128,6 @@ def _delivery_error(exc: TelegramError | RuntimeError) -> DeliveryError:
         return DeliveryError(f"telegram refused: {exc}", permanent=True)
     # NetworkError, TimedOut, Conflict, 5xx: transient.
     return DeliveryError(f"telegram unavailable: {exc}")
-
-
-def _parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return (host.strip("[]") or "0.0.0.0"), int(port)
 
 
 class _ButtonStore:
@@ -255,7 +251,7 @@ class TelegramAdapter(Adapter):
             return
         if self._cfg.mode == "webhook":
             assert self._cfg.webhook_url is not None
-            host, port = _parse_listen(self._cfg.listen)
+            host, port = listen_address(self._cfg.listen)
             await updater.start_webhook(
                 listen=host,
                 port=port,

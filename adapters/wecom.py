@@ -29,6 +29,7 @@ from chatops.adapter import (
     Handler,
     KeyedLocks,
     PacedParts,
+    listen_address,
 )
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.redact import redact_logger
@@ -89,11 +90,6 @@ def split_utf8(text: str, limit: int) -> list[str]:
     if current or not parts:
         parts.append(current)
     return parts
-
-
-def _listen_address(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class WeComAdapter(Adapter):
@@ -166,7 +162,7 @@ class WeComAdapter(Adapter):
         app.router.add_post(CALLBACK_PATH, self._callback)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        host, port = _listen_address(self.listen)
+        host, port = listen_address(self.listen)
         await web.TCPSite(self._runner, host, port).start()
         self.port = self._runner.addresses[0][1]
         log.info("wecom: callback listening on %s:%d%s", host, self.port, CALLBACK_PATH)

@@ -120,6 +120,15 @@ async def reconnect_forever(
                 pass
 
 
+def listen_address(listen: str) -> tuple[str, int]:
+    """`host:port` of a local HTTP endpoint (webhooks, callbacks, /healthz); `[::1]:80` for IPv6,
+    an empty host for every interface."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"listen must be host:port, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
 class KeyedLocks:
     """One asyncio lock per key (a chat): its messages are handled, and sent, in arrival order."""
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from chatops.adapter import listen_address
 from jobs.store import ACTIVE_STATES, QUEUED
 
 if TYPE_CHECKING:
@@ -22,8 +23,7 @@ STUCK_SECONDS = 900.0  # an outbox item this old, still pending, means deliverie
 class HealthServer:
     def __init__(self, app: App, listen: str) -> None:
         self.app = app
-        host, _, port = listen.rpartition(":")
-        self.host, self.port = host.strip("[]") or "0.0.0.0", int(port)
+        self.host, self.port = listen_address(listen)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
