@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from chatops.adapter import Adapter, AdapterContext, Capabilities, Handler
 from chatops.app import App
@@ -54,6 +54,21 @@ class RecordingAdapter(Adapter):
         return None
 
 
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """The first truthy value of `probe()`, polled until `timeout`; TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} within {timeout}s")
+        await asyncio.sleep(interval)
+
+
 class BotHarness:
     def __init__(self, settings: Settings) -> None:
         self.adapter = RecordingAdapter()
@@ -81,6 +96,25 @@ class BotHarness:
     async def say(self, text: str, user: str = "op", **kwargs: Any) -> list[Reply]:
         """Route one message; returns the router's direct replies (also queued for delivery)."""
         return await self.app.handle(self.incoming(text, user, **kwargs))
+
+    async def wait_state(self, job_id: str, states: set[str], timeout: float = 60.0) -> str:
+        """The job's state once it is one of `states`."""
+        store = self.app.job_store
+
+        def state() -> str | None:
+            job = store.get(job_id)
+            return job.state if job and job.state in states else None
+
+        return await eventually(state, timeout, f"job {job_id} reaching {sorted(states)}")
+
+    async def wait_event(self, job_id: str, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The job's latest stored event of this type, once there is one."""
+
+        def latest() -> dict[str, Any] | None:
+            found = [e for e in self.app.job_store.events(job_id) if e["type"] == kind]
+            return found[-1] if found else None
+
+        return await eventually(latest, timeout, f"a {kind} event of job {job_id}")
 
     async def wait_for(self, predicate: Callable[[Reply], bool], timeout: float = 60.0) -> Reply:
         """The next delivered reply (not seen by an earlier wait_for) that matches."""

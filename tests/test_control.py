@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
-from chatops.testing import BotHarness
-from tests.test_jobs import job_id, wait_state
+from chatops.testing import BotHarness, eventually
+from tests.test_jobs import job_id
 
 SLOW_RUN = "epochs=300 max_samples=200 report=0.2"
-
-
-async def wait_event(bot: BotHarness, jid: str, kind: str, timeout: float = 10) -> dict:
-    for _ in range(int(timeout / 0.05)):
-        events = [e for e in bot.app.job_store.events(jid) if e["type"] == kind]
-        if events:
-            return events[-1]
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"no {kind} event for job {jid}")
 
 
 @pytest.mark.slow
@@ -30,14 +20,14 @@ async def test_pause_set_resume_stop_and_resume_from_checkpoint(bot: BotHarness)
 
     [ack] = await bot.say(f"pause {jid}")
     assert "pausing" in ack.text
-    await wait_state(bot, jid, {"paused"}, timeout=10)
+    await bot.wait_state(jid, {"paused"}, timeout=10)
     [status] = await bot.say(f"status {jid}")
     assert f"job {jid}: paused" in status.text and "tensorboard" in status.text
     assert "rss_mb" in status.text  # the runner's resources
 
     [ack] = await bot.say(f"set {jid} lr=0.001")
     assert "lr" in ack.text or "learning_rate" in ack.text
-    changed = await wait_event(bot, jid, "param_changed", timeout=3)
+    changed = await bot.wait_event(jid, "param_changed", timeout=3)
     assert changed["name"] == "learning_rate" and changed["new"] == pytest.approx(0.001)
     await bot.wait_for(lambda r: r.job_id == jid and "learning_rate" in r.text and "0.001" in r.text)
 
@@ -45,20 +35,19 @@ async def test_pause_set_resume_stop_and_resume_from_checkpoint(bot: BotHarness)
     assert refused.error and "batch_size cannot change while job" in refused.text
 
     await bot.say(f"resume {jid}")
-    await wait_state(bot, jid, {"running"}, timeout=5)
-    await wait_event(bot, jid, "resumed")
-    for _ in range(100):  # a report after the change carries the new rate
-        later = [e for e in bot.app.job_store.events(jid) if e["type"] == "progress" and e["seq"] > changed["seq"]]
-        if later:
-            break
-        await asyncio.sleep(0.05)
-    assert later and later[-1]["lr"] == pytest.approx(0.001)
+    await bot.wait_state(jid, {"running"}, timeout=5)
+    await bot.wait_event(jid, "resumed")
+    later = await eventually(  # a report after the change carries the new rate
+        lambda: [e for e in bot.app.job_store.events(jid) if e["type"] == "progress" and e["seq"] > changed["seq"]],
+        5, "a progress report after the change",
+    )  # fmt: skip
+    assert later[-1]["lr"] == pytest.approx(0.001)
 
     [question] = await bot.say(f"stop {jid}")
     assert "Stop job" in question.text
     await bot.say("yes")
-    await wait_state(bot, jid, {"stopped"}, timeout=10)
-    stopped = await wait_event(bot, jid, "stopped")
+    await bot.wait_state(jid, {"stopped"}, timeout=10)
+    stopped = await bot.wait_event(jid, "stopped")
     # Honoured at a batch boundary, long before the 300 epochs ran out (an epoch here is a few
     # milliseconds, so the exact epoch depends on the machine's load and is not asserted).
     assert stopped["epoch"] < 300 and isinstance(stopped["batch"], int) and stopped["control_id"]
@@ -70,7 +59,7 @@ async def test_pause_set_resume_stop_and_resume_from_checkpoint(bot: BotHarness)
     assert f"job {jid}" in again.text and not again.error, again.text
     await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None and r.progress.epoch >= epoch_at_stop)
     await bot.say(f"stop {jid} --yes")
-    await wait_state(bot, jid, {"stopped"}, timeout=10)
+    await bot.wait_state(jid, {"stopped"}, timeout=10)
     job = bot.app.job_store.get(jid)
     assert job.runs == 2
     seqs = [e["seq"] for e in bot.app.job_store.events(jid) if "seq" in e]
@@ -88,11 +77,11 @@ async def test_follow_and_unfollow(bot: BotHarness) -> None:
     assert ok.text == f"Following job {jid}."
     final = await bot.wait_for(lambda r: r.job_id == jid and "succeeded" in r.text)
     assert final is not None
-    for _ in range(200):  # the two followers' copies leave the outbox one after the other
-        destinations = {c.chat_id for c, r, _ in bot.adapter.sent if r.job_id == jid and "succeeded" in r.text}
-        if len(destinations) == 2:
-            break
-        await asyncio.sleep(0.05)
-    assert destinations == {"op", "viewer"}
+    def destinations() -> set[str]:
+        return {c.chat_id for c, r, _ in bot.adapter.sent if r.job_id == jid and "succeeded" in r.text}
+
+    # The two followers' copies leave the outbox one after the other.
+    await eventually(lambda: len(destinations()) == 2, 10, "the final report to both followers")
+    assert destinations() == {"op", "viewer"}
     [bye] = await bot.say(f"unfollow {jid}", user="viewer")
     assert "Stopped following" in bye.text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -24,15 +23,6 @@ def job_id(text: str) -> str:
     match = re.search(r"job ([0-9a-z]+)", text)
     assert match, text
     return match.group(1)
-
-
-async def wait_state(bot: BotHarness, jid: str, states: set[str], timeout: float = 60) -> str:
-    for _ in range(int(timeout / 0.1)):
-        job = bot.app.job_store.get(jid)
-        if job and job.state in states:
-            return job.state
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"job {jid} never reached {states}; it is {bot.app.job_store.get(jid)}")
 
 
 def test_state_machine_rejects_illegal_moves() -> None:
@@ -75,8 +65,8 @@ async def test_chinese_alias_and_queue(bot: BotHarness) -> None:
     [second] = await bot.say(f"train epochs=1 {TINY}")
     assert "queued" in second.text and "training is underway" in second.text
     a, b = job_id(first.text), job_id(second.text)
-    assert await wait_state(bot, a, {"succeeded"}) == "succeeded"
-    assert await wait_state(bot, b, {"succeeded"}) == "succeeded"
+    assert await bot.wait_state(a, {"succeeded"}) == "succeeded"
+    assert await bot.wait_state(b, {"succeeded"}) == "succeeded"
 
 
 @pytest.mark.slow
@@ -96,7 +86,7 @@ async def test_stop_needs_confirmation_and_keeps_checkpoint(bot: BotHarness) -> 
     assert bot.app.job_store.get(jid).state == "running"
     [ack] = await bot.say("yes")
     assert "stopping" in ack.text
-    assert await wait_state(bot, jid, {"stopped", "failed"}, timeout=15) == "stopped"
+    assert await bot.wait_state(jid, {"stopped", "failed"}, timeout=15) == "stopped"
     job = bot.app.job_store.get(jid)
     assert job.checkpoint and Path(job.checkpoint + ".params").exists()
     final = await bot.wait_for(lambda r: r.job_id == jid and "stopped" in r.text)
@@ -109,7 +99,7 @@ async def test_stop_while_starting_reaches_the_runner(bot: BotHarness) -> None:
     jid = job_id(reply.text)
     assert bot.app.job_store.get(jid).state == "starting"
     await bot.say(f"stop {jid} --yes")
-    assert await wait_state(bot, jid, {"stopped", "failed"}, timeout=30) == "stopped"
+    assert await bot.wait_state(jid, {"stopped", "failed"}, timeout=30) == "stopped"
     kinds = [e["type"] for e in bot.app.job_store.events(jid)]
     assert "stopped" in kinds, "the runner itself stopped (not killed after the timeout)"
     assert "epoch" not in kinds, "the stop written while starting is honoured at the first batch"
@@ -260,11 +250,7 @@ async def test_a_stop_asked_before_a_restart_still_ends_a_hung_runner(settings: 
         os.kill(pid, signal.SIGSTOP)  # hung: it reads no control and honours no SIGTERM
         await bot.say(f"stop {jid} --yes")
     async with BotHarness(settings) as again:
-        for _ in range(300):
-            if again.app.job_store.get(jid).state == "stopped":
-                break
-            await asyncio.sleep(0.05)
-        assert again.app.job_store.get(jid).state == "stopped"
+        assert await again.wait_state(jid, {"stopped"}, timeout=15) == "stopped"
         [ended] = [e for e in again.app.job_store.events(jid) if e.get("to") == "stopped"]
         assert ended["reason"].endswith("after stop"), ended
 
