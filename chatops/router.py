@@ -18,7 +18,7 @@ from chatops.message import Button, Incoming, Reply
 from chatops.parser import Parsed, parse
 from chatops.specs import CommandError, CommandRegistry, CommandSpec
 from chatops.store import ChatStore
-from chatops.validation import describe, suggest
+from jobs.params import describe, suggest
 
 if TYPE_CHECKING:
     from chatops.app import App

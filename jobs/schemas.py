@@ -7,11 +7,10 @@ job may change. Validation is the only gate between chat text and a training pro
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 
 def param(default: Any, *aliases: str, live: bool = False, zh: str = "", **kwargs: Any) -> Any:
@@ -40,6 +39,11 @@ class JobParams(BaseModel):
                 out[str(alias).lower()] = name
         return out
 
+    def summary(self, zh: bool = False) -> str:
+        """A short line for chat (`job 3f2a started: <summary>`); kinds override it to pick fields."""
+        shown = [f"{k}={v}" for k, v in self.model_dump(mode="json").items() if v is not None]
+        return ", ".join(shown[:6]) + (", ..." if len(shown) > 6 else "")
+
     @classmethod
     def live_fields(cls) -> set[str]:
         return {
@@ -47,6 +51,25 @@ class JobParams(BaseModel):
             for name, info in cls.model_fields.items()
             if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("live")
         }
+
+
+# `cpu`, `gpu`, `gpu:N`, or several: `gpu:0,1`, `cpu:0,cpu:1`, `gpu:0,gpu:2`.
+CONTEXT_PATTERN = r"^(cpu|gpu)(:\d{1,2})?(,((cpu|gpu)(:\d{1,2})?|\d{1,2}))*$"
+
+
+def parse_contexts(spec: str) -> list[tuple[str, int]]:
+    """`gpu:0,1` -> [("gpu", 0), ("gpu", 1)]; a bare number takes the device type before it."""
+    out: list[tuple[str, int]] = []
+    device = "cpu"
+    for token in spec.replace(" ", "").split(","):
+        if token.isdigit():
+            out.append((device, int(token)))
+            continue
+        device, _, index = token.partition(":")
+        out.append((device, int(index or 0)))
+    if len(set(out)) != len(out):
+        raise ValueError(f"context {spec!r} names a device twice")
+    return out
 
 
 class MXNetParams(JobParams):
@@ -68,8 +91,9 @@ class MXNetParams(JobParams):
     )
     momentum: float = param(0.9, "mom", ge=0, lt=1, description="momentum (sgd, nag)", zh="动量（sgd、nag）")
     context: str = param(
-        "cpu", "ctx", "device", pattern=r"^(cpu|gpu(:\d{1,2})?)$", description="cpu, gpu or gpu:N",
-        zh="设备：cpu、gpu 或 gpu:N",
+        "cpu", "ctx", "device", pattern=CONTEXT_PATTERN,
+        description="cpu, gpu, gpu:N, or a list that splits each batch: gpu:0,1 or cpu:0,cpu:1",
+        zh="设备：cpu、gpu、gpu:N，或多个设备（每个批次拆分到各设备）：gpu:0,1 或 cpu:0,cpu:1",
     )  # fmt: skip
     seed: int = param(42, ge=0, le=2**31 - 1, description="random seed", zh="随机种子")
     report_seconds: float = param(
@@ -79,6 +103,18 @@ class MXNetParams(JobParams):
         None, "n", "samples", ge=1, description="use only the first N training samples", zh="只用前 N 个训练样本"
     )
 
+    @field_validator("context")
+    @classmethod
+    def _devices_once(cls, value: str) -> str:
+        parse_contexts(value)
+        return value
+
+    def summary(self, zh: bool = False) -> str:
+        epochs = f"{self.epochs} 轮" if zh else f"{self.epochs} epochs"
+        batch = f"批大小 {self.batch_size}" if zh else f"batch {self.batch_size}"
+        lr = f"lr {self.learning_rate} ({self.optimizer})"
+        return ", ".join([self.model, self.dataset, epochs, lr, batch, self.context])
+
 
 @dataclass(frozen=True)
 class JobKind:
@@ -86,22 +122,40 @@ class JobKind:
     params: type[JobParams]
     runner_module: str  # run as `python -m <module> --job-dir DIR`
     description: str = ""
+    options: dict[str, Any] = field(default_factory=dict)  # for the runner, in params.json (module, command)
+    source: str = "built-in"  # where it was found: built-in, config, entry point
+
+
+class KindUnavailable(KeyError):
+    """A kind that is configured but could not be loaded; the message says why, in one line."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class KindRegistry:
-    """Job kinds by name; a deployment may register more (e.g. a PyTorch runner)."""
+    """Job kinds by name: the built-in one, those named in config and those installed as plugins."""
 
     def __init__(self) -> None:
         self._kinds: dict[str, JobKind] = {}
+        self.problems: dict[str, str] = {}  # kind name -> why it could not be loaded
         self.default: str | None = None
 
     def register(self, kind: JobKind, *, default: bool = False) -> None:
         self._kinds[kind.name] = kind
+        self.problems.pop(kind.name, None)
         if default or self.default is None:
             self.default = kind.name
 
+    def broken(self, name: str, problem: str) -> None:
+        """Remember a kind that failed to load, so asking for it says why instead of 'unknown'."""
+        self._kinds.pop(name, None)
+        self.problems[name] = problem
+
     def get(self, name: str | None) -> JobKind:
         key = name or self.default
+        if key in self.problems:
+            raise KindUnavailable(f"job kind '{key}' is unavailable: {self.problems[key]}")
         if key is None or key not in self._kinds:
             raise KeyError(name)
         return self._kinds[key]
@@ -122,4 +176,3 @@ def default_registry() -> KindRegistry:
     return registry
 
 
-ParamsFactory = Callable[[dict[str, Any]], JobParams]

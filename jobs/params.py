@@ -1,0 +1,310 @@
+"""The one parameter path: aliases resolved, values validated, live changes judged, fields described.
+
+Chat and runners both call these functions, so a key means the same thing and a value is refused
+with the same words everywhere. Models come from Python (`JobParams` subclasses) or from TOML
+(`[kinds.<name>.params.<field>]` tables, turned into a model by `model_from_specs`); a Python kind's
+model is shipped to the bot process as the same specs (`specs_from_model`), so the bot never
+imports a user's training module (nor MXNet).
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model, model_validator
+
+from jobs.schemas import JobParams, param
+
+# ---- errors for people -----------------------------------------------------------------------
+_RULES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be yes/no (true/false)",
+    "finite_number": "must be a finite number",
+    "string_too_long": "is too long (at most {max_length} characters)",
+    "missing": "is required",
+}
+
+
+def describe(exc: ValidationError, fields: Mapping[str, str] | None = None) -> list[str]:
+    """One line per problem, `name: must be > 0 (got -1)`; `fields` maps aliases to field names."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
+        name = (fields or {}).get(str(loc).lower(), loc)
+        ctx = err.get("ctx") or {}
+        kind = err.get("type", "")
+        if kind == "literal_error":
+            text = f"must be one of {ctx.get('expected', '').replace(chr(39), '')}"
+        elif kind == "string_pattern_mismatch":
+            text = "has the wrong form"
+        elif kind == "extra_forbidden":
+            text = "is not a parameter here"
+        elif kind in _RULES:
+            try:
+                text = _RULES[kind].format(**{k: _num(v) for k, v in ctx.items()})
+            except (KeyError, IndexError):
+                text = err.get("msg", "is invalid").lower()
+        else:
+            text = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+        got = err.get("input")
+        if kind != "missing" and not isinstance(got, dict):
+            text += f" (got {_short(got)})"
+        lines.append(f"{name}: {text}")
+    return lines
+
+
+def _num(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def suggest(word: str, choices: Iterable[str]) -> str | None:
+    matches = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+# ---- validation ------------------------------------------------------------------------------
+@dataclass
+class Validated:
+    """Clean values (JSON-able) or the problems, one line each; `given` are the fields typed."""
+
+    values: dict[str, Any] | None
+    errors: list[str] = field(default_factory=list)
+    given: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.values is not None
+
+
+def map_keys(raw: Mapping[str, Any], aliases: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Canonical field names for user keys; unknown keys come back as error lines with a suggestion."""
+    out: dict[str, Any] = {}
+    errors: list[str] = []
+    for key, value in raw.items():
+        name = aliases.get(str(key).lower())
+        if name is None:
+            hint = suggest(str(key), aliases)
+            errors.append(f"{key}: unknown parameter" + (f" (did you mean {hint}?)" if hint else ""))
+            continue
+        out[name] = value
+    return out, errors
+
+
+def validate(model: type[JobParams], raw: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> Validated:
+    """`raw` as typed (aliases, strings) over `base` (saved or earlier values)."""
+    aliases = model.field_aliases()
+    mapped, errors = map_keys(raw, aliases)
+    if errors:
+        return Validated(None, errors, list(mapped))
+    try:
+        clean = model.model_validate({**(base or {}), **mapped}).model_dump(mode="json")
+    except ValidationError as exc:
+        return Validated(None, describe(exc, aliases), list(mapped))
+    return Validated(clean, [], list(mapped))
+
+
+@dataclass
+class LiveChange:
+    """What a `set` on a running job does: the new values, each change, each refusal."""
+
+    values: dict[str, Any]
+    changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # name -> (old, new)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (key as typed, reason)
+
+
+def live_change(model: type[JobParams], current: Mapping[str, Any], changes: Mapping[str, Any]) -> LiveChange:
+    """The live-change rules, shared by chat (to refuse early) and the runner (to apply)."""
+    aliases, live = model.field_aliases(), model.live_fields()
+    values = dict(current)
+    out = LiveChange(values)
+    if not changes:
+        out.rejected.append(("", "set without parameters"))
+    for key, value in changes.items():
+        name = aliases.get(str(key).lower())
+        if name is None:
+            hint = suggest(str(key), aliases)
+            out.rejected.append((str(key), "unknown parameter" + (f" (did you mean {hint}?)" if hint else "")))
+            continue
+        if name not in live:
+            out.rejected.append((name, f"cannot change while the job runs (live: {', '.join(sorted(live)) or 'none'})"))
+            continue
+        try:
+            updated = model.model_validate({**values, name: value}).model_dump(mode="json")
+        except ValidationError as exc:
+            out.rejected.append((name, "; ".join(line.split(": ", 1)[-1] for line in describe(exc, aliases))))
+            continue
+        out.changed[name] = (values.get(name), updated[name])
+        values[name] = updated[name]
+    return out
+
+
+# ---- parameters declared as data (TOML tables, or a Python model shipped as JSON) -------------
+ParamType = Literal["float", "int", "str", "bool", "choice"]
+_PY_TYPES: dict[str, type] = {"float": float, "int": int, "str": str, "bool": bool}
+
+
+class ParamSpec(BaseModel):
+    """One `[kinds.<name>.params.<field>]` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: ParamType = "str"
+    default: Any = None
+    required: bool = False
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    choices: list[str | int | float] | None = None
+    pattern: str | None = None
+    aliases: list[str] = []
+    live: bool = False
+    description: str = ""
+    description_zh: str = ""
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ParamSpec:
+        if self.type == "choice" and not self.choices:
+            raise ValueError("type 'choice' needs a non-empty 'choices' list")
+        if self.choices and self.type != "choice":
+            raise ValueError(f"'choices' given for type {self.type!r}; use type = \"choice\"")
+        if self.pattern and self.type != "str":
+            raise ValueError("'pattern' applies to type 'str' only")
+        if any((b is not None) for b in (self.gt, self.ge, self.lt, self.le)) and self.type not in ("int", "float"):
+            raise ValueError(f"bounds (gt, ge, lt, le) apply to int and float, not {self.type}")
+        return self
+
+
+class KindDefinitionError(ValueError):
+    """A kind's parameters cannot be turned into a model; the message names the field."""
+
+
+def model_from_specs(kind: str, specs: Mapping[str, ParamSpec | Mapping[str, Any]], doc: str = "") -> type[JobParams]:
+    """A `JobParams` subclass from declared fields; defaults are validated against their own rules."""
+    fields: dict[str, Any] = {}
+    for name, raw in specs.items():
+        try:
+            spec = raw if isinstance(raw, ParamSpec) else ParamSpec.model_validate(raw)
+        except ValidationError as exc:
+            raise KindDefinitionError(f"parameter {name}: " + "; ".join(describe(exc))) from None
+        if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_") or hasattr(BaseModel, name):
+            raise KindDefinitionError(f"parameter {name!r}: not a usable name (letters, digits, _; not a keyword)")
+        if spec.type == "choice":
+            annotation: Any = Literal[tuple(spec.choices or ())]  # type: ignore[misc]
+        else:
+            annotation = _PY_TYPES[spec.type]
+        if spec.default is None and not spec.required:
+            annotation = annotation | None
+        bounds = {k: getattr(spec, k) for k in ("gt", "ge", "lt", "le", "pattern") if getattr(spec, k) is not None}
+        default = ... if spec.required else spec.default
+        fields[name] = (
+            annotation,
+            param(default, *spec.aliases, live=spec.live, zh=spec.description_zh, description=spec.description or None,
+                  **bounds),
+        )  # fmt: skip
+    try:
+        model = create_model(f"{kind.title().replace('_', '')}Params", __base__=JobParams, __doc__=doc or None,
+                             **fields)  # fmt: skip
+        model.model_validate({})  # every default must pass its own rules
+    except ValidationError as exc:
+        raise KindDefinitionError("a default breaks its own rule: " + "; ".join(describe(exc))) from None
+    except Exception as exc:  # pydantic's schema errors (a bad pattern, a clashing name)
+        raise KindDefinitionError(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    return model
+
+
+def specs_from_model(model: type[JobParams]) -> dict[str, dict[str, Any]]:
+    """The declared form of a Python model, to rebuild it where the module cannot be imported."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, info in model.model_fields.items():
+        annotation, optional = _unwrap_optional(info.annotation)
+        spec: dict[str, Any] = {}
+        if typing.get_origin(annotation) is Literal:
+            spec.update(type="choice", choices=list(typing.get_args(annotation)))
+        elif annotation in (bool, int, float, str):
+            spec["type"] = annotation.__name__
+        else:
+            raise KindDefinitionError(
+                f"parameter {name}: type {annotation!r} is not supported (float, int, str, bool, Literal[...])"
+            )
+        if info.is_required():
+            spec["required"] = True
+        else:
+            spec["default"] = info.get_default(call_default_factory=True)
+        for meta in info.metadata:
+            for key in ("gt", "ge", "lt", "le", "pattern"):
+                if getattr(meta, key, None) is not None:
+                    spec[key] = getattr(meta, key)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        spec.update(
+            aliases=list(extra.get("aliases", [])),  # type: ignore[arg-type]
+            live=bool(extra.get("live")),
+            description=info.description or "",
+            description_zh=str(extra.get("zh") or ""),
+        )
+        if optional and spec.get("default") is None:
+            spec.pop("required", None)
+        out[name] = ParamSpec.model_validate(spec).model_dump(exclude_defaults=True)
+    return out
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+# ---- description for `params` ----------------------------------------------------------------
+@dataclass(frozen=True)
+class FieldInfo:
+    name: str
+    type: str
+    default: Any
+    aliases: list[str]
+    bounds: list[str]
+    live: bool
+    description: str
+    description_zh: str
+
+
+def fields_of(model: type[JobParams]) -> list[FieldInfo]:
+    """What `params` shows of each field, from the model alone."""
+    rows = []
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        annotation, _ = _unwrap_optional(info.annotation)
+        if typing.get_origin(annotation) is Literal:
+            typ = "|".join(str(a) for a in typing.get_args(annotation))
+        else:
+            typ = getattr(annotation, "__name__", str(annotation))
+        bounds = [
+            f"{sign}{_num(getattr(meta, attr))}"
+            for meta in info.metadata
+            for sign, attr in ((">", "gt"), (">=", "ge"), ("<", "lt"), ("<=", "le"))
+            if getattr(meta, attr, None) is not None
+        ]
+        rows.append(FieldInfo(
+            name, typ, None if info.is_required() else info.get_default(call_default_factory=True),
+            [str(a) for a in extra.get("aliases", [])],  # type: ignore[union-attr]
+            bounds, bool(extra.get("live")), info.description or "", str(extra.get("zh") or ""),
+        ))  # fmt: skip
+    return rows

@@ -1,0 +1,29 @@
+"""The runner SDK: drive your own training loop from chat.
+
+    from jobs.sdk import JobParams, Run, param, run_main
+
+    class Params(JobParams):
+        learning_rate: float = param(0.05, "lr", live=True, gt=0)
+        epochs: int = param(5, "ep", "ti", ge=1)
+
+    def train(run: Run[Params]) -> dict | None:
+        ...
+        run.on_change("learning_rate", trainer.set_learning_rate)
+        run.checkpoints(save, load)
+        for epoch in run.epochs():
+            for x, y in run.batches(loader):
+                ...
+                run.report(loss=loss.mean())
+            run.epoch_end(val_acc=evaluate())
+
+    if __name__ == "__main__":
+        raise SystemExit(run_main(train, Params))
+
+Importable without `chatops`, `adapters` or MXNet.
+"""
+
+from jobs.schemas import JobParams, param
+from jobs.sdk.host import run_main
+from jobs.sdk.run import Run, StopTraining
+
+__all__ = ["JobParams", "Run", "StopTraining", "param", "run_main"]

@@ -1,0 +1,219 @@
+"""Running a training function: under chatops (a job folder) or on its own (`python train.py`).
+
+Under chatops the process finds its job folder in `--job-dir` or `CHATOPS_JOB_DIR`; events go to
+`events.jsonl` (or, inside a command kind, to stdout as marked lines its wrapper forwards), control
+comes from `control.jsonl`. On its own, parameters are the schema's defaults plus `key=value` /
+`--key value` arguments, progress is printed, and control is a no-op.
+
+`python -m jobs.sdk.host --job-dir DIR` runs a Python kind: the module named in the job's
+options (an importable name or a `.py` path) defines a `JobParams` subclass and `train(run)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from jobs.params import describe, validate
+from jobs.protocol import CONTROL_FILE, EVENTS_FILE, PARAMS_FILE, VERSION, ControlReader, EventWriter
+from jobs.schemas import JobParams
+from jobs.sdk.run import EventSink, Run, StopTraining
+
+TrainFn = Callable[[Run[Any]], "dict[str, Any] | None"]
+MARKER = "@chatops "  # an event line on stdout, for the command-kind wrapper to forward
+ENV_JOB_DIR, ENV_EVENTS = "CHATOPS_JOB_DIR", "CHATOPS_EVENTS"
+
+
+class KindLoadError(Exception):
+    """A kind module that cannot be used; one line for the person who configured it."""
+
+
+# ---- event sinks -----------------------------------------------------------------------------
+class StdoutEvents:
+    """Events as marked JSON lines on stdout: the command-kind wrapper numbers and stores them."""
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        line = json.dumps({"v": VERSION, "type": type_, **fields}, default=str)
+        sys.stdout.write(f"\n{MARKER}{line}\n")
+        sys.stdout.flush()
+
+
+class ConsoleEvents:
+    """Human-readable progress for a run without the bot."""
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        if type_ in ("heartbeat", "checkpoint"):
+            return
+        skip = {"pid", "params", "control_id", "epochs"}
+        shown = " ".join(f"{k} {_fmt(v)}" for k, v in fields.items() if k not in skip and v is not None)
+        if type_ == "finished":
+            shown = " ".join(f"{k} {_fmt(v)}" for k, v in (fields.get("metrics") or {}).items())
+        print(f"[{type_}] {shown}".rstrip(), flush=True)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# ---- loading a kind module -------------------------------------------------------------------
+def load_module(ref: str) -> ModuleType:
+    """An importable module name, or the path of a `.py` file."""
+    try:
+        if ref.endswith(".py") or os.sep in ref:
+            path = Path(ref).expanduser()
+            if not path.is_file():
+                raise KindLoadError(f"{ref}: no such file")
+            spec = importlib.util.spec_from_file_location(f"chatops_kind_{path.stem}", path)
+            if spec is None or spec.loader is None:
+                raise KindLoadError(f"{ref}: not a Python file")
+            module = importlib.util.module_from_spec(spec)
+            sys.path.insert(0, str(path.resolve().parent))  # its own helpers import beside it
+            spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(ref)
+    except KindLoadError:
+        raise
+    except BaseException as exc:  # a syntax error, a missing import, a sys.exit at import time
+        line = str(exc).strip().splitlines()
+        raise KindLoadError(f"{ref} failed to import: {type(exc).__name__}: {line[0] if line else ''}") from exc
+
+
+def kind_parts(module: ModuleType) -> tuple[type[JobParams], TrainFn]:
+    """The module's parameter model and training function."""
+    train = getattr(module, "train", None)
+    if not callable(train):
+        raise KindLoadError(f"{module.__name__} defines no train(run) function")
+    params = getattr(module, "Params", None)
+    if not (inspect.isclass(params) and issubclass(params, JobParams)):
+        own = [
+            obj for obj in vars(module).values()
+            if inspect.isclass(obj) and issubclass(obj, JobParams) and obj.__module__ == module.__name__
+        ]  # fmt: skip
+        if len(own) != 1:
+            found = ", ".join(c.__name__ for c in own) or "none"
+            raise KindLoadError(
+                f"{module.__name__} must define one JobParams subclass (or name it Params); found {found}"
+            )
+        params = own[0]
+    return params, train
+
+
+# ---- running ---------------------------------------------------------------------------------
+def execute(run: Run[Any], train: TrainFn, events: EventSink) -> int:
+    """Call `train(run)` and turn its end into exactly one terminal event and an exit status."""
+    try:
+        run.start()
+        result = train(run)
+        run.finish(result)
+        return 0
+    except StopTraining:
+        return 0
+    except Exception as exc:
+        tail = traceback.format_exc().strip().splitlines()[-25:]
+        events.emit("failed", error=one_line(exc), traceback="\n".join(tail)[-4000:])
+        return 1
+    finally:
+        run.close()
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def run_job(job_dir: Path, train: TrainFn | None = None, params_model: type[JobParams] | None = None) -> int:
+    """The process entry under chatops: read the job folder, train, report any failure."""
+    to_stdout = os.environ.get(ENV_EVENTS) == "stdout"
+    events: EventSink = StdoutEvents() if to_stdout else EventWriter.continuing(job_dir / EVENTS_FILE)
+    try:
+        spec = json.loads((job_dir / PARAMS_FILE).read_text(encoding="utf-8"))
+        options = spec.get("options") or {}
+        control_path = job_dir / CONTROL_FILE
+        # Commands written since the manager launched us (a stop while starting) still count.
+        start = options.get("control_offset")
+        control = ControlReader(control_path, offset=int(start) if start is not None else _size(control_path))
+        if train is None or params_model is None:
+            params_model, train = kind_parts(load_module(str(options.get("module"))))
+        params = params_model.model_validate(spec.get("params") or {})
+        if to_stdout:
+            options = {**options, "heartbeat_seconds": 0}  # the wrapper beats for the process group
+        run: Run[Any] = Run(params, events, control, job_dir=job_dir, options=options)
+        for signum in (signal.SIGTERM, signal.SIGINT):  # a polite kill is a graceful stop
+            signal.signal(signum, lambda *_: run.stop_flag.set())
+    except Exception as exc:
+        message = one_line(exc)
+        if hasattr(exc, "errors"):
+            message = "invalid params: " + "; ".join(describe(exc))  # type: ignore[arg-type]
+        events.emit("failed", error=message, traceback=traceback.format_exc()[-4000:])
+        return 1
+    try:
+        return execute(run, train, events)
+    finally:
+        close = getattr(events, "close", None)
+        if close:
+            close()
+
+
+def run_main(train: TrainFn, params_model: type[JobParams], argv: list[str] | None = None) -> int:
+    """`if __name__ == "__main__": sys.exit(run_main(train, Params))`: under chatops or on its own."""
+    job_dir = os.environ.get(ENV_JOB_DIR)
+    if job_dir:
+        return run_job(Path(job_dir), train, params_model)
+    raw = _cli_params(sys.argv[1:] if argv is None else argv)
+    checked = validate(params_model, raw)
+    if not checked.ok:
+        print("\n".join(checked.errors), file=sys.stderr)
+        return 2
+    events = ConsoleEvents()
+    run: Run[Any] = Run(params_model.model_validate(checked.values), events, None, options={"heartbeat_seconds": 0})
+    return execute(run, train, events)
+
+
+def _cli_params(argv: list[str]) -> dict[str, str]:
+    """`lr=0.1`, `--lr 0.1` or `--lr=0.1`."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i].lstrip("-") if argv[i].startswith("--") else argv[i]
+        if "=" in token:
+            key, _, value = token.partition("=")
+        elif argv[i].startswith("--") and i + 1 < len(argv):
+            key, value = token, argv[i + 1]
+            i += 1
+        else:
+            raise SystemExit(f"unexpected argument {argv[i]!r}: use key=value or --key value")
+        out[key] = value
+        i += 1
+    return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.sdk.host", description=__doc__)
+    parser.add_argument("--job-dir", required=True, type=Path, help="job folder with params.json")
+    args = parser.parse_args(argv)
+    if not args.job_dir.is_dir():
+        print(f"job folder {args.job_dir} does not exist", file=sys.stderr)
+        return 2
+    return run_job(args.job_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

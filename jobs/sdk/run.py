@@ -1,0 +1,373 @@
+"""`Run`: what a training function gets from chatops inside its process.
+
+Typed parameters (live fields updated in place after `set`), rate-limited `report`, a batch-boundary
+`check` that pauses, applies `set` and stops with a checkpoint, checkpoint save/restore hooks,
+artifacts, the TensorBoard folder and a heartbeat thread. Nothing here imports MXNet: values that
+look like NDArrays (`asscalar`) are read back only when a report is actually due, so a loop that
+calls `report` every batch does not sync the device every batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from jobs.params import live_change
+from jobs.protocol import CHECKPOINT_DIR, TENSORBOARD_DIR
+from jobs.schemas import JobParams
+
+P = TypeVar("P", bound=JobParams)
+SaveHook = Callable[[str], "dict[str, Any] | None"]  # prefix -> extra state kept in the checkpoint's JSON
+LoadHook = Callable[[str, "dict[str, Any]"], None]  # prefix, the checkpoint's JSON
+PAUSE_POLL_SECONDS = 0.05
+ARTIFACTS_DIR = "artifacts"
+
+
+class StopTraining(BaseException):  # like SystemExit: a user `except Exception` must not catch it
+    """Raised by `check()` after a stop was asked for and the checkpoint is written."""
+
+
+class EventSink(Protocol):
+    def emit(self, type_: str, **fields: Any) -> Any: ...
+
+
+class ControlSource(Protocol):
+    def poll(self) -> list[dict[str, Any]]: ...
+
+
+def host_value(value: Any) -> Any:
+    """A plain number (or JSON value) from an NDArray, numpy scalar or Python value."""
+    if hasattr(value, "asscalar"):  # mxnet NDArray: the one device -> host sync
+        return float(value.asscalar())
+    if hasattr(value, "item") and getattr(value, "size", 1) == 1:
+        return value.item()
+    return value
+
+
+def _rounded(value: Any) -> Any:
+    value = host_value(value)
+    if isinstance(value, float):
+        return value if math.isnan(value) or math.isinf(value) else round(value, 6)
+    return value
+
+
+class Run(Generic[P]):
+    """One run of a training function; `run.params` is its typed, validated parameters."""
+
+    def __init__(
+        self,
+        params: P,
+        events: EventSink,
+        control: ControlSource | None = None,
+        *,
+        job_dir: Path | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.params = params
+        self.run_params = params.model_copy()  # as given to this run: what a checkpoint records
+        self.events = events
+        self.control = control
+        self.job_dir = job_dir
+        self.options = options or {}
+        base = job_dir or Path.cwd() / "chatops-run"
+        self.tensorboard_dir = base / TENSORBOARD_DIR
+        self.checkpoint_dir = base / CHECKPOINT_DIR
+        self.artifacts_dir = base / ARTIFACTS_DIR
+        self.report_seconds = float(getattr(params, "report_seconds", None) or self.options.get("report_seconds", 1.0))
+        self.reporting = bool(self.options.get("report", True))
+        self.stop_flag = threading.Event()  # set by SIGTERM: a polite kill is a graceful stop
+        self.epoch, self.batch = 1, 0
+        self.epochs_total: int | None = getattr(params, "epochs", None)
+        self.batches_per_epoch: int | None = None
+        self.state = "starting"
+        self.metrics: dict[str, Any] = {}  # the latest of every metric reported
+        self.reported = False  # anything said about progress or a result
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._callbacks: dict[str, list[Callable[[Any], None]]] = {}
+        self._save: SaveHook | None = None
+        self._keep = 3
+        self._paused_seconds = 0.0
+        self._last_report = time.monotonic()
+        self._at_report = (0, 0, 0.0)  # batches, samples, paused seconds at the last report
+        self._batches_done = self._samples_done = 0
+        self._epoch_closed = 0
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_stop = threading.Event()
+
+    # ---- parameters --------------------------------------------------------------------------
+    def on_change(self, name: str, callback: Callable[[Any], None]) -> None:
+        """Call `callback(new_value)` when a live field changes (e.g. `trainer.set_learning_rate`)."""
+        field = type(self.params).field_aliases().get(name.lower())
+        if field is None or field not in type(self.params).live_fields():
+            raise ValueError(f"{name} is not a live parameter of {type(self.params).__name__}")
+        self._callbacks.setdefault(field, []).append(callback)
+
+    def _apply(self, name: str, value: Any) -> None:
+        setattr(self.params, name, value)  # in place: whoever holds `run.params` sees it
+        for callback in self._callbacks.get(name, []):
+            callback(value)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def start(self, **info: Any) -> None:
+        """Say the run is up (the host calls it; a custom loop may add what it knows)."""
+        self.state = "running"
+        self.events.emit(
+            "started", pid=os.getpid(), params=self.params.model_dump(mode="json"), epochs=self.epochs_total,
+            start_epoch=self.epoch, start_batch=self.batch, **info,
+        )  # fmt: skip
+        interval = float(self.options.get("heartbeat_seconds", 5.0))
+        if interval > 0 and self._heartbeat is None:
+            self._heartbeat = threading.Thread(target=self._beat, args=(interval,), name="heartbeat", daemon=True)
+            self._heartbeat.start()
+
+    def close(self) -> None:
+        self._heartbeat_stop.set()
+        if self._heartbeat is not None and self._heartbeat.is_alive():
+            self._heartbeat.join(timeout=1)
+
+    def _beat(self, interval: float) -> None:
+        while not self._heartbeat_stop.wait(interval):
+            self.events.emit("heartbeat", epoch=self.epoch, batch=self.batch, state=self.state)
+
+    def epochs(self, total: int | None = None) -> Iterator[int]:
+        """Epoch numbers from where a resumed run left off; control is checked between epochs."""
+        self.epochs_total = total = int(total if total is not None else self.epochs_total or 1)
+        first = self.epoch
+        for epoch in range(first, total + 1):
+            self.epoch = epoch
+            if epoch != first:
+                self.batch = 0
+            yield epoch
+            if self._epoch_closed < epoch:
+                self.epoch_end()
+            if epoch < total:
+                self.check()
+
+    def batches(self, data: Iterable[Any], total: int | None = None) -> Iterator[Any]:
+        """Each batch of `data`, control checked at every boundary; a resumed epoch skips what it did."""
+        try:
+            self.batches_per_epoch = total or len(data)  # type: ignore[arg-type]
+        except TypeError:
+            self.batches_per_epoch = total
+        skip = self.batch
+        for index, item in enumerate(data):
+            if index < skip:
+                continue
+            yield item
+            self.advance(_batch_size(item))
+            if self.batches_per_epoch is None or self.batch < self.batches_per_epoch:
+                self.check()
+
+    def advance(self, samples: int = 0) -> None:
+        """Count one batch done (`batches()` does it for you)."""
+        self.batch += 1
+        self._batches_done += 1
+        self._samples_done += samples
+
+    def check(self) -> None:
+        """The batch boundary: every queued command in order; raises `StopTraining` after a stop."""
+        if self.stop_flag.is_set():
+            self._stop(None)
+        if self.control is not None:
+            self._pending.extend(self.control.poll())
+        while self._pending:
+            self._handle(self._pending.popleft())
+
+    # ---- reporting ---------------------------------------------------------------------------
+    def report(self, *, force: bool = False, **metrics: Any) -> bool:
+        """Progress and metrics, at most every `report_seconds` (NDArrays are read only then)."""
+        now = time.monotonic()
+        if not self.reporting or (not force and now - self._last_report < self.report_seconds):
+            return False
+        batches, samples, paused = self._at_report
+        busy = now - self._last_report - (self._paused_seconds - paused)
+        self._last_report = now
+        self._at_report = (self._batches_done, self._samples_done, self._paused_seconds)
+        values = {k: _rounded(v) for k, v in metrics.items()}
+        figures: dict[str, Any] = {}
+        if busy > 0 and self._samples_done > samples:
+            figures["samples_per_sec"] = round((self._samples_done - samples) / busy, 1)
+        if busy > 0 and self._batches_done > batches and self.epochs_total and self.batches_per_epoch:
+            left = (self.epochs_total - self.epoch) * self.batches_per_epoch + self.batches_per_epoch - self.batch
+            figures["eta_seconds"] = round(max(left, 0) * busy / (self._batches_done - batches), 1)
+        self.metrics.update(values)
+        self.reported = True
+        self.events.emit(
+            "progress", epoch=self.epoch, epochs=self.epochs_total, batch=self.batch,
+            batches=self.batches_per_epoch, **figures, **values,
+        )  # fmt: skip
+        return True
+
+    def epoch_end(self, **metrics: Any) -> None:
+        """An epoch is done: its metrics always go out, then the per-epoch checkpoint."""
+        values = {k: _rounded(v) for k, v in metrics.items()}
+        self.metrics.update(values)
+        self.reported = True
+        self._epoch_closed = self.epoch
+        self.events.emit("epoch", epoch=self.epoch, epochs=self.epochs_total, **values)
+        if self._save is not None:
+            self.save_checkpoint("epoch", f"epoch-{self.epoch}", batch=self.batches_per_epoch or self.batch)
+            self._prune()
+
+    def log(self, message: str, level: str = "info", **fields: Any) -> None:
+        self.events.emit("log", level=level, message=message, **fields)
+
+    def artifact(self, path: str | Path, name: str | None = None) -> Path:
+        """Attach a file (a model, an extra plot) to the job: copied into its `artifacts/` folder."""
+        src = Path(path)
+        if not src.is_file():
+            raise FileNotFoundError(f"artifact {src} does not exist")
+        dest = self.artifacts_dir / (name or src.name)
+        if src.resolve() != dest.resolve():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+        self.events.emit("artifact", name=dest.name, path=str(dest), bytes=dest.stat().st_size)
+        return dest
+
+    def finish(self, result: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The end of a successful run (the host calls it with what `train` returned)."""
+        if result is not None and not isinstance(result, dict):
+            raise TypeError(f"train() returned {type(result).__name__}; return a dict of metrics or None")
+        metrics = {**self.metrics, **{k: _rounded(v) for k, v in (result or {}).items()}}
+        if not self.reported and not result:
+            raise RuntimeError("train() returned without reporting any progress or result")
+        self.events.emit("finished", metrics=metrics)
+        return metrics
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def checkpoints(self, save: SaveHook, load: LoadHook | None = None, *, keep: int = 3) -> None:
+        """Register how to save (`save(prefix)`) and restore (`load(prefix, meta)`) the training
+        state; a resumed job restores its checkpoint right here, so call it after building the
+        model and trainer, and after `on_change`."""
+        self._save, self._keep = save, keep
+        resume = self.options.get("resume_from")
+        if resume:
+            if load is None:
+                raise RuntimeError("this job resumes from a checkpoint but train() registered no load hook")
+            self._restore(Path(resume), load)
+
+    def save_checkpoint(self, reason: str, name: str | None = None, **where: Any) -> str | None:
+        if self._save is None:
+            return None
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        prefix = self.checkpoint_dir / (name or f"{reason}-e{self.epoch}-b{self.batch}")
+        extra = self._save(str(prefix)) or {}
+        meta = {
+            "epoch": self.epoch, "batch": where.get("batch", self.batch), "batches_per_epoch": self.batches_per_epoch,
+            "params": self.run_params.model_dump(mode="json"), "live": self._live_values(), "reason": reason,
+            "time": time.time(), "user": extra,
+        }  # fmt: skip
+        tmp = Path(f"{prefix}.json.tmp")
+        tmp.write_text(json.dumps(meta, indent=1, default=host_value))
+        tmp.replace(f"{prefix}.json")  # the JSON last: its presence marks a whole checkpoint
+        self.events.emit("checkpoint", path=str(prefix), epoch=self.epoch, batch=meta["batch"], reason=reason)
+        return str(prefix)
+
+    def _live_values(self) -> dict[str, Any]:
+        return {name: getattr(self.params, name) for name in type(self.params).live_fields()}
+
+    def _prune(self) -> None:
+        numbered = sorted(
+            (int(p.name.split("-")[1].removesuffix(".json")), Path(str(p).removesuffix(".json")))
+            for p in self.checkpoint_dir.glob("epoch-*.json")
+            if p.name.split("-")[1].removesuffix(".json").isdigit()
+        )
+        for _, prefix in numbered[: max(0, len(numbered) - self._keep)]:
+            for path in prefix.parent.glob(prefix.name + ".*"):
+                path.unlink(missing_ok=True)
+
+    def _restore(self, prefix: Path, load: LoadHook) -> None:
+        prefix = Path(str(prefix).removesuffix(".json"))
+        meta_path = Path(f"{prefix}.json")
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"checkpoint incomplete: {meta_path} not found")
+        meta = json.loads(meta_path.read_text())
+        load(str(prefix), meta)
+        epoch, batch = int(meta["epoch"]), int(meta["batch"])
+        per_epoch = meta.get("batches_per_epoch")
+        if per_epoch and batch >= int(per_epoch):
+            epoch, batch = epoch + 1, 0
+        self.epoch, self.batch = epoch, batch
+        # Live changes made before the stop carry over, unless this run was given the field anew.
+        saved = meta.get("params", {})
+        for name, value in (meta.get("live") or {}).items():
+            if name in type(self.params).model_fields and saved.get(name) == getattr(self.run_params, name):
+                if value != getattr(self.params, name):
+                    self._apply(name, value)
+        self.log(f"resumed from checkpoint {prefix.name}: epoch {epoch}, batch {batch}",
+                 resumed_from=str(prefix), epoch=epoch, batch=batch)  # fmt: skip
+
+    # ---- control -----------------------------------------------------------------------------
+    def _handle(self, cmd: dict[str, Any]) -> None:
+        kind, control_id = cmd.get("cmd"), cmd.get("id")
+        if kind == "stop":
+            self._stop(control_id)
+        elif kind == "set":
+            self._set(cmd.get("params") or {}, control_id)
+        elif kind == "pause" and self.state == "running":
+            self._pause(control_id)
+        else:
+            self.log(f"{kind} ignored: job is {self.state}", control_id=control_id)
+
+    def _stop(self, control_id: str | None) -> None:
+        path = self.save_checkpoint("stop")
+        self.events.emit("stopped", epoch=self.epoch, batch=self.batch, checkpoint=path, control_id=control_id)
+        raise StopTraining
+
+    def _pause(self, control_id: str | None) -> None:
+        """Block until `resume`, handling every command that comes meanwhile, in order."""
+        self.save_checkpoint("pause")
+        self.state = "paused"
+        self.events.emit("paused", epoch=self.epoch, batch=self.batch, control_id=control_id)
+        since = time.monotonic()
+        try:
+            while True:
+                if self.stop_flag.is_set():
+                    self._stop(None)
+                if self.control is not None:
+                    self._pending.extend(self.control.poll())
+                while self._pending:
+                    cmd = self._pending.popleft()
+                    if cmd.get("cmd") == "resume":
+                        self.state = "running"
+                        self.events.emit("resumed", epoch=self.epoch, batch=self.batch, control_id=cmd.get("id"))
+                        return  # what follows the resume stays queued for the caller's loop
+                    self._handle(cmd)
+                time.sleep(PAUSE_POLL_SECONDS)
+        finally:
+            self._paused_seconds += time.monotonic() - since
+
+    def _set(self, changes: dict[str, Any], control_id: str | None) -> None:
+        model = type(self.params)
+        change = live_change(model, self.params.model_dump(mode="json"), changes)
+        for name, (old, new) in change.changed.items():
+            try:
+                self._apply(name, getattr(model.model_validate(change.values), name))
+            except Exception as exc:  # a user callback that refuses the value
+                setattr(self.params, name, old)
+                self.events.emit("param_rejected", name=name, reason=f"{type(exc).__name__}: {exc}",
+                                 control_id=control_id)  # fmt: skip
+                continue
+            self.events.emit("param_changed", name=name, old=old, new=new, control_id=control_id)
+        for name, reason in change.rejected:
+            self.events.emit("param_rejected", name=name, reason=reason, control_id=control_id)
+
+
+def _batch_size(item: Any) -> int:
+    """Samples in a batch: the first array's leading dimension, where there is one."""
+    first = item[0] if isinstance(item, tuple | list) and item else item
+    shape = getattr(first, "shape", None)
+    if shape:
+        return int(shape[0])
+    try:
+        return len(first)
+    except TypeError:
+        return 0
