@@ -17,6 +17,7 @@ from chatops.specs import CommandRegistry
 from chatops.store import ChatStore
 from jobs.db import connect
 from jobs.executors.local import LocalExecutor
+from jobs.kinds import load_registry
 from jobs.manager import JobManager
 from jobs.store import JobStore
 
@@ -39,10 +40,15 @@ class App:
         self.job_store = JobStore(self.db)
         self.chat_store = ChatStore(self.db)
         options = {"datasets_dir": str(settings.jobs.datasets_dir) if settings.jobs.datasets_dir else None}
+        kinds = load_registry(
+            settings.kinds, base_dir=settings.config_dir, python=settings.jobs.python,
+            default=settings.jobs.default_kind, cache_dir=settings.data_dir / "cache",
+        )  # fmt: skip
         self.manager = JobManager(
             self.job_store,
             LocalExecutor(python=settings.jobs.python),
             settings.jobs_dir,
+            registry=kinds,
             max_parallel=settings.jobs.max_parallel,
             stop_timeout=settings.jobs.stop_timeout,
             heartbeat_timeout=settings.jobs.heartbeat_timeout,

@@ -105,7 +105,7 @@ def _jobs(settings: Settings) -> int:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created_at))
         acc = j.metrics.get("test_acc", j.metrics.get("val_acc"))
         acc_text = f"acc {acc:.4f}" if isinstance(acc, int | float) else ""
-        print(f"{j.id:<8} {j.state:<10} {j.kind:<7} {when}  epochs {j.params.get('epochs', '?'):<4} {acc_text}")
+        print(f"{j.id:<8} {j.state:<10} {j.kind:<7} {when}  epochs {j.metrics.get('epochs', '?'):<4} {acc_text}")
     return EXIT_OK
 
 

@@ -158,7 +158,7 @@ class Notifier:
         if now - last < gap and (not live or event["type"] != "epoch"):
             return
         self._last_push[(conv_key, job.id)] = now
-        progress = progress_from(job.id, int(job.params.get("epochs", 1)), event, job.metrics)
+        progress = progress_from(job.id, event, job.metrics)
         text = progress_text(progress, job.metrics, job.state, zh)
         self.enqueue(
             conv_key,

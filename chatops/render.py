@@ -31,7 +31,9 @@ def duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def progress_from(job_id: str, epochs: int, event: dict[str, Any], metrics: dict[str, Any]) -> Progress:
+def progress_from(job_id: str, event: dict[str, Any], metrics: dict[str, Any]) -> Progress:
+    """The runner says how many epochs it runs (`epochs` in its events): chat needs no field names."""
+    epochs = int(event.get("epochs") or metrics.get("epochs") or 1)
     epoch = int(event.get("epoch", metrics.get("epoch", 0)) or 0)
     batches = int(event.get("batches", metrics.get("batches", 0)) or 0)
     batch = int(event.get("batch", 0) or 0) if event.get("type") == "progress" else batches

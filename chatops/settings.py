@@ -8,7 +8,7 @@ from __future__ import annotations
 import getpass
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
@@ -49,6 +49,7 @@ class JobsSettings(Section):
     heartbeat_timeout: float = Field(60.0, gt=0, description="silence after which a job is lost")
     datasets_dir: Path | None = Field(None, description="folder with MNIST/Fashion-MNIST IDX files")
     python: str | None = Field(None, description="interpreter for runner processes")
+    default_kind: str | None = Field(None, description="the kind `train` starts when none is named")
 
 
 class NotifySettings(Section):
@@ -159,6 +160,14 @@ class Settings(BaseSettings):
     email: EmailSettings = Field(default_factory=EmailSettings)
     wechat: WeChatSettings = Field(default_factory=WeChatSettings)
     wecom: WeComSettings = Field(default_factory=WeComSettings)
+    # [kinds.<name>]: checked one by one when the bot starts (jobs.kinds), so one bad kind never
+    # stops the bot or the other kinds.
+    kinds: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    config_file: Path | None = None  # set by load_settings: relative paths in [kinds] start beside it
+
+    @property
+    def config_dir(self) -> Path:
+        return self.config_file.resolve().parent if self.config_file else Path.cwd()
 
     @property
     def db_path(self) -> Path:
@@ -190,6 +199,8 @@ def load_settings(config: Path | str | None = None, data_dir: Path | str | None 
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
             return tuple(sources)
 
-    kwargs = {"data_dir": Path(data_dir)} if data_dir is not None else {}
+    kwargs: dict[str, Any] = {"data_dir": Path(data_dir)} if data_dir is not None else {}
+    if path is not None:
+        kwargs["config_file"] = Path(path)
     loaded = _FromFile(**kwargs)
     return Settings.model_validate(loaded.model_dump())

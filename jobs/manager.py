@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from jobs import protocol
 from jobs.executors.base import Executor
-from jobs.schemas import KindRegistry, default_registry
+from jobs.schemas import KindRegistry, KindUnavailable, default_registry
 from jobs.store import (
     ACTIVE_STATES,
     FAILED,
@@ -285,10 +285,19 @@ class JobManager:
             await self._launch(job)
 
     async def _launch(self, job: Job) -> None:
-        kind = self.registry.get(job.kind)
+        try:
+            kind = self.registry.get(job.kind)
+        except KeyError as exc:  # the kind left the config (or broke) while the job was queued
+            job.error = str(exc) if isinstance(exc, KindUnavailable) else f"job kind '{job.kind}' is not configured"
+            if not await self._move(job, STARTING, "launching runner"):
+                return
+            await self._move(job, FAILED, job.error)
+            return
         control_file = job.dir / protocol.CONTROL_FILE
         options = {
             **self.runner_options,
+            **kind.options,
+            "stop_timeout": self.stop_timeout,
             "control_offset": control_file.stat().st_size if control_file.exists() else 0,
         }
         if job.checkpoint:

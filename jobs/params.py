@@ -125,15 +125,22 @@ class LiveChange:
     """What a `set` on a running job does: the new values, each change, each refusal."""
 
     values: dict[str, Any]
+    live: set[str] = field(default_factory=set)
     changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # name -> (old, new)
-    rejected: list[tuple[str, str]] = field(default_factory=list)  # (key as typed, reason)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (key or field, reason)
+    not_live: list[str] = field(default_factory=list)  # fields that exist but cannot change now
+
+    @property
+    def refusals(self) -> list[tuple[str, str]]:
+        live = ", ".join(sorted(self.live)) or "none"
+        return [(name, f"cannot change while the job runs (live: {live})") for name in self.not_live] + self.rejected
 
 
 def live_change(model: type[JobParams], current: Mapping[str, Any], changes: Mapping[str, Any]) -> LiveChange:
     """The live-change rules, shared by chat (to refuse early) and the runner (to apply)."""
     aliases, live = model.field_aliases(), model.live_fields()
     values = dict(current)
-    out = LiveChange(values)
+    out = LiveChange(values, live=live)
     if not changes:
         out.rejected.append(("", "set without parameters"))
     for key, value in changes.items():
@@ -143,7 +150,7 @@ def live_change(model: type[JobParams], current: Mapping[str, Any], changes: Map
             out.rejected.append((str(key), "unknown parameter" + (f" (did you mean {hint}?)" if hint else "")))
             continue
         if name not in live:
-            out.rejected.append((name, f"cannot change while the job runs (live: {', '.join(sorted(live)) or 'none'})"))
+            out.not_live.append(name)
             continue
         try:
             updated = model.model_validate({**values, name: value}).model_dump(mode="json")

@@ -209,7 +209,7 @@ def test_stop_checkpoints_and_exits(tmp_path: Path, running: list) -> None:
         assert Path(stopped["checkpoint"] + suffix).stat().st_size > 0
     meta = json.loads(Path(stopped["checkpoint"] + ".json").read_text())
     assert meta["epoch"] == stopped["epoch"] and meta["batch"] == stopped["batch"]
-    assert meta["params"]["batch_size"] == 4 and meta["lr"] == 0.05
+    assert meta["params"]["batch_size"] == 4 and meta["live"]["learning_rate"] == 0.05
 
 
 @pytest.mark.slow
@@ -253,10 +253,10 @@ def test_non_live_and_invalid_changes_are_rejected(tmp_path: Path, running: list
     cid = write_control(job, "set", {"batch_size": 64, "lr": -1, "bogus": 1})
     wait_for(job, proc, lambda e: e["type"] == "param_rejected" and e["name"] == "bogus")
     rejected = {e["name"]: e for e in of_type(events_of(job), "param_rejected")}
-    assert set(rejected) == {"batch_size", "lr", "bogus"}
+    assert set(rejected) == {"batch_size", "learning_rate", "bogus"}  # field names, as chat answers
     assert all(e["control_id"] == cid for e in rejected.values())
     assert "cannot change while the job runs" in rejected["batch_size"]["reason"]
-    assert "learning_rate" in rejected["lr"]["reason"]
+    assert rejected["learning_rate"]["reason"] == "must be > 0 (got -1)"
     assert not of_type(events_of(job), "param_changed")
     write_control(job, "set", {"learning_rate": 0.02})
     changed = wait_for(job, proc, lambda e: e["type"] == "param_changed")
@@ -347,9 +347,10 @@ def test_default_params_reach_95_percent(tmp_path: Path) -> None:
     assert events[-1]["metrics"]["test_acc"] >= 0.95, events[-1]["metrics"]
 
 
-def test_in_process_train_matches_the_protocol() -> None:
-    """`train()` is the same loop in-process: the benchmark relies on it."""
-    from jobs.runners.mxnet import RunOptions, train
+def test_in_process_train_matches_the_protocol(tmp_path: Path) -> None:
+    """`train(run)` is the same loop in-process, on the SDK's Run: the benchmark relies on it."""
+    from jobs.runners.mxnet import train
+    from jobs.sdk.run import Run
 
     seen: list[tuple[str, dict[str, Any]]] = []
 
@@ -357,7 +358,8 @@ def test_in_process_train_matches_the_protocol() -> None:
         def emit(self, type_: str, **fields: Any) -> None:
             seen.append((type_, fields))
 
-    result = train({**TINY, "epochs": 1}, RunOptions(heartbeat_seconds=0), Sink())
-    assert result.status == "finished" and result.samples == 304  # 19 full batches of 16
-    assert [k for k, _ in seen if k != "progress"] == ["started", "epoch", "finished"]
-    assert os.getpid() == seen[0][1]["pid"]
+    run = Run(MXNetParams(**{**TINY, "epochs": 1}), Sink(), job_dir=tmp_path, options={"checkpoints": False})
+    metrics = train(run)
+    assert 0 <= metrics["test_acc"] <= 1 and run.batch == 19  # 19 full batches of 16
+    assert [k for k, _ in seen if k != "progress"] == ["started", "epoch"]
+    assert os.getpid() == seen[0][1]["pid"] and seen[0][1]["samples"] == 300

@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from chatops.auth import Role
 from chatops.message import Reply
@@ -15,9 +15,9 @@ from chatops.notifier import job_buttons
 from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
 from chatops.router import CommandContext
 from chatops.specs import CommandError, CommandRegistry, CommandSpec
-from chatops.validation import describe, map_keys
 from jobs.manager import JobError, log_tail
-from jobs.schemas import JobParams
+from jobs.params import fields_of, live_change, validate
+from jobs.schemas import JobParams, KindUnavailable
 from jobs.store import ACTIVE_STATES, PAUSED, QUEUED, TERMINAL_STATES, Job
 
 
@@ -30,7 +30,7 @@ class JobRef(_Args):
 
 
 class TrainArgs(_Args):
-    kind: str | None = Field(None, description="job kind (default: mxnet)")
+    kind: str | None = Field(None, description="job kind (default: [jobs] default_kind; see params <kind>)")
     resume: str | None = Field(None, description="id of a stopped job to continue from its checkpoint")
 
 
@@ -63,10 +63,13 @@ def _find_job(ctx: CommandContext, ref: str | None, states: frozenset[str] | set
 
 
 def _kind_model(ctx: CommandContext, kind: str | None) -> tuple[str, type[JobParams]]:
+    registry = ctx.app.manager.registry
     try:
-        job_kind = ctx.app.manager.registry.get(kind)
+        job_kind = registry.get(kind)
+    except KindUnavailable as exc:
+        raise CommandError(ctx.tr(str(exc), f"任务类型不可用：{exc}")) from None
     except KeyError:
-        names = ", ".join(ctx.app.manager.registry.names())
+        names = ", ".join(registry.names())
         raise CommandError(ctx.tr("Unknown job kind '{k}'. Kinds: {names}", "没有任务类型 '{k}'。可用：{names}",
                                   k=kind, names=names)) from None  # fmt: skip
     return job_kind.name, job_kind.params
@@ -75,42 +78,37 @@ def _kind_model(ctx: CommandContext, kind: str | None) -> tuple[str, type[JobPar
 def _validated(
     ctx: CommandContext, model: type[JobParams], raw: dict[str, Any], base: dict[str, Any]
 ) -> dict[str, Any]:
-    mapped, errors = map_keys(model, raw, model.field_aliases())
-    if not errors:
-        try:
-            return model.model_validate({**base, **mapped}).model_dump(mode="json")
-        except ValidationError as exc:
-            errors = describe(exc, model.field_aliases())
+    checked = validate(model, raw, base)
+    if checked.values is None:
+        raise _params_error(ctx, checked.errors)
+    return checked.values
+
+
+def _params_error(ctx: CommandContext, errors: list[str]) -> CommandError:
     # Field names stay as typed in commands; a Chinese first line says what went wrong.
-    raise CommandError("\n".join([ctx.tr("", "参数有误（发送 参数 查看说明）："), *errors]).lstrip("\n"))
+    return CommandError("\n".join([ctx.tr("", "参数有误（发送 参数 查看说明）："), *errors]).lstrip("\n"))
 
 
-def _summary(job: Job, zh: bool = False) -> str:
-    p = job.params
-    bits = [str(p.get(k)) for k in ("model", "dataset") if p.get(k)]
-    if "epochs" in p:
-        bits.append(f"{p['epochs']} 轮" if zh else f"{p['epochs']} epochs")
-    if "learning_rate" in p:
-        bits.append(f"lr {p['learning_rate']}" + (f" ({p['optimizer']})" if "optimizer" in p else ""))
-    if "batch_size" in p:
-        bits.append(f"批大小 {p['batch_size']}" if zh else f"batch {p['batch_size']}")
-    if "context" in p:
-        bits.append(str(p["context"]))
-    return ", ".join(bits)
+def _summary(ctx: CommandContext, job: Job, zh: bool = False) -> str:
+    """The kind's own summary of the job's parameters; chat does not know their names."""
+    try:
+        return ctx.app.manager.registry.get(job.kind).params.model_validate(job.params).summary(zh)
+    except (KeyError, ValueError):  # a kind since removed from the config, or changed
+        return ", ".join(f"{k}={v}" for k, v in list(job.params.items())[:5])
 
 
-def _job_line(job: Job, zh: bool = False) -> str:
+def _job_line(ctx: CommandContext, job: Job, zh: bool = False) -> str:
     age = duration(time.time() - job.created_at)
     extra = ""
     if job.state in ACTIVE_STATES and job.metrics.get("epoch"):
-        done = f"{job.metrics.get('epoch')}/{job.params.get('epochs', '?')}"
+        done = f"{job.metrics.get('epoch')}/{job.metrics.get('epochs') or '?'}"
         extra = f" 第 {done} 轮" if zh else f" epoch {done}"
     elif job.terminal and job.metrics:
         extra = " " + metrics_text({k: v for k, v in job.metrics.items() if k in ("test_acc", "val_acc")})
     if zh:
-        return f"job {job.id}  {state_word(job.state, True)} {job.kind}: {_summary(job, True)}{extra}" \
+        return f"job {job.id}  {state_word(job.state, True)} {job.kind}: {_summary(ctx, job, True)}{extra}" \
                f"（{age} 前，{job.owner}）"
-    return f"job {job.id}  {job.state:<9} {job.kind}: {_summary(job)}{extra}  ({age} ago, by {job.owner})"
+    return f"job {job.id}  {job.state:<9} {job.kind}: {_summary(ctx, job)}{extra}  ({age} ago, by {job.owner})"
 
 
 def _job_error(ctx: CommandContext, exc: JobError) -> CommandError:
@@ -162,22 +160,21 @@ async def cmd_params(ctx: CommandContext) -> str:
     saved = ctx.app.chat_store.saved_params(ctx.incoming.conversation.key, kind)
     lines = [ctx.tr(f"Parameters of {kind} (saved values marked *, live = changeable while running):",
                     f"参数 ({kind})：* 为本会话保存的值，live 表示训练中可修改")]  # fmt: skip
-    for name, info in model.model_fields.items():
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        aliases = ",".join(extra.get("aliases", [])[:2])  # type: ignore[index]
-        bounds = [f"{k}{m}" for m in info.metadata for k, attr in ((">", "gt"), (">=", "ge"), ("<", "lt"), ("<=", "le"))
-                  for m in [getattr(m, attr, None)] if m is not None]  # fmt: skip
-        typ = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
-        value = f"*{saved[name]}" if name in saved else str(info.default)
-        line = f"  {name}" + (f" ({aliases})" if aliases else "") + f": {typ} = {value}"
-        if bounds:
-            line += " [" + " ".join(bounds) + "]"
-        if extra.get("live"):
+    for f in fields_of(model):
+        value = f"*{saved[f.name]}" if f.name in saved else str(f.default)
+        line = f"  {f.name}" + (f" ({','.join(f.aliases[:2])})" if f.aliases else "") + f": {f.type} = {value}"
+        if f.bounds:
+            line += " [" + " ".join(f.bounds) + "]"
+        if f.live:
             line += " live"
-        description = extra.get("zh") if ctx.lang == "zh" and extra.get("zh") else info.description
+        description = f.description_zh if ctx.lang == "zh" and f.description_zh else f.description
         if description:
             line += f" - {description}"
         lines.append(line)
+    others = [k for k in ctx.app.manager.registry.names() if k != kind]
+    if others:
+        lines.append(ctx.tr("other kinds: {k} (params <kind>)", "其他任务类型：{k}（参数 <类型>）",
+                            k=", ".join(others)))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -187,15 +184,16 @@ async def cmd_set(ctx: CommandContext) -> Reply:
         raise CommandError(ctx.tr("Nothing to set. Example: set lr=0.01", "没有要修改的参数。例如：set lr 0.01"))
     if ref:
         job = _find_job(ctx, ref)
-        model = ctx.app.manager.registry.get(job.kind).params
-        changes = _validated(ctx, model, ctx.params, job.params)
-        changed = {k: v for k, v in changes.items() if k in {model.field_aliases().get(x.lower()) for x in ctx.params}}
-        not_live = sorted(set(changed) - model.live_fields())
-        if not_live:
-            live = ", ".join(sorted(model.live_fields())) or "none"
+        _, model = _kind_model(ctx, job.kind)
+        change = live_change(model, job.params, ctx.params)  # the rules the runner applies too
+        if change.not_live:
+            live = ", ".join(sorted(change.live)) or "none"
             raise CommandError(ctx.tr("{f} cannot change while job {id} runs (live: {live}).",
                                       "job {id} 训练中不能修改 {f}（可修改：{live}）。",
-                                      f=", ".join(not_live), id=job.id, live=live))  # fmt: skip
+                                      f=", ".join(change.not_live), id=job.id, live=live))  # fmt: skip
+        if change.rejected:
+            raise _params_error(ctx, [f"{name}: {reason}" for name, reason in change.rejected])
+        changed = {name: new for name, (_, new) in change.changed.items()}
         try:
             await ctx.app.manager.control(job.id, "set", changed)
         except JobError as exc:
@@ -206,9 +204,10 @@ async def cmd_set(ctx: CommandContext) -> Reply:
     kind, model = _kind_model(ctx, None)
     conv = ctx.incoming.conversation.key
     saved = ctx.app.chat_store.saved_params(conv, kind)
-    clean = _validated(ctx, model, ctx.params, saved)
-    mapped, _ = map_keys(model, ctx.params, model.field_aliases())
-    saved.update({k: clean[k] for k in mapped})
+    checked = validate(model, ctx.params, saved)
+    if checked.values is None:
+        raise _params_error(ctx, checked.errors)
+    saved.update({k: checked.values[k] for k in checked.given})
     ctx.app.chat_store.save_params(conv, kind, saved)
     pretty = ", ".join(f"{k}={v}" for k, v in saved.items())
     return Reply(ctx.tr(f"Saved for the next train here: {pretty}", f"已保存，下次训练使用：{pretty}"))
@@ -242,7 +241,7 @@ async def cmd_train(ctx: CommandContext) -> Reply:
             id=job.id, pos=pos, running=", ".join(f"job {r}" for r in running) or "-",
         )  # fmt: skip
     else:
-        summary = _summary(job, ctx.lang == "zh")
+        summary = _summary(ctx, job, ctx.lang == "zh")
         text = ctx.tr("job {id} started: {s}", "训练已开始：job {id}（{s}）", id=job.id, s=summary)
     return Reply(text, job_id=job.id, buttons=job_buttons(job.id, "running", ctx.lang == "zh"))
 
@@ -253,8 +252,8 @@ def _confirm_stop(ctx: CommandContext) -> str:
         raise CommandError(ctx.tr(f"job {job.id} already ended ({job.state}).",
                                   f"job {job.id} 已经结束（{state_word(job.state, True)}）。"))  # fmt: skip
     zh = ctx.lang == "zh"
-    return ctx.tr(f"Stop job {job.id} ({job.state}, {_summary(job)})?",
-                  f"停止 job {job.id}（{state_word(job.state, zh)}，{_summary(job, zh)}）？")  # fmt: skip
+    return ctx.tr(f"Stop job {job.id} ({job.state}, {_summary(ctx, job)})?",
+                  f"停止 job {job.id}（{state_word(job.state, zh)}，{_summary(ctx, job, zh)}）？")  # fmt: skip
 
 
 async def cmd_stop(ctx: CommandContext) -> Reply:
@@ -304,13 +303,11 @@ async def cmd_status(ctx: CommandContext) -> Reply:
         job = active[0] if active else _find_job(ctx, None)
     zh = ctx.lang == "zh"
     lines = [
-        f"job {job.id}: {state_word(job.state, zh)}  {job.kind}: {_summary(job, zh)}",
+        f"job {job.id}: {state_word(job.state, zh)}  {job.kind}: {_summary(ctx, job, zh)}",
         ctx.tr("owner ", "发起人 ") + job.owner,
     ]
     if job.state in ACTIVE_STATES and job.metrics:
-        progress = progress_from(
-            job.id, int(job.params.get("epochs", 1)), {"type": "progress", **job.metrics}, job.metrics
-        )
+        progress = progress_from(job.id, {"type": "progress", **job.metrics}, job.metrics)
         lines.append(progress_text(progress, job.metrics, job.state, zh))
         res = await asyncio.to_thread(manager.executor.resources, job.handle)  # samples CPU for 0.1 s
         if res:
@@ -333,7 +330,7 @@ async def cmd_jobs(ctx: CommandContext) -> str:
     jobs = ctx.app.manager.store.list(limit=15)
     if not jobs:
         return ctx.tr("No jobs yet. Start one with: train epochs=5", "还没有任务。发送 开始 ep 5 开始训练。")
-    return "\n".join(_job_line(j, ctx.lang == "zh") for j in jobs)
+    return "\n".join(_job_line(ctx, j, ctx.lang == "zh") for j in jobs)
 
 
 async def cmd_logs(ctx: CommandContext) -> str:

@@ -113,7 +113,7 @@ def kind_parts(module: ModuleType) -> tuple[type[JobParams], TrainFn]:
 def execute(run: Run[Any], train: TrainFn, events: EventSink) -> int:
     """Call `train(run)` and turn its end into exactly one terminal event and an exit status."""
     try:
-        run.start()
+        run.start_heartbeat()
         result = train(run)
         run.finish(result)
         return 0
@@ -144,6 +144,7 @@ def run_job(job_dir: Path, train: TrainFn | None = None, params_model: type[JobP
         start = options.get("control_offset")
         control = ControlReader(control_path, offset=int(start) if start is not None else _size(control_path))
         if train is None or params_model is None:
+            sys.path[:0] = [p for p in options.get("pythonpath") or [] if p not in sys.path]
             params_model, train = kind_parts(load_module(str(options.get("module"))))
         params = params_model.model_validate(spec.get("params") or {})
         if to_stdout:

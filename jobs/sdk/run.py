@@ -94,11 +94,14 @@ class Run(Generic[P]):
         self._callbacks: dict[str, list[Callable[[Any], None]]] = {}
         self._save: SaveHook | None = None
         self._keep = 3
-        self._paused_seconds = 0.0
+        self.paused_seconds = 0.0
         self._last_report = time.monotonic()
         self._at_report = (0, 0, 0.0)  # batches, samples, paused seconds at the last report
         self._batches_done = self._samples_done = 0
         self._epoch_closed = 0
+        self._started = False
+        self._resume_note: dict[str, Any] | None = None
+        self._created = time.monotonic()
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
 
@@ -117,12 +120,21 @@ class Run(Generic[P]):
 
     # ---- the loop ----------------------------------------------------------------------------
     def start(self, **info: Any) -> None:
-        """Say the run is up (the host calls it; a custom loop may add what it knows)."""
+        """Say the run is up, once; a loop may call it itself to add what it knows (batches, samples),
+        else the first `epochs`, `batches`, `check` or `report` does."""
+        if self._started:
+            return
+        self._started = True
         self.state = "running"
         self.events.emit(
             "started", pid=os.getpid(), params=self.params.model_dump(mode="json"), epochs=self.epochs_total,
             start_epoch=self.epoch, start_batch=self.batch, **info,
         )  # fmt: skip
+        if self._resume_note:  # said after `started`, where a reader of the events looks for it
+            self.log(**self._resume_note)
+
+    def start_heartbeat(self) -> None:
+        """Liveness every few seconds from a thread, through long batches, pauses and slow setup."""
         interval = float(self.options.get("heartbeat_seconds", 5.0))
         if interval > 0 and self._heartbeat is None:
             self._heartbeat = threading.Thread(target=self._beat, args=(interval,), name="heartbeat", daemon=True)
@@ -140,6 +152,7 @@ class Run(Generic[P]):
     def epochs(self, total: int | None = None) -> Iterator[int]:
         """Epoch numbers from where a resumed run left off; control is checked between epochs."""
         self.epochs_total = total = int(total if total is not None else self.epochs_total or 1)
+        self.start()
         first = self.epoch
         for epoch in range(first, total + 1):
             self.epoch = epoch
@@ -157,6 +170,7 @@ class Run(Generic[P]):
             self.batches_per_epoch = total or len(data)  # type: ignore[arg-type]
         except TypeError:
             self.batches_per_epoch = total
+        self.start()
         skip = self.batch
         for index, item in enumerate(data):
             if index < skip:
@@ -174,6 +188,8 @@ class Run(Generic[P]):
 
     def check(self) -> None:
         """The batch boundary: every queued command in order; raises `StopTraining` after a stop."""
+        if not self._started:
+            self.start()
         if self.stop_flag.is_set():
             self._stop(None)
         if self.control is not None:
@@ -182,15 +198,21 @@ class Run(Generic[P]):
             self._handle(self._pending.popleft())
 
     # ---- reporting ---------------------------------------------------------------------------
-    def report(self, *, force: bool = False, **metrics: Any) -> bool:
-        """Progress and metrics, at most every `report_seconds` (NDArrays are read only then)."""
+    def due(self) -> bool:
+        """Whether `report` would speak now: compute costly metrics (a device read-back) only then."""
+        return self.reporting and time.monotonic() - self._last_report >= self.report_seconds
+
+    def report(self, *, force: bool = False, **metrics: Any) -> dict[str, Any] | None:
+        """Progress and metrics, at most every `report_seconds` (NDArrays are read only then);
+        returns the event it emitted (with `samples_per_sec`, `eta_seconds`), or None."""
         now = time.monotonic()
         if not self.reporting or (not force and now - self._last_report < self.report_seconds):
-            return False
+            return None
         batches, samples, paused = self._at_report
-        busy = now - self._last_report - (self._paused_seconds - paused)
+        busy = now - self._last_report - (self.paused_seconds - paused)
         self._last_report = now
-        self._at_report = (self._batches_done, self._samples_done, self._paused_seconds)
+        self._at_report = (self._batches_done, self._samples_done, self.paused_seconds)
+        self.start()
         values = {k: _rounded(v) for k, v in metrics.items()}
         figures: dict[str, Any] = {}
         if busy > 0 and self._samples_done > samples:
@@ -200,14 +222,14 @@ class Run(Generic[P]):
             figures["eta_seconds"] = round(max(left, 0) * busy / (self._batches_done - batches), 1)
         self.metrics.update(values)
         self.reported = True
-        self.events.emit(
-            "progress", epoch=self.epoch, epochs=self.epochs_total, batch=self.batch,
-            batches=self.batches_per_epoch, **figures, **values,
-        )  # fmt: skip
-        return True
+        fields = {"epoch": self.epoch, "epochs": self.epochs_total, "batch": self.batch,
+                  "batches": self.batches_per_epoch, **figures, **values}  # fmt: skip
+        self.events.emit("progress", **fields)
+        return fields
 
     def epoch_end(self, **metrics: Any) -> None:
         """An epoch is done: its metrics always go out, then the per-epoch checkpoint."""
+        self.start()
         values = {k: _rounded(v) for k, v in metrics.items()}
         self.metrics.update(values)
         self.reported = True
@@ -239,7 +261,8 @@ class Run(Generic[P]):
         metrics = {**self.metrics, **{k: _rounded(v) for k, v in (result or {}).items()}}
         if not self.reported and not result:
             raise RuntimeError("train() returned without reporting any progress or result")
-        self.events.emit("finished", metrics=metrics)
+        self.start()
+        self.events.emit("finished", metrics=metrics, seconds=round(time.monotonic() - self._created, 3))
         return metrics
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -295,6 +318,8 @@ class Run(Generic[P]):
         per_epoch = meta.get("batches_per_epoch")
         if per_epoch and batch >= int(per_epoch):
             epoch, batch = epoch + 1, 0
+        elif per_epoch and self.batches_per_epoch and int(per_epoch) != self.batches_per_epoch:
+            batch = 0  # another batch geometry: the interrupted epoch starts again
         self.epoch, self.batch = epoch, batch
         # Live changes made before the stop carry over, unless this run was given the field anew.
         saved = meta.get("params", {})
@@ -302,8 +327,10 @@ class Run(Generic[P]):
             if name in type(self.params).model_fields and saved.get(name) == getattr(self.run_params, name):
                 if value != getattr(self.params, name):
                     self._apply(name, value)
-        self.log(f"resumed from checkpoint {prefix.name}: epoch {epoch}, batch {batch}",
-                 resumed_from=str(prefix), epoch=epoch, batch=batch)  # fmt: skip
+        self._resume_note = {"message": f"resumed from checkpoint {prefix.name}: epoch {epoch}, batch {batch}",
+                             "resumed_from": str(prefix), "epoch": epoch, "batch": batch}  # fmt: skip
+        if self._started:
+            self.log(**self._resume_note)
 
     # ---- control -----------------------------------------------------------------------------
     def _handle(self, cmd: dict[str, Any]) -> None:
@@ -343,7 +370,7 @@ class Run(Generic[P]):
                     self._handle(cmd)
                 time.sleep(PAUSE_POLL_SECONDS)
         finally:
-            self._paused_seconds += time.monotonic() - since
+            self.paused_seconds += time.monotonic() - since
 
     def _set(self, changes: dict[str, Any], control_id: str | None) -> None:
         model = type(self.params)
@@ -357,7 +384,7 @@ class Run(Generic[P]):
                                  control_id=control_id)  # fmt: skip
                 continue
             self.events.emit("param_changed", name=name, old=old, new=new, control_id=control_id)
-        for name, reason in change.rejected:
+        for name, reason in change.refusals:
             self.events.emit("param_rejected", name=name, reason=reason, control_id=control_id)
 
 
