@@ -80,10 +80,7 @@ class App:
 
     def _load_adapters(self) -> list[Adapter]:
         found = {ep.name: ep for ep in entry_points(group="chatops.adapters")}
-        wanted = [name for name in BUILTIN_PLATFORMS if _configured(getattr(self.settings, name))]
-        console = self.settings.console.enabled
-        if console or (console is None and not wanted):
-            wanted.insert(0, "console")
+        wanted = configured_platforms(self.settings)
         adapters: list[Adapter] = []
         for name in wanted:
             if name not in found:
@@ -139,6 +136,15 @@ class App:
 
     async def _audit(self, identity: str, action: str, detail: str) -> None:
         self.chat_store.audit(identity, action, detail, allowed=False)
+
+
+def configured_platforms(settings: Settings) -> list[str]:
+    """The adapters this config asks for; the console when nothing else is configured."""
+    wanted = [name for name in BUILTIN_PLATFORMS if _configured(getattr(settings, name))]
+    console = settings.console.enabled
+    if console or (console is None and not wanted):
+        wanted.insert(0, "console")
+    return wanted
 
 
 def _configured(section: object) -> bool:

@@ -1,4 +1,4 @@
-"""`chatops run | send | jobs`: the command-line entry point."""
+"""`chatops run | send | jobs | check`: the command-line entry point."""
 
 from __future__ import annotations
 
@@ -109,6 +109,40 @@ def _jobs(settings: Settings) -> int:
     return EXIT_OK
 
 
+def _check(settings: Settings) -> int:
+    """Validate the config and load every job kind and configured adapter, without starting the bot."""
+    from importlib.metadata import entry_points
+
+    from chatops.app import configured_platforms
+    from jobs.kinds import load_registry
+    from jobs.params import fields_of
+
+    problems: list[str] = []
+    registry = load_registry(
+        settings.kinds, base_dir=settings.config_dir, python=settings.jobs.python,
+        default=settings.jobs.default_kind, cache_dir=settings.data_dir / "cache",
+    )  # fmt: skip
+    for name in registry.names():
+        kind = registry.get(name)
+        default = " (default)" if name == registry.default else ""
+        print(f"ok    kind {name}{default}: {len(fields_of(kind.params))} parameters, {kind.source}")
+    for name, problem in registry.problems.items():
+        problems.append(f"kind {name}: {problem}")
+    found = {ep.name: ep for ep in entry_points(group="chatops.adapters")}
+    for name in configured_platforms(settings):
+        try:
+            found[name].load()
+            print(f"ok    adapter {name}")
+        except KeyError:
+            problems.append(f"adapter {name}: configured but not installed")
+        except ImportError as exc:
+            problems.append(f"adapter {name}: needs its extra: pip install 'chatops[{name}]' ({exc})")
+    for problem in problems:
+        print(f"FAIL  {problem}")
+    print(f"{len(problems)} problem(s)" if problems else "config ok")
+    return EXIT_CONFIG if problems else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chatops", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML config file (or CHATOPS_CONFIG)")
@@ -119,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("text")
     send.add_argument("--wait", action="store_true", help="print progress until the started jobs end")
     sub.add_parser("jobs", help="list jobs from the store")
+    sub.add_parser("check", help="validate the config and every job kind without starting the bot")
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
@@ -132,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "send":
             _logging("WARNING")
             return asyncio.run(_send(settings, args.text, args.wait))
+        if args.cmd == "check":
+            _logging("ERROR")
+            return _check(settings)
         return _jobs(settings)
     except (AdapterUnavailable, ValueError, RuntimeError, OSError) as exc:
         # Bad tokens, missing extras, busy ports: one line, never a traceback.

@@ -70,6 +70,7 @@ _FINAL_EN = {
     "kept": " Checkpoint kept: {ckpt}. Continue with: train resume={id}",
     "ended": "job {id} {state}: {error}",
     "no_reason": "no reason given",
+    "artifacts": "\nartifacts: {artifacts}",
 }
 _FINAL_ZH = {
     "succeeded": "job {id} {state}，用时 {took}：{metrics}",
@@ -78,6 +79,7 @@ _FINAL_ZH = {
     "kept": "检查点已保存：{ckpt}。继续训练请发送：开始 resume={id}",
     "ended": "job {id} {state}：{error}",
     "no_reason": "没有给出原因",
+    "artifacts": "\n产出文件：{artifacts}",
 }
 
 
@@ -200,6 +202,10 @@ class Notifier:
             text = words["stopped_at" if job.metrics else "stopped"] + (words["kept"] if job.checkpoint else "")
         else:
             text = words.get(job.state, words["ended"])
+        artifacts = self.manager.artifacts(job.id)
+        if artifacts:
+            text += words["artifacts"]
+            values["artifacts"] = ", ".join(a["path"] for a in artifacts)
         return Reply(text.format(**values), image=image, job_id=job.id, error=job.state != "succeeded")
 
     async def plot(self, job: Job) -> Path | None:

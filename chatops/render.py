@@ -72,7 +72,13 @@ def progress_text(p: Progress, metrics: dict[str, Any], state: str = "running", 
     return "  ".join(parts)
 
 
-def metrics_text(metrics: dict[str, Any]) -> str:
-    keys = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss", "lr", "learning_rate")
-    shown = [f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), int | float)]
+_FIRST = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss", "lr", "learning_rate")
+_BOOKKEEPING = frozenset({"epoch", "epochs", "batch", "batches", "samples_per_sec", "eta_seconds", "seconds"})
+
+
+def metrics_text(metrics: dict[str, Any], limit: int = 10) -> str:
+    """The usual metrics first, then whatever else a kind reports (its own names), numbers only."""
+    keys = [k for k in _FIRST if k in metrics] + sorted(k for k in metrics if k not in _FIRST and k not in _BOOKKEEPING)
+    shown = [f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics[k], int | float)
+             and not isinstance(metrics[k], bool)][:limit]  # fmt: skip
     return ", ".join(shown)

@@ -45,7 +45,7 @@ Listener = Callable[[Job, dict[str, Any]], Awaitable[None]]
 _PERSISTED = frozenset(
     {
         "started", "progress", "epoch", "checkpoint", "log", "paused", "resumed",
-        "param_changed", "param_rejected", "stopped", "finished", "failed",
+        "param_changed", "param_rejected", "artifact", "stopped", "finished", "failed",
     }
 )  # fmt: skip
 
@@ -130,6 +130,10 @@ class JobManager:
         await self._publish(job, _state_event(None, QUEUED, "submitted"))
         await self.tick()
         return self.store.get(job_id) or job
+
+    def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+        """Files the run attached (`run.artifact`), latest per name."""
+        return list({e["name"]: e for e in self.store.events(job_id, {"artifact"})}.values())
 
     async def resume(self, job_id: str) -> Job:
         """Queue a stopped, failed or lost job again; it continues from its last checkpoint."""

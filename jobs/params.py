@@ -61,7 +61,7 @@ def describe(exc: ValidationError, fields: Mapping[str, str] | None = None) -> l
         got = err.get("input")
         if kind != "missing" and not isinstance(got, dict):
             text += f" (got {_short(got)})"
-        lines.append(f"{name}: {text}")
+        lines.append(f"{name}: {text}" if err.get("loc") else text)  # a model-wide rule names no field
     return lines
 
 
@@ -206,6 +206,7 @@ class KindDefinitionError(ValueError):
 def model_from_specs(kind: str, specs: Mapping[str, ParamSpec | Mapping[str, Any]], doc: str = "") -> type[JobParams]:
     """A `JobParams` subclass from declared fields; defaults are validated against their own rules."""
     fields: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
     for name, raw in specs.items():
         try:
             spec = raw if isinstance(raw, ParamSpec) else ParamSpec.model_validate(raw)
@@ -221,6 +222,8 @@ def model_from_specs(kind: str, specs: Mapping[str, ParamSpec | Mapping[str, Any
             annotation = annotation | None
         bounds = {k: getattr(spec, k) for k in ("gt", "ge", "lt", "le", "pattern") if getattr(spec, k) is not None}
         default = ... if spec.required else spec.default
+        if spec.default is not None:
+            defaults[name] = spec.default
         fields[name] = (
             annotation,
             param(default, *spec.aliases, live=spec.live, zh=spec.description_zh, description=spec.description or None,
@@ -229,7 +232,7 @@ def model_from_specs(kind: str, specs: Mapping[str, ParamSpec | Mapping[str, Any
     try:
         model = create_model(f"{kind.title().replace('_', '')}Params", __base__=JobParams, __doc__=doc or None,
                              **fields)  # fmt: skip
-        model.model_validate({})  # every default must pass its own rules
+        model.model_validate(defaults)  # every default must pass its own rules
     except ValidationError as exc:
         raise KindDefinitionError("a default breaks its own rule: " + "; ".join(describe(exc))) from None
     except Exception as exc:  # pydantic's schema errors (a bad pattern, a clashing name)

@@ -36,6 +36,7 @@ EventType = Literal[
     "resumed",  # {"epoch", "batch"}
     "param_changed",  # {"name", "old", "new", "control_id"}
     "param_rejected",  # {"name", "reason", "control_id"}
+    "artifact",  # a file the run attached: {"name", "path", "bytes"}
     "stopped",  # graceful stop done, checkpoint kept: {"epoch", "batch", "checkpoint"}
     "finished",  # {"metrics": {...}, "seconds"}
     "failed",  # {"error", "traceback"}

@@ -75,6 +75,19 @@ def _kind_model(ctx: CommandContext, kind: str | None) -> tuple[str, type[JobPar
     return job_kind.name, job_kind.params
 
 
+def _kinds_line(ctx: CommandContext) -> str:
+    """Every kind with its source; the default marked, the broken ones with why."""
+    registry = ctx.app.manager.registry
+    parts = [
+        f"{name}" + (ctx.tr(" (default)", "（默认）") if name == registry.default else "")
+        + (f" - {registry.get(name).description.splitlines()[0]}" if registry.get(name).description else "")
+        for name in registry.names()
+    ]  # fmt: skip
+    parts += [f"{name} " + ctx.tr("(unavailable: {p})", "（不可用：{p}）", p=problem)
+              for name, problem in registry.problems.items()]  # fmt: skip
+    return "; ".join(parts)
+
+
 def _validated(
     ctx: CommandContext, model: type[JobParams], raw: dict[str, Any], base: dict[str, Any]
 ) -> dict[str, Any]:
@@ -142,6 +155,7 @@ async def cmd_help(ctx: CommandContext) -> str:
         if spec.job_params:
             lines.append(ctx.tr("parameters: see params (key=value, or one 'key value' per line)",
                                 "参数：见 参数 命令（key=value，或每行一个 key value）"))  # fmt: skip
+            lines.append(ctx.tr("kinds: ", "任务类型：") + _kinds_line(ctx))
         if spec.examples:
             lines.append(ctx.tr("examples: ", "示例：") + " | ".join(spec.examples))
         return "\n".join(lines)
@@ -320,6 +334,9 @@ async def cmd_status(ctx: CommandContext) -> Reply:
         lines.append(ctx.tr("error: ", "错误：") + job.error.splitlines()[0])
     if job.checkpoint:
         lines.append(ctx.tr("checkpoint: ", "检查点：") + job.checkpoint)
+    artifacts = manager.artifacts(job.id)
+    if artifacts:
+        lines.append(ctx.tr("artifacts: ", "产出文件：") + ", ".join(a["path"] for a in artifacts))
     lines.append(ctx.tr("folder: {d} (TensorBoard: {d}/tensorboard)", "目录：{d}（TensorBoard：{d}/tensorboard）",
                         d=job.job_dir))  # fmt: skip
     buttons = job_buttons(job.id, job.state, zh)
