@@ -215,3 +215,28 @@ def test_chatops_check_lists_every_problem(tmp_path: Path) -> None:
     out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert out.returncode == 3
     assert "FAIL  kind cmd: [kinds.cmd] a default breaks its own rule: lr: must be > 0" in out.stdout
+
+
+@pytest.mark.slow
+async def test_an_installed_entry_point_kind_trains_from_chat(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site),
+           str(ROOT / "tests" / "plugin_kind")]  # fmt: skip
+    subprocess.run(pip, check=True, capture_output=True, timeout=300)
+    monkeypatch.syspath_prepend(str(site))  # where `pip install --target` put it: entry points and code
+    monkeypatch.setenv("PYTHONPATH", str(site))  # the describe and runner processes see it too
+    async with BotHarness(settings) as bot:
+        kind = bot.app.manager.registry.get("softmax")
+        assert kind.source == "entry point chatops_plugin_example.softmax"
+        [params] = await bot.say("params softmax")
+        assert "init: zeros|normal = zeros - weight initialisation" in params.text
+        [bad] = await bot.say("train softmax init=ones")
+        assert bad.text == "init: must be one of zeros or normal (got ones)"
+        [reply] = await bot.say("train softmax ep=2")
+        jid = job_id(reply.text)
+        final = await bot.wait_for(lambda r: r.job_id == jid and "succeeded" in r.text, timeout=60)
+        assert "train_acc" in final.text
+        acc = bot.app.job_store.get(jid).metrics["train_acc"]  # type: ignore[union-attr]
+        assert acc > 0.9

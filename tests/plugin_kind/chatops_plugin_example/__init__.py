@@ -1,0 +1,1 @@
+"""A job-kind plugin for chatops (test fixture)."""
