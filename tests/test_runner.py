@@ -363,3 +363,16 @@ def test_in_process_train_matches_the_protocol(tmp_path: Path) -> None:
     assert 0 <= metrics["test_acc"] <= 1 and run.batch == 19  # 19 full batches of 16
     assert [k for k, _ in seen if k != "progress"] == ["started", "epoch"]
     assert os.getpid() == seen[0][1]["pid"] and seen[0][1]["samples"] == 300
+
+
+@pytest.mark.slow
+def test_a_device_list_splits_each_batch(tmp_path: Path) -> None:
+    """`cpu:0,cpu:1` trains one model on two devices (split_and_load, summed gradients), as on GPUs."""
+    job = make_job(tmp_path / "two", {**TINY, "epochs": 3, "context": "cpu:0,cpu:1"})
+    rc, events = run_to_end(job)
+    assert rc == 0 and events[-1]["type"] == "finished", events[-1]
+    assert events[0]["context"] == "cpu(0),cpu(1)"
+    assert events[-1]["metrics"]["test_acc"] >= 0.8
+    bad = make_job(tmp_path / "twice", {**TINY, "context": "cpu:0,cpu:0"})
+    rc, events = run_to_end(bad)
+    assert rc == 1 and "names a device twice" in events[-1]["error"]
