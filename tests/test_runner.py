@@ -376,3 +376,19 @@ def test_a_device_list_splits_each_batch(tmp_path: Path) -> None:
     bad = make_job(tmp_path / "twice", {**TINY, "context": "cpu:0,cpu:0"})
     rc, events = run_to_end(bad)
     assert rc == 1 and "names a device twice" in events[-1]["error"]
+
+
+@pytest.mark.slow
+def test_commands_written_together_are_all_handled_in_order(tmp_path: Path, running: list) -> None:
+    """pause, set and stop in one read: the stop is the runner's, not the kill timer's."""
+    job = make_job(tmp_path / "burst", LONG)
+    proc = start(job)
+    running.append(proc)
+    wait_for(job, proc, lambda e: e["type"] == "progress")
+    ids = [write_control(job, "pause"), write_control(job, "set", {"lr": 0.03}), write_control(job, "stop")]
+    wait_for(job, proc, lambda e: e["type"] == "stopped", timeout=30)
+    assert proc.wait(timeout=30) == 0
+    said = [e for e in events_of(job) if e["type"] in ("paused", "param_changed", "stopped")]
+    assert [e["type"] for e in said] == ["paused", "param_changed", "stopped"]
+    assert [e["control_id"] for e in said] == ids
+    assert said[1]["new"] == 0.03
