@@ -18,15 +18,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash tests/ensure_dovecot.sh
-	$(BIN)/ruff check chatops adapters jobs tests bench
+	$(BIN)/ruff check chatops adapters jobs tests bench examples
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check chatops adapters jobs tests bench
+	$(BIN)/ruff check chatops adapters jobs tests bench examples
 
 bench: $(STAMP)
 	$(BIN)/python bench/runner_overhead.py
 	$(BIN)/python bench/control_latency.py
+	$(BIN)/python bench/sdk_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")  # Slack user mentions
 _KEY = re.compile(r"^[A-Za-z_\u4e00-\u9fff][\w\-.\u4e00-\u9fff]*$")
+_LIST_COMMA = re.compile(r",(?=\s|$|[A-Za-z_][\w\-.]*=)")
 _CONFIRM = frozenset({"--yes", "-y", "--confirm"})
 
 
@@ -81,7 +82,9 @@ def _put(parsed: Parsed, key: str, value: str) -> None:
 
 def _split(line: str) -> list[str]:
     # Full-width punctuation from phone keyboards: ＝ and ，
-    line = line.replace("\uff1d", "=").replace("\uff0c", " ").replace(",", " ")
+    # A comma between arguments (`lr=0.1, bs=64`, `lr=0.1,bs=64`) separates them; one inside a value stays
+    # (`ctx=gpu:0,1`, a device list).
+    line = _LIST_COMMA.sub(" ", line.replace("\uff1d", "=").replace("\uff0c", " "))
     try:
         return shlex.split(line)
     except ValueError:  # unbalanced quotes: fall back to whitespace

@@ -41,12 +41,17 @@ class KindLoadError(Exception):
 
 # ---- event sinks -----------------------------------------------------------------------------
 class StdoutEvents:
-    """Events as marked JSON lines on stdout: the command-kind wrapper numbers and stores them."""
+    """Events as marked JSON lines on the process's real stdout (a script that redirects
+    `sys.stdout` keeps them flowing): the command-kind wrapper numbers and stores them. The newline
+    first ends whatever partial line the script printed."""
+
+    def __init__(self) -> None:
+        self._out = sys.__stdout__ or sys.stdout
 
     def emit(self, type_: str, **fields: Any) -> None:
         line = json.dumps({"v": VERSION, "type": type_, **fields}, default=str)
-        sys.stdout.write(f"\n{MARKER}{line}\n")
-        sys.stdout.flush()
+        self._out.write(f"\n{MARKER}{line}\n")
+        self._out.flush()
 
 
 class ConsoleEvents:
@@ -54,6 +59,10 @@ class ConsoleEvents:
 
     def emit(self, type_: str, **fields: Any) -> None:
         if type_ in ("heartbeat", "checkpoint"):
+            return
+        if type_ == "failed":  # the traceback first, the one-line verdict last
+            print(fields.get("traceback", ""), file=sys.stderr, flush=True)
+            print(f"[failed] {fields.get('error', '')}", flush=True)
             return
         skip = {"pid", "params", "control_id", "epochs"}
         shown = " ".join(f"{k} {_fmt(v)}" for k, v in fields.items() if k not in skip and v is not None)

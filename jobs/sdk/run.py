@@ -113,6 +113,13 @@ class Run(Generic[P]):
             raise ValueError(f"{name} is not a live parameter of {type(self.params).__name__}")
         self._callbacks.setdefault(field, []).append(callback)
 
+    def has_callback(self, name: str) -> bool:
+        return bool(self._callbacks.get(type(self.params).field_aliases().get(name.lower(), name)))
+
+    @property
+    def has_checkpoints(self) -> bool:
+        return self._save is not None
+
     def _apply(self, name: str, value: Any) -> None:
         setattr(self.params, name, value)  # in place: whoever holds `run.params` sees it
         for callback in self._callbacks.get(name, []):
@@ -270,9 +277,10 @@ class Run(Generic[P]):
         """Register how to save (`save(prefix)`) and restore (`load(prefix, meta)`) the training
         state; a resumed job restores its checkpoint right here, so call it after building the
         model and trainer, and after `on_change`."""
+        first = self._save is None
         self._save, self._keep = save, keep
         resume = self.options.get("resume_from")
-        if resume:
+        if resume and first:  # restored once, however often hooks are registered
             if load is None:
                 raise RuntimeError("this job resumes from a checkpoint but train() registered no load hook")
             self._restore(Path(resume), load)
@@ -321,12 +329,12 @@ class Run(Generic[P]):
         elif per_epoch and self.batches_per_epoch and int(per_epoch) != self.batches_per_epoch:
             batch = 0  # another batch geometry: the interrupted epoch starts again
         self.epoch, self.batch = epoch, batch
-        # Live changes made before the stop carry over, unless this run was given the field anew.
-        saved = meta.get("params", {})
-        for name, value in (meta.get("live") or {}).items():
-            if name in type(self.params).model_fields and saved.get(name) == getattr(self.run_params, name):
-                if value != getattr(self.params, name):
-                    self._apply(name, value)
+        # Live changes made before the stop carry over, unless this run was given the field anew;
+        # every live callback runs, since a load hook may have restored an optimizer's old value.
+        saved, kept = meta.get("params", {}), meta.get("live") or {}
+        for name in type(self.params).live_fields():
+            carried = name in kept and saved.get(name) == getattr(self.run_params, name)
+            self._apply(name, kept[name] if carried else getattr(self.params, name))
         self._resume_note = {"message": f"resumed from checkpoint {prefix.name}: epoch {epoch}, batch {batch}",
                              "resumed_from": str(prefix), "epoch": epoch, "batch": batch}  # fmt: skip
         if self._started:
