@@ -26,7 +26,6 @@ only backs a stop up with signals should the script not end within `stop_timeout
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import json
@@ -45,7 +44,7 @@ from typing import IO, Any
 import psutil
 
 from jobs.protocol import CONTROL_FILE, EVENTS_FILE, PARAMS_FILE, TERMINAL_EVENTS, ControlReader, EventWriter
-from jobs.sdk.host import ENV_EVENTS, ENV_JOB_DIR, MARKER
+from jobs.sdk.host import ENV_EVENTS, ENV_JOB_DIR, MARKER, job_main
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND_PARAMS_FILE = "kind-params.json"
@@ -597,17 +596,5 @@ def run_job(job_dir: Path) -> int:
         events.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m jobs.runners.command --job-dir DIR`, as the local executor starts every runner."""
-    parser = argparse.ArgumentParser(prog="python -m jobs.runners.command", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--job-dir", required=True, type=Path, help="job folder with params.json")
-    args = parser.parse_args(argv)
-    if not args.job_dir.is_dir():
-        print(f"job folder {args.job_dir} does not exist", file=sys.stderr)
-        return 2
-    return run_job(args.job_dir)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(job_main(None, "python -m jobs.runners.command", run_job, __doc__))

@@ -11,7 +11,6 @@ the devices (`split_and_load`) and the trainer sums their gradients.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import sys
 import time
@@ -25,7 +24,7 @@ from mxnet import autograd, gluon, nd
 from jobs.datasets import Dataset, load_dataset
 from jobs.models import build_model
 from jobs.schemas import MXNetParams, parse_contexts
-from jobs.sdk.host import run_job
+from jobs.sdk.host import job_main, run_job
 from jobs.sdk.run import Run
 from jobs.tensorboard import TrainingBoard, device_histograms
 
@@ -258,15 +257,5 @@ class _Training:
             self.partial = np.asarray(meta.get("user", {}).get("partial", [0, 0, 0]), dtype=np.float64)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.runners.mxnet", description=__doc__)
-    parser.add_argument("--job-dir", required=True, type=Path, help="job folder with params.json")
-    args = parser.parse_args(argv)
-    if not args.job_dir.is_dir():
-        print(f"job folder {args.job_dir} does not exist", file=sys.stderr)
-        return 2
-    return run_job(args.job_dir, train, MXNetParams)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(job_main(None, "python -m jobs.runners.mxnet", lambda d: run_job(d, train, MXNetParams), __doc__))

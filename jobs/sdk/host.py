@@ -215,15 +215,16 @@ def _size(path: Path) -> int:
         return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.sdk.host", description=__doc__)
+def job_main(argv: list[str] | None, prog: str, entry: Callable[[Path], int], doc: str | None = None) -> int:
+    """`python -m <runner> --job-dir DIR`, as the local executor starts every runner."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job-dir", required=True, type=Path, help="job folder with params.json")
     args = parser.parse_args(argv)
     if not args.job_dir.is_dir():
         print(f"job folder {args.job_dir} does not exist", file=sys.stderr)
         return 2
-    return run_job(args.job_dir)
+    return entry(args.job_dir)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(job_main(None, "python -m jobs.sdk.host", run_job, __doc__))
