@@ -137,12 +137,14 @@ class JobManager:
 
     async def resume(self, job_id: str) -> Job:
         """Queue a stopped, failed or lost job again; it continues from its last checkpoint."""
+        await self._retire(self.require(job_id))
         async with self._lock:
             job = self.require(job_id)
             if job.state not in (STOPPED, FAILED, LOST):
                 raise JobError(f"job {job.id} is {job.state}; only stopped, failed or lost jobs resume")
             if not job.checkpoint:
                 raise JobError(f"job {job.id} has no checkpoint to resume from")
+            # The launch waits until the previous runner is gone (`_launch`); one folder, one runner.
             job.stop_requested = False
             job.error = None
             await self._move(job, QUEUED, f"resume from {Path(job.checkpoint).name}")
@@ -164,15 +166,32 @@ class JobManager:
         return ids.index(job_id) + 1 if job_id in ids else None
 
     async def control(self, job_id: str, cmd: str, params: dict[str, Any] | None = None) -> str:
-        """Send pause/resume/set to a live runner; returns the control id it will acknowledge."""
+        """Send pause/resume/set to a live runner; returns the control id it will acknowledge.
+
+        Pause and resume are judged by where the runner is headed, not where it last reported: a
+        `resume` right after a `pause` it has not reached yet cancels that pause (the runner
+        handles both, in order), and a second `pause` before the first lands is refused.
+        """
         job = self.require(job_id)
         if job.state not in (RUNNING, PAUSED, STARTING):
             raise JobError(f"job {job.id} is {job.state}, not running")
-        if cmd == "pause" and job.state == PAUSED:
-            raise JobError(f"job {job.id} is already paused")
-        if cmd == "resume" and job.state != PAUSED:
-            raise JobError(f"job {job.id} is not paused")
+        if cmd in ("pause", "resume"):
+            heading = self.pause_pending(job)
+            if cmd == "pause" and heading:
+                raise JobError(f"job {job.id} is already " + ("paused" if job.state == PAUSED else "pausing"))
+            if cmd == "resume" and not heading:
+                raise JobError(f"job {job.id} is not paused")
         return protocol.write_control(job.dir, cmd, params)
+
+    def pause_pending(self, job: Job) -> bool:
+        """True when the runner is paused or has a pause to reach: the last pause/resume sent to
+        this run decides; without one, the reported state does."""
+        try:
+            options = json.loads((job.dir / protocol.PARAMS_FILE).read_text()).get("options") or {}
+        except (OSError, ValueError):
+            options = {}
+        last = protocol.last_control(job.dir, {"pause", "resume"}, int(options.get("control_offset") or 0))
+        return job.state == PAUSED if last is None else last == "pause"
 
     async def stop(self, job_id: str) -> Job:
         """Graceful stop at the next batch boundary; a kill follows after `stop_timeout`."""
@@ -204,13 +223,13 @@ class JobManager:
     async def tick(self) -> None:
         """One pass: ingest events of active jobs, detect ends, start queued jobs."""
         async with self._lock:
-            for listed in self.store.list(ACTIVE_STATES | {LOST}, limit=10_000):
+            for listed in self.store.list(ACTIVE_STATES, limit=10_000):
                 # Another bot process may share the database (`chatops send --wait` beside
                 # `chatops run`): under the write lock and re-read, each event is applied and
                 # announced once, and an exit is judged only after the events before it.
                 with self.store.transaction():
                     job = self.store.get(listed.id)
-                    if job is None or job.state not in ACTIVE_STATES | {LOST}:
+                    if job is None or job.state not in ACTIVE_STATES:
                         continue
                     await self._ingest(job)
                     if job.state in ACTIVE_STATES:
@@ -242,10 +261,20 @@ class JobManager:
             job.metrics.update({k: v for k, v in event.items() if k not in ("v", "seq", "t", "type")})
         elif kind == "finished":
             job.metrics.update(event.get("metrics", {}))
-        elif kind in ("checkpoint", "stopped") and (event.get("path") or event.get("checkpoint")):
-            job.checkpoint = event.get("path") or event.get("checkpoint")
+        elif kind == "param_changed" and event.get("name") in job.params:
+            job.params[event["name"]] = event.get("new")  # `status` shows the value in force
         elif kind == "failed":
-            job.error = event.get("error") or "runner failed"
+            # The traceback's last lines travel with the verdict: the failure report shows them.
+            error = event.get("error") or "runner failed"
+            tail = [ln for ln in str(event.get("traceback") or "").splitlines() if ln.strip()]
+            if tail and tail[-1].strip() == error:
+                tail.pop()  # the exception line is the verdict already
+            job.error = "\n".join([error, *tail[-6:]])
+        if kind in ("stopped", "paused") and event.get("epoch") is not None:
+            # Where it stopped, as its checkpoint is named (the last progress may be a batch behind).
+            job.metrics.update({k: event[k] for k in ("epoch", "batch") if event.get(k) is not None})
+        if kind in ("checkpoint", "stopped") and (event.get("path") or event.get("checkpoint")):
+            job.checkpoint = event.get("path") or event.get("checkpoint")
         target = {
             "started": RUNNING, "resumed": RUNNING, "paused": PAUSED, "stopped": STOPPED,
             "finished": SUCCEEDED, "failed": FAILED,
@@ -277,9 +306,16 @@ class JobManager:
             job.error = f"runner {exit_info.describe()}" + (f"\n{tail}" if tail else "")
             await self._move(job, FAILED, job.error)
             return
+        # A paused runner keeps beating (its heartbeat thread runs on), so silence counts there too.
         last = job.last_event_at or job.started_at or time.time()
-        if job.state != PAUSED and time.time() - last > self.heartbeat_timeout:
+        if time.time() - last > self.heartbeat_timeout:
             job.error = f"no sign of life from the runner for {int(time.time() - last)} s"
+            if job.handle and self.executor.alive(job.handle):
+                # Frozen or hung: a runner must not outlive its job's control (and go on training
+                # unwatched, or beside a resumed one), so it goes before the job is declared lost.
+                await self.executor.kill(job.id, job.handle, force=True)
+                self.executor.poll(job.id, job.handle)  # reap it
+                job.error += "; the runner was killed"
             await self._move(job, LOST, job.error)
 
     async def _schedule(self) -> None:
@@ -289,6 +325,13 @@ class JobManager:
             await self._launch(job)
 
     async def _launch(self, job: Job) -> None:
+        if job.handle and self.executor.alive(job.handle):
+            # The previous run's runner still lives (a lost job resumed at once, a stop still
+            # shutting down): one job folder never has two runners. It goes; the next tick launches.
+            log.warning("job %s: its previous runner is still alive; killing it before the relaunch", job.id)
+            await self.executor.kill(job.id, job.handle, force=True)
+            self.executor.poll(job.id, job.handle)
+            return
         try:
             kind = self.registry.get(job.kind)
         except KeyError as exc:  # the kind left the config (or broke) while the job was queued
@@ -323,6 +366,20 @@ class JobManager:
             await self._move(job, FAILED, job.error)
             return
         self.store.save(job)
+
+    async def _retire(self, job: Job, grace: float = 5.0) -> None:
+        """Wait for the job's last runner to be gone (a stopped runner is still closing its files);
+        past `grace`, kill it. A relaunch follows, and one job folder never has two runners."""
+        if not job.handle:
+            return
+        deadline = time.monotonic() + grace
+        while self.executor.alive(job.handle):
+            self.executor.poll(job.id, job.handle)  # reaps our own child
+            if time.monotonic() > deadline:
+                await self.executor.kill(job.id, job.handle, force=True)
+                deadline = time.monotonic() + grace
+            await asyncio.sleep(0.05)
+        self.executor.poll(job.id, job.handle)
 
     async def _kill_later(self, job_id: str) -> None:
         try:

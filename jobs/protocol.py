@@ -151,6 +151,15 @@ def write_control(job_dir: Path, cmd: str, params: dict[str, Any] | None = None)
     return control_id
 
 
+def last_control(job_dir: Path, cmds: set[str], offset: int = 0) -> str | None:
+    """The last command among `cmds` written from byte `offset` of the control file, if any."""
+    last = None
+    for cmd in ControlReader(job_dir / CONTROL_FILE, offset).poll():
+        if cmd["cmd"] in cmds:
+            last = cmd["cmd"]
+    return last
+
+
 @dataclass
 class ControlReader:
     """Runner side of the control channel: cheap to poll at every batch boundary."""

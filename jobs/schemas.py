@@ -110,7 +110,7 @@ class MXNetParams(JobParams):
         return value
 
     def summary(self, zh: bool = False) -> str:
-        epochs = f"{self.epochs} 轮" if zh else f"{self.epochs} epochs"
+        epochs = f"{self.epochs} 轮" if zh else f"{self.epochs} epoch" + ("" if self.epochs == 1 else "s")
         batch = f"批大小 {self.batch_size}" if zh else f"batch {self.batch_size}"
         lr = f"lr {self.learning_rate} ({self.optimizer})"
         return ", ".join([self.model, self.dataset, epochs, lr, batch, self.context])

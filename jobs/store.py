@@ -24,8 +24,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     STARTING: frozenset({RUNNING, FAILED, STOPPED, LOST}),
     RUNNING: frozenset({PAUSED, SUCCEEDED, FAILED, STOPPED, LOST}),
     PAUSED: frozenset({RUNNING, FAILED, STOPPED, LOST}),
-    # A lost runner may speak again; a stopped, failed or lost job may be resumed from its checkpoint.
-    LOST: frozenset({RUNNING, PAUSED, SUCCEEDED, FAILED, STOPPED, QUEUED}),
+    # A lost job's runner is killed as it is declared lost, so it never speaks again; a stopped,
+    # failed or lost job may be resumed from its checkpoint.
+    LOST: frozenset({QUEUED}),
     STOPPED: frozenset({QUEUED}),
     FAILED: frozenset({QUEUED}),
     SUCCEEDED: frozenset(),

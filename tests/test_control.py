@@ -57,6 +57,7 @@ async def test_pause_set_resume_stop_and_resume_from_checkpoint(bot: BotHarness)
 
     [again] = await bot.say(f"train resume={jid}")
     assert f"job {jid}" in again.text and not again.error, again.text
+    await eventually(lambda: len(bot.app.job_store.events(jid, {"started"})) == 2, 30, "the second run's start")
     await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None and r.progress.epoch >= epoch_at_stop)
     await bot.say(f"stop {jid} --yes")
     await bot.wait_state(jid, {"stopped"}, timeout=10)

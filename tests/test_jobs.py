@@ -29,7 +29,8 @@ def test_state_machine_rejects_illegal_moves() -> None:
     check_transition("queued", "starting")
     check_transition("running", "paused")
     check_transition("paused", "running")
-    for old, new in [("succeeded", "running"), ("queued", "running"), ("stopped", "running"), ("failed", "paused")]:
+    for old, new in [("succeeded", "running"), ("queued", "running"), ("stopped", "running"), ("failed", "paused"),
+                     ("lost", "succeeded"), ("lost", "running")]:
         with pytest.raises(InvalidTransition):
             check_transition(old, new)
     assert not TRANSITIONS["succeeded"]

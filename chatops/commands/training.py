@@ -297,8 +297,12 @@ async def cmd_resume(ctx: CommandContext) -> Reply:
     manager = ctx.app.manager
     job = _find_job(ctx, ctx.args.job, {PAUSED, "stopped", "failed", "lost"})  # type: ignore[attr-defined]
     try:
-        if job.state == PAUSED:
+        if job.state in ACTIVE_STATES:
+            pending = job.state != PAUSED  # running, with a pause it has not reached yet
             await manager.control(job.id, "resume")
+            if pending:
+                return Reply(ctx.tr(f"job {job.id}: the pause it had not reached yet is cancelled; it trains on.",
+                                    f"job {job.id}：尚未生效的暂停已取消，继续训练。"), job_id=job.id)  # fmt: skip
             return Reply(ctx.tr(f"job {job.id} resuming.", f"job {job.id} 继续训练。"), job_id=job.id)
         job = await manager.resume(job.id)
     except JobError as exc:
@@ -323,7 +327,7 @@ async def cmd_status(ctx: CommandContext) -> Reply:
     if job.state in ACTIVE_STATES and job.metrics:
         progress = progress_from(job.id, {"type": "progress", **job.metrics}, job.metrics)
         lines.append(progress_text(progress, job.metrics, job.state, zh))
-        res = await asyncio.to_thread(manager.executor.resources, job.handle)  # samples CPU for 0.1 s
+        res = await asyncio.to_thread(manager.executor.resources, job.handle)  # samples CPU for 0.2 s
         if res:
             lines.append(ctx.tr("runner: ", "训练进程：") + ", ".join(f"{k} {v}" for k, v in res.items()))
     elif job.metrics:

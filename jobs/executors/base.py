@@ -37,6 +37,10 @@ class Executor(Protocol):
         """None while the runner lives, else how it ended."""
         ...
 
+    def alive(self, handle: dict[str, Any]) -> bool:
+        """Whether the runner this handle names still exists (frozen counts as alive)."""
+        ...
+
     async def kill(self, job_id: str, handle: dict[str, Any], *, force: bool) -> None:
         """SIGTERM (or SIGKILL when `force`) the runner and everything it started."""
         ...

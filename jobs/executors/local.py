@@ -78,7 +78,7 @@ class LocalExecutor:
             self._children.pop(job_id, None)
             return ExitInfo(code, -code if code < 0 else None)
         # Not our child (the bot restarted): the pid and its start time identify the runner.
-        if self._alive(handle):
+        if self.alive(handle):
             return None
         parent = handle.get("parent")
         if parent and parent != os.getpid() and psutil.pid_exists(parent):
@@ -89,7 +89,7 @@ class LocalExecutor:
 
     async def kill(self, job_id: str, handle: dict[str, Any], *, force: bool) -> None:
         pid = handle.get("pid")
-        if not pid or not self._alive(handle):
+        if not pid or not self.alive(handle):
             return
         try:
             os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
@@ -97,23 +97,22 @@ class LocalExecutor:
             pass
 
     def resources(self, handle: dict[str, Any]) -> dict[str, Any]:
-        if not self._alive(handle):
+        if not self.alive(handle):
             return {}
         try:
             proc = psutil.Process(handle["pid"])
+            # Outside `oneshot()`: it caches CPU times, so both samples matched and this was always 0.0.
+            figures: dict[str, Any] = {"cpu_percent": proc.cpu_percent(interval=0.2)}
             with proc.oneshot():
-                figures: dict[str, Any] = {
-                    "cpu_percent": proc.cpu_percent(interval=0.1),
-                    "rss_mb": round(proc.memory_info().rss / 2**20, 1),
-                    "threads": proc.num_threads(),
-                }
+                figures["rss_mb"] = round(proc.memory_info().rss / 2**20, 1)
+                figures["threads"] = proc.num_threads()
         except psutil.Error:
             return {}
         figures.update(_gpu_usage(handle["pid"]))
         return figures
 
     @staticmethod
-    def _alive(handle: dict[str, Any]) -> bool:
+    def alive(handle: dict[str, Any]) -> bool:
         pid = handle.get("pid")
         if not pid:
             return False

@@ -60,8 +60,7 @@ class ConsoleEvents:
     def emit(self, type_: str, **fields: Any) -> None:
         if type_ in ("heartbeat", "checkpoint"):
             return
-        if type_ == "failed":  # the traceback first, the one-line verdict last
-            print(fields.get("traceback", ""), file=sys.stderr, flush=True)
+        if type_ == "failed":  # `execute` printed the traceback already; the one-line verdict last
             print(f"[failed] {fields.get('error', '')}", flush=True)
             return
         skip = {"pid", "params", "control_id", "epochs"}
@@ -130,6 +129,7 @@ def execute(run: Run[Any], train: TrainFn, events: EventSink) -> int:
         return 0
     except Exception as exc:
         tail = traceback.format_exc().strip().splitlines()[-25:]
+        print("\n".join(tail), file=sys.stderr, flush=True)  # into runner.log, for `logs`
         events.emit("failed", error=one_line(exc), traceback="\n".join(tail)[-4000:])
         return 1
     finally:
@@ -165,6 +165,7 @@ def run_job(job_dir: Path, train: TrainFn | None = None, params_model: type[JobP
         message = one_line(exc)
         if hasattr(exc, "errors"):
             message = "invalid params: " + "; ".join(describe(exc))  # type: ignore[arg-type]
+        print(traceback.format_exc().strip(), file=sys.stderr, flush=True)
         events.emit("failed", error=message, traceback=traceback.format_exc()[-4000:])
         return 1
     try:
@@ -223,7 +224,35 @@ def job_main(argv: list[str] | None, prog: str, entry: Callable[[Path], int], do
     if not args.job_dir.is_dir():
         print(f"job folder {args.job_dir} does not exist", file=sys.stderr)
         return 2
-    return entry(args.job_dir)
+    lock = _hold_folder(args.job_dir)
+    if lock is None:
+        # The manager never launches beside a live runner; this guards against whatever else does.
+        print(f"another runner holds job folder {args.job_dir}; not starting a second", file=sys.stderr)
+        return EXIT_FOLDER_BUSY
+    try:
+        return entry(args.job_dir)
+    finally:
+        os.close(lock)
+
+
+EXIT_FOLDER_BUSY = 75
+LOCK_FILE = "runner.lock"
+
+
+def _hold_folder(job_dir: Path) -> int | None:
+    """An exclusive lock on the job folder for this process's life (released by the kernel when it
+    dies, however it dies); None when another runner has it."""
+    import fcntl
+
+    fd = os.open(job_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 if __name__ == "__main__":

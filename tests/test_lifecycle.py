@@ -1,0 +1,127 @@
+"""Job lifecycle under stress: frozen runners, resumes while a pause is pending, one runner per folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from pathlib import Path
+
+import psutil
+import pytest
+
+from chatops.settings import Settings
+from chatops.testing import BotHarness, eventually
+from jobs.sdk.host import EXIT_FOLDER_BUSY
+from tests.test_jobs import TINY, job_id
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+async def quick_loss(settings: Settings) -> AsyncIterator[BotHarness]:
+    """A bot that declares a silent runner lost after 3 s (runs here report every 0.2 s)."""
+    jobs = settings.jobs.model_copy(update={"heartbeat_timeout": 3.0})
+    async with BotHarness(settings.model_copy(update={"jobs": jobs})) as bot:
+        yield bot
+
+
+@pytest.mark.slow
+async def test_a_frozen_runner_is_killed_when_lost_and_a_resume_runs_exactly_one(quick_loss: BotHarness) -> None:
+    bot = quick_loss
+    [reply] = await bot.say(f"train epochs=2000 {TINY}")
+    jid = job_id(reply.text)
+    await bot.wait_event(jid, "checkpoint", timeout=60)
+    [queued] = await bot.say(f"train epochs=2000 {TINY}")
+    second = job_id(queued.text)
+    assert "queued" in queued.text
+    pid = bot.app.job_store.get(jid).handle["pid"]
+
+    os.kill(pid, signal.SIGSTOP)
+    assert await bot.wait_state(jid, {"lost"}, timeout=30) == "lost"
+    assert _gone(pid), "a lost runner must not outlive its job's control"
+    lost = bot.app.job_store.get(jid)
+    assert "killed" in (lost.error or "")
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)  # thawed: nothing is left to train on
+
+    # The freed slot goes to the queued job; exactly one runner trains.
+    await bot.wait_event(second, "progress", timeout=60)
+    live = [j for j in bot.app.job_store.list() if j.handle and not _gone(j.handle["pid"])]
+    assert [j.id for j in live] == [second]
+    events_when_lost = len(bot.app.job_store.events(jid))
+    [refused] = await bot.say(f"stop {jid} --yes")
+    assert refused.error and "already ended (lost)" in refused.text
+    assert bot.app.job_store.get(jid).state == "lost"
+    assert len(bot.app.job_store.events(jid)) == events_when_lost, "no event from the lost runner"
+    await bot.say(f"stop {second} --yes")
+    await bot.wait_state(second, {"stopped"}, timeout=30)
+
+    [again] = await bot.say(f"resume {jid}")
+    assert not again.error and f"job {jid}" in again.text, again.text
+    await eventually(lambda: len(bot.app.job_store.events(jid, {"started"})) == 2, 60, "the resumed run's start")
+    await bot.wait_event(jid, "progress", timeout=30)
+    await bot.say(f"stop {jid} --yes")
+    assert await bot.wait_state(jid, {"stopped"}, timeout=30) == "stopped"
+    seqs = [e["seq"] for e in bot.app.job_store.events(jid) if "seq" in e]
+    assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs), "one runner wrote the folder at a time"
+    finals = [r for _, r, _ in bot.adapter.sent if r.job_id == jid and ("lost" in r.text or "stopped" in r.text)]
+    assert len([r for r in finals if r.text.startswith(f"job {jid} lost")]) == 1
+
+
+@pytest.mark.slow
+async def test_resume_while_a_pause_is_pending_cancels_it(bot: BotHarness) -> None:
+    [reply] = await bot.say(f"train epochs=2000 {TINY}")
+    jid = job_id(reply.text)
+    await bot.wait_event(jid, "progress", timeout=60)
+    pid = bot.app.job_store.get(jid).handle["pid"]
+    os.kill(pid, signal.SIGSTOP)  # the runner cannot reach the pause yet: it stays pending
+    try:
+        [paused] = await bot.say(f"pause {jid}")
+        assert "pausing" in paused.text
+        [again] = await bot.say(f"pause {jid}")
+        assert again.error and "already pausing" in again.text
+        assert bot.app.job_store.get(jid).state == "running"
+        [resumed] = await bot.say(f"resume {jid}")
+        assert not resumed.error and "pause" in resumed.text and "cancel" in resumed.text, resumed.text
+        [twice] = await bot.say(f"resume {jid}")
+        assert twice.error and "not paused" in twice.text
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # The runner handles both, in order, and trains on.
+    resumed_event = await bot.wait_event(jid, "resumed", timeout=30)
+    await eventually(
+        lambda: [e for e in bot.app.job_store.events(jid, {"progress"}) if e["seq"] > resumed_event["seq"]],
+        30, "progress after the cancelled pause",
+    )  # fmt: skip
+    assert bot.app.job_store.get(jid).state == "running"
+    await bot.say(f"stop {jid} --yes")
+    await bot.wait_state(jid, {"stopped"}, timeout=30)
+
+
+def test_a_second_runner_on_one_job_folder_refuses_to_start(tmp_path: Path) -> None:
+    """Whatever launches it (a second bot, a person), a job folder holds one runner at a time."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+         " fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(tmp_path / "runner.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        out = subprocess.run(
+            [sys.executable, "-m", "jobs.runners.mxnet", "--job-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == EXIT_FOLDER_BUSY and "another runner holds" in out.stderr
+        assert not (tmp_path / "events.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
