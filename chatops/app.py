@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from importlib.metadata import entry_points
 
 from chatops.adapter import Adapter, AdapterContext
 from chatops.auth import Authorizer
-from chatops.commands import training
+from chatops.commands import admin, training
 from chatops.health import HealthServer
 from chatops.message import Incoming, Reply
 from chatops.notifier import Notifier
@@ -56,6 +57,8 @@ class App:
         )
         self.registry = CommandRegistry()
         training.register(self.registry)
+        admin.register(self.registry)
+        self.exit_requested = asyncio.Event()
         self.authorizer = Authorizer(settings.auth, settings.console.user)
         self.router = Router(self.registry, self.chat_store, self.authorizer, app=self)
         for kind in self.manager.registry.names():
@@ -126,6 +129,10 @@ class App:
         if self.health is not None:
             await self.health.stop()
         self.db.close()
+
+    def request_exit(self) -> None:
+        """`exit` from chat: the process running the bot (`chatops run`) stops as after Ctrl-C."""
+        self.exit_requested.set()
 
     async def notify_admins(self, text: str) -> None:
         """Tell admins on every platform where an admin pattern names a concrete chat."""

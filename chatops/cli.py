@@ -45,7 +45,7 @@ async def _run(settings: Settings) -> int:
     console = app.adapters.get("console")
     names = ", ".join(app.adapters) or "none"
     logging.getLogger("chatops").info("chatops running (adapters: %s; data: %s)", names, settings.data_dir)
-    waiters = [asyncio.create_task(stop.wait())]
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(app.exit_requested.wait())]
     if isinstance(console, ConsoleAdapter):
         print(f"chatops ready ({names}). Type help; Ctrl-D to quit.", file=sys.stderr)
         waiters.append(asyncio.create_task(_after_eof(app, console)))

@@ -123,6 +123,8 @@ class Notifier:
         kind = event["type"]
         followers = self.store.followers(job.id)
         if kind == "state" and event["to"] in ("succeeded", "failed", "stopped", "lost"):
+            if event["from"] == "queued":
+                return  # cancelled before it ran: the answer to `stop` said so, there is nothing to report
             self.store.owe_final(job.id)
             self._compose(job.id)
             return

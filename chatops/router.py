@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from chatops.auth import Authorizer, Role
 from chatops.message import Button, Incoming, Reply
 from chatops.parser import Parsed, parse
-from chatops.specs import CommandError, CommandRegistry, CommandSpec
+from chatops.specs import CommandError, CommandRegistry, CommandSpec, Question
 from chatops.store import ChatStore
 from jobs.params import describe, suggest
 
@@ -90,7 +90,10 @@ class Router:
             if pending is None or pending.expires < time.time():
                 if not role:
                     return self._deny(incoming, role, None, zh)
-                return [Reply("没有需要确认的操作。" if zh else "Nothing to confirm.", error=True)]
+                # A question lives in the process that asked it (`chatops send stop` has exited).
+                return [Reply("没有需要确认的操作。需要确认的命令可以加 --yes，例如 停止 3f2a --yes" if zh else
+                              "Nothing to confirm. A command that asks can carry its yes: stop 3f2a --yes",
+                              error=True)]  # fmt: skip
             if parsed.word in NO_WORDS:
                 return [Reply("已取消。" if zh else "Cancelled.")]
             parsed = parse(pending.text, self.param_keys) or parsed
@@ -116,25 +119,26 @@ class Router:
         try:
             args, params = self._bind(spec, parsed, zh)
         except CommandError as exc:
-            return [Reply(str(exc), error=True)]
+            return [_refusal(exc)]
         ctx = CommandContext(self.app, incoming, spec, role, args, params, lang)
 
         if spec.confirm is not None and not parsed.confirmed:
             try:
-                question = spec.confirm(ctx)
+                asked = spec.confirm(ctx)
             except CommandError as exc:
-                return [Reply(str(exc), error=True)]
-            self._pending[pending_key] = _Pending(incoming.text, time.time() + CONFIRM_TTL)
-            line = _strip_confirm(incoming.text)
+                return [_refusal(exc)]
+            question = asked if isinstance(asked, Question) else Question(asked)
+            line = question.command or _strip_confirm(incoming.text)
+            self._pending[pending_key] = _Pending(line, time.time() + CONFIRM_TTL)
             buttons = [Button(ctx.tr("Yes", "确认"), f"{line} --yes"), Button(ctx.tr("Cancel", "取消"), "cancel")]
-            return [Reply(question + ctx.tr(" Reply yes to confirm.", " 回复 是 确认。"), buttons=buttons)]
+            return [Reply(question.text + ctx.tr(" Reply yes to confirm.", " 回复 是 确认。"), buttons=buttons)]
 
         if spec.changes_state:
             self.store.audit(who, spec.name, incoming.text.strip()[:500], allowed=True)
         try:
             result = await spec.handler(ctx)
         except CommandError as exc:
-            return [Reply(str(exc), error=True)]
+            return [_refusal(exc)]
         if isinstance(result, str):
             return [Reply(result)]
         return [result] if isinstance(result, Reply) else list(result)
@@ -188,6 +192,10 @@ class Router:
             return spec.args.model_validate(values), params
         except ValidationError as exc:
             raise CommandError("\n".join(describe(exc))) from None
+
+
+def _refusal(exc: CommandError) -> Reply:
+    return Reply(str(exc), error=True, buttons=exc.buttons)
 
 
 def _chinese(word: str) -> bool:

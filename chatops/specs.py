@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from chatops.auth import Role
-from chatops.message import Reply
+from chatops.message import Button, Reply
 
 if TYPE_CHECKING:
     from chatops.router import CommandContext
@@ -23,7 +23,21 @@ class NoArgs(BaseModel):
 
 
 class CommandError(Exception):
-    """A refusal meant for the user: the router turns it into one clear error reply."""
+    """A refusal meant for the user: the router turns it into one clear error reply, with
+    `buttons` when the way on is one tap (which job did you mean?)."""
+
+    def __init__(self, message: str, buttons: list[Button] | None = None) -> None:
+        super().__init__(message)
+        self.buttons = buttons or []
+
+
+@dataclass(frozen=True)
+class Question:
+    """What a `confirm` callback asks; `command` is what a yes runs when it must differ from the
+    text typed (a job picked by default is named, so the yes acts on the job the question named)."""
+
+    text: str
+    command: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,7 +52,7 @@ class CommandSpec:
     role: Role = Role.viewer
     # Keys not in `args` are job parameters for the handler to validate against a kind's schema.
     job_params: bool = False
-    confirm: Callable[[CommandContext], str] | None = None  # question asked before running
+    confirm: Callable[[CommandContext], str | Question] | None = None  # asked before running
     examples: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 

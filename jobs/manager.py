@@ -115,7 +115,10 @@ class JobManager:
         model = job_kind.params.model_validate(params)
         return job_kind.name, model.model_dump(mode="json")
 
-    async def submit(self, kind: str | None, params: dict[str, Any], *, owner: str, origin: str) -> Job:
+    async def submit(
+        self, kind: str | None, params: dict[str, Any], *, owner: str, origin: str, checkpoint: str | None = None
+    ) -> Job:
+        """Queue a job; with `checkpoint`, it starts from there (training on from another job)."""
         kind_name, clean = self.validate(kind, params)
         async with self._lock:
             job_id = self.store.new_id()
@@ -123,7 +126,7 @@ class JobManager:
             job_dir.mkdir(parents=True, exist_ok=False)
             job = Job(
                 id=job_id, kind=kind_name, params=clean, state=QUEUED, owner=owner,
-                origin=origin, job_dir=str(job_dir), created_at=time.time(),
+                origin=origin, job_dir=str(job_dir), created_at=time.time(), checkpoint=checkpoint,
             )  # fmt: skip
             self.store.insert(job)
             self.store.add_event(job.id, _state_event(None, QUEUED, "submitted"))
@@ -135,8 +138,9 @@ class JobManager:
         """Files the run attached (`run.artifact`), latest per name."""
         return list({e["name"]: e for e in self.store.events(job_id, {"artifact"})}.values())
 
-    async def resume(self, job_id: str) -> Job:
-        """Queue a stopped, failed or lost job again; it continues from its last checkpoint."""
+    async def resume(self, job_id: str, params: dict[str, Any] | None = None) -> Job:
+        """Queue a stopped, failed or lost job again; it continues from its last checkpoint, with
+        `params` (validated whole) in place of its own when given (`epochs` raised, say)."""
         await self._retire(self.require(job_id))
         async with self._lock:
             job = self.require(job_id)
@@ -144,6 +148,8 @@ class JobManager:
                 raise JobError(f"job {job.id} is {job.state}; only stopped, failed or lost jobs resume")
             if not job.checkpoint:
                 raise JobError(f"job {job.id} has no checkpoint to resume from")
+            if params is not None:
+                job.params = self.validate(job.kind, params)[1]
             # The launch waits until the previous runner is gone (`_launch`); one folder, one runner.
             job.stop_requested = False
             job.error = None

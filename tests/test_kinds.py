@@ -173,6 +173,10 @@ async def test_bad_kinds_answer_one_line_and_leave_the_others_working(kinds_bot:
     jid = job_id(reply.text)
     final = await bot.wait_for(lambda r: r.job_id == jid and "failed" in r.text, timeout=60)
     assert "ValueError: bad data path /nowhere" in final.text
+    # Where it broke travels with the verdict, and the log has the whole traceback.
+    assert 'raises.py", line 5, in train' in final.text, final.text
+    [logs] = await bot.say(f"logs {jid}")
+    assert "Traceback (most recent call last)" in logs.text and "ValueError: bad data path" in logs.text
     [reply] = await bot.say("train silent")
     jid = job_id(reply.text)
     final = await bot.wait_for(lambda r: r.job_id == jid and "failed" in r.text, timeout=60)

@@ -125,3 +125,86 @@ def test_a_second_runner_on_one_job_folder_refuses_to_start(tmp_path: Path) -> N
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.slow
+async def test_stop_without_an_id_means_the_running_job_never_a_queued_one(bot: BotHarness) -> None:
+    [first] = await bot.say(f"train epochs=2000 {TINY}")
+    running = job_id(first.text)
+    [second] = await bot.say(f"train epochs=1 {TINY}")
+    queued = job_id(second.text)
+    await bot.wait_event(running, "progress", timeout=60)
+    [question] = await bot.say("stop")
+    assert f"Stop job {running}" in question.text
+    assert [b.command for b in question.buttons][0] == f"stop {running} --yes"
+    [done] = await bot.say("yes")
+    assert f"job {running} stopping" in done.text
+    assert await bot.wait_state(running, {"stopped"}, timeout=30) == "stopped"
+    assert await bot.wait_state(queued, {"succeeded"}, timeout=60) == "succeeded", "the queued job was left alone"
+
+
+@pytest.mark.slow
+async def test_cancelling_a_queued_job_answers_once(bot: BotHarness) -> None:
+    [first] = await bot.say(f"train epochs=2000 {TINY}")
+    running = job_id(first.text)
+    [second] = await bot.say(f"train epochs=1 {TINY}")
+    queued = job_id(second.text)
+    [cancelled] = await bot.say(f"stop {queued} --yes")
+    assert cancelled.text == f"job {queued} cancelled before it started."
+    await bot.say(f"stop {running} --yes")
+    await bot.wait_for(lambda r: r.job_id == running and r.text.startswith(f"job {running} stopped"), timeout=30)
+    about = [r.text for _, r, _ in bot.adapter.sent if r.job_id == queued]
+    assert about == [second.text, cancelled.text], about
+
+
+@pytest.mark.slow
+async def test_with_several_running_jobs_a_bare_command_picks_the_callers_or_asks(settings: Settings) -> None:
+    jobs = settings.jobs.model_copy(update={"max_parallel": 2})
+    async with BotHarness(settings.model_copy(update={"jobs": jobs})) as bot:
+        [mine] = await bot.say(f"train epochs=2000 {TINY}", user="op")
+        [theirs] = await bot.say(f"train epochs=2000 {TINY}", user="op2")
+        a, b = job_id(mine.text), job_id(theirs.text)
+        await bot.wait_event(a, "progress", timeout=60)
+        await bot.wait_event(b, "progress", timeout=60)
+        [paused] = await bot.say("pause", user="op")
+        assert f"job {a} pausing" in paused.text
+        [ask] = await bot.say("stop", user="admin")  # owns neither: which one?
+        assert ask.error and "2 jobs could be meant" in ask.text
+        assert sorted(btn.command for btn in ask.buttons) == sorted([f"stop {a}", f"stop {b}"])
+        [status] = await bot.say("status", user="op2")
+        assert status.text.startswith(f"job {b}:")
+        for jid in (a, b):
+            await bot.say(f"stop {jid} --yes")
+        for jid in (a, b):
+            await bot.wait_state(jid, {"stopped"}, timeout=30)
+
+
+@pytest.mark.slow
+async def test_a_run_is_extended_by_resuming_it_with_more_epochs(bot: BotHarness) -> None:
+    [reply] = await bot.say(f"train epochs=2 {TINY}")
+    jid = job_id(reply.text)
+    assert await bot.wait_state(jid, {"succeeded"}, timeout=60) == "succeeded"
+    [hint] = await bot.say(f"train resume={jid}")
+    assert hint.error and f"train resume={jid} epochs=20" in hint.text
+    [bad] = await bot.say(f"train resume={jid} epochs=zero")
+    assert bad.error and "epochs" in bad.text
+    [more] = await bot.say(f"train resume={jid} epochs=4")
+    assert not more.error and f"from job {jid}'s checkpoint" in more.text, more.text
+    new = job_id(more.text)
+    assert new != jid and await bot.wait_state(new, {"succeeded"}, timeout=60) == "succeeded"
+    epochs = [e["epoch"] for e in bot.app.job_store.events(new, {"epoch"})]
+    assert epochs == [3, 4], "it trained on from epoch 2, not from scratch"
+    assert bot.app.job_store.get(jid).state == "succeeded" and bot.app.job_store.get(new).params["epochs"] == 4
+
+
+async def test_exit_shuts_the_bot_down_after_a_yes_and_help_tells_of_yes(bot: BotHarness) -> None:
+    [denied] = await bot.say("exit", user="op")
+    assert denied.error and "exit needs the admin role" in denied.text
+    [question] = await bot.say("exit", user="admin")
+    assert "Shut the bot down?" in question.text and not bot.app.exit_requested.is_set()
+    [bye] = await bot.say("yes", user="admin")
+    assert "Shutting the bot down" in bye.text and bot.app.exit_requested.is_set()
+    [usage] = await bot.say("help stop")
+    assert "--yes" in usage.text
+    [nothing] = await bot.say("yes")
+    assert nothing.error and "--yes" in nothing.text

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatops.auth import Role
-from chatops.message import Reply
+from chatops.message import Button, Reply
 from chatops.notifier import job_buttons
 from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
 from chatops.router import CommandContext
-from chatops.specs import CommandError, CommandRegistry, CommandSpec
+from chatops.specs import CommandError, CommandRegistry, CommandSpec, Question
 from jobs.manager import JobError, log_tail
 from jobs.params import fields_of, live_change, validate
 from jobs.schemas import JobParams, KindUnavailable
-from jobs.store import ACTIVE_STATES, PAUSED, QUEUED, TERMINAL_STATES, Job
+from jobs.store import ACTIVE_STATES, FAILED, LOST, PAUSED, QUEUED, RUNNING, STARTING, STOPPED, TERMINAL_STATES, Job
 
 
 class _Args(BaseModel):
@@ -47,19 +49,51 @@ class ParamsArgs(_Args):
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _find_job(ctx: CommandContext, ref: str | None, states: frozenset[str] | set[str] | None = None) -> Job:
-    manager = ctx.app.manager
+def _find_job(ctx: CommandContext, ref: str) -> Job:
+    try:
+        return ctx.app.manager.require(ref.lower().removeprefix("#"))
+    except JobError as exc:
+        raise CommandError(
+            ctx.tr(str(exc) + ". Send jobs for the list.", f"没有任务 {ref}。发送 任务 查看列表。")
+        ) from None
+
+
+def _pick(
+    ctx: CommandContext,
+    ref: str | None,
+    verb: str,
+    states: Collection[str],
+    fallback: Collection[str] | None = None,
+    accept: Callable[[Job], bool] = lambda job: True,
+) -> Job:
+    """The job a command means. Named: that one. Otherwise the one job in `states` (the caller's
+    own first); with several, ask, a button each; with none, the newest in `fallback` states (all
+    states when empty; the caller's own first). Never silently the newest of all: a `stop` meant for
+    the running job must not cancel a queued one."""
     if ref:
-        try:
-            return manager.require(ref.lower().removeprefix("#"))
-        except JobError as exc:
-            raise CommandError(
-                ctx.tr(str(exc) + ". Send jobs for the list.", f"没有任务 {ref}。发送 任务 查看列表。")
-            ) from None
-    jobs = manager.store.list(states, limit=1) if states else manager.store.list(limit=1)
-    if not jobs:
-        raise CommandError(ctx.tr("No matching job. Send jobs for the list.", "没有符合的任务。"))
-    return jobs[0]
+        return _find_job(ctx, ref)
+    store = ctx.app.manager.store
+    me = ctx.incoming.sender.key
+    candidates = [j for j in store.list(set(states), limit=50) if accept(j)]
+    pool = [j for j in candidates if j.owner == me] or candidates
+    if len(pool) == 1:
+        return pool[0]
+    zh = ctx.lang == "zh"
+    if pool:
+        shown = pool[:6]
+        listing = "\n".join(_job_line(ctx, j, zh) for j in shown)
+        raise CommandError(
+            ctx.tr("{n} jobs could be meant; which one? Send {verb} <id>:\n{jobs}",
+                   "有 {n} 个任务符合，请指明：{verb} <id>\n{jobs}", n=len(pool), verb=verb, jobs=listing),
+            [Button(f"{verb} {j.id}", f"{verb} {j.id}") for j in shown],
+        )  # fmt: skip
+    if fallback is not None:
+        older = store.list(set(fallback) or None, limit=50)
+        mine = [j for j in older if j.owner == me] or older
+        if mine:
+            return mine[0]
+    raise CommandError(ctx.tr("No matching job for {verb}. Send jobs for the list.",
+                              "没有符合的任务。发送 任务 查看列表。", verb=verb))  # fmt: skip
 
 
 def _kind_model(ctx: CommandContext, kind: str | None) -> tuple[str, type[JobParams]]:
@@ -150,6 +184,10 @@ async def cmd_help(ctx: CommandContext) -> str:
         if spec.aliases:
             lines.append(ctx.tr("aliases: ", "别名：") + ", ".join(spec.aliases))
         lines.append(ctx.tr("role: ", "所需角色：") + spec.role.name)
+        if spec.confirm is not None:
+            lines.append(ctx.tr("asks to confirm (reply yes); add --yes to skip the question, as with "
+                                "chatops send \"{n} --yes\"", "执行前会请你确认（回复 是）；加 --yes 可跳过确认",
+                                n=spec.examples[0] if spec.examples else spec.name))  # fmt: skip
         for field_name, info in spec.args.model_fields.items():
             lines.append(f"  {field_name}: {info.description or ''}".rstrip())
         if spec.job_params:
@@ -230,21 +268,35 @@ async def cmd_set(ctx: CommandContext) -> Reply:
 async def cmd_train(ctx: CommandContext) -> Reply:
     manager = ctx.app.manager
     args: TrainArgs = ctx.args  # type: ignore[assignment]
-    if args.resume:
-        if ctx.params:
-            raise CommandError(ctx.tr("train resume=<id> continues with the job's own parameters; drop the others.",
-                                      "resume=<id> 沿用原任务的参数，请去掉其他参数。"))  # fmt: skip
-        job = _find_job(ctx, args.resume)
-        try:
-            job = await manager.resume(job.id)
-        except JobError as exc:
-            raise _job_error(ctx, exc) from None
-        ctx.app.chat_store.follow(job.id, ctx.incoming.conversation.key, ctx.lang)
-        return _resumed(ctx, job)
-    kind, model = _kind_model(ctx, args.kind)
     conv = ctx.incoming.conversation.key
-    params = _validated(ctx, model, ctx.params, ctx.app.chat_store.saved_params(conv, kind))
-    job = await manager.submit(kind, params, owner=ctx.incoming.sender.key, origin=conv)
+    checkpoint = None
+    if args.resume:
+        # The job's own parameters, with what is given changed (`train resume=3f2a epochs=20`).
+        job = _find_job(ctx, args.resume)
+        if args.kind and args.kind != job.kind:
+            raise CommandError(ctx.tr("job {id} is a {k} job; resume it as one.", "job {id} 是 {k} 任务。",
+                                      id=job.id, k=job.kind))  # fmt: skip
+        kind, model = _kind_model(ctx, job.kind)
+        params = _validated(ctx, model, ctx.params, job.params) if ctx.params else None
+        if job.state != "succeeded":
+            try:
+                job = await manager.resume(job.id, params)
+            except JobError as exc:
+                raise _job_error(ctx, exc) from None
+            ctx.app.chat_store.follow(job.id, conv, ctx.lang)
+            return _resumed(ctx, job)
+        # A finished run trains on as a new job from its last checkpoint; its own record stays.
+        if params is None or not job.checkpoint:
+            raise CommandError(ctx.tr(
+                "job {id} succeeded; to train on from its last checkpoint give what changes, e.g. "
+                "train resume={id} epochs=20" if job.checkpoint else "job {id} succeeded and kept no checkpoint.",
+                "job {id} 已完成；要在它的检查点上继续训练，请给出要改的参数，例如 开始 resume={id} ep 20",
+                id=job.id))  # fmt: skip
+        checkpoint, source = job.checkpoint, job.id
+    else:
+        kind, model = _kind_model(ctx, args.kind)
+        params = _validated(ctx, model, ctx.params, ctx.app.chat_store.saved_params(conv, kind))
+    job = await manager.submit(kind, params, owner=ctx.incoming.sender.key, origin=conv, checkpoint=checkpoint)
     ctx.app.chat_store.follow(job.id, conv, ctx.lang)
     if job.state == QUEUED:
         running = [j.id for j in manager.store.list(ACTIVE_STATES, limit=5)]
@@ -257,21 +309,39 @@ async def cmd_train(ctx: CommandContext) -> Reply:
     else:
         summary = _summary(ctx, job, ctx.lang == "zh")
         text = ctx.tr("job {id} started: {s}", "训练已开始：job {id}（{s}）", id=job.id, s=summary)
+    if checkpoint:
+        text += ctx.tr(" It trains on from job {src}'s checkpoint {c}.", "从 job {src} 的检查点 {c} 继续训练。",
+                       src=source, c=Path(checkpoint).name)  # fmt: skip
     return Reply(text, job_id=job.id, buttons=job_buttons(job.id, "running", ctx.lang == "zh"))
 
 
-def _confirm_stop(ctx: CommandContext) -> str:
-    job = _find_job(ctx, ctx.args.job, ACTIVE_STATES | {QUEUED})  # type: ignore[attr-defined]
+def _stop_target(ctx: CommandContext) -> Job:
+    """The running job (the caller's); only with none running, a queued one."""
+    ref = ctx.args.job  # type: ignore[attr-defined]
+    if ref:
+        return _find_job(ctx, ref)
+    try:
+        return _pick(ctx, None, "stop", ACTIVE_STATES)
+    except CommandError as exc:
+        if exc.buttons:
+            raise
+        return _pick(ctx, None, "stop", {QUEUED})
+
+
+def _confirm_stop(ctx: CommandContext) -> Question:
+    job = _stop_target(ctx)
     if job.terminal:
         raise CommandError(ctx.tr(f"job {job.id} already ended ({job.state}).",
                                   f"job {job.id} 已经结束（{state_word(job.state, True)}）。"))  # fmt: skip
     zh = ctx.lang == "zh"
-    return ctx.tr(f"Stop job {job.id} ({job.state}, {_summary(ctx, job)})?",
+    text = ctx.tr(f"Stop job {job.id} ({job.state}, {_summary(ctx, job)})?",
                   f"停止 job {job.id}（{state_word(job.state, zh)}，{_summary(ctx, job, zh)}）？")  # fmt: skip
+    # A yes stops this job, whatever starts meanwhile; the reply keeps the language asked in.
+    return Question(text, command=f"{'停止' if zh else 'stop'} {job.id}")
 
 
 async def cmd_stop(ctx: CommandContext) -> Reply:
-    job = _find_job(ctx, ctx.args.job, ACTIVE_STATES | {QUEUED})  # type: ignore[attr-defined]
+    job = _stop_target(ctx)
     try:
         job = await ctx.app.manager.stop(job.id)
     except JobError as exc:
@@ -283,7 +353,7 @@ async def cmd_stop(ctx: CommandContext) -> Reply:
 
 
 async def cmd_pause(ctx: CommandContext) -> Reply:
-    job = _find_job(ctx, ctx.args.job, ACTIVE_STATES)  # type: ignore[attr-defined]
+    job = _pick(ctx, ctx.args.job, "pause", {RUNNING, STARTING})  # type: ignore[attr-defined]
     try:
         await ctx.app.manager.control(job.id, "pause")
     except JobError as exc:
@@ -295,7 +365,9 @@ async def cmd_pause(ctx: CommandContext) -> Reply:
 
 async def cmd_resume(ctx: CommandContext) -> Reply:
     manager = ctx.app.manager
-    job = _find_job(ctx, ctx.args.job, {PAUSED, "stopped", "failed", "lost"})  # type: ignore[attr-defined]
+    # A paused job (or one with a pause pending) first; else the newest stopped, failed or lost one.
+    job = _pick(ctx, ctx.args.job, "resume", ACTIVE_STATES, {STOPPED, FAILED, LOST},  # type: ignore[attr-defined]
+                accept=manager.pause_pending)  # fmt: skip
     try:
         if job.state in ACTIVE_STATES:
             pending = job.state != PAUSED  # running, with a pause it has not reached yet
@@ -314,11 +386,7 @@ async def cmd_resume(ctx: CommandContext) -> Reply:
 async def cmd_status(ctx: CommandContext) -> Reply:
     ref = ctx.args.job  # type: ignore[attr-defined]
     manager = ctx.app.manager
-    if ref:
-        job = _find_job(ctx, ref)
-    else:
-        active = manager.store.list(ACTIVE_STATES, limit=1)
-        job = active[0] if active else _find_job(ctx, None)
+    job = _pick(ctx, ref, "status", ACTIVE_STATES, ())
     zh = ctx.lang == "zh"
     lines = [
         f"job {job.id}: {state_word(job.state, zh)}  {job.kind}: {_summary(ctx, job, zh)}",
@@ -355,7 +423,7 @@ async def cmd_jobs(ctx: CommandContext) -> str:
 
 
 async def cmd_logs(ctx: CommandContext) -> str:
-    job = _find_job(ctx, ctx.args.job)  # type: ignore[attr-defined]
+    job = _pick(ctx, ctx.args.job, "logs", ACTIVE_STATES, ())  # type: ignore[attr-defined]
     tail = log_tail(job.dir, ctx.args.n)  # type: ignore[attr-defined]
     n = ctx.args.n  # type: ignore[attr-defined]
     head = ctx.tr("job {id} log (last {n} lines):", "job {id} 日志（最后 {n} 行）：", id=job.id, n=n)
@@ -363,7 +431,7 @@ async def cmd_logs(ctx: CommandContext) -> str:
 
 
 async def cmd_plot(ctx: CommandContext) -> Reply:
-    job = _find_job(ctx, ctx.args.job)  # type: ignore[attr-defined]
+    job = _pick(ctx, ctx.args.job, "plot", ACTIVE_STATES, ())  # type: ignore[attr-defined]
     path = await ctx.app.notifier.plot(job)
     if path is None:
         raise CommandError(ctx.tr(f"job {job.id} has no metrics to plot yet.", f"job {job.id} 还没有可画的指标。"))
@@ -371,7 +439,7 @@ async def cmd_plot(ctx: CommandContext) -> Reply:
 
 
 async def cmd_follow(ctx: CommandContext) -> str:
-    job = _find_job(ctx, ctx.args.job)  # type: ignore[attr-defined]
+    job = _pick(ctx, ctx.args.job, "follow", ACTIVE_STATES, ())  # type: ignore[attr-defined]
     added = ctx.app.chat_store.follow(job.id, ctx.incoming.conversation.key, ctx.lang)
     if added:
         return ctx.tr(f"Following job {job.id}.", f"已关注 job {job.id}，进度会发到这里。")
@@ -379,7 +447,7 @@ async def cmd_follow(ctx: CommandContext) -> str:
 
 
 async def cmd_unfollow(ctx: CommandContext) -> str:
-    job = _find_job(ctx, ctx.args.job)  # type: ignore[attr-defined]
+    job = _pick(ctx, ctx.args.job, "unfollow", ACTIVE_STATES, ())  # type: ignore[attr-defined]
     removed = ctx.app.chat_store.unfollow(job.id, ctx.incoming.conversation.key)
     if removed:
         return ctx.tr(f"Stopped following job {job.id}.", f"已取消关注 job {job.id}。")
