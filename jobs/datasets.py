@@ -84,10 +84,12 @@ def load_digits() -> Dataset:
     return Dataset("digits", x_train, y_train, x_val, y_val, x_test, y_test)
 
 
-def load_idx_dataset(name: str, datasets_dir: str | Path | None) -> Dataset:
-    """MNIST / Fashion-MNIST from local IDX files (optionally gzipped)."""
+SETTING = "[jobs] datasets_dir (or CHATOPS_JOBS__DATASETS_DIR)"  # where the user sets the folder
+
+
+def _idx_paths(name: str, datasets_dir: str | Path | None) -> dict[str, Path]:
     if datasets_dir is None:
-        raise DatasetError(f"data set {name!r} needs options.datasets_dir (folder of IDX files)")
+        raise DatasetError(f"data set {name} needs a folder of IDX files: set {SETTING} in the config")
     root = Path(datasets_dir).expanduser()
     folders = [root / "mnist", root] if name == "mnist" else [root / name]
     folder = next((f for f in folders if _find_idx(f, IDX_FILES["train_images"])), folders[0])
@@ -96,8 +98,23 @@ def load_idx_dataset(name: str, datasets_dir: str | Path | None) -> Dataset:
         found = _find_idx(folder, base)
         if found is None:
             tried = " or ".join(str(f / base) + "[.gz]" for f in folders)
-            raise DatasetError(f"{name}: missing IDX file {base} (looked for {tried})")
+            raise DatasetError(f"data set {name}: missing IDX file {base} (looked for {tried}; set by {SETTING})")
         paths[key] = found
+    return paths
+
+
+def missing_idx(name: str, datasets_dir: str | Path | None) -> str | None:
+    """Why `name` cannot be loaded from `datasets_dir` (files absent), without reading it; None if it can."""
+    try:
+        _idx_paths(name, datasets_dir)
+    except DatasetError as exc:
+        return str(exc)
+    return None
+
+
+def load_idx_dataset(name: str, datasets_dir: str | Path | None) -> Dataset:
+    """MNIST / Fashion-MNIST from local IDX files (optionally gzipped)."""
+    paths = _idx_paths(name, datasets_dir)
     x_train = read_idx(paths["train_images"]).astype(np.float32)[:, None] / 255.0
     y_train = read_idx(paths["train_labels"]).astype(np.int32)
     x_test = read_idx(paths["test_images"]).astype(np.float32)[:, None] / 255.0

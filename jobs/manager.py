@@ -120,6 +120,7 @@ class JobManager:
     ) -> Job:
         """Queue a job; with `checkpoint`, it starts from there (training on from another job)."""
         kind_name, clean = self.validate(kind, params)
+        await self.preflight(kind_name, clean)
         async with self._lock:
             job_id = self.store.new_id()
             job_dir = self.jobs_dir / job_id
@@ -133,6 +134,15 @@ class JobManager:
         await self._publish(job, _state_event(None, QUEUED, "submitted"))
         await self.tick()
         return self.store.get(job_id) or job
+
+    async def preflight(self, kind: str, params: dict[str, Any]) -> None:
+        """Refuse now what would fail as soon as the runner starts (JobError, one line per problem)."""
+        job_kind = self.registry.get(kind)
+        options = {**self.runner_options, **job_kind.options}
+        host = _Host(options.get("datasets_dir"), self.executor)
+        problems = await asyncio.to_thread(job_kind.params.model_validate(params).preflight, host)
+        if problems:
+            raise JobError("\n".join(problems))
 
     def artifacts(self, job_id: str) -> list[dict[str, Any]]:
         """Files the run attached (`run.artifact`), latest per name."""
@@ -150,6 +160,7 @@ class JobManager:
                 raise JobError(f"job {job.id} has no checkpoint to resume from")
             if params is not None:
                 job.params = self.validate(job.kind, params)[1]
+                await self.preflight(job.kind, job.params)
             # The launch waits until the previous runner is gone (`_launch`); one folder, one runner.
             job.stop_requested = False
             job.error = None
@@ -431,6 +442,12 @@ class JobManager:
                 await listener(job, event)
             except Exception:
                 log.exception("job listener failed on %s", event.get("type"))
+
+
+class _Host:
+    def __init__(self, datasets_dir: str | None, executor: Executor) -> None:
+        self.datasets_dir = datasets_dir
+        self.gpu_count = executor.gpu_count
 
 
 def _state_event(old: str | None, new: str, reason: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ job may change. Validation is the only gate between chat text and a training pro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
@@ -25,6 +25,16 @@ def param(default: Any, *aliases: str, live: bool = False, zh: str = "", **kwarg
     )
 
 
+class Host(Protocol):
+    """What a preflight may ask about the place the runner will run."""
+
+    datasets_dir: str | None
+
+    def gpu_count(self) -> int | None:
+        """GPUs the runner's MXNet can use; None when it cannot be told."""
+        ...
+
+
 class JobParams(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
@@ -38,6 +48,11 @@ class JobParams(BaseModel):
             for alias in extra.get("aliases", []):  # type: ignore[union-attr]
                 out[str(alias).lower()] = name
         return out
+
+    def preflight(self, host: Host) -> list[str]:
+        """What can be known to fail before the runner starts (a missing data folder, a GPU that
+        is not there), one line each: `train` answers with these instead of "started"."""
+        return []
 
     def summary(self, zh: bool = False) -> str:
         """A short line for chat (`job 3f2a started: <summary>`); kinds override it to pick fields."""
@@ -108,6 +123,24 @@ class MXNetParams(JobParams):
     def _devices_once(cls, value: str) -> str:
         parse_contexts(value)
         return value
+
+    def preflight(self, host: Host) -> list[str]:
+        problems = []
+        if self.dataset != "digits":
+            from jobs.datasets import missing_idx
+
+            missing = missing_idx(self.dataset, host.datasets_dir)
+            if missing:
+                problems.append(missing)
+        wanted = [index for device, index in parse_contexts(self.context) if device == "gpu"]
+        if wanted:
+            have = host.gpu_count()
+            if have is not None and max(wanted) >= have:
+                problems.append(
+                    f"context={self.context}: the runner's MXNet sees {have} GPU(s)"
+                    + (" (a CPU-only build, or no CUDA device here); use context=cpu" if have == 0 else "")
+                )
+        return problems
 
     def summary(self, zh: bool = False) -> str:
         epochs = f"{self.epochs} 轮" if zh else f"{self.epochs} epoch" + ("" if self.epochs == 1 else "s")

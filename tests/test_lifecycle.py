@@ -208,3 +208,14 @@ async def test_exit_shuts_the_bot_down_after_a_yes_and_help_tells_of_yes(bot: Bo
     assert "--yes" in usage.text
     [nothing] = await bot.say("yes")
     assert nothing.error and "--yes" in nothing.text
+
+
+async def test_train_refuses_up_front_what_would_fail_at_once(bot: BotHarness, tmp_path: Path) -> None:
+    """No "started" for a run that cannot start: the data folder and the GPUs are checked first."""
+    [no_folder] = await bot.say("train dataset=mnist")
+    assert no_folder.error and "[jobs] datasets_dir" in no_folder.text and "options." not in no_folder.text
+    assert not bot.app.job_store.list()
+    if bot.app.manager.executor.gpu_count() == 0:  # this machine: a CPU-only build or no CUDA device
+        [no_gpu] = await bot.say("train context=gpu")
+        assert no_gpu.error and "context=gpu: the runner's MXNet sees 0 GPU(s)" in no_gpu.text
+        assert not bot.app.job_store.list()

@@ -296,7 +296,10 @@ async def cmd_train(ctx: CommandContext) -> Reply:
     else:
         kind, model = _kind_model(ctx, args.kind)
         params = _validated(ctx, model, ctx.params, ctx.app.chat_store.saved_params(conv, kind))
-    job = await manager.submit(kind, params, owner=ctx.incoming.sender.key, origin=conv, checkpoint=checkpoint)
+    try:
+        job = await manager.submit(kind, params, owner=ctx.incoming.sender.key, origin=conv, checkpoint=checkpoint)
+    except JobError as exc:  # the preflight: what would fail as soon as the runner starts
+        raise _job_error(ctx, exc) from None
     ctx.app.chat_store.follow(job.id, conv, ctx.lang)
     if job.state == QUEUED:
         running = [j.id for j in manager.store.list(ACTIVE_STATES, limit=5)]

@@ -37,6 +37,10 @@ class Executor(Protocol):
         """None while the runner lives, else how it ended."""
         ...
 
+    def gpu_count(self) -> int | None:
+        """GPUs a runner's MXNet would see (None: cannot tell); asked before a GPU job starts."""
+        ...
+
     def alive(self, handle: dict[str, Any]) -> bool:
         """Whether the runner this handle names still exists (frozen counts as alive)."""
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -45,6 +46,23 @@ class LocalExecutor:
         self.python = python or sys.executable
         self.env = env or {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._gpus: int | None = None
+        self._gpus_known = False
+
+    def gpu_count(self) -> int | None:
+        """Without a CUDA device node there is nothing to ask; otherwise the runner's own Python
+        imports MXNet once to count (the bot never imports it)."""
+        if not self._gpus_known:
+            count: int | None = 0
+            if glob.glob("/dev/nvidia[0-9]*"):
+                probe = [self.python, "-c", "import mxnet; print(mxnet.context.num_gpus())"]
+                try:
+                    out = subprocess.run(probe, capture_output=True, text=True, timeout=120, check=True).stdout
+                    count = int(out.strip().splitlines()[-1])
+                except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+                    count = None
+            self._gpus, self._gpus_known = count, True
+        return self._gpus
 
     async def launch(self, job_id: str, job_dir: Path, runner_module: str) -> dict[str, Any]:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
