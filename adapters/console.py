@@ -103,6 +103,14 @@ class ConsoleAdapter(Adapter):
             self.out.write(text + "\n")
         self.out.flush()
 
+    def note(self, text: str) -> None:
+        """A remark of the command line itself (not a reply) on stderr, after ending any live line."""
+        if self._live_line is not None:
+            self.out.write("\n")
+            self.out.flush()
+            self._live_line = None
+        print(text, file=sys.stderr, flush=True)
+
     async def stop(self) -> None:
         if self._live_line is not None:
             self.out.write("\n")

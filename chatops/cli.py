@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -14,9 +15,10 @@ from pathlib import Path
 from adapters.console import ConsoleAdapter
 from chatops.app import AdapterUnavailable, App
 from chatops.settings import Settings, load_settings
-from jobs.store import ACTIVE_STATES, QUEUED, SUCCEEDED, TERMINAL_STATES
+from jobs.store import ACTIVE_STATES, QUEUED, SUCCEEDED, TERMINAL_STATES, Job
 
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_CONFIG = 0, 1, 2, 3
+BOT_LOCK = "bot.lock"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -36,6 +38,7 @@ def _logging(level: str) -> None:
 
 async def _run(settings: Settings) -> int:
     app = App(settings)
+    held = _hold_data_dir(settings.data_dir)
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -53,6 +56,7 @@ async def _run(settings: Settings) -> int:
     for w in waiters:
         w.cancel()
     await app.stop()
+    os.close(held)
     return EXIT_OK
 
 
@@ -74,16 +78,19 @@ async def _send(settings: Settings, text: str, wait: bool) -> int:
         await app.notifier.drain()
         if any(r.error for r in replies):
             return EXIT_REJECTED
+        # Jobs this message started or queued (not every job that moved meanwhile: `whoami` starts none).
+        named = dict.fromkeys(r.job_id for r in replies if r.job_id)
         started = [
-            j.id for j in app.job_store.list(limit=200)
-            if (j.state in ACTIVE_STATES | {QUEUED}) and before.get(j.id) != (j.state, j.runs)
+            job for job in (app.job_store.get(i) for i in named)
+            if job and job.state in ACTIVE_STATES | {QUEUED} and before.get(job.id) != (job.state, job.runs)
         ]  # fmt: skip
         if not wait or not started:
-            if started and not wait:
-                print("(the job runs on in the background; follow it with: chatops run, or status)", file=sys.stderr)
+            if started:
+                console.note(_background_note(started, bot_running(settings.data_dir)))
             return EXIT_OK
+        ids = [j.id for j in started]
         while True:
-            jobs = [app.job_store.get(i) for i in started]
+            jobs = [app.job_store.get(i) for i in ids]
             if all(j is not None and j.state in TERMINAL_STATES for j in jobs):
                 break
             await asyncio.sleep(0.2)
@@ -91,6 +98,47 @@ async def _send(settings: Settings, text: str, wait: bool) -> int:
         return EXIT_OK if all(j is not None and j.state == SUCCEEDED for j in jobs) else EXIT_FAILED
     finally:
         await app.stop()
+
+
+def _background_note(jobs: list[Job], bot: bool) -> str:
+    queued = [j.id for j in jobs if j.state == QUEUED]
+    running = [j.id for j in jobs if j.state != QUEUED]
+    lines = []
+    if running:
+        ids = ", ".join(f"job {i}" for i in running)
+        lines.append(f"({ids} runs on in the background; " + (
+            "the bot running here reports on it)" if bot else "its report comes when a bot runs: chatops run)"))
+    if queued:
+        ids = ", ".join(f"job {i}" for i in queued)
+        lines.append(f"({ids} waits for a free slot; the bot running here starts it)" if bot else
+                     f"({ids} is queued, and nothing starts it while no bot runs on this data directory: "
+                     "start one with chatops run, or send with --wait)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def bot_running(data_dir: Path) -> bool:
+    """Whether a `chatops run` holds this data directory (see `_hold_data_dir`)."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / BOT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we got
+    return False
+
+
+def _hold_data_dir(data_dir: Path) -> int:
+    """A shared lock for the bot's life: several bots may serve one data directory, and `chatops
+    send` can tell whether any does (the kernel drops the lock however the bot ends)."""
+    import fcntl
+
+    fd = os.open(data_dir / BOT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
 
 
 def _jobs(settings: Settings) -> int:

@@ -159,7 +159,7 @@ class Notifier:
         gap = self.settings.progress_seconds if live else self.settings.digest_seconds
         now = time.time()
         last = self._last_push.setdefault((conv_key, job.id), now if not live else 0.0)
-        if now - last < gap and (not live or event["type"] != "epoch"):
+        if now - last < gap:  # epoch ends too: on a fast run they came every 0.2 s and flooded a console pipe
             return
         self._last_push[(conv_key, job.id)] = now
         progress = progress_from(job.id, event, job.metrics)

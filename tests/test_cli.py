@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +67,43 @@ def test_run_reads_piped_commands_and_exits_after_jobs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "role admin" in proc.stdout
     assert "succeeded" in proc.stdout
+
+
+@pytest.mark.slow
+def test_send_without_wait_says_plainly_who_starts_a_queued_job(tmp_path: Path) -> None:
+    from chatops.cli import bot_running
+    from jobs.db import connect
+    from jobs.store import JobStore
+
+    quiet = chatops(tmp_path, "send", "whoami")
+    assert quiet.returncode == 0 and "role admin" in quiet.stdout and "background" not in quiet.stderr
+    first = chatops(tmp_path, "send", "train epochs=5000 max_samples=200 report=0.2")
+    assert "started" in first.stdout and "runs on in the background" in first.stderr, first.stderr
+    second = chatops(tmp_path, "send", "train epochs=1 max_samples=200")
+    assert "queued" in second.stdout
+    assert "nothing starts it while no bot runs on this data directory" in second.stderr, second.stderr
+    assert not bot_running(tmp_path / "data")
+
+    bot = subprocess.Popen(
+        [sys.executable, "-m", "chatops.cli", "run"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "CHATOPS_DATA_DIR": str(tmp_path / "data")},
+    )  # fmt: skip
+    try:
+        assert bot.stderr is not None and "chatops ready" in next(ln for ln in bot.stderr if "ready" in ln)
+        assert bot_running(tmp_path / "data")
+        third = chatops(tmp_path, "send", "train epochs=1 max_samples=200")
+        assert "queued" in third.stdout and "the bot running here starts it" in third.stderr, third.stderr
+        store = JobStore(connect(tmp_path / "data" / "chatops.db"))
+        running = next(j for j in store.list() if j.state == "running")
+        assert chatops(tmp_path, "send", f"stop {running.id} --yes").returncode == 0
+        bot.stdin.close()  # type: ignore[union-attr]
+        assert bot.wait(timeout=180) == 0  # it ran both queued jobs, then ended at end of input
+        states = sorted(j.state for j in store.list())
+        assert states == ["stopped", "succeeded", "succeeded"], states
+    finally:
+        if bot.poll() is None:
+            bot.kill()
+        for job in JobStore(connect(tmp_path / "data" / "chatops.db")).list():
+            if job.handle.get("pid"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.handle["pid"], signal.SIGKILL)

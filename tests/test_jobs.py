@@ -276,3 +276,19 @@ def test_a_runner_seen_ending_by_another_bot_is_judged_by_its_launcher() -> None
     assert not psutil.pid_exists(launcher.pid)
     ended = LocalExecutor().poll("j1", handle)
     assert ended is not None and ended.code is None, "launcher gone: this bot says the runner ended"
+
+
+@pytest.mark.slow
+async def test_live_progress_honours_progress_seconds_at_epoch_ends_too(settings: Settings) -> None:
+    """Epoch ends of a fast run came every few milliseconds and each one printed a line on a pipe."""
+    settings = settings.model_copy(update={"notify": settings.notify.model_copy(update={"progress_seconds": 2.0})})
+    async with BotHarness(settings) as bot:
+        [reply] = await bot.say(f"train epochs=60 {TINY}")
+        jid = job_id(reply.text)
+        await bot.wait_state(jid, {"succeeded"})
+        events = bot.app.job_store.events(jid)
+        epochs = [e for e in events if e["type"] == "epoch"]
+        started = next(e for e in events if e["type"] == "started")
+        pushes = [r for _, r, _ in bot.adapter.sent if r.live_key == f"job:{jid}"]
+        allowed = 1 + int((epochs[-1]["t"] - started["t"]) / 2.0) + 1
+        assert len(epochs) == 60 and 1 <= len(pushes) <= allowed, (len(pushes), allowed)
