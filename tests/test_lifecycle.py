@@ -136,7 +136,7 @@ async def test_stop_without_an_id_means_the_running_job_never_a_queued_one(bot: 
     await bot.wait_event(running, "progress", timeout=60)
     [question] = await bot.say("stop")
     assert f"Stop job {running}" in question.text
-    assert [b.command for b in question.buttons][0] == f"stop {running} --yes"
+    assert question.buttons[0].command == f"stop {running} --yes"
     [done] = await bot.say("yes")
     assert f"job {running} stopping" in done.text
     assert await bot.wait_state(running, {"stopped"}, timeout=30) == "stopped"
