@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dtm
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from aiohttp import web
 from telegram import (
     BotCommand,
     InlineKeyboardButton,
@@ -39,7 +41,7 @@ from telegram.error import (
     RetryAfter,
     TelegramError,
 )
-from telegram.ext import AIORateLimiter, Application, CallbackQueryHandler, ContextTypes, filters
+from telegram.ext import AIORateLimiter, Application, CallbackQueryHandler, ContextTypes, ExtBot, filters
 from telegram.ext import MessageHandler as PTBMessageHandler
 
 from chatops.adapter import (
@@ -59,6 +61,8 @@ log = logging.getLogger(__name__)
 MAX_TEXT = 4096
 MAX_CAPTION = 1024
 MAX_CALLBACK_BYTES = 64
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+_UPDATES = ["message", "callback_query"]
 # Command words that address the bot in a group without a slash (English names come from the
 # command specs; these are the Chinese aliases). A typed "yes" in a group must reply to the bot.
 _EXTRA_WORDS = {"开始", "停止", "暂停", "继续", "参数", "状态", "任务", "帮助", "曲线"}
@@ -162,8 +166,9 @@ class _ButtonStore:
 class TelegramAdapter(Adapter):
     name = "telegram"
     # Telegram asks for about one message per second per chat.
+    # Telegram's own limit on a message is MAX_TEXT: anything longer did not come from a client.
     capabilities = Capabilities(edit=True, images=True, buttons=True, max_text=MAX_TEXT,
-                                min_interval=1.0)
+                                min_interval=1.0, max_inbound=MAX_TEXT)
 
     def __init__(self, ctx: AdapterContext) -> None:
         cfg = ctx.settings.telegram
@@ -199,6 +204,7 @@ class TelegramAdapter(Adapter):
         self._username = ""
         self._stop = asyncio.Event()
         self._retry_task: asyncio.Task[None] | None = None
+        self._web: web.AppRunner | None = None  # the webhook endpoint, in webhook mode
         self._webhook_secret = (
             cfg.secret_token.get_secret_value() if cfg.secret_token else secrets.token_urlsafe(32)
         )
@@ -245,28 +251,39 @@ class TelegramAdapter(Adapter):
         await self._set_commands()
         if not app.running:
             await app.start()
+        if self._cfg.mode == "webhook":
+            await self._start_webhook()
+            return
         updater = app.updater
         assert updater is not None
         if updater.running:
             return
-        if self._cfg.mode == "webhook":
-            assert self._cfg.webhook_url is not None
+        await updater.start_polling(allowed_updates=_UPDATES, error_callback=self._on_poll_error)
+        log.info("telegram: @%s polling", self._username)
+
+    async def _start_webhook(self) -> None:
+        """Serve the webhook here (aiohttp) rather than through PTB's server, so that a request
+        with a wrong or missing secret is refused *and audited*, as every denial is; accepted
+        updates go into PTB's update queue as its own server would put them."""
+        url = self._cfg.webhook_url
+        assert url is not None
+        if self._web is None:  # a retried connect keeps the endpoint it already serves
+            path = "/" + urlparse(url).path.strip("/")
+            endpoint = web.Application()
+            endpoint.router.add_post(path, self._on_webhook)
+            if path != "/":
+                endpoint.router.add_post(path + "/", self._on_webhook)
+            runner = web.AppRunner(endpoint, access_log=None)
+            await runner.setup()
             host, port = listen_address(self._cfg.listen)
-            await updater.start_webhook(
-                listen=host,
-                port=port,
-                url_path=urlparse(self._cfg.webhook_url).path.lstrip("/"),
-                webhook_url=self._cfg.webhook_url,
-                secret_token=self._webhook_secret,
-                allowed_updates=["message", "callback_query"],
-            )
-            log.info("telegram: @%s webhook listening on %s", self._username, self._cfg.listen)
-        else:
-            await updater.start_polling(
-                allowed_updates=["message", "callback_query"],
-                error_callback=self._on_poll_error,
-            )
-            log.info("telegram: @%s polling", self._username)
+            try:
+                await web.TCPSite(runner, host, port).start()
+            except BaseException:
+                await runner.cleanup()
+                raise
+            self._web = runner
+        await self._app.bot.set_webhook(url, allowed_updates=_UPDATES, secret_token=self._webhook_secret)
+        log.info("telegram: @%s webhook listening on %s", self._username, self._cfg.listen)
 
     async def _set_commands(self) -> None:
         commands = [
@@ -289,6 +306,10 @@ class TelegramAdapter(Adapter):
                 await self._retry_task
             self._retry_task = None
         app = self._app
+        if self._web is not None:
+            with contextlib.suppress(Exception):
+                await self._web.cleanup()
+            self._web = None
         with contextlib.suppress(Exception):
             if app.updater is not None and app.updater.running:
                 await app.updater.stop()
@@ -303,6 +324,34 @@ class TelegramAdapter(Adapter):
     # ---- inbound ---------------------------------------------------------------------------
     def _on_poll_error(self, exc: TelegramError) -> None:
         log.warning("telegram: polling failed (%s: %s); backing off", exc.__class__.__name__, exc)
+
+    async def _on_webhook(self, request: web.Request) -> web.Response:
+        """One update from Telegram. The secret (compared in constant time) proves the sender;
+        a request without it is refused with 403 and audited, the value it carried never kept."""
+        given = request.headers.get(SECRET_HEADER, "")
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), self._webhook_secret.encode()):
+            what = "wrong secret" if given else "missing secret"
+            log.warning("telegram: refused a webhook request with a %s from %s", what, request.remote)
+            await self._audit("telegram:unverified", "secret_refused", f"{what} from {request.remote}")
+            return web.Response(status=403, text="forbidden")
+        try:
+            update = Update.de_json(await request.json(), self._app.bot)
+        except Exception as exc:  # whatever arrives, the endpoint stays up
+            log.warning("telegram: ignored a malformed webhook request (%s)", type(exc).__name__)
+            return web.Response(status=400, text="malformed update")
+        if update is not None:
+            if isinstance(self._app.bot, ExtBot):
+                self._app.bot.insert_callback_data(update)
+            await self._app.update_queue.put(update)
+        return web.Response(status=200)
+
+    async def _audit(self, who: str, action: str, detail: str) -> None:
+        if self._ctx.audit is None:
+            return
+        try:
+            await self._ctx.audit(who, action, detail)
+        except Exception as exc:
+            log.warning("telegram: audit failed: %s", type(exc).__name__)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         err = context.error

@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# A surrogate that is not half of a proper high-low pair.
+_LONE_SURROGATE = re.compile("[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """`text` as valid Unicode: a lone UTF-16 surrogate (which a platform's JSON may carry, and
+    which SQLite, UTF-8 and every platform API refuse) becomes U+FFFD; a proper pair written as
+    two surrogates becomes its one character."""
+    if not _SURROGATE.search(text):
+        return text
+    # Lone ones by a regex first: the codec's error handler costs a call per character (0.5 s a MB).
+    text = _LONE_SURROGATE.sub("\ufffd", text)
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+
+
+def _make_valid(obj: Any) -> None:
+    """Replace the invalid text of a frozen dataclass's str fields in place (at construction)."""
+    names = _FIELD_NAMES.get(type(obj))
+    if names is None:
+        names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in fields(obj))
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, str) and _SURROGATE.search(value):
+            object.__setattr__(obj, name, valid_text(value))
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # per message class: `fields()` is slow for every message
 
 
 @dataclass(frozen=True)
@@ -15,6 +47,9 @@ class Identity:
     platform: str
     user_id: str
     name: str = ""
+
+    def __post_init__(self) -> None:
+        _make_valid(self)  # ids and names come from platforms: they are stored and echoed
 
     @property
     def key(self) -> str:
@@ -28,6 +63,9 @@ class Conversation:
     platform: str
     chat_id: str
     thread_id: str | None = None
+
+    def __post_init__(self) -> None:
+        _make_valid(self)
 
     @property
     def key(self) -> str:
@@ -52,6 +90,14 @@ class Incoming:
     received_at: float = field(default_factory=time.time)
     # Platform extras an adapter may pass along (e.g. an email's Message-ID for threading).
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Whatever a platform sent is valid text from here on: the router, the audit log and
+        the replies that echo it never meet a lone surrogate."""
+        _make_valid(self)
+        if any(isinstance(v, str) and _SURROGATE.search(v) for v in self.meta.values()):
+            meta = {k: valid_text(v) if isinstance(v, str) else v for k, v in self.meta.items()}
+            object.__setattr__(self, "meta", meta)
 
 
 @dataclass(frozen=True)

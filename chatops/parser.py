@@ -1,16 +1,26 @@
-"""Turns chat text into a command word and arguments; never raises on any input."""
+"""Turns chat text into a command word and arguments; never raises on any input.
+
+Everything here is linear in the length of the text (a stranger's megabyte must not stall the
+event loop): the word splitter is one pass, and no pattern can backtrack over its input twice.
+"""
 
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-_MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")  # Slack user mentions
+# Slack user mentions. The label excludes `<`, so a scan from one `<@` ends where the next may
+# begin: `<@A|<@A|…` stays linear.
+_MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^<>]*)?>")
 _KEY = re.compile(r"^[A-Za-z_\u4e00-\u9fff][\w\-.\u4e00-\u9fff]*$")
 _LIST_COMMA = re.compile(r",(?=\s|$|[A-Za-z_][\w\-.]*=)")
 _CONFIRM = frozenset({"--yes", "-y", "--confirm"})
+# What the word splitter treats specially, as POSIX shells (and shlex.split) do.
+_BLANKS = frozenset(" \t\r\n")
+_PLAIN = re.compile(r"[^ \t\r\n\\'\"]+")
+_IN_DOUBLE = re.compile(r'[^"\\]+')
+HEAD_WINDOW = 256  # characters `head_word` reads
 
 
 @dataclass
@@ -54,6 +64,22 @@ def parse(text: str, keys: Collection[str] = ()) -> Parsed | None:
     return parsed
 
 
+def head_word(text: str, window: int = HEAD_WINDOW) -> str | None:
+    """The command word `parse` would find, read from at most `window` characters after the
+    leading blanks: enough to pick a stranger's refusal language, or to see that they ask for a
+    command open to anyone, without parsing what they sent.
+
+    None when the text holds nothing (as `parse` returns None); "" when the window holds no
+    word (say, only mentions) but more text follows.
+    """
+    text = text or ""
+    start = len(text) - len(text.lstrip())
+    parsed = parse(text[start:start + window])
+    if parsed is not None:
+        return parsed.word
+    return "" if len(text) - start > window else None
+
+
 def _take_tokens(parsed: Parsed, tokens: list[str], keys: Collection[str]) -> None:
     i = 0
     while i < len(tokens):
@@ -85,7 +111,64 @@ def _split(line: str) -> list[str]:
     # A comma between arguments (`lr=0.1, bs=64`, `lr=0.1,bs=64`) separates them; one inside a value stays
     # (`ctx=gpu:0,1`, a device list).
     line = _LIST_COMMA.sub(" ", line.replace("\uff1d", "=").replace("\uff0c", " "))
-    try:
-        return shlex.split(line)
-    except ValueError:  # unbalanced quotes: fall back to whitespace
-        return line.split()
+    words = shell_words(line)
+    return line.split() if words is None else words  # unbalanced quotes: fall back to whitespace
+
+
+def shell_words(line: str) -> list[str] | None:
+    """The words `shlex.split(line)` gives (POSIX quoting: '…' literal, "…" with \\" and \\\\,
+    a backslash outside quotes escapes the next character), in one linear pass; None where
+    shlex raises (an unclosed quote, a trailing backslash).
+
+    shlex grows each word one character at a time (`token += ch` on an attribute), which is
+    quadratic: 15 s for a 1 MB word. Here runs of ordinary characters are taken whole.
+    """
+    words: list[str] = []
+    parts: list[str] = []
+    in_word = False  # a word has begun, possibly an empty quoted one ("")
+    i, n = 0, len(line)
+    while i < n:
+        ch = line[i]
+        if ch in _BLANKS:
+            if in_word:
+                words.append("".join(parts))
+                parts, in_word = [], False
+            i += 1
+            continue
+        in_word = True
+        if ch == "'":
+            end = line.find("'", i + 1)
+            if end < 0:
+                return None
+            parts.append(line[i + 1:end])
+            i = end + 1
+        elif ch == '"':
+            i += 1
+            while True:
+                run = _IN_DOUBLE.match(line, i)
+                if run:
+                    parts.append(run.group())
+                    i = run.end()
+                if i >= n:
+                    return None
+                if line[i] == '"':
+                    i += 1
+                    break
+                if i + 1 >= n:  # a backslash with nothing after it
+                    return None
+                escaped = line[i + 1]
+                parts.append(escaped if escaped in '"\\' else "\\" + escaped)
+                i += 2
+        elif ch == "\\":
+            if i + 1 >= n:
+                return None
+            parts.append(line[i + 1])
+            i += 2
+        else:
+            run = _PLAIN.match(line, i)
+            assert run is not None  # `ch` itself is plain
+            parts.append(run.group())
+            i = run.end()
+    if in_word:
+        words.append("".join(parts))
+    return words

@@ -331,7 +331,7 @@ class JobManager:
                 # Frozen or hung: a runner must not outlive its job's control (and go on training
                 # unwatched, or beside a resumed one), so it goes before the job is declared lost.
                 await self.executor.kill(job.id, job.handle, force=True)
-                self.executor.poll(job.id, job.handle)  # reap it
+                await self._retire(job)  # gone (and reaped) before the job is declared lost
                 job.error += "; the runner was killed"
             await self._move(job, LOST, job.error)
 
@@ -359,6 +359,8 @@ class JobManager:
             return
         control_file = job.dir / protocol.CONTROL_FILE
         options = {
+            # Several beats inside the silence that declares a runner lost, however short it is set.
+            "heartbeat_seconds": min(5.0, self.heartbeat_timeout / 4),
             **self.runner_options,
             **kind.options,
             "stop_timeout": self.stop_timeout,

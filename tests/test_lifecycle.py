@@ -219,3 +219,22 @@ async def test_train_refuses_up_front_what_would_fail_at_once(bot: BotHarness, t
         [no_gpu] = await bot.say("train context=gpu")
         assert no_gpu.error and "context=gpu: the runner's MXNet sees 0 GPU(s)" in no_gpu.text
         assert not bot.app.job_store.list()
+
+
+@pytest.mark.slow
+async def test_a_bare_parameter_and_value_is_saved_and_offered_to_the_running_job(bot: BotHarness) -> None:
+    [saved] = await bot.say("lr 0.02")  # no job yet: what `set` does then, not "Unknown command 'lr'"
+    assert not saved.error and "next train" in saved.text and "learning_rate=0.02" in saved.text, saved.text
+    [first] = await bot.say(f"train lr=0.05 epochs=2000 {TINY}")
+    jid = job_id(first.text)
+    await bot.wait_event(jid, "progress", timeout=60)
+    [asked] = await bot.say("lr 0.02")  # saved for the next train, and one tap away for the running job
+    assert not asked.error and f"send set {jid} learning_rate=0.02" in asked.text, asked.text
+    [changing] = await bot.say(asked.buttons[0].command)
+    assert not changing.error and f"job {jid}: asked to set learning_rate=0.02" in changing.text, changing.text
+    changed = await bot.wait_event(jid, "param_changed", timeout=30)
+    assert changed["new"] == 0.02
+    [unknown] = await bot.say("frobnicate 0.02")
+    assert unknown.error and "Unknown command 'frobnicate'" in unknown.text
+    await bot.say(f"stop {jid} --yes")
+    assert await bot.wait_state(jid, {"stopped"}, timeout=30) == "stopped"

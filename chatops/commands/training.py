@@ -259,10 +259,22 @@ async def cmd_set(ctx: CommandContext) -> Reply:
     checked = validate(model, ctx.params, saved)
     if checked.values is None:
         raise _params_error(ctx, checked.errors)
-    saved.update({k: checked.values[k] for k in checked.given})
+    given = {k: checked.values[k] for k in checked.given}
+    saved.update(given)
     ctx.app.chat_store.save_params(conv, kind, saved)
     pretty = ", ".join(f"{k}={v}" for k, v in saved.items())
-    return Reply(ctx.tr(f"Saved for the next train here: {pretty}", f"已保存，下次训练使用：{pretty}"))
+    text = ctx.tr(f"Saved for the next train here: {pretty}", f"已保存，下次训练使用：{pretty}")
+    me = ctx.incoming.sender.key
+    running = [j for j in ctx.app.manager.store.list({RUNNING, PAUSED}, limit=20) if j.owner == me]
+    if not running:
+        return Reply(text)
+    # Whoever sends `set lr=0.02` (or the bare `lr 0.02`) while their job trains may well mean that
+    # job: one tap changes it now.
+    job = running[0]
+    command = f"set {job.id} " + " ".join(f"{k}={v}" for k, v in given.items())
+    text += ctx.tr(f"\njob {job.id} is training: to change it now, send {command}",
+                   f"\njob {job.id} 正在训练：要现在修改，发送 {command}")  # fmt: skip
+    return Reply(text, buttons=[Button(command, command)], job_id=job.id)
 
 
 async def cmd_train(ctx: CommandContext) -> Reply:
