@@ -28,6 +28,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/runner_overhead.py
 	$(BIN)/python bench/control_latency.py
 	$(BIN)/python bench/sdk_overhead.py
+	$(BIN)/python bench/router.py
+	$(BIN)/python bench/delivery.py
+	$(BIN)/python bench/fuzz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

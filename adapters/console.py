@@ -20,7 +20,7 @@ from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 
 class ConsoleAdapter(Adapter):
     name = "console"
-    capabilities = Capabilities(edit=True, images=False, buttons=False, max_text=100_000)
+    capabilities = Capabilities(edit=True, images=False, buttons=False, max_text=100_000, local=True)
 
     def __init__(self, user: str, *, stdin: TextIO | None = None, stdout: TextIO | None = None,
                  read_input: bool = True) -> None:  # fmt: skip

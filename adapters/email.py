@@ -105,6 +105,7 @@ class EmailAdapter(Adapter):
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_digest: dict[tuple[str, str], float] = {}
+        self._smtp_problem: str | None = None  # the last permanent SMTP problem logged
 
     @classmethod
     def from_settings(cls, ctx: AdapterContext) -> EmailAdapter | None:
@@ -386,24 +387,76 @@ class EmailAdapter(Adapter):
     async def _smtp_send(self, message: EmailMessage) -> None:
         secure = self.s.security
         implicit = secure == "tls" and self.smtp_port != 587  # 587 is the STARTTLS submission port
-        password = self.s.password.get_secret_value() if self.s.password else None
+        client = aiosmtplib.SMTP(
+            hostname=self.smtp_host, port=self.smtp_port, use_tls=implicit,
+            start_tls=secure != "none" and not implicit,
+            tls_context=self._tls_context() if secure != "none" else None, timeout=SMTP_TIMEOUT,
+        )  # fmt: skip
+        server = f"{self.smtp_host}:{self.smtp_port}"
         try:
-            await aiosmtplib.send(
-                message, hostname=self.smtp_host, port=self.smtp_port, username=self.username,
-                password=password, use_tls=implicit, start_tls=secure != "none" and not implicit,
-                tls_context=self._tls_context() if secure != "none" else None, timeout=SMTP_TIMEOUT,
-            )  # fmt: skip
+            async with client:  # connects (and upgrades with STARTTLS); QUIT on the way out
+                await self._smtp_login(client, server)
+                await client.send_message(message)
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            codes = [r.code for r in exc.recipients]
-            permanent = all(c >= 500 for c in codes)
-            raise DeliveryError(f"recipient refused ({codes})", permanent=permanent) from None
+            answers = "; ".join(f"{r.recipient}: {r.code} {r.message[:100]}" for r in exc.recipients)
+            permanent = all(r.code >= 500 for r in exc.recipients)
+            raise DeliveryError(f"recipient refused by {server} ({answers})", permanent=permanent) from None
         except aiosmtplib.SMTPAuthenticationError as exc:
-            raise DeliveryError(f"SMTP login refused ({exc.code})", retry_after=60.0) from None
+            answer = f"{exc.code} {exc.message[:200]}"
+            if exc.code < 500:  # 454: a temporary problem on the server's side
+                raise DeliveryError(f"SMTP login refused by {server} for now: {answer}", retry_after=60.0) from None
+            raise self._misconfigured(
+                f"SMTP login as {self.username} refused by {server}: {answer} "
+                "(check username and password, or set smtp_auth = false if this relay needs no login)"
+            ) from None
         except aiosmtplib.SMTPResponseException as exc:
-            text = f"SMTP said {exc.code} {exc.message[:100]}"
-            raise DeliveryError(text, permanent=exc.code >= 500) from None
+            answer = f"{exc.code} {exc.message[:200]}"
+            if exc.code == 530:  # "authentication required" (or STARTTLS first): we did not log in
+                raise self._misconfigured(
+                    f"SMTP server {server} wants a login before it takes mail: {answer} (leave smtp_auth unset"
+                    ' or true; a server that offers AUTH only over TLS needs security = "starttls" or "tls")'
+                ) from None
+            raise DeliveryError(f"SMTP server {server} said {answer}", permanent=exc.code >= 500) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise DeliveryError(f"SMTP unavailable: {type(exc).__name__}") from None
+            detail = str(exc)[:200] or "no details"
+            raise DeliveryError(f"SMTP unavailable at {server}: {type(exc).__name__}: {detail}") from None
+        self._smtp_problem = None  # delivered: a later misconfiguration is worth a new log line
+
+    async def _smtp_login(self, client: aiosmtplib.SMTP, server: str) -> None:
+        """Log in when the server offers AUTH (or when `smtp_auth = true` insists); a local relay
+        that offers none gets the mail without a login."""
+        if self.s.smtp_auth is False:
+            return
+        if client.is_ehlo_or_helo_needed:  # the extensions the server offers (after STARTTLS, if any)
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()  # an old server without ESMTP: no extensions, so no AUTH
+        offered = client.supports_extension("auth")
+        if not offered and self.s.smtp_auth is None:
+            return
+        if not offered:
+            extensions = " ".join(sorted(client.esmtp_extensions)).upper() or "no extensions"
+            tls = "" if client.get_transport_info("sslcontext") is not None else (
+                '; many servers offer AUTH only over TLS (security = "starttls" or "tls")'
+            )  # fmt: skip
+            raise self._misconfigured(
+                f"smtp_auth = true, but SMTP server {server} offers no AUTH (it offered: {extensions}){tls}"
+            )
+        if not client.supported_auth_methods:
+            methods = " ".join(client.server_auth_methods).upper()
+            raise self._misconfigured(
+                f"SMTP server {server} offers AUTH {methods} only; chatops logs in with PLAIN, LOGIN or CRAM-MD5"
+            )
+        password = self.s.password.get_secret_value() if self.s.password else ""
+        await client.login(self.username, password)
+
+    def _misconfigured(self, problem: str) -> DeliveryError:
+        """A failure no retry can fix: logged once (not on every queued mail), delivery given up."""
+        if problem != self._smtp_problem:
+            log.error("email: cannot send mail: %s", problem)
+            self._smtp_problem = problem
+        return DeliveryError(problem, permanent=True)
 
 
 def _image_bytes(image: Path | bytes | None) -> bytes | None:
@@ -603,7 +656,8 @@ def _html_text(text: str) -> str:
 
 
 def body_lines(body: str) -> list[str]:
-    """Parameter lines: stop at a signature or a quoted reply, skip `>` lines and phone footers."""
+    """Parameter lines: stop at a signature or a quoted reply, skip `>` lines, phone footers and
+    lines without a word."""
     lines = body.replace("\r\n", "\n").split("\n")
     out: list[str] = []
     for i, line in enumerate(lines):
@@ -614,8 +668,8 @@ def body_lines(body: str) -> list[str]:
         wrapped = stripped.lower().startswith("on ") and _WROTE.match(f"{stripped} {nxt}")
         if _WROTE.match(stripped) or wrapped:
             break
-        if stripped.startswith(">") or _FOOTER.match(stripped) or not stripped:
-            continue
+        if stripped.startswith(">") or _FOOTER.match(stripped) or not any(ch.isalnum() for ch in stripped):
+            continue  # quoted, a phone footer, or no word at all (a lone "." or "。" ends some mails)
         out.append(stripped)
     return out
 

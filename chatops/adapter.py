@@ -30,8 +30,14 @@ class Capabilities:
     images: bool = False
     buttons: bool = False
     max_text: int = 4000
+    # Conversations that exist only inside this process (the console): another bot process on the
+    # same data directory must never print them.
+    local: bool = False
     # Minimum seconds between two messages to one conversation (platform rate limits).
     min_interval: float = 0.0
+    # Longest inbound text (characters) the router handles; longer is refused unparsed. Commands
+    # are short: a bound keeps anyone's megabyte from costing the bot more than a length check.
+    max_inbound: int = 16_384
 
 
 @dataclass

@@ -5,22 +5,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from chatops.adapter import Adapter, AdapterContext
 from chatops.auth import Authorizer
 from chatops.commands import admin, training
-from chatops.health import HealthServer
 from chatops.message import Incoming, Reply
 from chatops.notifier import Notifier
 from chatops.router import Router
 from chatops.settings import Section, Settings
 from chatops.specs import CommandRegistry
-from chatops.store import ChatStore
+from chatops.store import ChatStore, Retention
 from jobs.db import connect
 from jobs.executors.local import LocalExecutor
 from jobs.kinds import load_registry
 from jobs.manager import JobManager
 from jobs.store import JobStore
+
+if TYPE_CHECKING:
+    from chatops.health import HealthServer
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +71,17 @@ class App:
             self.chat_store, self.manager, self.adapters, settings.notify, settings.data_dir / "spool"
         )
         self.manager.subscribe(self.notifier.on_job_event)
+        self.retention = Retention(self.chat_store, settings.retention, self.notifier.spool)
         for adapter in adapters if adapters is not None else self._load_adapters():
             self.adapters[adapter.name] = adapter
-        self.health = HealthServer(self, settings.health.listen) if settings.health.listen else None
+        self.chat_store.local_platforms = {name for name, a in self.adapters.items() if a.capabilities.local}
+        self.router.max_inbound_by_platform = {name: a.capabilities.max_inbound for name, a in self.adapters.items()}
+        self.health: HealthServer | None = None
+        if settings.health.listen:
+            # aiohttp costs ~150 ms of import time: only a bot that serves /healthz pays for it.
+            from chatops.health import HealthServer
+
+            self.health = HealthServer(self, settings.health.listen)
 
     def context(self) -> AdapterContext:
         return AdapterContext(
@@ -100,15 +111,19 @@ class App:
         return adapters
 
     async def handle(self, incoming: Incoming) -> list[Reply]:
-        """Route one message and queue its replies for delivery to the same conversation."""
-        replies = await self.router.handle(incoming)
-        for reply in replies:
-            self.notifier.enqueue(incoming.conversation, reply)
-        return replies
+        """Route one message and queue its replies for delivery to the same conversation, in the
+        write transaction of its dedupe claim when the command answers without waiting."""
+
+        def queue(replies: list[Reply]) -> None:
+            for reply in replies:
+                self.notifier.enqueue(incoming.conversation, reply)
+
+        return await self.router.handle(incoming, queue)
 
     async def start(self) -> None:
         await self.manager.start()
         await self.notifier.start()
+        await self.retention.start()  # a first pass now, in the background, then every prune_seconds
         if self.health is not None:
             await self.health.start()
         for adapter in self.adapters.values():
@@ -126,6 +141,7 @@ class App:
             except Exception:
                 log.exception("stopping adapter %s failed", adapter.name)
         await self.notifier.close()
+        await self.retention.close()
         if self.health is not None:
             await self.health.stop()
         self.db.close()

@@ -11,11 +11,14 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from adapters.console import ConsoleAdapter
-from chatops.app import AdapterUnavailable, App
 from chatops.settings import Settings, load_settings
 from jobs.store import ACTIVE_STATES, QUEUED, SUCCEEDED, TERMINAL_STATES, Job
+
+if TYPE_CHECKING:  # the bot's wiring is imported by the commands that run it (not `jobs`, `--help`)
+    from adapters.console import ConsoleAdapter
+    from chatops.app import App
 
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_CONFIG = 0, 1, 2, 3
 BOT_LOCK = "bot.lock"
@@ -31,12 +34,16 @@ def _logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # Bot API URLs embed the token; keep HTTP client request lines out of the log.
-    for noisy in ("httpx", "httpcore", "aiohttp.access"):
+    # Bot API URLs embed the token, and python-telegram-bot logs every call's parameters (the
+    # webhook's secret_token among them) at DEBUG: keep both out of the log at any level.
+    for noisy in ("httpx", "httpcore", "aiohttp.access", "telegram.Bot", "telegram.ext.ExtBot"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 async def _run(settings: Settings) -> int:
+    from adapters.console import ConsoleAdapter
+    from chatops.app import App
+
     app = App(settings)
     held = _hold_data_dir(settings.data_dir)
     await app.start()
@@ -69,6 +76,9 @@ async def _after_eof(app: App, console: ConsoleAdapter) -> None:
 
 
 async def _send(settings: Settings, text: str, wait: bool) -> int:
+    from adapters.console import ConsoleAdapter
+    from chatops.app import App
+
     console = ConsoleAdapter(settings.console.user, read_input=False)
     app = App(settings, adapters=[console])
     await app.start()
@@ -219,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             _logging("ERROR")
             return _check(settings)
         return _jobs(settings)
-    except (AdapterUnavailable, ValueError, RuntimeError, OSError) as exc:
-        # Bad tokens, missing extras, busy ports: one line, never a traceback.
+    except (ValueError, RuntimeError, OSError) as exc:
+        # Bad tokens, missing extras (chatops.app.AdapterUnavailable is a RuntimeError), busy ports:
+        # one line, never a traceback.
         print(f"chatops: cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

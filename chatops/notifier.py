@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 12
+BATCH = 64  # conversations served side by side in one pass
 
 
 def reply_to_payload(reply: Reply, spool: Path) -> dict[str, Any]:
@@ -113,9 +114,10 @@ class Notifier:
         self._task: asyncio.Task[None] | None = None
 
     # -- producing -------------------------------------------------------------------------
-    def enqueue(self, conversation: Conversation | str, reply: Reply) -> int:
+    def enqueue(self, conversation: Conversation | str, reply: Reply, owner: str | None = "") -> int:
+        """Queue a reply; `owner` is the process a follower lives in ("": decide by conversation)."""
         key = conversation if isinstance(conversation, str) else conversation.key
-        item = self.store.enqueue(key, reply_to_payload(reply, self.spool), reply.live_key)
+        item = self.store.enqueue(key, reply_to_payload(reply, self.spool), reply.live_key, owner)
         self._wake.set()
         return item
 
@@ -128,30 +130,30 @@ class Notifier:
             self.store.owe_final(job.id)
             self._compose(job.id)
             return
-        for conv_key, lang in followers:
+        for conv_key, lang, owner in followers:
             zh = lang == "zh"
             if kind in ("progress", "epoch"):
-                self._progress(job, event, conv_key, zh)
+                self._progress(job, event, conv_key, zh, owner)
             elif kind in ("paused", "resumed"):
                 epoch = event.get("epoch", "?")
                 if zh:
                     text = f"job {job.id} {'已暂停' if kind == 'paused' else '已继续'}（第 {epoch} 轮）"
                 else:
                     text = f"job {job.id} {kind} (epoch {epoch})"
-                self.enqueue(conv_key, Reply(text, job_id=job.id, buttons=job_buttons(job.id, job.state, zh)))
+                self.enqueue(conv_key, Reply(text, job_id=job.id, buttons=job_buttons(job.id, job.state, zh)), owner)
             elif kind == "param_changed":
                 change = f"{event.get('name')} {event.get('old')} -> {event.get('new')}"
                 text = f"job {job.id}：已修改 {change}" if zh else f"job {job.id}: {change}"
-                self.enqueue(conv_key, Reply(text, job_id=job.id))
+                self.enqueue(conv_key, Reply(text, job_id=job.id), owner)
             elif kind == "param_rejected":
                 name, reason = event.get("name"), event.get("reason")
                 text = f"job {job.id}：{name} 未修改：{reason}" if zh else f"job {job.id}: {name} not changed: {reason}"
-                self.enqueue(conv_key, Reply(text, job_id=job.id, error=True))
+                self.enqueue(conv_key, Reply(text, job_id=job.id, error=True), owner)
             elif kind == "state" and event["to"] == "starting" and job.runs > 1:
                 word = "继续训练" if zh else "resuming"
-                self.enqueue(conv_key, Reply(f"job {job.id} {word} ({event.get('reason')})", job_id=job.id))
+                self.enqueue(conv_key, Reply(f"job {job.id} {word} ({event.get('reason')})", job_id=job.id), owner)
 
-    def _progress(self, job: Job, event: dict[str, Any], conv_key: str, zh: bool) -> None:
+    def _progress(self, job: Job, event: dict[str, Any], conv_key: str, zh: bool, owner: str | None) -> None:
         adapter = self.adapters.get(Conversation.from_key(conv_key).platform)
         if adapter is None:
             return
@@ -173,6 +175,7 @@ class Notifier:
                 buttons=job_buttons(job.id, job.state, zh),
                 live_key=f"job:{job.id}" if live else None,
             ),
+            owner,
         )
 
     def _compose(self, job_id: str) -> None:
@@ -188,8 +191,8 @@ class Notifier:
             return
         image = await self.plot(job)
         with self.manager.store.transaction():  # the report is queued and no longer owed, at once
-            for conv_key, lang in self.store.followers(job.id):
-                self.enqueue(conv_key, self._final_reply(job, lang == "zh", image))
+            for conv_key, lang, owner in self.store.followers(job.id):
+                self.enqueue(conv_key, self._final_reply(job, lang == "zh", image), owner)
                 self._last_push.pop((conv_key, job.id), None)
             self.store.final_sent(job.id)
 
@@ -261,38 +264,45 @@ class Notifier:
 
     async def _deliver_forever(self) -> None:
         while True:
+            # Cleared before the pass, not after: a message queued while it sends wakes the next one.
+            self._wake.clear()
             try:
-                wait = await self.deliver_due()
+                sent, wait = await self.deliver_due()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("outbox delivery failed")
-                wait = 1.0
-            self._wake.clear()
+                sent, wait = 0, 1.0
+            if sent:
+                await asyncio.sleep(0)  # a backlog drains at the platforms' pace, not ours
+                continue
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
             except TimeoutError:
                 pass
 
-    async def deliver_due(self) -> float:
-        """Deliver what is due, oldest first, one at a time per conversation; returns a wait hint."""
-        blocked: set[str] = set()
-        wait = 0.5
-        for item in self.store.due(limit=200):
-            if item.conversation in blocked:
-                continue
+    async def deliver_due(self) -> tuple[int, float]:
+        """Send the next message of every conversation that has one due, conversations side by
+        side; returns how many went out and how long to wait when none did. Messages other
+        processes queue are found by polling (`poll_seconds`)."""
+        items = self.store.claim_due(self.adapters, limit=BATCH)
+        wait = self.settings.poll_seconds
+        sending = []
+        for item in items:
             conv = Conversation.from_key(item.conversation)
-            adapter = self.adapters.get(conv.platform)
-            if adapter is None:
-                continue  # its adapter is not running in this process; stays pending
+            adapter = self.adapters[conv.platform]
             pace = adapter.capabilities.min_interval - (time.monotonic() - self._last_sent.get(item.conversation, 0))
             if pace > 0:
-                blocked.add(item.conversation)
+                self.store.release(item.id)
                 wait = min(wait, pace)
                 continue
-            if not await self._deliver_one(adapter, conv, item):
-                blocked.add(item.conversation)
-        return wait
+            sending.append(self._deliver_one(adapter, conv, item))
+        sent = sum(await asyncio.gather(*sending)) if sending else 0
+        paced = len(sending) < len(items)
+        due = None if sent or paced else self.store.next_due_in(self.adapters)
+        if due is not None:
+            wait = min(wait, due)
+        return sent, max(wait, 0.005)
 
     async def _deliver_one(self, adapter: Adapter, conv: Conversation, item: OutboxItem) -> bool:
         reply = payload_to_reply(item.payload)

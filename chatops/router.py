@@ -6,16 +6,19 @@ Every path out of `handle` is a list of replies; nothing a user types can raise 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from chatops.adapter import Capabilities
 from chatops.auth import Authorizer, Role
 from chatops.message import Button, Incoming, Reply
-from chatops.parser import Parsed, parse
+from chatops.parser import Parsed, head_word, parse
 from chatops.specs import CommandError, CommandRegistry, CommandSpec, Question
 from chatops.store import ChatStore
 from jobs.params import describe, suggest
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 
 YES_WORDS = frozenset({"yes", "y", "是", "是的", "确认", "好", "ok"})
 NO_WORDS = frozenset({"no", "n", "cancel", "否", "取消", "不"})
+ANSWER_WORDS = YES_WORDS | NO_WORDS
+_CJK = re.compile("[\u4e00-\u9fff]")
 CONFIRM_TTL = 300.0
 
 
@@ -61,31 +66,60 @@ class Router:
     auth: Authorizer
     app: Any = None
     param_keys: set[str] = field(default_factory=set)
+    # Longest text handled (characters), per platform (App fills it from the adapters'
+    # capabilities), else the default; a longer one is refused before it is parsed.
+    max_inbound: int = Capabilities.max_inbound
+    max_inbound_by_platform: dict[str, int] = field(default_factory=dict)
     _pending: dict[tuple[str, str], _Pending] = field(default_factory=dict)
 
-    async def handle(self, incoming: Incoming) -> list[Reply]:
-        if not self.store.claim_message(incoming.conversation.platform, incoming.message_id):
-            log.info("ignoring redelivered message %s", incoming.message_id)
-            return []
-        try:
-            return await self._handle(incoming)
-        except Exception:
-            ref = secrets.token_hex(3)
-            log.exception("internal error handling a message (ref %s)", ref)
-            return [Reply(f"Internal error (ref {ref}); the details are in the bot's log.", error=True)]
+    async def handle(self, incoming: Incoming, queue: Callable[[list[Reply]], object] | None = None) -> list[Reply]:
+        """The replies to one message; `queue` takes them into the outbox.
+
+        The claim, the audit row and the queued replies are one write transaction when the
+        command answers without waiting (see `WriteUnit`); a slow one commits its claim and audit
+        row before its first wait, and its replies are queued in a transaction of their own.
+        """
+        with self.store.unit() as unit:
+            if not self.store.claim_message(incoming.conversation.platform, incoming.message_id):
+                log.info("ignoring redelivered message %s", incoming.message_id)
+                return []
+            try:
+                replies = await unit.run(self._handle(incoming))
+            except Exception:
+                ref = secrets.token_hex(3)
+                log.exception("internal error handling a message (ref %s)", ref)
+                replies = [Reply(f"Internal error (ref {ref}); the details are in the bot's log.", error=True)]
+            if queue is not None and replies:
+                with self.store.transaction():  # joins the unit while it is open
+                    queue(replies)
+        return replies
 
     async def _handle(self, incoming: Incoming) -> list[Reply]:
-        parsed = parse(incoming.text, self.param_keys)
-        if parsed is None:
-            return []
+        # Who asks comes first, what they ask second: a stranger's text is never parsed (only its
+        # first characters are read, for the language of the refusal) unless it names a command
+        # open to anyone, and no text is parsed beyond the platform's length limit.
         role = self.auth.role_of(incoming.sender)
         who = incoming.sender.key
-        if role == Role.none and incoming.meta.get("quiet_deny"):
-            return self._deny(incoming, role, None)
         pending_key = (incoming.conversation.key, who)
+        if role == Role.none:
+            head = head_word(incoming.text)
+            if head is None:
+                return []  # nothing but blanks and mentions
+            if incoming.meta.get("quiet_deny") or not self._open_to_strangers(head, pending_key):
+                return self._deny(incoming, role, None, _chinese(head))
+        limit = self.max_inbound_by_platform.get(incoming.conversation.platform, self.max_inbound)
+        if len(incoming.text) > limit:
+            head = head_word(incoming.text)  # the language of the refusal, from the first characters only
+            if head is None:
+                return []
+            return self._too_long(incoming, limit, _chinese(head))
+        # Within the limit: parsed once (head_word, a second parse, only where a refusal needs a language).
+        parsed = parse(incoming.text, self.param_keys)
+        if parsed is None:
+            return []  # nothing but blanks and mentions
 
         zh = _chinese(parsed.word)
-        if parsed.word in YES_WORDS | NO_WORDS and not parsed.args and not parsed.positionals:
+        if parsed.word in ANSWER_WORDS and not parsed.args and not parsed.positionals:
             pending = self._pending.pop(pending_key, None)
             if pending is None or pending.expires < time.time():
                 if not role:
@@ -101,6 +135,10 @@ class Router:
             zh = _chinese(parsed.word)
 
         spec = self.registry.lookup(parsed.word)
+        if spec is None and parsed.word in self.param_keys and len(parsed.positionals) == 1:
+            # The habit of `lr 0.02` as a whole message: a parameter and its value mean `set lr=0.02`.
+            parsed = Parsed("set", {parsed.word: parsed.positionals[0], **parsed.args}, confirmed=parsed.confirmed)
+            spec = self.registry.lookup("set")
         lang = "zh" if zh else "en"
         if spec is None:
             if role == Role.none:
@@ -142,6 +180,22 @@ class Router:
         if isinstance(result, str):
             return [Reply(result)]
         return [result] if isinstance(result, Reply) else list(result)
+
+    def _open_to_strangers(self, word: str, pending_key: tuple[str, str]) -> bool:
+        """Whether a sender without a role may get past the door with this word: a command open
+        to anyone (`whoami`), or the answer to a question such a command asked them."""
+        spec = self.registry.lookup(word)
+        if spec is not None:
+            return spec.role == Role.none
+        return word in ANSWER_WORDS and pending_key in self._pending
+
+    def _too_long(self, incoming: Incoming, limit: int, zh: bool) -> list[Reply]:
+        size = len(incoming.text)
+        self.store.audit(incoming.sender.key, "message_too_long", f"{size} characters: {incoming.text[:200]}",
+                         allowed=False)  # fmt: skip
+        if zh:
+            return [Reply(f"消息太长（{size} 个字符；上限是 {limit}）。", error=True)]
+        return [Reply(f"Message too long ({size} characters; the limit is {limit}).", error=True)]
 
     def _deny(self, incoming: Incoming, role: Role, spec: CommandSpec | None, zh: bool = False) -> list[Reply]:
         who = incoming.sender.key
@@ -200,7 +254,7 @@ def _refusal(exc: CommandError) -> Reply:
 
 def _chinese(word: str) -> bool:
     """A command typed in Chinese gets its answer in Chinese (CJK ideographs in the word)."""
-    return any("\u4e00" <= ch <= "\u9fff" for ch in word)
+    return _CJK.search(word) is not None
 
 
 def _strip_confirm(text: str) -> str:

@@ -56,6 +56,26 @@ class NotifySettings(Section):
     progress_seconds: float = Field(2.0, ge=0.2, description="minimum gap between live edits")
     digest_seconds: float = Field(60.0, ge=1, description="digest interval where edits are impossible")
     retry_max_seconds: float = Field(300.0, gt=0)
+    poll_seconds: float = Field(
+        0.25, gt=0, le=60, description="how soon a message queued by another process on the data dir is sent"
+    )
+
+
+class RetentionSettings(Section):
+    """How long the bot keeps its own bookkeeping; a background task deletes what is older (at
+    start, then every `prune_seconds`). Pending outbox messages are never deleted, however old."""
+
+    dedupe_hours: float = Field(
+        48.0,
+        ge=24,
+        description="how long a handled message id is remembered, so a redelivered one is not run twice; it must"
+        " outlast every platform's redelivery (Telegram keeps undelivered updates for 24 h)",
+    )
+    audit_days: float = Field(90.0, gt=0, description="how long audit rows (who did what, every denial) are kept")
+    delivered_hours: float = Field(
+        24.0, ge=0, description="how long sent (or given-up) outbox messages are kept, with their spooled images"
+    )
+    prune_seconds: float = Field(600.0, ge=1, le=86400, description="how often old rows are deleted")
 
 
 class HealthSettings(Section):
@@ -108,6 +128,11 @@ class EmailSettings(Section):
     smtp_host: str | None = None
     smtp_port: int | None = None
     security: Literal["tls", "starttls", "none"] = "tls"
+    smtp_auth: bool | None = Field(
+        None,
+        description="SMTP login: unset = when the server offers AUTH, true = always (an error when it"
+        " offers none), false = never (a relay that takes mail without one)",
+    )
     poll_seconds: float = Field(30.0, gt=0)
     digest_minutes: float = Field(10.0, gt=0)
     secret: SecretStr | None = None
@@ -153,6 +178,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)

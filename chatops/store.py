@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
+import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+import types
+from collections.abc import Coroutine, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar, cast
 
 import psutil
 
+from chatops.message import valid_text
+from chatops.settings import RetentionSettings
 from jobs.db import migrate
 
 _MIGRATIONS = [
@@ -48,7 +54,85 @@ _MIGRATIONS = [
     """
     CREATE TABLE pending_finals (job_id TEXT PRIMARY KEY, owner INTEGER NOT NULL, t REAL NOT NULL)
     """,
+    # Delivery across processes: a row is leased by the process that sends it, and a row for a
+    # conversation that lives in one process (the console) is owned by that process.
+    """
+    ALTER TABLE outbox ADD COLUMN platform TEXT NOT NULL DEFAULT '';
+    ALTER TABLE outbox ADD COLUMN owner TEXT;
+    ALTER TABLE outbox ADD COLUMN lease_until REAL;
+    UPDATE outbox SET platform = substr(conversation, 1, instr(conversation, ':') - 1);
+    DROP INDEX outbox_pending;
+    CREATE INDEX outbox_ready ON outbox(status, platform, conversation, id);
+    CREATE INDEX outbox_done ON outbox(status, delivered_at);
+    ALTER TABLE followers ADD COLUMN owner TEXT;
+    CREATE INDEX processed_t ON processed_messages(t);
+    CREATE INDEX audit_t ON audit(t)
+    """,
+    # Fewer pages written per message (each one a WAL frame at commit, most of a message's cost):
+    # dedupe keys in one b-tree instead of a table plus its key index; audit and outbox ids without
+    # AUTOINCREMENT, whose counter row (sqlite_sequence) was one more page per message; and the index
+    # that finds delivered rows to prune holds delivered rows only, so queueing a reply skips it.
+    # Ids stay increasing: a new row gets the largest id + 1, and pruning removes the oldest rows
+    # (an id comes back only once every row is gone, when nothing refers to it).
+    """
+    CREATE TABLE processed_messages_v4 (
+        platform TEXT NOT NULL, message_id TEXT NOT NULL, t REAL NOT NULL,
+        PRIMARY KEY (platform, message_id)
+    ) WITHOUT ROWID;
+    INSERT INTO processed_messages_v4 SELECT platform, message_id, t FROM processed_messages;
+    DROP TABLE processed_messages;
+    ALTER TABLE processed_messages_v4 RENAME TO processed_messages;
+    CREATE INDEX processed_t ON processed_messages(t);
+    CREATE TABLE audit_v4 (
+        id INTEGER PRIMARY KEY, t REAL NOT NULL, identity TEXT NOT NULL,
+        action TEXT NOT NULL, detail TEXT NOT NULL, allowed INTEGER NOT NULL
+    );
+    INSERT INTO audit_v4 SELECT id, t, identity, action, detail, allowed FROM audit;
+    DROP TABLE audit;
+    ALTER TABLE audit_v4 RENAME TO audit;
+    CREATE INDEX audit_t ON audit(t);
+    CREATE TABLE outbox_v4 (
+        id INTEGER PRIMARY KEY, conversation TEXT NOT NULL, payload TEXT NOT NULL,
+        live_key TEXT, status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL, created_at REAL NOT NULL, delivered_at REAL, last_error TEXT,
+        platform TEXT NOT NULL DEFAULT '', owner TEXT, lease_until REAL
+    );
+    INSERT INTO outbox_v4 SELECT id, conversation, payload, live_key, status, attempts, next_at, created_at,
+        delivered_at, last_error, platform, owner, lease_until FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v4 RENAME TO outbox;
+    CREATE INDEX outbox_ready ON outbox(status, platform, conversation, id);
+    CREATE INDEX outbox_done ON outbox(delivered_at) WHERE delivered_at IS NOT NULL
+    """,
 ]
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+PRUNE_BATCH = 5000  # rows deleted per write transaction: tens of milliseconds, then the loop runs again
+LEASE_SECONDS = 120.0  # longer than any send; a process that dies mid-send frees its rows after it
+
+
+def process_token() -> str:
+    """This process, unmistakably: a pid alone is reused after the process ends."""
+    me = psutil.Process()
+    return f"{me.pid}:{me.create_time():.3f}"
+
+
+def _token_alive(token: str) -> bool:
+    pid, _, created = token.partition(":")
+    try:
+        proc = psutil.Process(int(pid))
+        # A killed process its parent has not reaped yet is a zombie: gone, though its pid is not.
+        return abs(proc.create_time() - float(created)) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, ValueError):
+        return False
+
+
+class Follower(NamedTuple):
+    conversation: str
+    lang: str
+    owner: str | None
 
 
 @dataclass
@@ -60,10 +144,102 @@ class OutboxItem:
     attempts: int
 
 
+class WriteUnit:
+    """One write transaction around the synchronous stretch of a coroutine.
+
+    A message costs a dedupe claim, often an audit row and its replies in the outbox; as three
+    transactions that is three commits (three rounds of WAL writes and file locks), most of the
+    cost of a message. A unit makes them one. But a transaction must never stay open across an
+    await that really waits: other coroutines on the same connection would write into it, and
+    other processes would wait on the lock. So `run` drives a coroutine itself and commits the
+    moment it first suspends, before the event loop runs anything else; what follows its first
+    wait (the slow commands) writes as before, statement by statement. A command that answers
+    without waiting (most: refusals, validation errors, status) is one transaction, claim to reply.
+
+    What ran before an error is committed, as it was when each statement committed on its own: a
+    claimed message stays claimed, a denial stays audited. Inside another's transaction a unit
+    joins it and leaves the commit to its owner. The connection belongs to the event loop's
+    thread: no worker thread may write on it while a unit is open.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.owned = False  # whether this unit began the transaction (and so ends it)
+
+    def __enter__(self) -> WriteUnit:
+        if not self.conn.in_transaction:  # inside another's transaction: join it, it commits
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.owned = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.commit()
+
+    @property
+    def open(self) -> bool:
+        return self.owned and self.conn.in_transaction
+
+    def commit(self) -> None:
+        """End the transaction now (idempotent); statements after it commit one by one."""
+        if not self.open:
+            self.owned = False  # SQLite may have rolled it back itself (a full disk, an I/O error)
+            return
+        self.owned = False
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await `coro`, committing before its first real wait."""
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration as done:
+            return cast(T, done.value)  # it finished without waiting: still inside the transaction
+        try:
+            self.commit()
+        except BaseException:
+            coro.close()
+            raise
+        return cast(T, await _carry_on(coro, waiting_on))
+
+
+@types.coroutine
+def _carry_on(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
+    """Go on awaiting a coroutine that was stepped by hand to its first wait: hand what it waits
+    on to the task, and pass back what the task sends or throws (`yield from`, started late)."""
+    while True:
+        try:
+            sent = yield waiting_on
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # cancellation, thrown in by the task
+            try:
+                waiting_on = coro.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                waiting_on = coro.send(sent)
+            except StopIteration as done:
+                return done.value
+
+
 class ChatStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         migrate(conn, "chat", _MIGRATIONS)
+        self.me = process_token()
+        # Platforms whose conversations live in this process (the console): their messages are
+        # this process's to print, never another's.
+        self.local_platforms: set[str] = set()
+        self._alive: dict[str, tuple[bool, float]] = {}
+
+    def owner_for(self, conversation: str) -> str | None:
+        return self.me if conversation.partition(":")[0] in self.local_platforms else None
 
     # idempotency
     def claim_message(self, platform: str, message_id: str) -> bool:
@@ -89,86 +265,180 @@ class ChatStore:
 
     # followers
     def follow(self, job_id: str, conversation: str, lang: str = "en") -> bool:
-        cur = self.conn.execute("INSERT OR IGNORE INTO followers VALUES (?, ?, ?)", (job_id, conversation, lang))
+        owner = self.owner_for(conversation)
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO followers VALUES (?, ?, ?, ?)", (job_id, conversation, lang, owner)
+        )
         return cur.rowcount == 1
 
     def unfollow(self, job_id: str, conversation: str) -> bool:
         cur = self.conn.execute("DELETE FROM followers WHERE job_id=? AND conversation=?", (job_id, conversation))
         return cur.rowcount == 1
 
-    def followers(self, job_id: str) -> list[tuple[str, str]]:
+    def followers(self, job_id: str) -> list[Follower]:
         rows = self.conn.execute(
-            "SELECT conversation, lang FROM followers WHERE job_id=? ORDER BY rowid", (job_id,)
+            "SELECT conversation, lang, owner FROM followers WHERE job_id=? ORDER BY rowid", (job_id,)
         ).fetchall()
-        return [(r[0], r[1]) for r in rows]
+        return [Follower(r[0], r[1], r[2]) for r in rows]
 
     # final reports owed
     def owe_final(self, job_id: str) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO pending_finals VALUES (?, ?, ?)", (job_id, os.getpid(), time.time()))
+        self.conn.execute("INSERT OR REPLACE INTO pending_finals VALUES (?, ?, ?)", (job_id, self.me, time.time()))
 
     def final_sent(self, job_id: str) -> None:
         self.conn.execute("DELETE FROM pending_finals WHERE job_id=?", (job_id,))
 
     def orphaned_finals(self) -> list[str]:
-        """Reports owed by processes that are gone; they become this process's to compose."""
+        """Reports owed by processes that are gone; they become this process's to compose. The
+        owner is a process token, not a pid: a restarted container's bot is PID 1 again."""
         mine = []
         for job_id, owner in self.conn.execute("SELECT job_id, owner FROM pending_finals").fetchall():
-            if owner != os.getpid() and not psutil.pid_exists(owner):
+            if owner != self.me and not _token_alive(str(owner)):
                 cur = self.conn.execute(
-                    "UPDATE pending_finals SET owner=? WHERE job_id=? AND owner=?", (os.getpid(), job_id, owner)
+                    "UPDATE pending_finals SET owner=? WHERE job_id=? AND owner=?", (self.me, job_id, owner)
                 )
                 if cur.rowcount == 1:
                     mine.append(job_id)
         return mine
 
     # outbox
-    def enqueue(self, conversation: str, payload: dict[str, Any], live_key: str | None = None) -> int:
+    def enqueue(
+        self, conversation: str, payload: dict[str, Any], live_key: str | None = None, owner: str | None = ""
+    ) -> int:
+        """Queue one message; `owner` "" means: this process's if the conversation lives here."""
         now = time.time()
+        owner = self.owner_for(conversation) if owner == "" else owner
         if live_key is not None:
             # A newer state of a live message replaces an undelivered older one (coalescing).
             row = self.conn.execute(
-                "SELECT id FROM outbox WHERE conversation=? AND live_key=? AND status='pending'",
-                (conversation, live_key),
+                "SELECT id FROM outbox WHERE conversation=? AND live_key=? AND status='pending' AND owner IS ?"
+                " AND lease_until IS NULL",
+                (conversation, live_key, owner),
             ).fetchone()
             if row:
                 self.conn.execute("UPDATE outbox SET payload=? WHERE id=?", (json.dumps(payload), row[0]))
                 return int(row[0])
         cur = self.conn.execute(
-            "INSERT INTO outbox (conversation, payload, live_key, next_at, created_at) VALUES (?, ?, ?, ?, ?)",
-            (conversation, json.dumps(payload), live_key, now, now),
+            "INSERT INTO outbox (conversation, payload, live_key, next_at, created_at, platform, owner)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (conversation, json.dumps(payload), live_key, now, now, conversation.partition(":")[0], owner),
         )
         return int(cur.lastrowid or 0)
 
-    def due(self, limit: int = 100) -> list[OutboxItem]:
-        rows = self.conn.execute(
-            "SELECT id, conversation, payload, live_key, attempts FROM outbox"
-            " WHERE status='pending' AND next_at<=? ORDER BY id LIMIT ?",
-            (time.time(), limit),
-        ).fetchall()
+    def claim_due(self, platforms: Iterable[str], limit: int = 100) -> list[OutboxItem]:
+        """Lease the next message of each conversation this process may deliver, oldest first.
+
+        Only rows it can send are looked at (its platforms; its own or nobody's, or those of a
+        dead process), so another platform's backlog cannot starve it; a conversation whose next
+        message is leased elsewhere or waiting for a retry is skipped, so order holds. The lease
+        is taken in the same write transaction: two processes never send one row.
+        """
+        names = list(platforms)
+        if not names:
+            return []
+        now = time.time()
+        owners = [self.me, *self._dead_owners(names)]
+        marks, omarks = ", ".join("?" for _ in names), ", ".join("?" for _ in owners)
+        with self.transaction():
+            rows = self.conn.execute(
+                "SELECT id, conversation, payload, live_key, attempts FROM outbox WHERE id IN ("
+                f" SELECT MIN(id) FROM outbox WHERE status='pending' AND platform IN ({marks})"
+                f" AND (owner IS NULL OR owner IN ({omarks})) GROUP BY conversation, owner)"
+                " AND next_at<=? AND (lease_until IS NULL OR lease_until<?) ORDER BY id LIMIT ?",
+                (*names, *owners, now, now, limit),
+            ).fetchall()
+            if rows:
+                ids = [r[0] for r in rows]
+                self.conn.execute(
+                    f"UPDATE outbox SET lease_until=? WHERE id IN ({', '.join('?' for _ in ids)})",
+                    (now + LEASE_SECONDS, *ids),
+                )
         return [OutboxItem(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
+    def release(self, item_id: int) -> None:
+        """Give a leased row back unsent (its conversation must wait: pacing)."""
+        self.conn.execute("UPDATE outbox SET lease_until=NULL WHERE id=?", (item_id,))
+
+    def next_due_in(self, platforms: Iterable[str]) -> float | None:
+        """Seconds until the next message of a conversation can go (its retry time, or the end
+        of the lease another process holds on it); None when nothing is pending."""
+        names = list(platforms)
+        if not names:
+            return None
+        owners = [self.me, *self._dead_owners(names)]
+        marks, omarks = ", ".join("?" for _ in names), ", ".join("?" for _ in owners)
+        at = self.conn.execute(
+            "SELECT MIN(MAX(next_at, COALESCE(lease_until, 0))) FROM outbox WHERE id IN ("
+            f" SELECT MIN(id) FROM outbox WHERE status='pending' AND platform IN ({marks})"
+            f" AND (owner IS NULL OR owner IN ({omarks})) GROUP BY conversation, owner)",
+            (*names, *owners),
+        ).fetchone()[0]
+        return None if at is None else max(0.0, at - time.time())
+
+    def _dead_owners(self, platforms: list[str]) -> list[str]:
+        marks = ", ".join("?" for _ in platforms)
+        owners = self.conn.execute(
+            f"SELECT DISTINCT owner FROM outbox WHERE status='pending' AND platform IN ({marks})"
+            " AND owner IS NOT NULL AND owner != ?",
+            (*platforms, self.me),
+        ).fetchall()
+        now = time.monotonic()
+        dead = []
+        for (owner,) in owners:
+            alive, checked = self._alive.get(owner, (True, 0.0))
+            if now - checked > 2.0:
+                alive = _token_alive(owner)
+                self._alive[owner] = (alive, now)
+            if not alive:
+                dead.append(owner)  # a console that is gone: its messages go to whoever prints there now
+        return dead
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the database's write lock for a few statements that stand or fall together;
+        nested use joins the outer transaction, which commits. Only around synchronous code: an
+        await inside would let other coroutines write into it and keep other processes waiting."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def unit(self) -> WriteUnit:
+        """One write transaction for a message's bookkeeping (see `WriteUnit`)."""
+        return WriteUnit(self.conn)
+
     def pending_count(self, platforms: Iterable[str]) -> int:
-        """Undelivered messages for these platforms (others wait for the process that runs them)."""
+        """Undelivered messages this process can deliver (others wait for the process that can)."""
         return int(self._pending("COUNT(*)", platforms) or 0)
 
     def oldest_pending(self, platforms: Iterable[str]) -> float | None:
-        """When the oldest undelivered message for these platforms was queued."""
+        """When the oldest undelivered message this process can deliver was queued."""
         return self._pending("MIN(created_at)", platforms)
 
     def _pending(self, what: str, platforms: Iterable[str]) -> Any:
         names = list(platforms)
         if not names:
             return None
-        where = " OR ".join("conversation LIKE ?" for _ in names)
-        query = f"SELECT {what} FROM outbox WHERE status='pending' AND ({where})"
-        return self.conn.execute(query, [f"{n}:%" for n in names]).fetchone()[0]
+        owners = [self.me, *self._dead_owners(names)]
+        marks, omarks = ", ".join("?" for _ in names), ", ".join("?" for _ in owners)
+        query = (f"SELECT {what} FROM outbox WHERE status='pending' AND platform IN ({marks})"
+                 f" AND (owner IS NULL OR owner IN ({omarks}))")  # fmt: skip
+        return self.conn.execute(query, (*names, *owners)).fetchone()[0]
 
     def delivered(self, item_id: int) -> None:
-        self.conn.execute("UPDATE outbox SET status='delivered', delivered_at=? WHERE id=?", (time.time(), item_id))
+        self.conn.execute(
+            "UPDATE outbox SET status='delivered', delivered_at=?, lease_until=NULL WHERE id=?", (time.time(), item_id)
+        )
 
     def retry_later(self, item_id: int, delay: float, error: str, *, give_up: bool = False) -> None:
         self.conn.execute(
-            "UPDATE outbox SET attempts=attempts+1, next_at=?, last_error=?, status=? WHERE id=?",
+            "UPDATE outbox SET attempts=attempts+1, next_at=?, last_error=?, status=?, lease_until=NULL WHERE id=?",
             (time.time() + delay, error[:500], "failed" if give_up else "pending", item_id),
         )
 
@@ -183,13 +453,157 @@ class ChatStore:
 
     # audit
     def audit(self, identity: str, action: str, detail: str, allowed: bool = True) -> None:
+        """One audit row. Its text is made valid first: a lone surrogate from some platform must
+        never cost the record of a denial (SQLite cannot encode one)."""
         self.conn.execute(
             "INSERT INTO audit (t, identity, action, detail, allowed) VALUES (?, ?, ?, ?, ?)",
-            (time.time(), identity, action, detail[:1000], int(allowed)),
-        )
+            (time.time(), valid_text(str(identity)), valid_text(str(action)), valid_text(str(detail)[:1000]),
+             int(allowed)),
+        )  # fmt: skip
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self.conn.execute(
             "SELECT t, identity, action, detail, allowed FROM audit ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
         return [dict(r) for r in rows]
+
+    # retention
+    def prune_batch(self, kind: str, before: float, limit: int = PRUNE_BATCH) -> tuple[int, list[str]]:
+        """Delete at most `limit` rows of one kind older than `before` (epoch seconds), in one
+        short write transaction; returns how many, and the images the deleted outbox rows named.
+
+        Kinds: "dedupe" (handled message ids), "audit", "delivered" (sent outbox rows) and
+        "failed" (outbox rows given up on). A pending outbox row is never deleted.
+        """
+        with self.transaction():
+            if kind == "dedupe":
+                cur = self.conn.execute(
+                    "DELETE FROM processed_messages WHERE (platform, message_id) IN ("
+                    " SELECT platform, message_id FROM processed_messages WHERE t < ? ORDER BY t LIMIT ?)",
+                    (before, limit),
+                )
+                return cur.rowcount, []
+            if kind == "audit":
+                cur = self.conn.execute(
+                    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE t < ? ORDER BY t LIMIT ?)",
+                    (before, limit),
+                )
+                return cur.rowcount, []
+            if kind == "delivered":  # by time, not by status: outbox_done holds delivered rows only
+                where = "outbox INDEXED BY outbox_done WHERE delivered_at < ? AND status = 'delivered'"
+            elif kind == "failed":  # few: given up after MAX_ATTEMPTS, or refused for good
+                where = "outbox WHERE status = 'failed' AND next_at < ?"
+            else:
+                raise ValueError(f"unknown kind of rows to prune: {kind!r}")
+            # The payload is read only where it names an image (json.dumps writes `"image": null`).
+            rows = self.conn.execute(
+                "SELECT id, CASE WHEN instr(payload, '\"image\": null') THEN NULL ELSE payload END"
+                f" FROM {where} LIMIT ?",
+                (before, limit),
+            ).fetchall()
+            images = []
+            for _, payload in rows:
+                image = json.loads(payload).get("image") if payload else None
+                if isinstance(image, str):
+                    images.append(image)
+            ids = [r[0] for r in rows]
+            for start in range(0, len(ids), 500):  # under SQLite's limit on bound parameters
+                chunk = ids[start : start + 500]
+                self.conn.execute(f"DELETE FROM outbox WHERE id IN ({', '.join('?' for _ in chunk)})", chunk)
+            return len(ids), images
+
+
+class Pruned(NamedTuple):
+    """Rows deleted by one retention pass, per kind, and spooled images removed with them."""
+
+    dedupe: int = 0
+    audit: int = 0
+    delivered: int = 0
+    failed: int = 0
+    images: int = 0
+
+
+class Retention:
+    """Keeps the store from growing without end: handled message ids, audit rows and finished
+    outbox messages older than their window (`[retention]`) are deleted, once at start and then
+    every `prune_seconds`, by a background task the App starts and stops.
+
+    A pass deletes `batch` rows per short transaction and lets the event loop run between them,
+    so a large backlog (the first pass after an upgrade) never stalls message handling. Images
+    that only a deleted outbox row named are deleted with it: those in the spool folder, where
+    `reply_to_payload` wrote each one for exactly one row. Other paths (a job's plot) are the
+    job's and stay.
+    """
+
+    def __init__(
+        self, store: ChatStore, settings: RetentionSettings, spool: Path | None = None, batch: int = PRUNE_BATCH
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.spool = spool.resolve() if spool is not None else None
+        self.batch = batch
+        self._task: asyncio.Task[None] | None = None
+
+    def cutoffs(self, now: float) -> dict[str, float]:
+        """Rows of each kind older than these (epoch seconds) are deleted."""
+        hours, days = 3600.0, 86400.0
+        done = now - self.settings.delivered_hours * hours
+        return {
+            "dedupe": now - self.settings.dedupe_hours * hours,
+            "audit": now - self.settings.audit_days * days,
+            "delivered": done,
+            "failed": done,
+        }
+
+    async def prune(self, now: float | None = None) -> Pruned:
+        """One full pass; `now` (epoch seconds) defaults to the clock."""
+        counts = dict.fromkeys(Pruned._fields, 0)
+        for kind, before in self.cutoffs(time.time() if now is None else now).items():
+            while True:
+                deleted, images = self.store.prune_batch(kind, before, self.batch)
+                counts[kind] += deleted
+                counts["images"] += self._remove_spooled(images)
+                if deleted < self.batch:
+                    break
+                await asyncio.sleep(0)  # a backlog: let messages through between batches
+        pruned = Pruned(**counts)
+        if any(pruned):
+            log.info("retention: deleted %s", ", ".join(f"{k} {v}" for k, v in pruned._asdict().items() if v))
+        return pruned
+
+    def _remove_spooled(self, images: list[str]) -> int:
+        removed = 0
+        for image in images:
+            path = Path(image)
+            if self.spool is None or path.resolve().parent != self.spool:
+                continue  # not a spooled copy: someone else's file
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("retention: cannot delete %s: %s", path, exc)
+        return removed
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._prune_forever(), name="retention")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a store locked by another process for long, a full disk: next time
+                log.exception("retention pass failed")
+            await asyncio.sleep(self.settings.prune_seconds)

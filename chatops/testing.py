@@ -70,8 +70,8 @@ async def eventually(probe: Callable[[], T], timeout: float, what: str, interval
 
 
 class BotHarness:
-    def __init__(self, settings: Settings) -> None:
-        self.adapter = RecordingAdapter()
+    def __init__(self, settings: Settings, adapter: RecordingAdapter | None = None) -> None:
+        self.adapter = adapter or RecordingAdapter()
         self.app = App(settings, adapters=[self.adapter])
         self._seen = 0
         self._ids = itertools.count(1)

@@ -75,8 +75,75 @@ def _short(value: Any) -> str:
 
 
 def suggest(word: str, choices: Iterable[str]) -> str | None:
-    matches = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.6)
-    return matches[0] if matches else None
+    """The choice closest to `word`: what `difflib.get_close_matches(word.lower(), choices, n=1,
+    cutoff=0.6)` answers, ties included, or None.
+
+    It runs on every unknown command word and key. get_close_matches computes difflib's full
+    (slow) ratio for every choice that passes two cheap upper bounds of it; here choices are
+    ranked by the tighter bound (letters in common) and the full ratio is computed only while a
+    choice can still win. Answers are remembered (a bounded table): a typo often comes twice.
+    """
+    key = (word.lower(), tuple(choices))
+    if key in _SUGGESTED:
+        return _SUGGESTED[key]
+    found = _closest(*key)
+    if len(key[0]) <= 64:  # a typo, not a pasted page: only those are worth the memory
+        if len(_SUGGESTED) >= _SUGGESTED_MAX:
+            _SUGGESTED.clear()
+        _SUGGESTED[key] = found
+    return found
+
+
+_SUGGESTED: dict[tuple[str, tuple[str, ...]], str | None] = {}
+_SUGGESTED_MAX = 4096
+_BY_LENGTH: dict[tuple[str, ...], dict[int, list[str]]] = {}  # choices grouped by length, per choice list
+
+
+def _ratio(matches: int, length: int) -> float:
+    """difflib's own arithmetic, so a bound and a score compare with the cutoff alike."""
+    return 2.0 * matches / length if length else 1.0
+
+
+def _closest(word: str, choices: tuple[str, ...], cutoff: float = 0.6) -> str | None:
+    by_length = _BY_LENGTH.get(choices)
+    if by_length is None:
+        if len(_BY_LENGTH) >= 64:
+            _BY_LENGTH.clear()
+        by_length = _BY_LENGTH[choices] = {}
+        for choice in choices:
+            by_length.setdefault(len(choice), []).append(choice)
+    size = len(word)
+    counts: dict[str, int] = {}
+    for ch in word:
+        counts[ch] = counts.get(ch, 0) + 1
+    ranked: list[tuple[float, str]] = []
+    for length, group in by_length.items():
+        if _ratio(min(size, length), size + length) < cutoff:  # difflib's real_quick_ratio
+            continue
+        for choice in group:
+            left = counts.copy()
+            common = 0
+            for ch in choice:
+                if left.get(ch, 0) > 0:
+                    left[ch] -= 1
+                    common += 1
+            bound = _ratio(common, size + length)  # difflib's quick_ratio: letters in common
+            if bound >= cutoff:
+                ranked.append((bound, choice))
+    if not ranked:
+        return None
+    ranked.sort(reverse=True)
+    best: tuple[float, str] | None = None
+    matcher = difflib.SequenceMatcher()
+    matcher.set_seq2(word)  # as get_close_matches: the word is b, each choice a
+    for bound, choice in ranked:
+        if best is not None and bound < best[0]:
+            break  # no choice left can reach the best score
+        matcher.set_seq1(choice)
+        score = matcher.ratio()
+        if score >= cutoff and (best is None or (score, choice) > best):
+            best = (score, choice)  # ties go to the greater string, as heapq.nlargest breaks them
+    return best[1] if best else None
 
 
 # ---- validation ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ job may change. Validation is the only gate between chat text and a training pro
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -35,19 +36,27 @@ class Host(Protocol):
         ...
 
 
+# field_aliases per parameter class; weak, as kinds described from a user's file build classes.
+_ALIASES: weakref.WeakKeyDictionary[type, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
 class JobParams(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
     @classmethod
     def field_aliases(cls) -> dict[str, str]:
-        """Every accepted key (name or alias, lower-case) -> the field name."""
-        out: dict[str, str] = {}
-        for name, info in cls.model_fields.items():
-            out[name] = name
-            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            for alias in extra.get("aliases", []):  # type: ignore[union-attr]
-                out[str(alias).lower()] = name
-        return out
+        """Every accepted key (name or alias, lower-case) -> the field name (a fresh copy; built
+        once per class, as every message that carries parameters asks)."""
+        cached = _ALIASES.get(cls)
+        if cached is None:
+            cached = {}
+            for name, info in cls.model_fields.items():
+                cached[name] = name
+                extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+                for alias in extra.get("aliases", []):  # type: ignore[union-attr]
+                    cached[str(alias).lower()] = name
+            _ALIASES[cls] = cached
+        return dict(cached)
 
     def preflight(self, host: Host) -> list[str]:
         """What can be known to fail before the runner starts (a missing data folder, a GPU that

@@ -90,6 +90,10 @@ _MIGRATIONS = [
     );
     CREATE INDEX job_events_job ON job_events(job_id, id)
     """,
+    # `jobs` and `status` list the newest jobs: an index, not a sort of the whole table.
+    """
+    CREATE INDEX jobs_created ON jobs(created_at)
+    """,
 ]
 
 _JSON_FIELDS = ("params", "handle", "metrics")

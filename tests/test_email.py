@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.smtp import SMTP
 
 from adapters.email import STATE_FILE, EmailAdapter
 from chatops.adapter import AdapterContext, DeliveryError
@@ -131,7 +133,8 @@ async def test_subject_and_body_make_the_command_and_the_reply_is_threaded(
     tmp_path: Path, dovecot: Dovecot, smtp: SmtpSink, make_bot: Any
 ) -> None:
     bot = await make_bot(make_settings(tmp_path, dovecot, smtp))
-    first = mail(ALICE, "train", "lr 0.01\r\nepochs=5\r\n\r\n-- \r\nAlice, PhD student\r\nlr 9\r\n")
+    # A line without a word (".", "。") is no argument: some mail habits end the body with one.
+    first = mail(ALICE, "train", "lr 0.01\r\n.\r\nepochs=5\r\n。\r\n\r\n-- \r\nAlice, PhD student\r\nlr 9\r\n")
     await deliver(dovecot, first)
     [incoming] = await bot.next_incoming(1)
     assert incoming.text == "train\nlr 0.01\nepochs=5"
@@ -341,6 +344,95 @@ async def test_implicit_tls_refuses_an_untrusted_certificate(
     finally:
         await sink.stop()
         server.close()
+
+
+class OpenRelay(SmtpSink):
+    """A relay that offers no AUTH at all (a local Postfix, a container host's relay)."""
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: SMTP(self, hostname="localhost", loop=loop), "127.0.0.1", self.port
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+
+def smtp_problems(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "adapters.email" and r.levelno >= logging.ERROR]
+
+
+async def test_a_relay_without_auth_gets_the_reply_without_a_login(
+    tmp_path: Path, dovecot: Dovecot, make_bot: Any
+) -> None:
+    relay = OpenRelay()
+    await relay.start()
+    try:
+        bot = await make_bot(make_settings(tmp_path, dovecot, relay))
+        await deliver(dovecot, mail(ALICE, "status"))
+        await bot.next_incoming(1)
+        [answer] = await relay.wait_for(1)
+        assert answer.rcpt_tos == [ALICE] and answer.login is None
+        assert text_of(answer).strip() == "got: status"
+    finally:
+        await relay.stop()
+
+
+async def test_wrong_smtp_password_is_permanent_names_the_answer_and_is_logged_once(
+    tmp_path: Path, dovecot: Dovecot, smtp: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    smtp.users = {BOT: "the-real-one"}
+    bot = Bot(make_settings(tmp_path, dovecot, smtp))  # sending needs no IMAP session
+    conv = Conversation("email", ALICE)
+    caplog.set_level(logging.INFO, logger="adapters.email")
+    errors = []
+    for text in ("one", "two", "three"):
+        with pytest.raises(DeliveryError) as failed:
+            await bot.adapter.send(conv, Reply(text))
+        errors.append(failed.value)
+    assert all(e.permanent for e in errors)
+    assert all("535 5.7.8 Authentication credentials invalid" in str(e) for e in errors)  # the outbox's last_error
+    [logged] = smtp_problems(caplog)
+    assert "535 5.7.8 Authentication credentials invalid" in logged and f"127.0.0.1:{smtp.port}" in logged
+    assert BOT_PW not in caplog.text and all(BOT_PW not in str(e) for e in errors)
+    assert smtp.received == []
+
+    smtp.users = {BOT: BOT_PW}  # fixed on the server: mail flows, and a new breakage is logged anew
+    await bot.adapter.send(conv, Reply("four"))
+    assert [text_of(r).strip() for r in await smtp.wait_for(1)] == ["four"]
+    smtp.users = {BOT: "rotated"}
+    with pytest.raises(DeliveryError):
+        await bot.adapter.send(conv, Reply("five"))
+    assert len(smtp_problems(caplog)) == 2
+
+
+async def test_smtp_auth_required_by_config_but_not_offered_is_one_clear_error(
+    tmp_path: Path, dovecot: Dovecot, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = OpenRelay()
+    await relay.start()
+    try:
+        bot = Bot(make_settings(tmp_path, dovecot, relay, smtp_auth=True))
+        caplog.set_level(logging.INFO, logger="adapters.email")
+        errors = []
+        for text in ("one", "two"):
+            with pytest.raises(DeliveryError) as failed:
+                await bot.adapter.send(Conversation("email", ALICE), Reply(text))
+            errors.append(failed.value)
+        assert all(e.permanent for e in errors)
+        [logged] = smtp_problems(caplog)
+        assert str(errors[0]) == logged.removeprefix("email: cannot send mail: ")
+        assert f"127.0.0.1:{relay.port} offers no AUTH" in logged and "smtp_auth = true" in logged
+        assert "SIZE" in logged  # what it did offer
+        assert relay.received == []
+    finally:
+        await relay.stop()
+
+
+def test_smtp_auth_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CHATOPS_EMAIL__SMTP_AUTH", "false")
+    assert Settings(data_dir=tmp_path).email.smtp_auth is False
+    monkeypatch.delenv("CHATOPS_EMAIL__SMTP_AUTH")
+    assert Settings(data_dir=tmp_path).email.smtp_auth is None
 
 
 def test_settings_from_env_enable_the_adapter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
