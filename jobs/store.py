@@ -6,13 +6,12 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.db import connect, migrate
+from jobs.db import connect, migrate, write_transaction
 
 QUEUED, STARTING, RUNNING, PAUSED = "queued", "starting", "running", "paused"
 SUCCEEDED, FAILED, STOPPED, LOST = "succeeded", "failed", "stopped", "lost"
@@ -131,22 +130,9 @@ class JobStore:
         cur = self.conn.execute("UPDATE jobs SET state=? WHERE id=? AND state=?", (new, job_id, old))
         return cur.rowcount == 1
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Hold the database's write lock: other bot processes on the same file wait for the end.
-
-        Nested use joins the outer transaction, which commits.
-        """
-        if self.conn.in_transaction:
-            yield
-            return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[None]:
+        """One write transaction for what follows (nested use joins the outer one)."""
+        return write_transaction(self.conn)
 
     def get(self, job_id: str) -> Job | None:
         row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()

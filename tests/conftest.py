@@ -25,3 +25,11 @@ def settings(tmp_path: Path) -> Settings:
 async def bot(settings: Settings) -> AsyncIterator[BotHarness]:
     async with BotHarness(settings) as harness:
         yield harness
+
+
+@pytest.fixture
+async def quick_loss(settings: Settings) -> AsyncIterator[BotHarness]:
+    """A bot that declares a silent runner lost after 3 s (runs here report every 0.2 s)."""
+    jobs = settings.jobs.model_copy(update={"heartbeat_timeout": 3.0})
+    async with BotHarness(settings.model_copy(update={"jobs": jobs})) as bot:
+        yield bot

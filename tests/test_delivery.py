@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,17 @@ async def test_two_bots_on_one_database_send_each_message_once_in_order(settings
         for i in range(30):
             times = [t for conv, t in rows if conv == f"test:c{i}"]
             assert len(times) == 5 and times == sorted(times), (i, times)
+
+
+async def test_a_lease_held_by_a_process_that_died_mid_send_ends_with_it(bot: BotHarness) -> None:
+    bot.app.notifier.enqueue("test:c", Reply("first"))
+    bot.app.notifier.enqueue("test:c", Reply("second"))
+    await eventually(lambda: len(bot.adapter.sent) == 2, 10, "both")
+    # The next message, leased for two minutes by a bot that was killed while it sent it.
+    bot.app.notifier.enqueue("test:c", Reply("third"))
+    conn = bot.app.chat_store.conn
+    with bot.app.chat_store.transaction():  # in the same step as the enqueue: no pass sees it unleased
+        conn.execute("UPDATE outbox SET lease_until=?, lessee=? WHERE status='pending'", (time.time() + 120, "1:0.000"))
+    bot.app.notifier.enqueue("test:c", Reply("fourth"))
+    await eventually(lambda: len(bot.adapter.sent) == 4, 10, "the dead lease taken over, long before it expires")
+    assert [r.text for _, r, _ in bot.adapter.sent] == ["first", "second", "third", "fourth"]

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -440,14 +439,6 @@ async def test_a_runner_frozen_within_the_heartbeat_timeout_trains_on_and_succee
     assert moves == ["queued", "starting", "running", "succeeded"], moves
     _assert_history_whole(store, jid, job.dir)
     assert len([r for _, r, _ in bot.adapter.sent if r.job_id == jid and "succeeded" in r.text]) == 1
-
-
-@pytest.fixture
-async def quick_loss(settings: Settings) -> AsyncIterator[BotHarness]:
-    """A bot that declares a silent runner lost after 3 s (runs here report every 0.2 s)."""
-    jobs = settings.jobs.model_copy(update={"heartbeat_timeout": 3.0})
-    async with BotHarness(settings.model_copy(update={"jobs": jobs})) as bot:
-        yield bot
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -24,14 +23,6 @@ def _gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-@pytest.fixture
-async def quick_loss(settings: Settings) -> AsyncIterator[BotHarness]:
-    """A bot that declares a silent runner lost after 3 s (runs here report every 0.2 s)."""
-    jobs = settings.jobs.model_copy(update={"heartbeat_timeout": 3.0})
-    async with BotHarness(settings.model_copy(update={"jobs": jobs})) as bot:
-        yield bot
 
 
 @pytest.mark.slow
