@@ -409,15 +409,21 @@ async def test_a_sigkilled_runner_fails_its_job_once_and_resume_goes_on_from_the
 
 
 # ---- 4. SIGSTOP / SIGCONT of the runner ---------------------------------------------------------
+async def _frozen_after_a_checkpoint(bot: BotHarness, train: str) -> tuple[str, int]:
+    """Start a job, and SIGSTOP its runner once it has a checkpoint; returns (job id, pid)."""
+    [reply] = await bot.say(train)
+    jid = job_id(reply.text)
+    await bot.wait_event(jid, "checkpoint", timeout=60)
+    pid = bot.app.job_store.get(jid).handle["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    return jid, pid
+
+
 @pytest.mark.slow
 async def test_a_runner_frozen_within_the_heartbeat_timeout_trains_on_and_succeeds(bot: BotHarness) -> None:
     store = bot.app.job_store
-    [reply] = await bot.say(f"train lr=0.05 epochs=200 {TINY}")
-    jid = job_id(reply.text)
-    await bot.wait_event(jid, "checkpoint", timeout=60)
+    jid, pid = await _frozen_after_a_checkpoint(bot, f"train lr=0.05 epochs=200 {TINY}")
     job = store.get(jid)
-    pid = job.handle["pid"]
-    os.kill(pid, signal.SIGSTOP)
     try:
         [asked] = await bot.say(f"set {jid} lr=0.02")
         assert not asked.error, asked.text
@@ -446,12 +452,7 @@ async def test_commands_sent_to_a_runner_frozen_until_lost_die_with_it(quick_los
     """test_lifecycle covers the kill of a lost runner; here a set and a pause were accepted while
     it was frozen: neither ever applies, not from the killed runner, nor in the resumed run."""
     bot, store = quick_loss, quick_loss.app.job_store
-    [reply] = await bot.say(f"train lr=0.05 {LONG}")
-    jid = job_id(reply.text)
-    await bot.wait_event(jid, "checkpoint", timeout=60)
-    job = store.get(jid)
-    pid = job.handle["pid"]
-    os.kill(pid, signal.SIGSTOP)
+    jid, pid = await _frozen_after_a_checkpoint(bot, f"train lr=0.05 {LONG}")
     try:
         asked = [*await bot.say(f"set {jid} lr=0.02"), *await bot.say(f"pause {jid}")]
         assert not any(r.error for r in asked), [r.text for r in asked]
