@@ -12,6 +12,7 @@ from chatops.auth import Authorizer
 from chatops.commands import admin, training
 from chatops.message import Incoming, Reply
 from chatops.notifier import Notifier
+from chatops.plugins import load_plugins
 from chatops.router import Router
 from chatops.settings import Section, Settings
 from chatops.specs import CommandRegistry
@@ -61,6 +62,8 @@ class App:
         self.registry = CommandRegistry()
         training.register(self.registry)
         admin.register(self.registry)
+        # Before the adapters are built: their command menus list plugin commands too.
+        self.plugin_problems = load_plugins(self.registry, settings.plugins.modules)
         self.exit_requested = asyncio.Event()
         self.authorizer = Authorizer(settings.auth, settings.console.user)
         self.router = Router(self.registry, self.chat_store, self.authorizer, app=self)

@@ -5,8 +5,11 @@ Secrets are `SecretStr` so they never show up in a repr, a log line or an error 
 
 from __future__ import annotations
 
+import difflib
 import getpass
+import logging
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _default_data_dir() -> Path:
@@ -76,6 +81,12 @@ class RetentionSettings(Section):
         24.0, ge=0, description="how long sent (or given-up) outbox messages are kept, with their spooled images"
     )
     prune_seconds: float = Field(600.0, ge=1, le=86400, description="how often old rows are deleted")
+
+
+class PluginsSettings(Section):
+    modules: list[str] = Field(
+        default_factory=list, description="modules with @command functions, beside the chatops.commands entry points"
+    )
 
 
 class HealthSettings(Section):
@@ -179,6 +190,7 @@ class Settings(BaseSettings):
     jobs: JobsSettings = Field(default_factory=JobsSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    plugins: PluginsSettings = Field(default_factory=PluginsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
@@ -228,5 +240,33 @@ def load_settings(config: Path | str | None = None, data_dir: Path | str | None 
     kwargs: dict[str, Any] = {"data_dir": Path(data_dir)} if data_dir is not None else {}
     if path is not None:
         kwargs["config_file"] = Path(path)
+        for problem in unknown_keys(Path(path)):
+            log.warning("config %s: %s", path, problem)
     loaded = _FromFile(**kwargs)
     return Settings.model_validate(loaded.model_dump())
+
+
+def unknown_keys(path: Path) -> list[str]:
+    """Sections and keys of a config file that no setting reads, each with the closest known
+    name: a misspelled `[telgram]` would otherwise be dropped without a word."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []  # reading the settings reports it
+    problems = []
+    fields = Settings.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            what = f"section [{key}]" if isinstance(value, dict) else f"key {key!r}"
+            problems.append(_unknown(f"{what} is ignored", key, fields))
+            continue
+        model = fields[key].annotation
+        if isinstance(value, dict) and isinstance(model, type) and issubclass(model, BaseModel):
+            problems += [_unknown(f"key {k!r} in [{key}]", k, model.model_fields) for k in value
+                         if k not in model.model_fields]  # fmt: skip
+    return problems
+
+
+def _unknown(what: str, name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"unknown {what}" + (f"; did you mean {close[0]!r}?" if close else "")

@@ -84,6 +84,16 @@ class CommandRegistry:
 
         return wrap
 
+    def add_all(self, specs: list[CommandSpec]) -> None:
+        """Add a plugin's commands together or none of them (a word taken, or used twice)."""
+        words = [w.lower() for spec in specs for w in (spec.name, *spec.aliases)]
+        taken = sorted({w for w in words if w in self._words} | {w for w in words if words.count(w) > 1})
+        if taken:
+            owners = ", ".join(f"{w!r} ({self._words[w].name if w in self._words else 'twice'})" for w in taken)
+            raise ValueError(f"command words already taken: {owners}")
+        for spec in specs:
+            self.add(spec)
+
     def lookup(self, word: str) -> CommandSpec | None:
         return self._words.get(word.lower())
 

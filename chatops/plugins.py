@@ -1,0 +1,136 @@
+"""Command plugins: a team's own `gpus` or `deploy` without editing chatops.
+
+    from chatops import command
+
+    @command("gpus", role="viewer", aliases=["显卡"])
+    async def gpus(ctx, index: int | None = None, verbose: bool = False) -> str:
+        \"\"\"GPU use on the training host.\"\"\"
+        ...
+
+The parameters after the context, each with a type hint and a default, are the command's
+arguments (`key=value`, or bare words in order): the router parses, validates and explains them
+as it does for the built-in commands; the docstring's first line is the summary in `help` and in
+the platforms' command menus. Modules with such functions are found through the entry-point
+group `chatops.commands` and the config key `[plugins] modules`; one that fails to load is
+reported in one line and the bot runs on without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import types
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from pydantic import ConfigDict, create_model
+
+from chatops.auth import Role
+from chatops.message import Reply
+from chatops.specs import CommandRegistry, CommandSpec, HandlerResult
+
+if TYPE_CHECKING:
+    from chatops.router import CommandContext
+
+log = logging.getLogger(__name__)
+
+COMMAND_GROUP = "chatops.commands"
+_SPEC = "__chatops_command__"
+F = TypeVar("F", bound=Callable[..., Awaitable[HandlerResult]])
+
+
+def command(
+    name: str,
+    *,
+    role: Literal["viewer", "operator", "admin"] = "viewer",
+    aliases: Iterable[str] = (),
+    examples: Iterable[str] = (),
+) -> Callable[[F], F]:
+    """Make an `async def handler(ctx, arg: type = default, …)` a chat command (see the module)."""
+    if role not in ("viewer", "operator", "admin"):
+        raise ValueError(f"command {name!r}: role must be viewer, operator or admin (got {role!r})")
+
+    def wrap(fn: F) -> F:
+        setattr(fn, _SPEC, spec_of(fn, name, Role[role], tuple(aliases), tuple(examples)))
+        return fn
+
+    return wrap
+
+
+def spec_of(fn: Callable[..., Any], name: str, role: Role, aliases: tuple[str, ...] = (),
+            examples: tuple[str, ...] = ()) -> CommandSpec:  # fmt: skip
+    """The command spec a function declares by its signature and docstring."""
+    where = getattr(fn, "__qualname__", name)
+    if not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"command {name!r}: {where} must be an async def")
+    params = list(inspect.signature(fn).parameters.values())
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        raise TypeError(f"command {name!r}: {where} takes the handler context as its first parameter")
+    fields: dict[str, Any] = {}
+    for p in params[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise TypeError(f"command {name!r}: {where} cannot take *{p.name}; name each argument")
+        if p.annotation is p.empty or p.default is p.empty:
+            raise TypeError(f"command {name!r}: argument {p.name!r} of {where} needs a type hint and a default")
+        fields[p.name.lower()] = (_resolve(p.annotation, fn), p.default)
+    names = {p.name.lower(): p.name for p in params[1:]}
+    model = create_model(  # type: ignore[call-overload]
+        f"{name.title().replace('-', '')}Args", __config__=ConfigDict(extra="forbid"), **fields
+    )
+
+    async def handler(ctx: CommandContext) -> HandlerResult:
+        result = await fn(ctx, **{names[key]: getattr(ctx.args, key) for key in fields})
+        if isinstance(result, (str, Reply, list)):
+            return result
+        return [] if result is None else str(result)  # None: nothing to say
+
+    summary = (inspect.getdoc(fn) or "").strip().splitlines()
+    return CommandSpec(
+        name=name, handler=handler, summary=summary[0] if summary else name, aliases=aliases, args=model,
+        positionals=tuple(fields), role=role, examples=examples or (name,),
+    )  # fmt: skip
+
+
+def _resolve(annotation: Any, fn: Callable[..., Any]) -> Any:
+    """An argument's type; a string one (`from __future__ import annotations`) is evaluated where
+    the function was written. Only the arguments': the context's hint may name a type imported
+    only for type checkers."""
+    if isinstance(annotation, str):
+        return eval(annotation, fn.__globals__, {})  # as typing.get_type_hints does: the plugin's own source
+    return annotation
+
+
+def declared(obj: Any) -> Iterator[CommandSpec]:
+    """The commands an entry point or module declares: decorated functions (in a module, in
+    the order they are defined), or a single decorated function."""
+    if isinstance(obj, types.ModuleType):
+        for value in vars(obj).values():
+            spec = getattr(value, _SPEC, None)
+            if isinstance(spec, CommandSpec) and getattr(value, "__module__", None) == obj.__name__:
+                yield spec
+        return
+    spec = getattr(obj, _SPEC, None)
+    if not isinstance(spec, CommandSpec):
+        raise TypeError(f"{obj!r} is neither a module nor a function decorated with @command")
+    yield spec
+
+
+def load_plugins(registry: CommandRegistry, modules: Iterable[str] = ()) -> list[str]:
+    """Register the commands of every installed plugin (entry points) and configured module.
+    A plugin that fails to import, or whose words are taken, is left out whole; the returned
+    lines (also logged) name it and the error."""
+    sources: list[tuple[str, Callable[[], Any]]] = [
+        (f"{ep.value} (entry point {ep.name})", ep.load) for ep in entry_points(group=COMMAND_GROUP)
+    ]
+    sources += [(module, lambda module=module: importlib.import_module(module)) for module in modules]
+    problems = []
+    for label, load in sources:
+        try:
+            registry.add_all(list(declared(load())))
+        except Exception as exc:  # a plugin's bug or typo never stops the bot
+            line = f"plugin {label} not loaded: {type(exc).__name__}: {exc}"
+            log.error("%s", line)
+            problems.append(line)
+    return problems

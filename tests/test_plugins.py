@@ -1,0 +1,214 @@
+"""Command plugins: `@command` functions found through `[plugins] modules` and the
+`chatops.commands` entry points, typed arguments, help, roles, platform menus, and plugins that
+fail to load; unknown config sections and keys are reported."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from chatops import command
+from chatops.settings import AuthSettings, PluginsSettings, Settings, TelegramSettings, load_settings
+from chatops.testing import BotHarness
+from tests.fakes.telegram_api import FakeBotAPI
+
+GPUS = '''
+from chatops import command
+
+
+@command("gpus", aliases=["显卡"], examples=["gpus 0 verbose=true"])
+async def gpus(ctx, index: int | None = None, verbose: bool = False) -> str:
+    """GPU use on the training host.
+
+    Everything after the first line stays out of the menus."""
+    return f"gpus index={index} verbose={verbose} asked by {ctx.incoming.sender.key} ({ctx.role.name})"
+
+
+@command("deploy", role="operator")
+async def deploy(ctx, target: str = "staging"):
+    """Ship the last model."""
+    return None  # an empty answer is fine
+
+
+def helper():  # not a command: ignored
+    return 1
+'''
+
+
+def write_module(root: Path, name: str, source: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def with_plugins(settings: Settings, *modules: str) -> Settings:
+    return settings.model_copy(update={"plugins": PluginsSettings(modules=list(modules))})
+
+
+async def test_a_module_named_in_config_adds_typed_commands(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_module(tmp_path / "plug", "team_gpus", GPUS)
+    monkeypatch.syspath_prepend(str(tmp_path / "plug"))
+    async with BotHarness(with_plugins(settings, "team_gpus")) as bot:
+        assert bot.app.plugin_problems == []
+        [reply] = await bot.say("gpus 1 verbose=yes", user="viewer")
+        assert reply.text == "gpus index=1 verbose=True asked by test:viewer (viewer)"
+        [chinese] = await bot.say("显卡", user="viewer")
+        assert chinese.text.startswith("gpus index=None verbose=False")
+        [bad] = await bot.say("gpus index=first", user="viewer")
+        assert bad.error and "index: must be a whole number (got first)" in bad.text
+        [unknown] = await bot.say("gpus idx=1", user="viewer")
+        assert unknown.error and "did you mean index" in unknown.text
+        [denied] = await bot.say("deploy prod", user="viewer")
+        assert denied.error and "deploy" in denied.text
+        assert await bot.say("deploy prod", user="op") == []  # allowed, nothing to say
+        [listing] = await bot.say("help", user="viewer")
+        assert "gpus (显卡): GPU use on the training host." in listing.text
+        assert "stays out" not in listing.text
+        [detail] = await bot.say("help gpus", user="viewer")
+        assert "gpus 0 verbose=true" in detail.text
+        rows = bot.app.chat_store.conn.execute("SELECT action FROM audit WHERE identity='test:op'").fetchall()
+        assert ("deploy",) in [tuple(r) for r in rows], "a plugin's state-changing command is audited"
+
+
+async def test_a_broken_or_clashing_plugin_is_reported_and_the_bot_runs_on(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_module(tmp_path / "plug", "broken_plug", "import not_installed_anywhere\n")
+    write_module(tmp_path / "plug", "clash_plug", GPUS.replace('"deploy"', '"status"'))
+    write_module(tmp_path / "plug", "team_gpus", GPUS)
+    monkeypatch.syspath_prepend(str(tmp_path / "plug"))
+    caplog.set_level(logging.ERROR, logger="chatops.plugins")
+    modules = ("broken_plug", "clash_plug", "missing.module", "team_gpus")
+    async with BotHarness(with_plugins(settings, *modules)) as bot:
+        problems = bot.app.plugin_problems
+        assert len(problems) == 3, problems
+        assert problems[0].startswith("plugin broken_plug not loaded: ModuleNotFoundError")
+        assert "clash_plug" in problems[1] and "'status' (status)" in problems[1]
+        assert problems[2].startswith("plugin missing.module not loaded")
+        assert [r.getMessage() for r in caplog.records] == problems  # one line each, in the log
+        # The clashing plugin is left out whole (its gpus too); the good one and the core work.
+        [reply] = await bot.say("gpus", user="viewer")
+        assert reply.text.startswith("gpus index=None")
+        [jobs] = await bot.say("jobs", user="viewer")
+        assert not jobs.error
+
+
+async def test_an_installed_plugin_is_found_through_its_entry_point(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    write_module(site, "installed_gpus", GPUS)
+    info = site / "installed_gpus-1.0.dist-info"  # what `pip install` leaves: metadata and entry points
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: installed-gpus\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[chatops.commands]\ngpus = installed_gpus\n")
+    monkeypatch.syspath_prepend(str(site))
+    async with BotHarness(settings) as bot:
+        assert bot.app.plugin_problems == []
+        [reply] = await bot.say("gpus 3", user="viewer")
+        assert reply.text.startswith("gpus index=3")
+
+
+async def test_plugin_commands_are_in_telegrams_command_menu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatops.app import App
+
+    write_module(tmp_path / "plug", "team_gpus", GPUS)
+    monkeypatch.syspath_prepend(str(tmp_path / "plug"))
+    async with FakeBotAPI("123:abc") as api:
+        settings = Settings(
+            data_dir=tmp_path / "data", auth=AuthSettings(viewers=["telegram:42"]),
+            telegram=TelegramSettings(token="123:abc", base_url=api.base_url),
+            plugins=PluginsSettings(modules=["team_gpus"]),
+        )  # fmt: skip
+        app = App(settings)
+        await app.start()
+        try:
+            menu = {c["command"]: c["description"] for c in api.commands}
+            assert menu["gpus"] == "GPU use on the training host."
+            assert {"train", "status", "deploy"} <= set(menu)
+            api.push_message("/gpus@TestBot 2", user_id=42)
+            answer = await api.wait_call("sendMessage", lambda c: "gpus index=2" in str(c.params.get("text")))
+            assert "telegram:42 (viewer)" in answer.params["text"]
+        finally:
+            await app.stop()
+
+
+def test_a_command_declares_what_it_takes_or_is_refused_at_once() -> None:
+    with pytest.raises(TypeError, match="needs a type hint and a default"):
+
+        @command("x")
+        async def untyped(ctx, n=1):  # type: ignore[no-untyped-def]
+            return ""
+
+    with pytest.raises(TypeError, match="needs a type hint and a default"):
+
+        @command("y")
+        async def no_default(ctx, n: int) -> str:  # type: ignore[no-untyped-def]
+            return ""
+
+    with pytest.raises(TypeError, match="async def"):
+
+        @command("z")
+        def not_async(ctx) -> str:  # type: ignore[no-untyped-def]
+            return ""
+
+    with pytest.raises(ValueError, match="role must be"):
+        command("w", role="root")  # type: ignore[arg-type]
+
+
+def test_a_misspelled_config_section_or_key_is_reported_with_the_closest_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "chatops.toml"
+    config.write_text('[telgram]\ntoken = "1:x"\n\n[jobs]\nmax_parallel = 2\n'
+                      '\n[kinds.mine]\nmodule = "x.py"\n\n[plugins]\nmodules = ["a.b"]\n')  # fmt: skip
+    caplog.set_level(logging.WARNING, logger="chatops.settings")
+    settings = load_settings(config, tmp_path / "data")
+    assert settings.jobs.max_parallel == 2 and settings.plugins.modules == ["a.b"]
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "unknown section [telgram] is ignored; did you mean 'telegram'?" in warned[0], warned
+    # A wrong key inside a known section stops the start (its section forbids it); the hint comes first.
+    caplog.clear()
+    config.write_text("[notify]\nprogres_seconds = 3\n")
+    with pytest.raises(ValueError, match="progres_seconds"):
+        load_settings(config, tmp_path / "data")
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("unknown key 'progres_seconds' in [notify]; did you mean 'progress_seconds'?" in w
+               for w in warned), warned  # fmt: skip
+
+
+def test_the_example_plugin_answers_through_chatops_run(tmp_path: Path) -> None:
+    """examples/plugin as a user runs it: `[plugins] modules` (from the environment here), the real
+    `chatops run` on the console, an `nvidia-smi` on PATH (a stand-in printing what the real one
+    prints for this query)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf '0, NVIDIA H200, 37, 1024, 143771\\n1, NVIDIA H200, 0, 0, 143771\\n'\n")
+    smi.chmod(0o755)
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CHATOPS_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONPATH": str(root / "examples" / "plugin"), "CHATOPS_PLUGINS__MODULES": '["chatops_gpus"]',
+    }  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "chatops.cli", "run"], input="gpus\ngpus all=true\n显卡 1\nhelp gpus\n",
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "gpu 0 NVIDIA H200: 37% busy, 1024/143771 MiB" in out
+    assert out.count("gpu 1 NVIDIA H200: 0% busy, 0/143771 MiB") == 2  # all=true, and 显卡 1
+    assert "gpus all=true" in out and "nvidia-smi" in out  # help gpus: examples and summary
+    assert "not loaded" not in done.stderr
