@@ -33,7 +33,6 @@ class ConsoleAdapter(Adapter):
         self._task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._live_line: str | None = None  # message id of the line currently drawn with \r
-        self.sent: list[Reply] = []
 
     @classmethod
     def from_settings(cls, ctx: AdapterContext) -> ConsoleAdapter:
@@ -86,7 +85,6 @@ class ConsoleAdapter(Adapter):
         return ref
 
     def _write(self, message_id: str, reply: Reply, *, new: bool) -> None:
-        self.sent.append(reply)
         text = reply.text
         if reply.image is not None:
             text += f"\n  plot: {reply.image}"

@@ -34,5 +34,3 @@ class Authorizer:
                 return role
         return Role.none
 
-    def admins_patterns(self) -> list[str]:
-        return list(self._patterns[0][1])

@@ -9,6 +9,7 @@ Terminal states always produce a new message, with the plot attached.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import time
@@ -128,7 +129,7 @@ class Notifier:
             if event["from"] == "queued":
                 return  # cancelled before it ran: the answer to `stop` said so, there is nothing to report
             self.store.owe_final(job.id)
-            self._compose(job.id)
+            self._compose(job.id, event["to"])
             return
         for conv_key, lang, owner in followers:
             zh = lang == "zh"
@@ -178,17 +179,21 @@ class Notifier:
             owner,
         )
 
-    def _compose(self, job_id: str) -> None:
+    def _compose(self, job_id: str, ended: str | None = None) -> None:
         """Rendered off the manager's path: a plot takes a while and must not stall it."""
-        task = asyncio.create_task(self._final(job_id), name=f"final-{job_id}")
+        task = asyncio.create_task(self._final(job_id, ended), name=f"final-{job_id}")
         self._composing.add(task)
         task.add_done_callback(self._composing.discard)
 
-    async def _final(self, job_id: str) -> None:
+    async def _final(self, job_id: str, ended: str | None = None) -> None:
         job = self.manager.store.get(job_id)
         if job is None:
             self.store.final_sent(job_id)
             return
+        if ended is not None and job.state != ended:
+            # Resumed already (a lost job, at once): the report tells how that run ended.
+            job = copy.copy(job)
+            job.state = ended
         image = await self.plot(job)
         with self.manager.store.transaction():  # the report is queued and no longer owed, at once
             for conv_key, lang, owner in self.store.followers(job.id):

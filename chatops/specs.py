@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
@@ -54,7 +54,6 @@ class CommandSpec:
     job_params: bool = False
     confirm: Callable[[CommandContext], str | Question] | None = None  # asked before running
     examples: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def changes_state(self) -> bool:
@@ -74,15 +73,6 @@ class CommandRegistry:
             self._words[key] = spec
         self._specs[spec.name] = spec
         return spec
-
-    def command(self, name: str, summary: str, **kwargs: Any) -> Callable[[Handler], Handler]:
-        """Decorator form, Errbot style: the function is the handler."""
-
-        def wrap(fn: Handler) -> Handler:
-            self.add(CommandSpec(name=name, handler=fn, summary=summary, **kwargs))
-            return fn
-
-        return wrap
 
     def add_all(self, specs: list[CommandSpec]) -> None:
         """Add a plugin's commands together or none of them (a word taken, or used twice)."""

@@ -174,9 +174,6 @@ class JobManager:
             raise JobError(f"no job {job_id}")
         return job
 
-    def running_count(self) -> int:
-        return len(self.store.list(ACTIVE_STATES, limit=10_000))
-
     def queue_position(self, job_id: str) -> int | None:
         queued = sorted(self.store.list({QUEUED}, limit=10_000), key=lambda j: j.created_at)
         ids = [j.id for j in queued]

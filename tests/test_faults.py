@@ -481,7 +481,7 @@ async def test_commands_sent_to_a_runner_frozen_until_lost_die_with_it(quick_los
     await bot.say(f"stop {jid} --yes")
     assert await bot.wait_state(jid, {"stopped"}, timeout=30) == "stopped"
     lost_reports = [r for _, r, _ in bot.adapter.sent if r.job_id == jid and r.text.startswith(f"job {jid} lost")]
-    assert len(lost_reports) == 1
+    assert len(lost_reports) == 1, [r.text[:80] for _, r, _ in bot.adapter.sent if r.job_id == jid]
 
 
 @pytest.mark.slow

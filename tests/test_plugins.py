@@ -212,3 +212,34 @@ def test_the_example_plugin_answers_through_chatops_run(tmp_path: Path) -> None:
     assert out.count("gpu 1 NVIDIA H200: 0% busy, 0/143771 MiB") == 2  # all=true, and 显卡 1
     assert "gpus all=true" in out and "nvidia-smi" in out  # help gpus: examples and summary
     assert "not loaded" not in done.stderr
+
+
+def test_a_plugin_project_tests_its_command_with_the_bot_fixture(tmp_path: Path) -> None:
+    """Another project (no conftest, pytest-asyncio in strict mode) gets `bot` from the installed
+    chatops (its pytest11 entry point) and drives its own plugin through it."""
+    write_module(tmp_path, "team_gpus", GPUS)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = strict\n")
+    (tmp_path / "test_team.py").write_text(textwrap.dedent('''
+        import pytest
+
+        from chatops.settings import PluginsSettings
+
+
+        @pytest.fixture
+        def chatops_settings(chatops_settings):
+            return chatops_settings.model_copy(update={"plugins": PluginsSettings(modules=["team_gpus"])})
+
+
+        @pytest.mark.asyncio
+        async def test_gpus(bot):
+            [reply] = await bot.say("gpus 1", user="viewer")
+            assert reply.text.startswith("gpus index=1")
+            [denied] = await bot.say("deploy", user="viewer")
+            assert denied.error
+    '''))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_team.py"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout
