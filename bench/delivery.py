@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -189,8 +190,6 @@ async def two_processes(count: int, data: Path) -> dict[str, int]:
 
 
 def _live_bytes(db: Path) -> int:
-    import sqlite3
-
     with sqlite3.connect(db) as conn:
         pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
         return int(pages * conn.execute("PRAGMA page_size").fetchone()[0])
