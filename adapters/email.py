@@ -22,15 +22,24 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aioimaplib
 import aiosmtplib
+from pydantic import Field, SecretStr
 
-from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler, reconnect_forever
+from chatops.adapter import (
+    Adapter,
+    AdapterContext,
+    Capabilities,
+    DeliveryError,
+    Handler,
+    image_bytes,
+    reconnect_forever,
+)
 from chatops.auth import Authorizer, Role
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
-from chatops.settings import EmailSettings
+from chatops.settings import Section
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +92,34 @@ class _State:
         os.replace(tmp, self.path)
 
 
+class EmailSettings(Section):
+    """[email]: one mailbox read over IMAP and answered over SMTP."""
+
+    address: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    imap_host: str | None = None
+    imap_port: int | None = None
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    security: Literal["tls", "starttls", "none"] = "tls"
+    smtp_auth: bool | None = Field(
+        None,
+        description="SMTP login: unset = when the server offers AUTH, true = always (an error when it"
+        " offers none), false = never (a relay that takes mail without one)",
+    )
+    poll_seconds: float = Field(30.0, gt=0)
+    digest_minutes: float = Field(10.0, gt=0)
+    secret: SecretStr | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.imap_host is not None
+
+
 class EmailAdapter(Adapter):
     name = "email"
+    settings_model = EmailSettings
     capabilities = Capabilities(edit=False, images=True, buttons=False, max_text=100_000)
 
     def __init__(self, settings: EmailSettings, ctx: AdapterContext) -> None:
@@ -109,7 +144,7 @@ class EmailAdapter(Adapter):
 
     @classmethod
     def from_settings(cls, ctx: AdapterContext) -> EmailAdapter | None:
-        section = ctx.settings.email
+        section = ctx.settings.section("email", EmailSettings)
         return cls(section, ctx) if section.configured else None
 
     # lifecycle --------------------------------------------------------------------------------
@@ -378,7 +413,7 @@ class EmailAdapter(Adapter):
             choices = "\n".join(f"  {b.command}" for b in reply.buttons)
             body += "\n\nReply with one of these lines:\n" + choices
         msg.set_content(body + "\n")
-        image = _image_bytes(reply.image)
+        image = image_bytes(reply.image, self.name)
         if image is not None:
             name = f"{reply.job_id or 'plot'}.png"
             msg.add_attachment(image, maintype="image", subtype="png", filename=name)
@@ -458,15 +493,6 @@ class EmailAdapter(Adapter):
             self._smtp_problem = problem
         return DeliveryError(problem, permanent=True)
 
-
-def _image_bytes(image: Path | bytes | None) -> bytes | None:
-    if image is None or isinstance(image, bytes):
-        return image
-    try:
-        return Path(image).read_bytes()
-    except OSError as exc:
-        log.warning("email: plot %s not attached: %s", image, exc)
-        return None
 
 
 def _imap_date(ts: float) -> str:

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 
 import aiohttp
 from aiohttp import web
+from pydantic import SecretStr
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -35,6 +36,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler, listen_address
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
+from chatops.settings import Section
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +136,23 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
+class SlackSettings(Section):
+    """[slack]: the bot token, and the signing secret (HTTP mode) or an app token (Socket Mode)."""
+
+    bot_token: SecretStr | None = None
+    signing_secret: SecretStr | None = None
+    app_token: SecretStr | None = None
+    base_url: str | None = None
+    listen: str = "0.0.0.0:3000"
+
+    @property
+    def configured(self) -> bool:
+        return self.bot_token is not None
+
+
 class SlackAdapter(Adapter):
     name = "slack"
+    settings_model = SlackSettings
     # Slack allows about one message per second per channel (short bursts aside).
     capabilities = Capabilities(edit=True, images=True, buttons=True, max_text=TEXT_MAX, min_interval=1.0)
 
@@ -174,7 +191,7 @@ class SlackAdapter(Adapter):
 
     @classmethod
     def from_settings(cls, ctx: AdapterContext) -> SlackAdapter | None:
-        cfg = ctx.settings.slack
+        cfg = ctx.settings.section("slack", SlackSettings)
         if cfg.bot_token is None:
             return None
         return cls(

@@ -22,10 +22,11 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from aiohttp import web
+from pydantic import SecretStr
 from telegram import (
     BotCommand,
     InlineKeyboardButton,
@@ -50,11 +51,13 @@ from chatops.adapter import (
     Capabilities,
     DeliveryError,
     Handler,
+    image_bytes,
     listen_address,
     reconnect_forever,
 )
 from chatops.message import Button, Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.redact import Redactor
+from chatops.settings import Section
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +166,31 @@ class _ButtonStore:
         return self._data.get(data) if data.startswith("~") else data
 
 
+class TelegramSettings(Section):
+    """[telegram]: a bot token from @BotFather; polling, or a webhook behind `webhook_url`."""
+
+    token: SecretStr | None = None
+    base_url: str | None = None
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str | None = None
+    listen: str = "0.0.0.0:8443"
+    secret_token: SecretStr | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.token is not None
+
+
 class TelegramAdapter(Adapter):
     name = "telegram"
+    settings_model = TelegramSettings
     # Telegram asks for about one message per second per chat.
     # Telegram's own limit on a message is MAX_TEXT: anything longer did not come from a client.
     capabilities = Capabilities(edit=True, images=True, buttons=True, max_text=MAX_TEXT,
                                 min_interval=1.0, max_inbound=MAX_TEXT)
 
     def __init__(self, ctx: AdapterContext) -> None:
-        cfg = ctx.settings.telegram
+        cfg = ctx.settings.section("telegram", TelegramSettings)
         if cfg.token is None:
             raise ValueError("telegram: no token configured")
         if cfg.mode == "webhook" and not cfg.webhook_url:
@@ -214,7 +233,7 @@ class TelegramAdapter(Adapter):
 
     @classmethod
     def from_settings(cls, ctx: AdapterContext) -> TelegramAdapter | None:
-        if not ctx.settings.telegram.configured:
+        if not ctx.settings.section("telegram", TelegramSettings).configured:
             return None
         return cls(ctx)
 
@@ -461,22 +480,12 @@ class TelegramAdapter(Adapter):
         thread = int(conversation.thread_id) if conversation.thread_id else None
         return chat, thread
 
-    @staticmethod
-    def _image_bytes(image: Path | bytes) -> bytes | None:
-        if isinstance(image, bytes):
-            return image
-        try:
-            return Path(image).read_bytes()
-        except OSError as exc:
-            log.warning("telegram: image %s unreadable (%s); sending text only", image, exc)
-            return None
-
     async def send(self, conversation: Conversation, reply: Reply) -> MessageRef:
         """Send text (split), photo and buttons; a retried reply resumes after delivered parts."""
         chat, thread = self._target(conversation)
         markup = self._keyboard(reply.buttons)
         bot = self._app.bot
-        photo = self._image_bytes(reply.image) if reply.image is not None else None
+        photo = image_bytes(reply.image, self.name)
         parts: list[Callable[[], Awaitable[Message]]] = []
         if photo is not None and _utf16_len(reply.text) <= MAX_CAPTION:
             caption = reply.text if reply.text.strip() else None

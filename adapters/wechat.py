@@ -36,7 +36,7 @@ from chatops.adapter import (
 )
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.redact import redact_logger
-from chatops.settings import WeChatSettings
+from chatops.settings import Section
 
 # itchat writes a block character to stdout when imported; keep the terminal clean.
 with contextlib.redirect_stdout(io.StringIO()):
@@ -82,8 +82,21 @@ def encode_name(name: str) -> str:
     return name.replace("%", "%25").replace("#", "%23")
 
 
+class WeChatSettings(Section):
+    """[wechat]: a personal account logged in by QR code (itchat)."""
+
+    enabled: bool = False
+    group_mention_only: bool = True
+    login_file: Path | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.enabled
+
+
 class WeChatAdapter(Adapter):
     name: ClassVar[str] = "wechat"
+    settings_model = WeChatSettings
     capabilities: ClassVar[Capabilities] = Capabilities(
         edit=False, images=True, buttons=False, max_text=2000
     )
@@ -118,7 +131,7 @@ class WeChatAdapter(Adapter):
 
     @classmethod
     def from_settings(cls, ctx: AdapterContext) -> WeChatAdapter | None:
-        cfg = ctx.settings.wechat
+        cfg = ctx.settings.section("wechat", WeChatSettings)
         if not cfg.configured:
             return None
         login_file = cfg.login_file or Path("wechat.pkl")

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import requests
 from aiohttp import web
+from pydantic import SecretStr
 from wechatpy.enterprise import WeChatClient, WeChatCrypto, parse_message
 from wechatpy.exceptions import APILimitedException, InvalidSignatureException, WeChatClientException
 
@@ -33,7 +34,7 @@ from chatops.adapter import (
 )
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.redact import redact_logger
-from chatops.settings import WeComSettings
+from chatops.settings import Section
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,25 @@ def split_utf8(text: str, limit: int) -> list[str]:
     return parts
 
 
+class WeComSettings(Section):
+    """[wecom]: a WeCom (企业微信) self-built app: its callback and its API."""
+
+    corp_id: str | None = None
+    agent_id: int | None = None
+    secret: SecretStr | None = None
+    token: SecretStr | None = None
+    aes_key: SecretStr | None = None
+    base_url: str | None = None
+    listen: str = "0.0.0.0:8088"
+
+    @property
+    def configured(self) -> bool:
+        return self.corp_id is not None
+
+
 class WeComAdapter(Adapter):
     name: ClassVar[str] = "wecom"
+    settings_model = WeComSettings
     capabilities: ClassVar[Capabilities] = Capabilities(
         edit=False, images=True, buttons=False, max_text=2000
     )
@@ -130,7 +148,7 @@ class WeComAdapter(Adapter):
 
     @classmethod
     def from_settings(cls, ctx: AdapterContext) -> WeComAdapter | None:
-        cfg: WeComSettings = ctx.settings.wecom
+        cfg: WeComSettings = ctx.settings.section("wecom", WeComSettings)
         if not cfg.configured or cfg.corp_id is None:
             return None
         missing = [k for k in ("agent_id", "secret", "token", "aes_key") if getattr(cfg, k) is None]

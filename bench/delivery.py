@@ -41,9 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from aiohttp import ClientSession, ClientTimeout  # noqa: E402
 
+from adapters.telegram import TelegramSettings  # noqa: E402
 from chatops.app import App  # noqa: E402
 from chatops.message import Reply  # noqa: E402
-from chatops.settings import AuthSettings, Settings, TelegramSettings  # noqa: E402
+from chatops.settings import AuthSettings, Settings  # noqa: E402
 from chatops.testing import BotHarness, RecordingAdapter, eventually  # noqa: E402
 from tests.fakes.telegram_api import FakeBotAPI  # noqa: E402
 

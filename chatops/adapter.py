@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from chatops.message import Conversation, Incoming, MessageRef, Reply
+from chatops.settings import Section
 
 if TYPE_CHECKING:
     from chatops.settings import Settings
@@ -66,6 +67,9 @@ class DeliveryError(Exception):
 class Adapter(ABC):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # The model of the adapter's own config section `[<name>]` (env CHATOPS_<NAME>__<KEY>); the
+    # core gathers it through the adapter's entry point. None: the adapter takes no settings.
+    settings_model: ClassVar[type[Section] | None] = None
 
     @classmethod
     @abstractmethod
@@ -133,6 +137,17 @@ def listen_address(listen: str) -> tuple[str, int]:
     if not port.isdigit():
         raise ValueError(f"listen must be host:port, got {listen!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def image_bytes(image: Path | bytes | None, platform: str) -> bytes | None:
+    """A reply's image as bytes; a plot file gone from the spool is logged and the text goes alone."""
+    if image is None or isinstance(image, bytes):
+        return image
+    try:
+        return Path(image).read_bytes()
+    except OSError as exc:
+        log.warning("%s: image %s unreadable (%s); sending the text only", platform, image, exc)
+        return None
 
 
 class KeyedLocks:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from chatops.adapter import Adapter, AdapterContext
@@ -14,7 +13,7 @@ from chatops.message import Incoming, Reply
 from chatops.notifier import Notifier
 from chatops.plugins import load_plugins
 from chatops.router import Router
-from chatops.settings import Section, Settings
+from chatops.settings import Section, Settings, installed_platforms
 from chatops.specs import CommandRegistry
 from chatops.store import ChatStore, Retention
 from jobs.db import connect
@@ -27,9 +26,6 @@ if TYPE_CHECKING:
     from chatops.health import HealthServer
 
 log = logging.getLogger(__name__)
-
-BUILTIN_PLATFORMS = ("telegram", "slack", "email", "wechat", "wecom")
-
 
 class AdapterUnavailable(RuntimeError):
     pass
@@ -96,7 +92,7 @@ class App:
         )
 
     def _load_adapters(self) -> list[Adapter]:
-        found = {ep.name: ep for ep in entry_points(group="chatops.adapters")}
+        found = installed_platforms()
         wanted = configured_platforms(self.settings)
         adapters: list[Adapter] = []
         for name in wanted:
@@ -165,13 +161,11 @@ class App:
 
 
 def configured_platforms(settings: Settings) -> list[str]:
-    """The adapters this config asks for; the console when nothing else is configured."""
-    wanted = [name for name in BUILTIN_PLATFORMS if _configured(getattr(settings, name))]
+    """The adapters this config asks for; the console when nothing else is configured. A section
+    left raw (its adapter's module failed to import) counts: starting it says what is missing."""
+    wanted = [name for name, section in settings.platforms().items()
+              if not isinstance(section, Section) or section.configured]  # fmt: skip
     console = settings.console.enabled
     if console or (console is None and not wanted):
         wanted.insert(0, "console")
     return wanted
-
-
-def _configured(section: object) -> bool:
-    return isinstance(section, Section) and section.configured

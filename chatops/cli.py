@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chatops.settings import Settings, load_settings
+from pydantic import ValidationError
+
+from chatops.settings import Settings, config_problems, installed_platforms, load_settings
 from jobs.store import ACTIVE_STATES, QUEUED, SUCCEEDED, TERMINAL_STATES, Job
 
 if TYPE_CHECKING:  # the bot's wiring is imported by the commands that run it (not `jobs`, `--help`)
@@ -169,8 +171,6 @@ def _jobs(settings: Settings) -> int:
 
 def _check(settings: Settings) -> int:
     """Validate the config and load every job kind and configured adapter, without starting the bot."""
-    from importlib.metadata import entry_points
-
     from chatops.app import configured_platforms
     from jobs.kinds import load_registry
     from jobs.params import fields_of
@@ -186,7 +186,7 @@ def _check(settings: Settings) -> int:
         print(f"ok    kind {name}{default}: {len(fields_of(kind.params))} parameters, {kind.source}")
     for name, problem in registry.problems.items():
         problems.append(f"kind {name}: {problem}")
-    found = {ep.name: ep for ep in entry_points(group="chatops.adapters")}
+    found = installed_platforms()
     for name in configured_platforms(settings):
         try:
             found[name].load()
@@ -215,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
+    except ValidationError as exc:  # one line per problem, no traceback, no value quoted
+        for problem in config_problems(exc):
+            print(f"chatops: configuration error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     except Exception as exc:  # bad config: one clear line, no traceback
         print(f"chatops: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

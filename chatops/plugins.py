@@ -126,9 +126,15 @@ def load_plugins(registry: CommandRegistry, modules: Iterable[str] = ()) -> list
     ]
     sources += [(module, lambda module=module: importlib.import_module(module)) for module in modules]
     problems = []
+    seen: set[str] = set()  # a module both installed and listed in the config counts once
     for label, load in sources:
         try:
-            registry.add_all(list(declared(load())))
+            found = load()
+            key = found.__name__ if isinstance(found, types.ModuleType) else f"{found.__module__}.{found.__qualname__}"
+            if key in seen:
+                continue
+            seen.add(key)
+            registry.add_all(list(declared(found)))
         except Exception as exc:  # a plugin's bug or typo never stops the bot
             line = f"plugin {label} not loaded: {type(exc).__name__}: {exc}"
             log.error("%s", line)

@@ -1,5 +1,8 @@
 """Configuration: a TOML file (`--config` / CHATOPS_CONFIG) overridden by CHATOPS_<SECTION>__<KEY>.
 
+The core's sections are declared here; each platform's section (`[telegram]`, `[slack]`, a
+third-party `[matrix]`) is declared by its adapter (`Adapter.settings_model`, next to its code) and
+found through the adapter's `chatops.adapters` entry point, so a new platform needs no edit here.
 Secrets are `SecretStr` so they never show up in a repr, a log line or an error message.
 """
 
@@ -10,10 +13,11 @@ import getpass
 import logging
 import os
 import tomllib
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +26,8 @@ from pydantic_settings import (
 )
 
 log = logging.getLogger(__name__)
+
+ADAPTERS_GROUP = "chatops.adapters"
 
 
 def _default_data_dir() -> Path:
@@ -36,6 +42,14 @@ class Section(BaseModel):
     def configured(self) -> bool:
         """Whether the platform has enough config to start (its adapter is enabled)."""
         return False
+
+
+S = TypeVar("S", bound=Section)
+
+
+def installed_platforms() -> dict[str, EntryPoint]:
+    """The adapters installed in this environment, by platform name (not imported)."""
+    return {ep.name: ep for ep in entry_points(group=ADAPTERS_GROUP)}
 
 
 class AuthSettings(Section):
@@ -105,83 +119,12 @@ def _safe_user() -> str:
         return "local"
 
 
-class TelegramSettings(Section):
-    token: SecretStr | None = None
-    base_url: str | None = None
-    mode: Literal["polling", "webhook"] = "polling"
-    webhook_url: str | None = None
-    listen: str = "0.0.0.0:8443"
-    secret_token: SecretStr | None = None
-
-    @property
-    def configured(self) -> bool:
-        return self.token is not None
-
-
-class SlackSettings(Section):
-    bot_token: SecretStr | None = None
-    signing_secret: SecretStr | None = None
-    app_token: SecretStr | None = None
-    base_url: str | None = None
-    listen: str = "0.0.0.0:3000"
-
-    @property
-    def configured(self) -> bool:
-        return self.bot_token is not None
-
-
-class EmailSettings(Section):
-    address: str | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-    imap_host: str | None = None
-    imap_port: int | None = None
-    smtp_host: str | None = None
-    smtp_port: int | None = None
-    security: Literal["tls", "starttls", "none"] = "tls"
-    smtp_auth: bool | None = Field(
-        None,
-        description="SMTP login: unset = when the server offers AUTH, true = always (an error when it"
-        " offers none), false = never (a relay that takes mail without one)",
-    )
-    poll_seconds: float = Field(30.0, gt=0)
-    digest_minutes: float = Field(10.0, gt=0)
-    secret: SecretStr | None = None
-
-    @property
-    def configured(self) -> bool:
-        return self.imap_host is not None
-
-
-class WeChatSettings(Section):
-    enabled: bool = False
-    group_mention_only: bool = True
-    login_file: Path | None = None
-
-    @property
-    def configured(self) -> bool:
-        return self.enabled
-
-
-class WeComSettings(Section):
-    corp_id: str | None = None
-    agent_id: int | None = None
-    secret: SecretStr | None = None
-    token: SecretStr | None = None
-    aes_key: SecretStr | None = None
-    base_url: str | None = None
-    listen: str = "0.0.0.0:8088"
-
-    @property
-    def configured(self) -> bool:
-        return self.corp_id is not None
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CHATOPS_",
         env_nested_delimiter="__",
-        extra="ignore",
+        # Platform sections arrive as extras and are validated by their adapter's model (below).
+        extra="allow",
     )
 
     data_dir: Path = Field(default_factory=_default_data_dir)
@@ -193,15 +136,54 @@ class Settings(BaseSettings):
     plugins: PluginsSettings = Field(default_factory=PluginsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
-    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
-    slack: SlackSettings = Field(default_factory=SlackSettings)
-    email: EmailSettings = Field(default_factory=EmailSettings)
-    wechat: WeChatSettings = Field(default_factory=WeChatSettings)
-    wecom: WeComSettings = Field(default_factory=WeComSettings)
     # [kinds.<name>]: checked one by one when the bot starts (jobs.kinds), so one bad kind never
     # stops the bot or the other kinds.
     kinds: dict[str, dict[str, Any]] = Field(default_factory=dict)
     config_file: Path | None = None  # set by load_settings: relative paths in [kinds] start beside it
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, PlatformEnv(settings_cls), dotenv_settings, file_secret_settings
+
+    @model_validator(mode="after")
+    def _platform_sections(self) -> Settings:
+        """Validate each platform section with the model its installed adapter declares; a section
+        whose adapter cannot be imported (its extra is missing) stays raw, for the app to explain."""
+        extra = self.__pydantic_extra__
+        if not extra or all(isinstance(v, Section) for v in extra.values()):
+            return self
+        found = installed_platforms()
+        for name, value in extra.items():
+            if isinstance(value, Section) or not isinstance(value, dict) or name not in found:
+                continue
+            try:
+                model = getattr(found[name].load(), "settings_model", None)
+            except ImportError:
+                continue
+            if model is None:
+                continue
+            try:
+                extra[name] = model.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError("; ".join(config_problems(exc, model, prefix=f"[{name}] "))) from None
+        return self
+
+    def platforms(self) -> dict[str, Section | dict[str, Any]]:
+        """The platform sections given (beyond the console): validated, or raw where the adapter
+        could not be imported."""
+        return {k: v for k, v in (self.__pydantic_extra__ or {}).items() if isinstance(v, Section | dict)}
+
+    def section(self, name: str, model: type[S]) -> S:
+        """A platform's section as its model (its defaults when the config has none)."""
+        value = (self.__pydantic_extra__ or {}).get(name)
+        return value if isinstance(value, model) else model.model_validate(value or {})
 
     @property
     def config_dir(self) -> Path:
@@ -232,7 +214,7 @@ def load_settings(config: Path | str | None = None, data_dir: Path | str | None 
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, PlatformEnv(settings_cls)]
             if path is not None:
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
             return tuple(sources)
@@ -246,6 +228,38 @@ def load_settings(config: Path | str | None = None, data_dir: Path | str | None 
     return Settings.model_validate(loaded.model_dump())
 
 
+class PlatformEnv(PydanticBaseSettingsSource):
+    """CHATOPS_<PLATFORM>__<KEY> for the platform sections, which are not fields of Settings (the
+    environment source reads only fields); an unknown platform name is warned about."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        core = set(Settings.model_fields)
+        for key, value in os.environ.items():
+            if not key.upper().startswith("CHATOPS_") or "__" not in key:
+                continue
+            path = key[len("CHATOPS_"):].lower().split("__")
+            if path[0] in core or not all(path):
+                continue
+            node = found
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    break
+            else:
+                node[path[-1]] = value
+        if found:
+            known = installed_platforms()
+            for name in sorted(set(found) - set(known)):
+                log.warning("environment: %s", _unknown(f"section CHATOPS_{name.upper()}__… is ignored", name,
+                                                         [*core, *known]))  # fmt: skip
+                del found[name]
+        return found
+
+
 def unknown_keys(path: Path) -> list[str]:
     """Sections and keys of a config file that no setting reads, each with the closest known
     name: a misspelled `[telgram]` would otherwise be dropped without a word."""
@@ -255,16 +269,32 @@ def unknown_keys(path: Path) -> list[str]:
         return []  # reading the settings reports it
     problems = []
     fields = Settings.model_fields
+    platforms = installed_platforms()
     for key, value in data.items():
+        if key in platforms and key not in fields:
+            continue  # its adapter's model forbids unknown keys when it is validated
         if key not in fields:
             what = f"section [{key}]" if isinstance(value, dict) else f"key {key!r}"
-            problems.append(_unknown(f"{what} is ignored", key, fields))
+            problems.append(_unknown(f"{what} is ignored", key, [*fields, *platforms]))
             continue
         model = fields[key].annotation
         if isinstance(value, dict) and isinstance(model, type) and issubclass(model, BaseModel):
             problems += [_unknown(f"key {k!r} in [{key}]", k, model.model_fields) for k in value
                          if k not in model.model_fields]  # fmt: skip
     return problems
+
+
+def config_problems(exc: ValidationError, model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """One line per problem, naming the key and never quoting a value (it may be a token)."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        if err.get("type") == "extra_forbidden" and model is not None and len(err["loc"]) == 1:
+            lines.append(prefix + _unknown(f"key {loc!r}", loc, model.model_fields))
+            continue
+        msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+        lines.append(f"{prefix}{loc}: {msg}" if loc else prefix + msg)
+    return lines
 
 
 def _unknown(what: str, name: str, known: Any) -> str:

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from adapters.email import STATE_FILE, EmailAdapter
+from adapters.email import STATE_FILE, EmailAdapter, EmailSettings
 from chatops.adapter import AdapterContext, DeliveryError
 from chatops.message import Button, Conversation, Incoming, Progress, Reply
-from chatops.settings import AuthSettings, EmailSettings, NotifySettings, Settings
+from chatops.settings import AuthSettings, NotifySettings, Settings
 from tests.fakes.mail_servers import Dovecot, Received, SmtpSink, dovecot_binary, server_tls_context
 
 pytestmark = pytest.mark.skipif(
@@ -432,7 +432,7 @@ def test_smtp_auth_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setenv("CHATOPS_EMAIL__SMTP_AUTH", "false")
     assert Settings(data_dir=tmp_path).email.smtp_auth is False
     monkeypatch.delenv("CHATOPS_EMAIL__SMTP_AUTH")
-    assert Settings(data_dir=tmp_path).email.smtp_auth is None
+    assert Settings(data_dir=tmp_path).section("email", EmailSettings).smtp_auth is None
 
 
 def test_settings_from_env_enable_the_adapter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 
 import chatops.parser
 import chatops.router
-from adapters.telegram import TelegramAdapter
+from adapters.telegram import TelegramAdapter, TelegramSettings
 from chatops.app import App
 from chatops.message import Conversation, Identity, Incoming, valid_text
 from chatops.parser import HEAD_WINDOW, Parsed, head_word, parse, shell_words
-from chatops.settings import AuthSettings, Settings, TelegramSettings
+from chatops.settings import AuthSettings, Settings
 from chatops.testing import BotHarness
 from tests.fakes.telegram_api import FakeBotAPI
 from tests.test_telegram import TOKEN, _free_port, _text, api  # noqa: F401 - `api`: the fake Bot API server fixture

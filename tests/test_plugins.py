@@ -4,8 +4,11 @@ fail to load; unknown config sections and keys are reported."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -13,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from adapters.telegram import TelegramSettings
 from chatops import command
-from chatops.settings import AuthSettings, PluginsSettings, Settings, TelegramSettings, load_settings
+from chatops.settings import AuthSettings, PluginsSettings, Settings, load_settings
 from chatops.testing import BotHarness
 from tests.fakes.telegram_api import FakeBotAPI
 
@@ -243,3 +247,103 @@ def test_a_plugin_project_tests_its_command_with_the_bot_fixture(tmp_path: Path)
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "1 passed" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/plugin installed as a user installs it (pip, its entry points in its dist-info),
+    into a folder of its own that the `chatops run` under test gets on PYTHONPATH."""
+    site = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("src") / "plugin"  # the build writes its egg-info beside the sources
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "plugin", source)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site),
+           str(source)]  # fmt: skip
+    done = subprocess.run(pip, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return site
+
+
+async def test_the_example_platform_and_command_run_in_chatops_run(tmp_path: Path, example_site: Path) -> None:
+    """The installed example package adds a platform (`webhook`) and a command (`gpus`) to the real
+    `chatops run`, beside Telegram, with no edit to chatops: the webhook takes messages with its
+    bearer token only, answers through GET /replies, and `gpus` is in Telegram's command menu."""
+    import aiohttp
+
+    from tests.fakes.mail_servers import free_port
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nprintf '0, NVIDIA H200, 37, 1024, 143771\\n'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    port, token = free_port(), "ci-" + os.urandom(8).hex()
+    url = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {token}"}
+    async with FakeBotAPI("123:abc") as api, aiohttp.ClientSession() as http:
+        env = {
+            **os.environ, "PYTHONPATH": str(example_site), "CHATOPS_DATA_DIR": str(tmp_path / "data"),
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "CHATOPS_WEBHOOK__TOKEN": token, "CHATOPS_WEBHOOK__LISTEN": f"127.0.0.1:{port}",
+            "CHATOPS_TELEGRAM__TOKEN": "123:abc", "CHATOPS_TELEGRAM__BASE_URL": api.base_url,
+            "CHATOPS_AUTH__OPERATORS": '["webhook:ci"]',
+        }  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chatops.cli", "run", env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+
+            async def post(body: object, headers: dict[str, str] = auth) -> tuple[int, dict]:
+                async with http.post(f"{url}/messages", json=body, headers=headers) as resp:
+                    return resp.status, await resp.json()
+
+            async def replies(chat: str, after: int, want: int = 1) -> list[dict]:
+                got: list[dict] = []
+                for _ in range(20):
+                    async with http.get(f"{url}/replies", params={"chat": chat, "after": after, "wait": 3},
+                                        headers=auth) as resp:  # fmt: skip
+                        assert resp.status == 200
+                        batch = (await resp.json())["replies"]
+                    got += batch
+                    after = batch[-1]["id"] if batch else after
+                    if len(got) >= want:
+                        return got
+                raise AssertionError(f"{want} replies expected, got {got}")
+
+            for _ in range(600):  # the bot starts (imports, Telegram's getMe) before it listens
+                try:
+                    status, _ = await post({"user": "ci", "text": "gpus all=true"}, {"Authorization": "Bearer wrong"})
+                    break
+                except aiohttp.ClientConnectionError:
+                    assert proc.returncode is None, await proc.stderr.read()  # type: ignore[union-attr]
+                    await asyncio.sleep(0.1)
+            assert status == 401
+            status, body = await post({"user": "ci", "chat": "nightly", "text": "gpus all=true"})
+            assert status == 202 and body["accepted"]
+            [answer] = await replies("nightly", 0)
+            assert answer["text"] == "gpu 0 NVIDIA H200: 37% busy, 1024/143771 MiB" and not answer["error"]
+            await post({"user": "ci", "chat": "nightly", "text": "help"})
+            [helped] = await replies("nightly", answer["id"])
+            assert "gpus" in helped["text"] and "train" in helped["text"]
+            await post({"user": "mallory", "text": "train"})
+            [denied] = await replies("mallory", 0)
+            assert denied["error"] and "webhook:mallory is not allowed" in denied["text"]
+            assert (await post({"user": "ci"}))[0] == 400
+            await api.wait_call("setMyCommands")
+            assert "gpus" in {c["command"] for c in api.commands}
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert token not in err.decode() and "not loaded" not in err.decode()
+
+
+def test_a_plugin_both_installed_and_configured_is_loaded_once(
+    example_site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatops.plugins import load_plugins
+    from chatops.specs import CommandRegistry
+
+    monkeypatch.syspath_prepend(str(example_site))
+    registry = CommandRegistry()
+    assert load_plugins(registry, ["chatops_gpus"]) == []
+    assert registry.lookup("显卡") is registry.lookup("gpus") is not None

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from adapters.slack import EVENTS_PATH, SECTION_MAX, SlackAdapter, render
+from adapters.slack import EVENTS_PATH, SECTION_MAX, SlackAdapter, SlackSettings, render
 from chatops.adapter import AdapterContext, DeliveryError
 from chatops.message import Button, Conversation, Incoming, MessageRef, Reply
-from chatops.settings import Settings, SlackSettings
+from chatops.settings import Settings
 from tests.fakes.slack_api import (
     FakeSlack,
     button_payload,

@@ -15,10 +15,10 @@ import pytest
 
 pytest.importorskip("telegram")
 
-from adapters.telegram import TelegramAdapter, split_text
+from adapters.telegram import TelegramAdapter, TelegramSettings, split_text
 from chatops.adapter import AdapterContext, DeliveryError
 from chatops.message import Button, Conversation, Incoming, MessageRef, Reply
-from chatops.settings import AuthSettings, NotifySettings, Settings, TelegramSettings
+from chatops.settings import AuthSettings, NotifySettings, Settings
 from tests.fakes.telegram_api import Call, FakeBotAPI
 
 TOKEN = "123456:secret-token-value"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.wechat import WeChatAdapter
+from adapters.wechat import WeChatAdapter, WeChatSettings
 from chatops.adapter import AdapterContext, DeliveryError
 from chatops.app import App
 from chatops.message import Conversation, Reply
-from chatops.settings import AuthSettings, NotifySettings, Settings, WeChatSettings
+from chatops.settings import AuthSettings, NotifySettings, Settings
 from chatops.testing import RecordingHandler
 from tests.fakes.wechat_web import (
     BOT_NICK,

@@ -14,11 +14,11 @@ import pytest
 from pydantic import SecretStr
 from wechatpy.enterprise import WeChatCrypto
 
-from adapters.wecom import CALLBACK_PATH, WeComAdapter, split_utf8
+from adapters.wecom import CALLBACK_PATH, WeComAdapter, WeComSettings, split_utf8
 from chatops.adapter import AdapterContext, DeliveryError
 from chatops.app import App
 from chatops.message import Conversation, Reply
-from chatops.settings import AuthSettings, NotifySettings, Settings, WeComSettings
+from chatops.settings import AuthSettings, NotifySettings, Settings
 from chatops.testing import RecordingHandler
 from tests.fakes.wecom_api import FakeWeComAPI
 
