@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["command"]
+__all__ = ["CommandContext", "Lang", "command"]
 
 
 def __getattr__(name: str) -> Any:
@@ -14,4 +14,8 @@ def __getattr__(name: str) -> Any:
         from chatops.plugins import command
 
         return command
+    if name in ("CommandContext", "Lang"):
+        from chatops import specs
+
+        return getattr(specs, name)
     raise AttributeError(f"module 'chatops' has no attribute {name!r}")

@@ -14,7 +14,7 @@ from chatops.notifier import Notifier
 from chatops.plugins import load_plugins
 from chatops.router import Router
 from chatops.settings import Section, Settings, installed_platforms
-from chatops.specs import CommandRegistry
+from chatops.specs import CommandRegistry, Services
 from chatops.store import ChatStore, Retention
 from jobs.db import connect
 from jobs.executors.local import LocalExecutor
@@ -62,7 +62,7 @@ class App:
         self.plugin_problems = load_plugins(self.registry, settings.plugins.modules)
         self.exit_requested = asyncio.Event()
         self.authorizer = Authorizer(settings.auth, settings.console.user)
-        self.router = Router(self.registry, self.chat_store, self.authorizer, app=self)
+        self.router = Router(self.registry, self.chat_store, self.authorizer)
         for kind in self.manager.registry.names():
             self.router.param_keys |= set(self.manager.registry.get(kind).params.field_aliases())
         self.adapters: dict[str, Adapter] = {}
@@ -70,6 +70,10 @@ class App:
             self.chat_store, self.manager, self.adapters, settings.notify, settings.data_dir / "spool"
         )
         self.manager.subscribe(self.notifier.on_job_event)
+        self.router.services = Services(
+            jobs=self.manager, chats=self.chat_store, commands=self.registry, plot=self.notifier.plot,
+            request_exit=self.request_exit,
+        )  # fmt: skip
         self.retention = Retention(self.chat_store, settings.retention, self.notifier.spool)
         for adapter in adapters if adapters is not None else self._load_adapters():
             self.adapters[adapter.name] = adapter

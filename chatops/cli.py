@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 from pydantic import ValidationError
 
@@ -19,8 +19,24 @@ from chatops.settings import Settings, config_problems, installed_platforms, loa
 from jobs.store import ACTIVE_STATES, QUEUED, SUCCEEDED, TERMINAL_STATES, Job
 
 if TYPE_CHECKING:  # the bot's wiring is imported by the commands that run it (not `jobs`, `--help`)
-    from adapters.console import ConsoleAdapter
     from chatops.app import App
+    from chatops.message import Incoming
+
+
+class Console(Protocol):
+    """What the CLI uses of the console adapter, which it finds by its entry point like any other
+    platform (the core imports no adapter)."""
+
+    eof: asyncio.Event
+
+    def incoming(self, text: str) -> Incoming: ...
+
+    def note(self, text: str) -> None: ...
+
+
+def _console(settings: Settings) -> Console:
+    """A console that prints replies but reads nothing (`chatops send`)."""
+    return cast(Console, installed_platforms()["console"].load()(settings.console.user, read_input=False))
 
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_CONFIG = 0, 1, 2, 3
 BOT_LOCK = "bot.lock"
@@ -43,7 +59,6 @@ def _logging(level: str) -> None:
 
 
 async def _run(settings: Settings) -> int:
-    from adapters.console import ConsoleAdapter
     from chatops.app import App
 
     app = App(settings)
@@ -58,9 +73,9 @@ async def _run(settings: Settings) -> int:
     names = ", ".join(app.adapters) or "none"
     logging.getLogger("chatops").info("chatops running (adapters: %s; data: %s)", names, settings.data_dir)
     waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(app.exit_requested.wait())]
-    if isinstance(console, ConsoleAdapter):
+    if console is not None and hasattr(console, "eof"):
         print(f"chatops ready ({names}). Type help; Ctrl-D to quit.", file=sys.stderr)
-        waiters.append(asyncio.create_task(_after_eof(app, console)))
+        waiters.append(asyncio.create_task(_after_eof(app, cast(Console, console))))
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for w in waiters:
         w.cancel()
@@ -69,7 +84,7 @@ async def _run(settings: Settings) -> int:
     return EXIT_OK
 
 
-async def _after_eof(app: App, console: ConsoleAdapter) -> None:
+async def _after_eof(app: App, console: Console) -> None:
     """End of piped input: finish the jobs this session runs, deliver their reports, then exit."""
     await console.eof.wait()
     while app.job_store.list(ACTIVE_STATES | {QUEUED}, limit=1):
@@ -78,11 +93,11 @@ async def _after_eof(app: App, console: ConsoleAdapter) -> None:
 
 
 async def _send(settings: Settings, text: str, wait: bool) -> int:
-    from adapters.console import ConsoleAdapter
+    from chatops.adapter import Adapter
     from chatops.app import App
 
-    console = ConsoleAdapter(settings.console.user, read_input=False)
-    app = App(settings, adapters=[console])
+    console = _console(settings)
+    app = App(settings, adapters=[cast(Adapter, console)])
     await app.start()
     try:
         before = {j.id: (j.state, j.runs) for j in app.job_store.list(limit=200)}

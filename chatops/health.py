@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -13,7 +14,21 @@ from chatops.adapter import listen_address
 from jobs.store import ACTIVE_STATES, QUEUED
 
 if TYPE_CHECKING:
-    from chatops.app import App
+    from chatops.adapter import Adapter
+    from chatops.notifier import Notifier
+    from chatops.store import ChatStore
+    from jobs.manager import JobManager
+    from jobs.store import JobStore
+
+
+class Observed(Protocol):
+    """What the endpoint looks at (the app, without importing it)."""
+
+    adapters: Mapping[str, Adapter]
+    job_store: JobStore
+    chat_store: ChatStore
+    manager: JobManager
+    notifier: Notifier
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +36,7 @@ STUCK_SECONDS = 900.0  # an outbox item this old, still pending, means deliverie
 
 
 class HealthServer:
-    def __init__(self, app: App, listen: str) -> None:
+    def __init__(self, app: Observed, listen: str) -> None:
         self.app = app
         self.host, self.port = listen_address(listen)
         self._runner: web.AppRunner | None = None

@@ -9,7 +9,10 @@
 
 The parameters after the context, each with a type hint and a default, are the command's
 arguments (`key=value`, or bare words in order): the router parses, validates and explains them
-as it does for the built-in commands; the docstring's first line is the summary in `help` and in
+as it does for the built-in commands. A parameter without a default whose type is a service is a
+dependency, given by the bot: `JobManager` (jobs), `ChatStore`, `Conversation`, `Identity` (the
+sender), `Incoming`, `Role` (the sender's) and `Lang` ("en" or "zh"), as FastAPI injects them.
+The docstring's first line is the summary in `help` and in
 the platforms' command menus. Modules with such functions are found through the entry-point
 group `chatops.commands` and the config key `[plugins] modules`; one that fails to load is
 reported in one line and the bot runs on without it.
@@ -23,22 +26,33 @@ import logging
 import types
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import ConfigDict, create_model
 
 from chatops.auth import Role
-from chatops.message import Reply
-from chatops.specs import CommandRegistry, CommandSpec, HandlerResult
-
-if TYPE_CHECKING:
-    from chatops.router import CommandContext
+from chatops.message import Conversation, Identity, Incoming, Reply
+from chatops.specs import CommandContext, CommandRegistry, CommandSpec, HandlerResult, Lang
+from chatops.store import ChatStore
+from jobs.manager import JobManager
 
 log = logging.getLogger(__name__)
 
 COMMAND_GROUP = "chatops.commands"
 _SPEC = "__chatops_command__"
 F = TypeVar("F", bound=Callable[..., Awaitable[HandlerResult]])
+
+# What a handler may declare, by type, and where each comes from.
+DEPENDENCIES: dict[Any, Callable[[CommandContext[Any]], Any]] = {
+    JobManager: lambda ctx: ctx.jobs,
+    ChatStore: lambda ctx: ctx.chats,
+    Conversation: lambda ctx: ctx.conversation,
+    Identity: lambda ctx: ctx.sender,
+    Incoming: lambda ctx: ctx.incoming,
+    Role: lambda ctx: ctx.role,
+    Lang: lambda ctx: ctx.lang,
+}
+_BY_NAME = {getattr(t, "__name__", ""): t for t in DEPENDENCIES}
 
 
 def command(
@@ -69,19 +83,26 @@ def spec_of(fn: Callable[..., Any], name: str, role: Role, aliases: tuple[str, .
     if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
         raise TypeError(f"command {name!r}: {where} takes the handler context as its first parameter")
     fields: dict[str, Any] = {}
+    injected: dict[str, Callable[[CommandContext[Any]], Any]] = {}
     for p in params[1:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise TypeError(f"command {name!r}: {where} cannot take *{p.name}; name each argument")
-        if p.annotation is p.empty or p.default is p.empty:
-            raise TypeError(f"command {name!r}: argument {p.name!r} of {where} needs a type hint and a default")
-        fields[p.name.lower()] = (_resolve(p.annotation, fn), p.default)
+        hint = _resolve(p.annotation, fn) if p.annotation is not p.empty else p.empty
+        if p.default is p.empty and hint in DEPENDENCIES:
+            injected[p.name] = DEPENDENCIES[hint]
+            continue
+        if hint is p.empty or p.default is p.empty:
+            raise TypeError(f"command {name!r}: argument {p.name!r} of {where} needs a type hint and a default"
+                            f" (or, for a dependency, one of the types {', '.join(sorted(_BY_NAME))})")  # fmt: skip
+        fields[p.name.lower()] = (hint, p.default)
     names = {p.name.lower(): p.name for p in params[1:]}
     model = create_model(  # type: ignore[call-overload]
         f"{name.title().replace('-', '')}Args", __config__=ConfigDict(extra="forbid"), **fields
     )
 
-    async def handler(ctx: CommandContext) -> HandlerResult:
-        result = await fn(ctx, **{names[key]: getattr(ctx.args, key) for key in fields})
+    async def handler(ctx: CommandContext[Any]) -> HandlerResult:
+        given = {names[key]: getattr(ctx.args, key) for key in fields}
+        result = await fn(ctx, **given, **{param: get(ctx) for param, get in injected.items()})
         if isinstance(result, (str, Reply, list)):
             return result
         return [] if result is None else str(result)  # None: nothing to say
@@ -96,9 +117,14 @@ def spec_of(fn: Callable[..., Any], name: str, role: Role, aliases: tuple[str, .
 def _resolve(annotation: Any, fn: Callable[..., Any]) -> Any:
     """An argument's type; a string one (`from __future__ import annotations`) is evaluated where
     the function was written. Only the arguments': the context's hint may name a type imported
-    only for type checkers."""
+    only for type checkers, and so may a dependency's (`jobs: JobManager` under TYPE_CHECKING)."""
     if isinstance(annotation, str):
-        return eval(annotation, fn.__globals__, {})  # as typing.get_type_hints does: the plugin's own source
+        try:
+            return eval(annotation, fn.__globals__, {})  # as typing.get_type_hints does: the plugin's own source
+        except NameError:
+            if annotation.rpartition(".")[2] in _BY_NAME:
+                return _BY_NAME[annotation.rpartition(".")[2]]
+            raise
     return annotation
 
 

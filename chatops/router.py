@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -19,12 +19,9 @@ from chatops.adapter import Capabilities
 from chatops.auth import Authorizer, Role
 from chatops.message import Button, Incoming, Reply
 from chatops.parser import Parsed, head_word, parse
-from chatops.specs import CommandError, CommandRegistry, CommandSpec, Question
+from chatops.specs import CommandContext, CommandError, CommandRegistry, CommandSpec, Lang, Question, Services
 from chatops.store import ChatStore
 from jobs.params import describe, suggest
-
-if TYPE_CHECKING:
-    from chatops.app import App
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +30,6 @@ NO_WORDS = frozenset({"no", "n", "cancel", "否", "取消", "不"})
 ANSWER_WORDS = YES_WORDS | NO_WORDS
 _CJK = re.compile("[\u4e00-\u9fff]")
 CONFIRM_TTL = 300.0
-
-
-@dataclass
-class CommandContext:
-    """Everything a handler may use; no globals."""
-
-    app: App
-    incoming: Incoming
-    spec: CommandSpec
-    role: Role
-    args: BaseModel
-    params: dict[str, str]
-    lang: str = "en"
-
-    def tr(self, en: str, zh: str | None = None, **values: Any) -> str:
-        """Pick the reply language the command was typed in."""
-        text = zh if self.lang == "zh" and zh else en
-        return text.format(**values) if values else text
 
 
 @dataclass
@@ -64,7 +43,7 @@ class Router:
     registry: CommandRegistry
     store: ChatStore
     auth: Authorizer
-    app: Any = None
+    services: Services | None = None  # what handlers use; the app sets it once it has built them
     param_keys: set[str] = field(default_factory=set)
     # Longest text handled (characters), per platform (App fills it from the adapters'
     # capabilities), else the default; a longer one is refused before it is parsed.
@@ -139,7 +118,7 @@ class Router:
             # The habit of `lr 0.02` as a whole message: a parameter and its value mean `set lr=0.02`.
             parsed = Parsed("set", {parsed.word: parsed.positionals[0], **parsed.args}, confirmed=parsed.confirmed)
             spec = self.registry.lookup("set")
-        lang = "zh" if zh else "en"
+        lang = Lang("zh" if zh else "en")
         if spec is None:
             if role == Role.none:
                 return self._deny(incoming, role, None, zh)
@@ -158,7 +137,8 @@ class Router:
             args, params = self._bind(spec, parsed, zh)
         except CommandError as exc:
             return [_refusal(exc)]
-        ctx = CommandContext(self.app, incoming, spec, role, args, params, lang)
+        assert self.services is not None, "Router.services is set before the first message"
+        ctx = CommandContext(self.services, incoming, spec, role, args, params, lang)
 
         if spec.confirm is not None and not parsed.confirmed:
             try:

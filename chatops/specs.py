@@ -1,21 +1,28 @@
-"""Declarative command specs: parsing, validation messages, help and confirmation come from them."""
+"""Declarative command specs: parsing, validation messages, help and confirmation come from them,
+and the context a handler gets: its typed arguments and the services it may use, never the app."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, NewType, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from chatops.auth import Role
-from chatops.message import Button, Reply
+from chatops.message import Button, Conversation, Identity, Incoming, Reply
 
 if TYPE_CHECKING:
-    from chatops.router import CommandContext
+    from chatops.store import ChatStore
+    from jobs.manager import JobManager
+    from jobs.store import Job
 
 HandlerResult = Reply | list[Reply] | str
-Handler = Callable[["CommandContext"], Awaitable[HandlerResult]]
+Handler = Callable[["CommandContext[Any]"], Awaitable[HandlerResult]]
+Lang = NewType("Lang", str)
+"""The reply language, "en" or "zh": the language the command word was typed in."""
+A = TypeVar("A", bound=BaseModel)
 
 
 class NoArgs(BaseModel):
@@ -41,6 +48,52 @@ class Question:
 
 
 @dataclass(frozen=True)
+class Services:
+    """What the bot offers its commands; the app builds it once."""
+
+    jobs: JobManager
+    chats: ChatStore
+    commands: CommandRegistry
+    plot: Callable[[Job], Awaitable[Path | None]]  # render a job's curves (off the event loop)
+    request_exit: Callable[[], None]  # `exit`: the bot process stops as after Ctrl-C
+
+
+@dataclass
+class CommandContext(Generic[A]):
+    """What one handler call gets: the message, the sender's role and language, the validated
+    arguments (typed by the command's model: `CommandContext[TrainArgs]`) and the services."""
+
+    services: Services
+    incoming: Incoming
+    spec: CommandSpec
+    role: Role
+    args: A
+    params: dict[str, str]  # job parameters, for commands that take them (`job_params`)
+    lang: Lang = Lang("en")
+
+    @property
+    def jobs(self) -> JobManager:
+        return self.services.jobs
+
+    @property
+    def chats(self) -> ChatStore:
+        return self.services.chats
+
+    @property
+    def conversation(self) -> Conversation:
+        return self.incoming.conversation
+
+    @property
+    def sender(self) -> Identity:
+        return self.incoming.sender
+
+    def tr(self, en: str, zh: str | None = None, **values: Any) -> str:
+        """Pick the reply language the command was typed in."""
+        text = zh if self.lang == "zh" and zh else en
+        return text.format(**values) if values else text
+
+
+@dataclass(frozen=True)
 class CommandSpec:
     name: str
     handler: Handler
@@ -52,7 +105,7 @@ class CommandSpec:
     role: Role = Role.viewer
     # Keys not in `args` are job parameters for the handler to validate against a kind's schema.
     job_params: bool = False
-    confirm: Callable[[CommandContext], str | Question] | None = None  # asked before running
+    confirm: Callable[[CommandContext[Any]], str | Question] | None = None  # asked before running
     examples: tuple[str, ...] = ()
 
     @property

@@ -116,7 +116,7 @@ class JobManager:
         return job_kind.name, model.model_dump(mode="json")
 
     async def submit(
-        self, kind: str | None, params: dict[str, Any], *, owner: str, origin: str, checkpoint: str | None = None
+        self, kind: str | None, params: dict[str, Any], *, owner: str, checkpoint: str | None = None
     ) -> Job:
         """Queue a job; with `checkpoint`, it starts from there (training on from another job)."""
         kind_name, clean = self.validate(kind, params)
@@ -127,7 +127,7 @@ class JobManager:
             job_dir.mkdir(parents=True, exist_ok=False)
             job = Job(
                 id=job_id, kind=kind_name, params=clean, state=QUEUED, owner=owner,
-                origin=origin, job_dir=str(job_dir), created_at=time.time(), checkpoint=checkpoint,
+                job_dir=str(job_dir), created_at=time.time(), checkpoint=checkpoint,
             )  # fmt: skip
             self.store.insert(job)
             self.store.add_event(job.id, _state_event(None, QUEUED, "submitted"))

@@ -48,7 +48,6 @@ class Job:
     params: dict[str, Any]
     state: str
     owner: str
-    origin: str
     job_dir: str
     created_at: float
     started_at: float | None = None
@@ -92,6 +91,11 @@ _MIGRATIONS = [
     # `jobs` and `status` list the newest jobs: an index, not a sort of the whole table.
     """
     CREATE INDEX jobs_created ON jobs(created_at)
+    """,
+    # Where a job was started is the chat side's to know (it follows the conversation); jobs
+    # know nothing of chat.
+    """
+    ALTER TABLE jobs DROP COLUMN origin
     """,
 ]
 

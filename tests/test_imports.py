@@ -40,3 +40,59 @@ def test_a_bot_without_health_endpoint_never_imports_aiohttp(tmp_path: Path) -> 
     # With /healthz asked for, the server is built (and aiohttp imported) as before.
     on = loaded_after(build.format(data=str(tmp_path / "on"), listen="127.0.0.1:0"))
     assert on == {"aiohttp": True, "mxnet": False, "matplotlib": False}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the project's modules it imports anywhere in its source (top level, in functions,
+    under TYPE_CHECKING alike: a circle a type checker needs is a circle)."""
+    import ast
+
+    modules = {}
+    for package in ("chatops", "adapters", "jobs"):
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                found |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names}
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_the_layers_import_only_downwards() -> None:
+    """Adapters know the router's types and nothing of jobs; jobs know nothing of chat; the core
+    imports no adapter (it finds them by entry point)."""
+    graph = _import_graph()
+    arrows = [(a, b) for a, deps in graph.items() for b in deps]
+    assert [(a, b) for a, b in arrows if a.startswith("chatops") and b.startswith("adapters")] == []
+    assert [(a, b) for a, b in arrows if a.startswith("jobs") and not b.startswith("jobs")] == []
+    assert [(a, b) for a, b in arrows if a.startswith("adapters") and b.startswith("jobs")] == []
+
+
+def test_no_import_circle_inside_chatops() -> None:
+    graph = {a: {b for b in deps if b.startswith("chatops")} for a, deps in _import_graph().items()
+             if a.startswith("chatops")}  # fmt: skip
+    circles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        for dep in sorted(graph.get(module, ())):
+            if dep in path:
+                circles.append([*path[path.index(dep):], dep])
+            elif dep not in done:
+                visit(dep, [*path, dep])
+        done.add(module)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        visit(module, [module])
+    assert circles == []

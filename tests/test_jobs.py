@@ -141,7 +141,7 @@ def test_only_one_process_can_claim_a_queued_job(tmp_path: Path) -> None:
     from jobs.store import Job, JobStore
 
     first, second = JobStore(connect(tmp_path / "db")), JobStore(connect(tmp_path / "db"))
-    job = Job(id=first.new_id(), kind="mxnet", params={}, state="queued", owner="o", origin="c",
+    job = Job(id=first.new_id(), kind="mxnet", params={}, state="queued", owner="o",
               job_dir=str(tmp_path), created_at=0.0)  # fmt: skip
     first.insert(job)
     assert first.claim(job.id, "queued", "starting")
@@ -176,8 +176,26 @@ def test_processes_opening_a_fresh_database_at_once_all_start(tmp_path: Path) ->
         t.join()
     assert errors == []
     rows = connect(path).execute("SELECT component, version FROM schema_migrations").fetchall()
-    expected = [("chat", 1), ("chat", 2), ("chat", 3), ("chat", 4), ("jobs", 1), ("jobs", 2)]
+    expected = [("chat", 1), ("chat", 2), ("chat", 3), ("chat", 4), ("jobs", 1), ("jobs", 2), ("jobs", 3)]
     assert sorted(tuple(r) for r in rows) == expected
+
+
+def test_a_job_store_of_the_previous_release_keeps_its_jobs(tmp_path: Path) -> None:
+    """Upgrading drops the chat-side `origin` column; every job and its events stay."""
+    from jobs.db import connect, migrate
+    from jobs.store import _MIGRATIONS, JobStore
+
+    db = connect(tmp_path / "old.db")
+    migrate(db, "jobs", _MIGRATIONS[:2])  # as the previous release wrote it
+    db.execute("INSERT INTO jobs (id, kind, params, state, owner, origin, job_dir, created_at, metrics)"
+               " VALUES ('3f2a', 'mxnet', '{\"lr\": 0.1}', 'succeeded', 'telegram:7', 'telegram:7', '/j', 1.0,"
+               " '{\"acc\": 0.9}')")  # fmt: skip
+    db.execute("INSERT INTO job_events (job_id, seq, t, type, data) VALUES ('3f2a', 1, 1.0, 'epoch', ?)",
+               ('{"type": "epoch", "epoch": 1}',))
+    store = JobStore(db)
+    job = store.get("3f2a")
+    assert (job.params, job.owner, job.metrics, job.state) == ({"lr": 0.1}, "telegram:7", {"acc": 0.9}, "succeeded")
+    assert [e["type"] for e in store.events("3f2a")] == ["epoch"]
 
 
 @pytest.mark.slow

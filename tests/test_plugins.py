@@ -148,6 +148,47 @@ async def test_plugin_commands_are_in_telegrams_command_menu(
             await app.stop()
 
 
+MINE = '''
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chatops import CommandContext, Lang, command
+
+if TYPE_CHECKING:  # dependencies may be named for type checkers only
+    from chatops.auth import Role
+    from chatops.message import Conversation, Identity
+    from jobs.manager import JobManager
+
+
+@command("mine", aliases=["我的"])
+async def mine(ctx: CommandContext, jobs: JobManager, who: Identity, here: Conversation, role: Role,
+               lang: Lang, limit: int = 5) -> str:
+    """My jobs."""
+    owned = [j.id for j in jobs.store.list(limit=100) if j.owner == who.key][:limit]
+    head = "我的任务" if lang == "zh" else "my jobs"
+    return f"{head} ({who.key}, {role.name}, in {here.key}, limit {limit}): {' '.join(owned) or '-'}"
+'''
+
+
+async def test_a_command_declares_the_services_it_uses(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parameters typed as services, without defaults, are given by the bot, not parsed."""
+    write_module(tmp_path / "plug", "team_mine", MINE)
+    monkeypatch.syspath_prepend(str(tmp_path / "plug"))
+    async with BotHarness(with_plugins(settings, "team_mine")) as bot:
+        assert bot.app.plugin_problems == []
+        job = await bot.app.manager.submit("mxnet", {"epochs": 1}, owner="test:op")
+        await bot.app.manager.stop(job.id)
+        [reply] = await bot.say("mine 3", user="op")
+        assert reply.text == f"my jobs (test:op, operator, in test:op, limit 3): {job.id}"
+        [chinese] = await bot.say("我的", user="viewer")
+        assert chinese.text == "我的任务 (test:viewer, viewer, in test:viewer, limit 5): -"
+        [refused] = await bot.say("mine jobs=1", user="op")  # a dependency is not an argument
+        assert refused.error and "takes no parameter 'jobs'" in refused.text
+
+
 def test_a_command_declares_what_it_takes_or_is_refused_at_once() -> None:
     with pytest.raises(TypeError, match="needs a type hint and a default"):
 

@@ -11,8 +11,7 @@ import pytest
 
 from chatops.auth import Role
 from chatops.commands import admin, training
-from chatops.router import CommandContext
-from chatops.specs import CommandRegistry, CommandSpec
+from chatops.specs import CommandContext, CommandRegistry, CommandSpec
 from chatops.testing import BotHarness
 from jobs.params import suggest
 

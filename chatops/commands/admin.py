@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from chatops.auth import Role
-from chatops.router import CommandContext
-from chatops.specs import CommandRegistry, CommandSpec, Question
+from chatops.specs import CommandContext, CommandRegistry, CommandSpec, NoArgs, Question
 from jobs.store import ACTIVE_STATES
 
 
-def _confirm_exit(ctx: CommandContext) -> Question:
-    running = len(ctx.app.manager.store.list(ACTIVE_STATES, limit=100))
+def _confirm_exit(ctx: CommandContext[NoArgs]) -> Question:
+    running = len(ctx.jobs.store.list(ACTIVE_STATES, limit=100))
     return Question(ctx.tr("Shut the bot down? {n} running job(s) train on without it.",
                            "关闭机器人？{n} 个训练中的任务会继续运行。", n=running))  # fmt: skip
 
 
-async def cmd_exit(ctx: CommandContext) -> str:
-    ctx.app.request_exit()
+async def cmd_exit(ctx: CommandContext[NoArgs]) -> str:
+    ctx.services.request_exit()
     return ctx.tr("Shutting the bot down; running jobs train on. Start it again with: chatops run",
                   "机器人正在关闭；训练任务继续运行。重新启动：chatops run")  # fmt: skip
 

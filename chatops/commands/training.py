@@ -15,8 +15,7 @@ from chatops.auth import Role
 from chatops.message import Button, Reply
 from chatops.notifier import job_buttons
 from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
-from chatops.router import CommandContext
-from chatops.specs import CommandError, CommandRegistry, CommandSpec, Question
+from chatops.specs import CommandContext, CommandError, CommandRegistry, CommandSpec, NoArgs, Question
 from jobs.manager import JobError, log_tail
 from jobs.params import fields_of, live_change, validate
 from jobs.schemas import JobParams, KindUnavailable
@@ -49,9 +48,9 @@ class ParamsArgs(_Args):
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _find_job(ctx: CommandContext, ref: str) -> Job:
+def _find_job(ctx: CommandContext[Any], ref: str) -> Job:
     try:
-        return ctx.app.manager.require(ref.lower().removeprefix("#"))
+        return ctx.jobs.require(ref.lower().removeprefix("#"))
     except JobError as exc:
         raise CommandError(
             ctx.tr(str(exc) + ". Send jobs for the list.", f"没有任务 {ref}。发送 任务 查看列表。")
@@ -59,7 +58,7 @@ def _find_job(ctx: CommandContext, ref: str) -> Job:
 
 
 def _pick(
-    ctx: CommandContext,
+    ctx: CommandContext[Any],
     ref: str | None,
     verb: str,
     states: Collection[str],
@@ -72,8 +71,8 @@ def _pick(
     the running job must not cancel a queued one."""
     if ref:
         return _find_job(ctx, ref)
-    store = ctx.app.manager.store
-    me = ctx.incoming.sender.key
+    store = ctx.jobs.store
+    me = ctx.sender.key
     candidates = [j for j in store.list(set(states), limit=50) if accept(j)]
     pool = [j for j in candidates if j.owner == me] or candidates
     if len(pool) == 1:
@@ -96,8 +95,8 @@ def _pick(
                               "没有符合的任务。发送 任务 查看列表。", verb=verb))  # fmt: skip
 
 
-def _kind_model(ctx: CommandContext, kind: str | None) -> tuple[str, type[JobParams]]:
-    registry = ctx.app.manager.registry
+def _kind_model(ctx: CommandContext[Any], kind: str | None) -> tuple[str, type[JobParams]]:
+    registry = ctx.jobs.registry
     try:
         job_kind = registry.get(kind)
     except KindUnavailable as exc:
@@ -109,9 +108,9 @@ def _kind_model(ctx: CommandContext, kind: str | None) -> tuple[str, type[JobPar
     return job_kind.name, job_kind.params
 
 
-def _kinds_line(ctx: CommandContext) -> str:
+def _kinds_line(ctx: CommandContext[Any]) -> str:
     """Every kind with its source; the default marked, the broken ones with why."""
-    registry = ctx.app.manager.registry
+    registry = ctx.jobs.registry
     parts = [
         f"{name}" + (ctx.tr(" (default)", "（默认）") if name == registry.default else "")
         + (f" - {registry.get(name).description.splitlines()[0]}" if registry.get(name).description else "")
@@ -123,7 +122,7 @@ def _kinds_line(ctx: CommandContext) -> str:
 
 
 def _validated(
-    ctx: CommandContext, model: type[JobParams], raw: dict[str, Any], base: dict[str, Any]
+    ctx: CommandContext[Any], model: type[JobParams], raw: dict[str, Any], base: dict[str, Any]
 ) -> dict[str, Any]:
     checked = validate(model, raw, base)
     if checked.values is None:
@@ -131,20 +130,20 @@ def _validated(
     return checked.values
 
 
-def _params_error(ctx: CommandContext, errors: list[str]) -> CommandError:
+def _params_error(ctx: CommandContext[Any], errors: list[str]) -> CommandError:
     # Field names stay as typed in commands; a Chinese first line says what went wrong.
     return CommandError("\n".join([ctx.tr("", "参数有误（发送 参数 查看说明）："), *errors]).lstrip("\n"))
 
 
-def _summary(ctx: CommandContext, job: Job, zh: bool = False) -> str:
+def _summary(ctx: CommandContext[Any], job: Job, zh: bool = False) -> str:
     """The kind's own summary of the job's parameters; chat does not know their names."""
     try:
-        return ctx.app.manager.registry.get(job.kind).params.model_validate(job.params).summary(zh)
+        return ctx.jobs.registry.get(job.kind).params.model_validate(job.params).summary(zh)
     except (KeyError, ValueError):  # a kind since removed from the config, or changed
         return ", ".join(f"{k}={v}" for k, v in list(job.params.items())[:5])
 
 
-def _job_line(ctx: CommandContext, job: Job, zh: bool = False) -> str:
+def _job_line(ctx: CommandContext[Any], job: Job, zh: bool = False) -> str:
     age = duration(time.time() - job.created_at)
     extra = ""
     if job.state in ACTIVE_STATES and job.metrics.get("epoch"):
@@ -158,12 +157,12 @@ def _job_line(ctx: CommandContext, job: Job, zh: bool = False) -> str:
     return f"job {job.id}  {job.state:<9} {job.kind}: {_summary(ctx, job)}{extra}  ({age} ago, by {job.owner})"
 
 
-def _job_error(ctx: CommandContext, exc: JobError) -> CommandError:
+def _job_error(ctx: CommandContext[Any], exc: JobError) -> CommandError:
     """The job manager speaks English; a Chinese command gets a Chinese lead-in before it."""
     return CommandError(ctx.tr(str(exc), f"无法执行：{exc}"))
 
 
-def _resumed(ctx: CommandContext, job: Job) -> Reply:
+def _resumed(ctx: CommandContext[Any], job: Job) -> Reply:
     text = ctx.tr("job {id} {state}: continuing from its last checkpoint.",
                   "job {id} {state}：从最近的检查点继续训练。",
                   id=job.id, state=state_word(job.state, ctx.lang == "zh"))  # fmt: skip
@@ -171,9 +170,9 @@ def _resumed(ctx: CommandContext, job: Job) -> Reply:
 
 
 # -- handlers ------------------------------------------------------------------------------------
-async def cmd_help(ctx: CommandContext) -> str:
-    registry: CommandRegistry = ctx.app.registry
-    name = ctx.args.command  # type: ignore[attr-defined]
+async def cmd_help(ctx: CommandContext[HelpArgs]) -> str:
+    registry: CommandRegistry = ctx.services.commands
+    name = ctx.args.command
     zh = ctx.lang == "zh"
     if name:
         spec = registry.lookup(name)
@@ -207,9 +206,9 @@ async def cmd_help(ctx: CommandContext) -> str:
     return "\n".join(lines)
 
 
-async def cmd_params(ctx: CommandContext) -> str:
-    kind, model = _kind_model(ctx, ctx.args.kind)  # type: ignore[attr-defined]
-    saved = ctx.app.chat_store.saved_params(ctx.incoming.conversation.key, kind)
+async def cmd_params(ctx: CommandContext[ParamsArgs]) -> str:
+    kind, model = _kind_model(ctx, ctx.args.kind)
+    saved = ctx.chats.saved_params(ctx.conversation.key, kind)
     lines = [ctx.tr(f"Parameters of {kind} (saved values marked *, live = changeable while running):",
                     f"参数 ({kind})：* 为本会话保存的值，live 表示训练中可修改")]  # fmt: skip
     for f in fields_of(model):
@@ -223,15 +222,15 @@ async def cmd_params(ctx: CommandContext) -> str:
         if description:
             line += f" - {description}"
         lines.append(line)
-    others = [k for k in ctx.app.manager.registry.names() if k != kind]
+    others = [k for k in ctx.jobs.registry.names() if k != kind]
     if others:
         lines.append(ctx.tr("other kinds: {k} (params <kind>)", "其他任务类型：{k}（参数 <类型>）",
                             k=", ".join(others)))  # fmt: skip
     return "\n".join(lines)
 
 
-async def cmd_set(ctx: CommandContext) -> Reply:
-    ref = ctx.args.job  # type: ignore[attr-defined]
+async def cmd_set(ctx: CommandContext[JobRef]) -> Reply:
+    ref = ctx.args.job
     if not ctx.params:
         raise CommandError(ctx.tr("Nothing to set. Example: set lr=0.01", "没有要修改的参数。例如：set lr 0.01"))
     if ref:
@@ -247,25 +246,25 @@ async def cmd_set(ctx: CommandContext) -> Reply:
             raise _params_error(ctx, [f"{name}: {reason}" for name, reason in change.rejected])
         changed = {name: new for name, (_, new) in change.changed.items()}
         try:
-            await ctx.app.manager.control(job.id, "set", changed)
+            await ctx.jobs.control(job.id, "set", changed)
         except JobError as exc:
             raise _job_error(ctx, exc) from None
         pretty = ", ".join(f"{k}={v}" for k, v in changed.items())
         return Reply(ctx.tr(f"job {job.id}: asked to set {pretty}; it applies at the next batch.",
                             f"job {job.id}：将在下一个批次设置 {pretty}"), job_id=job.id)  # fmt: skip
     kind, model = _kind_model(ctx, None)
-    conv = ctx.incoming.conversation.key
-    saved = ctx.app.chat_store.saved_params(conv, kind)
+    conv = ctx.conversation.key
+    saved = ctx.chats.saved_params(conv, kind)
     checked = validate(model, ctx.params, saved)
     if checked.values is None:
         raise _params_error(ctx, checked.errors)
     given = {k: checked.values[k] for k in checked.given}
     saved.update(given)
-    ctx.app.chat_store.save_params(conv, kind, saved)
+    ctx.chats.save_params(conv, kind, saved)
     pretty = ", ".join(f"{k}={v}" for k, v in saved.items())
     text = ctx.tr(f"Saved for the next train here: {pretty}", f"已保存，下次训练使用：{pretty}")
-    me = ctx.incoming.sender.key
-    running = [j for j in ctx.app.manager.store.list({RUNNING, PAUSED}, limit=20) if j.owner == me]
+    me = ctx.sender.key
+    running = [j for j in ctx.jobs.store.list({RUNNING, PAUSED}, limit=20) if j.owner == me]
     if not running:
         return Reply(text)
     # Whoever sends `set lr=0.02` (or the bare `lr 0.02`) while their job trains may well mean that
@@ -277,10 +276,10 @@ async def cmd_set(ctx: CommandContext) -> Reply:
     return Reply(text, buttons=[Button(command, command)], job_id=job.id)
 
 
-async def cmd_train(ctx: CommandContext) -> Reply:
-    manager = ctx.app.manager
-    args: TrainArgs = ctx.args  # type: ignore[assignment]
-    conv = ctx.incoming.conversation.key
+async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
+    manager = ctx.jobs
+    args = ctx.args
+    conv = ctx.conversation.key
     checkpoint = None
     if args.resume:
         # The job's own parameters, with what is given changed (`train resume=3f2a epochs=20`).
@@ -295,7 +294,7 @@ async def cmd_train(ctx: CommandContext) -> Reply:
                 job = await manager.resume(job.id, params)
             except JobError as exc:
                 raise _job_error(ctx, exc) from None
-            ctx.app.chat_store.follow(job.id, conv, ctx.lang)
+            ctx.chats.follow(job.id, conv, ctx.lang)
             return _resumed(ctx, job)
         # A finished run trains on as a new job from its last checkpoint; its own record stays.
         if params is None or not job.checkpoint:
@@ -307,12 +306,12 @@ async def cmd_train(ctx: CommandContext) -> Reply:
         checkpoint, source = job.checkpoint, job.id
     else:
         kind, model = _kind_model(ctx, args.kind)
-        params = _validated(ctx, model, ctx.params, ctx.app.chat_store.saved_params(conv, kind))
+        params = _validated(ctx, model, ctx.params, ctx.chats.saved_params(conv, kind))
     try:
-        job = await manager.submit(kind, params, owner=ctx.incoming.sender.key, origin=conv, checkpoint=checkpoint)
+        job = await manager.submit(kind, params, owner=ctx.sender.key, checkpoint=checkpoint)
     except JobError as exc:  # the preflight: what would fail as soon as the runner starts
         raise _job_error(ctx, exc) from None
-    ctx.app.chat_store.follow(job.id, conv, ctx.lang)
+    ctx.chats.follow(job.id, conv, ctx.lang)
     if job.state == QUEUED:
         running = [j.id for j in manager.store.list(ACTIVE_STATES, limit=5)]
         pos = manager.queue_position(job.id)
@@ -330,9 +329,9 @@ async def cmd_train(ctx: CommandContext) -> Reply:
     return Reply(text, job_id=job.id, buttons=job_buttons(job.id, "running", ctx.lang == "zh"))
 
 
-def _stop_target(ctx: CommandContext) -> Job:
+def _stop_target(ctx: CommandContext[JobRef]) -> Job:
     """The running job (the caller's); only with none running, a queued one."""
-    ref = ctx.args.job  # type: ignore[attr-defined]
+    ref = ctx.args.job
     if ref:
         return _find_job(ctx, ref)
     try:
@@ -343,7 +342,7 @@ def _stop_target(ctx: CommandContext) -> Job:
         return _pick(ctx, None, "stop", {QUEUED})
 
 
-def _confirm_stop(ctx: CommandContext) -> Question:
+def _confirm_stop(ctx: CommandContext[JobRef]) -> Question:
     job = _stop_target(ctx)
     if job.terminal:
         raise CommandError(ctx.tr(f"job {job.id} already ended ({job.state}).",
@@ -355,10 +354,10 @@ def _confirm_stop(ctx: CommandContext) -> Question:
     return Question(text, command=f"{'停止' if zh else 'stop'} {job.id}")
 
 
-async def cmd_stop(ctx: CommandContext) -> Reply:
+async def cmd_stop(ctx: CommandContext[JobRef]) -> Reply:
     job = _stop_target(ctx)
     try:
-        job = await ctx.app.manager.stop(job.id)
+        job = await ctx.jobs.stop(job.id)
     except JobError as exc:
         raise _job_error(ctx, exc) from None
     if job.state == "stopped":
@@ -367,10 +366,10 @@ async def cmd_stop(ctx: CommandContext) -> Reply:
                         f"job {job.id} 将在下一个批次停止，并保存检查点。"), job_id=job.id)  # fmt: skip
 
 
-async def cmd_pause(ctx: CommandContext) -> Reply:
-    job = _pick(ctx, ctx.args.job, "pause", {RUNNING, STARTING})  # type: ignore[attr-defined]
+async def cmd_pause(ctx: CommandContext[JobRef]) -> Reply:
+    job = _pick(ctx, ctx.args.job, "pause", {RUNNING, STARTING})
     try:
-        await ctx.app.manager.control(job.id, "pause")
+        await ctx.jobs.control(job.id, "pause")
     except JobError as exc:
         raise _job_error(ctx, exc) from None
     return Reply(
@@ -378,10 +377,10 @@ async def cmd_pause(ctx: CommandContext) -> Reply:
     )
 
 
-async def cmd_resume(ctx: CommandContext) -> Reply:
-    manager = ctx.app.manager
+async def cmd_resume(ctx: CommandContext[JobRef]) -> Reply:
+    manager = ctx.jobs
     # A paused job (or one with a pause pending) first; else the newest stopped, failed or lost one.
-    job = _pick(ctx, ctx.args.job, "resume", ACTIVE_STATES, {STOPPED, FAILED, LOST},  # type: ignore[attr-defined]
+    job = _pick(ctx, ctx.args.job, "resume", ACTIVE_STATES, {STOPPED, FAILED, LOST},
                 accept=manager.pause_pending)  # fmt: skip
     try:
         if job.state in ACTIVE_STATES:
@@ -394,13 +393,13 @@ async def cmd_resume(ctx: CommandContext) -> Reply:
         job = await manager.resume(job.id)
     except JobError as exc:
         raise _job_error(ctx, exc) from None
-    ctx.app.chat_store.follow(job.id, ctx.incoming.conversation.key, ctx.lang)
+    ctx.chats.follow(job.id, ctx.conversation.key, ctx.lang)
     return _resumed(ctx, job)
 
 
-async def cmd_status(ctx: CommandContext) -> Reply:
-    ref = ctx.args.job  # type: ignore[attr-defined]
-    manager = ctx.app.manager
+async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
+    ref = ctx.args.job
+    manager = ctx.jobs
     job = _pick(ctx, ref, "status", ACTIVE_STATES, ())
     zh = ctx.lang == "zh"
     lines = [
@@ -430,47 +429,47 @@ async def cmd_status(ctx: CommandContext) -> Reply:
     return Reply("\n".join(lines), job_id=job.id, buttons=buttons)
 
 
-async def cmd_jobs(ctx: CommandContext) -> str:
-    jobs = ctx.app.manager.store.list(limit=15)
+async def cmd_jobs(ctx: CommandContext[NoArgs]) -> str:
+    jobs = ctx.jobs.store.list(limit=15)
     if not jobs:
         return ctx.tr("No jobs yet. Start one with: train epochs=5", "还没有任务。发送 开始 ep 5 开始训练。")
     return "\n".join(_job_line(ctx, j, ctx.lang == "zh") for j in jobs)
 
 
-async def cmd_logs(ctx: CommandContext) -> str:
-    job = _pick(ctx, ctx.args.job, "logs", ACTIVE_STATES, ())  # type: ignore[attr-defined]
-    tail = log_tail(job.dir, ctx.args.n)  # type: ignore[attr-defined]
-    n = ctx.args.n  # type: ignore[attr-defined]
+async def cmd_logs(ctx: CommandContext[LogsArgs]) -> str:
+    job = _pick(ctx, ctx.args.job, "logs", ACTIVE_STATES, ())
+    tail = log_tail(job.dir, ctx.args.n)
+    n = ctx.args.n
     head = ctx.tr("job {id} log (last {n} lines):", "job {id} 日志（最后 {n} 行）：", id=job.id, n=n)
     return f"{head}\n{tail or ctx.tr('(empty)', '（空）')}"
 
 
-async def cmd_plot(ctx: CommandContext) -> Reply:
-    job = _pick(ctx, ctx.args.job, "plot", ACTIVE_STATES, ())  # type: ignore[attr-defined]
-    path = await ctx.app.notifier.plot(job)
+async def cmd_plot(ctx: CommandContext[JobRef]) -> Reply:
+    job = _pick(ctx, ctx.args.job, "plot", ACTIVE_STATES, ())
+    path = await ctx.services.plot(job)
     if path is None:
         raise CommandError(ctx.tr(f"job {job.id} has no metrics to plot yet.", f"job {job.id} 还没有可画的指标。"))
     return Reply(ctx.tr(f"job {job.id} curves", f"job {job.id} 训练曲线"), image=path, job_id=job.id)
 
 
-async def cmd_follow(ctx: CommandContext) -> str:
-    job = _pick(ctx, ctx.args.job, "follow", ACTIVE_STATES, ())  # type: ignore[attr-defined]
-    added = ctx.app.chat_store.follow(job.id, ctx.incoming.conversation.key, ctx.lang)
+async def cmd_follow(ctx: CommandContext[JobRef]) -> str:
+    job = _pick(ctx, ctx.args.job, "follow", ACTIVE_STATES, ())
+    added = ctx.chats.follow(job.id, ctx.conversation.key, ctx.lang)
     if added:
         return ctx.tr(f"Following job {job.id}.", f"已关注 job {job.id}，进度会发到这里。")
     return ctx.tr(f"Already following job {job.id}.", f"已经在关注 job {job.id}。")
 
 
-async def cmd_unfollow(ctx: CommandContext) -> str:
-    job = _pick(ctx, ctx.args.job, "unfollow", ACTIVE_STATES, ())  # type: ignore[attr-defined]
-    removed = ctx.app.chat_store.unfollow(job.id, ctx.incoming.conversation.key)
+async def cmd_unfollow(ctx: CommandContext[JobRef]) -> str:
+    job = _pick(ctx, ctx.args.job, "unfollow", ACTIVE_STATES, ())
+    removed = ctx.chats.unfollow(job.id, ctx.conversation.key)
     if removed:
         return ctx.tr(f"Stopped following job {job.id}.", f"已取消关注 job {job.id}。")
     return ctx.tr(f"Not following job {job.id}.", f"没有关注 job {job.id}。")
 
 
-async def cmd_whoami(ctx: CommandContext) -> str:
-    who = ctx.incoming.sender
+async def cmd_whoami(ctx: CommandContext[NoArgs]) -> str:
+    who = ctx.sender
     name = f" ({who.name})" if who.name else ""
     return f"{who.key}{name}: " + ctx.tr("role ", "角色 ") + ctx.role.name
 

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from typing import TYPE_CHECKING
 
-from chatops import command
-
-if TYPE_CHECKING:
-    from chatops.router import CommandContext
+from chatops import CommandContext, Lang, command
 
 QUERY = "index,name,utilization.gpu,memory.used,memory.total"
 
 
 @command("gpus", aliases=["显卡"], examples=["gpus", "gpus 0", "gpus all=true"])
-async def gpus(ctx: CommandContext, index: int | None = None, all: bool = False) -> str:
+async def gpus(ctx: CommandContext, lang: Lang, index: int | None = None, all: bool = False) -> str:
     """What the training host's GPUs are doing (nvidia-smi)."""
-    zh = ctx.lang == "zh"
+    zh = lang == "zh"  # a dependency: the language the command was typed in
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return "这台机器没有 NVIDIA GPU（找不到 nvidia-smi）。" if zh else "No NVIDIA GPU here (nvidia-smi not found)."
