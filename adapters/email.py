@@ -33,6 +33,7 @@ from chatops.adapter import (
     AdapterContext,
     Capabilities,
     DeliveryError,
+    Dispatcher,
     Handler,
     image_bytes,
     reconnect_forever,
@@ -135,7 +136,7 @@ class EmailAdapter(Adapter):
         self.smtp_host = settings.smtp_host or settings.imap_host
         self.smtp_port = settings.smtp_port or {"tls": 465, "starttls": 587, "none": 25}[secure]
         self.state = _State.load(ctx.data_dir / STATE_FILE)
-        self._handle: Handler | None = None
+        self._dispatcher = Dispatcher(self.name)
         self._stop = asyncio.Event()
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -149,7 +150,7 @@ class EmailAdapter(Adapter):
 
     # lifecycle --------------------------------------------------------------------------------
     async def start(self, handle: Handler) -> None:
-        self._handle = handle
+        self._dispatcher.handle = handle
         self._stop.clear()
         self._task = asyncio.create_task(
             reconnect_forever(self._imap_session, name="email-imap", stop=self._stop, max_delay=60.0),
@@ -341,8 +342,7 @@ class EmailAdapter(Adapter):
                 "uidvalidity": self.state.uidvalidity}  # fmt: skip
         incoming = Incoming(text, sender, conv, mail.message_id, meta=meta)
         log.info("email: command from %s (uid %s)", sender.key, uid)
-        assert self._handle is not None
-        await self._handle(incoming)
+        await self._dispatcher.run(incoming)
 
     def _allowed(self, who: Identity) -> bool:
         """Any role at all: only then does a sender get error answers (never answer strangers)."""

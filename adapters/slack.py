@@ -16,6 +16,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -34,7 +35,17 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from chatops.adapter import Adapter, AdapterContext, Capabilities, DeliveryError, Handler, listen_address
+from chatops.adapter import (
+    Adapter,
+    AdapterContext,
+    Capabilities,
+    DeliveryError,
+    Dispatcher,
+    Handler,
+    Resumable,
+    listen_address,
+    split_text,
+)
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.settings import Section
 
@@ -66,25 +77,9 @@ def unescape(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
-def _chunks(text: str, size: int) -> list[str]:
-    """Split at line breaks where possible so a section never cuts a line in two."""
-    out: list[str] = []
-    while len(text) > size:
-        cut = text.rfind("\n", 0, size)
-        cut = cut if cut > 0 else size
-        out.append(text[:cut])
-        text = text[cut:].lstrip("\n")
-    if text:
-        out.append(text)
-    return out
-
-
-def _is_stop(words: list[str]) -> bool:
-    return bool(words) and words[0].lstrip("/!").lower() in ("stop", "停止")
-
-
-def _button(index: int, label: str, command: str) -> dict[str, Any]:
-    """A Block Kit button; a plain `stop` button gets Slack's own confirm dialog.
+def _button(index: int, label: str, command: str, confirming: frozenset[str]) -> dict[str, Any]:
+    """A Block Kit button; one whose command asks before it runs (`stop`) gets Slack's own confirm
+    dialog (`confirming`: the words of such commands, from the command specs).
 
     The dialog is the confirmation, so the value sent after it carries ` --yes`: one native
     prompt instead of a dialog followed by the router's question. Buttons that already answer
@@ -99,13 +94,13 @@ def _button(index: int, label: str, command: str) -> dict[str, Any]:
     }
     if words and words[-1] == "--yes":
         button["style"] = "danger"
-    elif _is_stop(words):
+    elif words and words[0].lstrip("/!").lower() in confirming:
         value = f"{command.strip()} --yes"
         button["style"] = "danger"
         button["confirm"] = {
-            "title": {"type": "plain_text", "text": "Stop this job?"},
-            "text": {"type": "mrkdwn", "text": f"This runs `{escape(command)[:200]}`; a checkpoint is kept."},
-            "confirm": {"type": "plain_text", "text": (label or "Stop")[:30]},
+            "title": {"type": "plain_text", "text": f"{(label or words[0])[:80]}?"},
+            "text": {"type": "mrkdwn", "text": f"This runs `{escape(command)[:200]}`."},
+            "confirm": {"type": "plain_text", "text": (label or words[0])[:30]},
             "deny": {"type": "plain_text", "text": "Cancel"},
             "style": "danger",
         }
@@ -113,7 +108,7 @@ def _button(index: int, label: str, command: str) -> dict[str, Any]:
     return button
 
 
-def render(reply: Reply) -> tuple[str, list[dict[str, Any]]]:
+def render(reply: Reply, confirming: frozenset[str] = frozenset()) -> tuple[str, list[dict[str, Any]]]:
     """Reply -> (fallback text for notifications, Block Kit blocks)."""
     text = escape(reply.text.strip()) or " "
     if reply.error:
@@ -123,11 +118,11 @@ def render(reply: Reply) -> tuple[str, list[dict[str, Any]]]:
     action_blocks = (len(buttons) + 4) // 5
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": chunk}}
-        for chunk in _chunks(text, SECTION_MAX)[: MAX_BLOCKS - action_blocks]
-        if chunk.strip()
+        for chunk in split_text(text, SECTION_MAX)[: MAX_BLOCKS - action_blocks]
     ]
     for start in range(0, len(buttons), 5):
-        elements = [_button(start + i, b.label, b.command) for i, b in enumerate(buttons[start : start + 5])]
+        elements = [_button(start + i, b.label, b.command, confirming)
+                    for i, b in enumerate(buttons[start : start + 5])]  # fmt: skip
         blocks.append({"type": "actions", "elements": elements})
     return text, blocks
 
@@ -174,14 +169,14 @@ class SlackAdapter(Adapter):
         self._base_url = base_url or AsyncWebClient.BASE_URL
         self._listen = listen
         self._ctx = ctx
-        self._handle: Handler | None = None
+        self._confirming = ctx.confirming() if ctx is not None else frozenset()
+        self._dispatcher = Dispatcher(self.name)
         self._web: AsyncWebClient | None = None
         self._socket: SocketModeClient | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._response_urls: dict[str, tuple[str, float]] = {}
-        # Text already posted for an image message whose upload failed: the retry uploads only.
-        self._posted: dict[str, str] = {}
+        self._resumable = Resumable()
         self.bot_user_id: str | None = None
         self.http_address: tuple[str, int] | None = None
 
@@ -206,7 +201,7 @@ class SlackAdapter(Adapter):
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self, handle: Handler) -> None:
-        self._handle = handle
+        self._dispatcher.handle = handle
         self._web = AsyncWebClient(
             token=self._bot_token,
             base_url=self._base_url,
@@ -267,11 +262,9 @@ class SlackAdapter(Adapter):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=2)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._dispatcher.close(grace=2)
+        for task in list(self._tasks):
+            task.cancel()
         if self._web is not None and self._web.session is not None:
             await self._web.session.close()
         self._web = None
@@ -342,7 +335,7 @@ class SlackAdapter(Adapter):
         if form.get("response_url"):
             self._response_urls[conversation.key] = (form["response_url"], time.monotonic())
         trigger = form.get("trigger_id") or f"{time.time_ns()}"
-        self._dispatch(
+        self._dispatcher.spawn(
             Incoming(
                 text=line,
                 sender=Identity(self.name, user, form.get("user_name", "")),
@@ -376,7 +369,7 @@ class SlackAdapter(Adapter):
         mid = event.get("client_msg_id")
         eid = body.get("event_id") or f"{channel}:{event.get('ts')}"
         message_id = f"msg:{mid}" if mid else f"ev:{eid}"
-        self._dispatch(
+        self._dispatcher.spawn(
             Incoming(
                 text=text,
                 sender=Identity(self.name, str(user)),
@@ -404,7 +397,7 @@ class SlackAdapter(Adapter):
             if not value:
                 continue
             press = payload.get("trigger_id") or action.get("action_ts", "")
-            self._dispatch(
+            self._dispatcher.spawn(
                 Incoming(
                     text=str(value),
                     sender=Identity(self.name, str(user["id"]), user.get("username") or user.get("name", "")),
@@ -414,15 +407,6 @@ class SlackAdapter(Adapter):
                 )
             )
 
-    def _dispatch(self, incoming: Incoming) -> None:
-        self._track(self._route(incoming))
-
-    async def _route(self, incoming: Incoming) -> None:
-        assert self._handle is not None
-        try:
-            await self._handle(incoming)
-        except Exception as exc:  # a broken command must not take the listener down
-            log.error("slack: handling %s failed: %s", incoming.message_id, type(exc).__name__)
 
     async def _audit(self, who: str, action: str, detail: str) -> None:
         if self._ctx is None or self._ctx.audit is None:
@@ -435,26 +419,23 @@ class SlackAdapter(Adapter):
     # ---- outbound --------------------------------------------------------------------------
 
     async def send(self, conversation: Conversation, reply: Reply) -> MessageRef:
-        text, blocks = render(reply)
+        text, blocks = render(reply, self._confirming)
         if reply.image is not None and not reply.buttons and len(text) <= SECTION_MAX:
             # One atomic message: the plot with its caption. Nothing is posted until the
             # final completeUploadExternal, so a retry after a failure cannot duplicate it.
             file_id = await self._upload(conversation, reply.image, comment=text)
             return MessageRef(conversation, f"file:{file_id}")
-        key = _digest(conversation.key, text, str(reply.image)) if reply.image is not None else ""
-        ts = self._posted.get(key) if key else None
-        if ts is None:
-            ts = await self._post(conversation, text, blocks)
-        if reply.image is not None:
-            self._posted[key] = ts
-            await self._upload(conversation, reply.image, comment=None)
-            self._posted.pop(key, None)
-        return MessageRef(conversation, ts)
+        image = reply.image
+        parts = [partial(self._post, conversation, text, blocks)]
+        if image is not None:  # the text, then the plot: a retry after a failed upload uploads only
+            parts.append(partial(self._upload, conversation, image, comment=None))
+        done = await self._resumable.send(conversation, reply, parts)
+        return MessageRef(conversation, done[0])
 
     async def edit(self, ref: MessageRef, reply: Reply) -> MessageRef:
         if ref.message_id.startswith(("file:", "resp:")):
             return await self.send(ref.conversation, reply)
-        text, blocks = render(reply)
+        text, blocks = render(reply, self._confirming)
         web_client = self._client()
         try:
             await web_client.chat_update(

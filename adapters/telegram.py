@@ -17,7 +17,6 @@ import json
 import logging
 import re
 import secrets
-import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -50,10 +49,14 @@ from chatops.adapter import (
     AdapterContext,
     Capabilities,
     DeliveryError,
+    Dispatcher,
     Handler,
+    Resumable,
     image_bytes,
     listen_address,
     reconnect_forever,
+    split_text,
+    utf16_len,
 )
 from chatops.message import Button, Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.redact import Redactor
@@ -66,20 +69,11 @@ MAX_CAPTION = 1024
 MAX_CALLBACK_BYTES = 64
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 _UPDATES = ["message", "callback_query"]
-# Command words that address the bot in a group without a slash (English names come from the
-# command specs; these are the Chinese aliases). A typed "yes" in a group must reply to the bot.
-_EXTRA_WORDS = {"开始", "停止", "暂停", "继续", "参数", "状态", "任务", "帮助", "曲线"}
-_DEFAULT_WORDS = {"help", "params", "set", "train", "stop", "pause", "resume", "status", "jobs",
-                  "plot", "logs", "follow", "unfollow", "whoami"}
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 _SLASH = re.compile(r"^/([^\s@]+)@(\w+)")
 # Loggers that may print the token inside a URL (httpx logs every request URL at INFO).
 _TOKEN_LOGGERS = ("httpx", "telegram.Bot", "telegram.ext", "telegram.ext.ExtBot",
                   "telegram.ext.Updater", "telegram.ext.Application")
-
-
-def _utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
 
 
 def _fit(text: str, limit: int) -> int:
@@ -92,28 +86,9 @@ def _fit(text: str, limit: int) -> int:
     return len(text)
 
 
-def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
-    """Split at line (else word) boundaries so each piece fits Telegram's limit."""
-    text = text if text.strip() else "…"
-    chunks: list[str] = []
-    rest = text
-    while _utf16_len(rest) > limit:
-        cut = _fit(rest, limit)
-        for sep in ("\n", " "):
-            at = rest.rfind(sep, 0, cut)
-            if at > limit // 2:
-                cut = at + 1
-                break
-        chunks.append(rest[:cut].rstrip("\n") or rest[:cut])
-        rest = rest[cut:]
-    if rest.strip():
-        chunks.append(rest)
-    return chunks
-
-
 def truncate(text: str, limit: int) -> str:
     text = text if text.strip() else "…"
-    if _utf16_len(text) <= limit:
+    if utf16_len(text) <= limit:
         return text
     return text[: _fit(text, limit - 1)] + "…"
 
@@ -213,13 +188,14 @@ class TelegramAdapter(Adapter):
         )
         self._app.add_handler(CallbackQueryHandler(self._on_callback))
         self._app.add_error_handler(self._on_error)
-        self._commands: list[tuple[str, str]] = list(ctx.extra.get("commands") or [])
-        words = {name.lower() for name, _ in self._commands} or set(_DEFAULT_WORDS)
-        self._words = words | _EXTRA_WORDS
+        self._commands = ctx.commands
+        # Command words address the bot in a group without a slash (a typed "yes" in a group must
+        # reply to the bot's question).
+        self._words = ctx.words()
         self._buttons = _ButtonStore(ctx.data_dir / "telegram_buttons.json")
         # Parts of a multi-message reply already delivered, so a retried send resumes there.
-        self._partial: OrderedDict[str, tuple[float, list[Message]]] = OrderedDict()
-        self._handle: Handler | None = None
+        self._resumable = Resumable(ttl=ctx.settings.notify.retry_max_seconds)
+        self._dispatcher = Dispatcher(self.name)
         self._username = ""
         self._stop = asyncio.Event()
         self._retry_task: asyncio.Task[None] | None = None
@@ -240,7 +216,7 @@ class TelegramAdapter(Adapter):
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self, handle: Handler) -> None:
         """Connect and listen; when Telegram is unreachable, keep trying in the background."""
-        self._handle = handle
+        self._dispatcher.handle = handle
         self._stop.clear()
         try:
             await self._connect()
@@ -305,11 +281,8 @@ class TelegramAdapter(Adapter):
         log.info("telegram: @%s webhook listening on %s", self._username, self._cfg.listen)
 
     async def _set_commands(self) -> None:
-        commands = [
-            BotCommand(name, (desc or name)[:256])
-            for name, desc in self._commands
-            if _COMMAND_NAME.match(name)
-        ]
+        commands = [BotCommand(c.name, (c.summary or c.name)[:256]) for c in self._commands
+                    if _COMMAND_NAME.match(c.name)]  # fmt: skip
         if not commands:
             return
         try:
@@ -420,7 +393,7 @@ class TelegramAdapter(Adapter):
                   # A bare command word in a group: refuse strangers silently, not in public.
                   "quiet_deny": not explicit},
         )
-        await self._dispatch(incoming)
+        await self._dispatcher.run(incoming)
 
     async def _on_callback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.callback_query
@@ -444,20 +417,11 @@ class TelegramAdapter(Adapter):
             meta={"chat_type": msg.chat.type, "callback": True,
                   "button_message_id": str(msg.message_id)},
         )
-        await self._dispatch(incoming)
+        await self._dispatcher.run(incoming)
         if command.endswith(" --yes") or command == "cancel":
             # A confirmation is answered once: drop its buttons so it cannot be pressed again.
             with contextlib.suppress(TelegramError):
                 await msg.edit_reply_markup(reply_markup=None)
-
-    async def _dispatch(self, incoming: Incoming) -> None:
-        if self._handle is None:
-            return
-        try:
-            await self._handle(incoming)
-        except Exception as exc:  # a failing command must not stop the update loop
-            log.warning("telegram: handling %s failed: %s: %s", incoming.message_id,
-                        exc.__class__.__name__, exc)
 
     @staticmethod
     def _conversation(msg: Message) -> Conversation:
@@ -487,13 +451,13 @@ class TelegramAdapter(Adapter):
         bot = self._app.bot
         photo = image_bytes(reply.image, self.name)
         parts: list[Callable[[], Awaitable[Message]]] = []
-        if photo is not None and _utf16_len(reply.text) <= MAX_CAPTION:
+        if photo is not None and utf16_len(reply.text) <= MAX_CAPTION:
             caption = reply.text if reply.text.strip() else None
             parts.append(lambda: bot.send_photo(chat, photo, caption=caption,
                                                 message_thread_id=thread, reply_markup=markup,
                                                 filename="plot.png"))
         else:
-            chunks = split_text(reply.text)
+            chunks = split_text(reply.text, MAX_TEXT, utf16_len) or ["…"]
             for i, chunk in enumerate(chunks):
                 last = i == len(chunks) - 1 and photo is None
                 parts.append(lambda c=chunk, m=markup if last else None: bot.send_message(
@@ -501,33 +465,16 @@ class TelegramAdapter(Adapter):
             if photo is not None:
                 parts.append(lambda: bot.send_photo(chat, photo, message_thread_id=thread,
                                                     reply_markup=markup, filename="plot.png"))
-        key = hashlib.sha256(
-            f"{conversation.key}\0{reply.text}\0{reply.image!r:.200}".encode()
-        ).hexdigest()
-        done = self._resume(key)
         try:
-            for part in parts[len(done):]:
-                done.append(await part())
+            done = await self._resumable.send(conversation, reply, parts)
         except ChatMigrated as exc:
-            self._partial.pop(key, None)
+            self._resumable.forget(conversation, reply)
             moved = Conversation("telegram", str(exc.new_chat_id), conversation.thread_id)
             log.info("telegram: chat %s migrated to %s", conversation.chat_id, exc.new_chat_id)
             return await self.send(moved, reply)
         except (TelegramError, RuntimeError) as exc:
-            if done:
-                self._partial[key] = (time.monotonic(), done)
             raise _delivery_error(exc) from exc
-        self._partial.pop(key, None)
         return MessageRef(conversation, str(done[-1].message_id))
-
-    def _resume(self, key: str) -> list[Message]:
-        horizon = time.monotonic() - self._ctx.settings.notify.retry_max_seconds
-        while self._partial and next(iter(self._partial.values()))[0] < horizon:
-            self._partial.popitem(last=False)
-        while len(self._partial) > 128:
-            self._partial.popitem(last=False)
-        entry = self._partial.get(key)
-        return list(entry[1]) if entry else []
 
     async def edit(self, ref: MessageRef, reply: Reply) -> MessageRef:
         """Edit the live message in place; a new photo or a vanished message means a new send."""

@@ -30,9 +30,10 @@ from chatops.adapter import (
     AdapterContext,
     Capabilities,
     DeliveryError,
+    Dispatcher,
     Handler,
-    KeyedLocks,
     PacedParts,
+    split_text,
 )
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.redact import redact_logger
@@ -61,20 +62,6 @@ _SECRET_PARAMS = re.compile(
 redact_logger("itchat", _SECRET_PARAMS, r"\1***")
 # itchat prints to the terminal through its own handler; let our logging config decide.
 itchat.set_logging(showOnCmd=False)
-
-
-def split_text(text: str, limit: int) -> list[str]:
-    """Cut long text at line breaks where possible so every part fits the platform limit."""
-    parts: list[str] = []
-    while len(text) > limit:
-        cut = text.rfind("\n", 0, limit)
-        if cut <= 0:
-            cut = limit
-        parts.append(text[:cut])
-        text = text[cut:].lstrip("\n")
-    if text or not parts:
-        parts.append(text)
-    return parts
 
 
 def encode_name(name: str) -> str:
@@ -123,9 +110,8 @@ class WeChatAdapter(Adapter):
         self.online = False
         self._core: Core | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: Handler | None = None
+        self._dispatcher = Dispatcher(self.name)
         self._stopping = False
-        self._lock = KeyedLocks()  # per chat: inbound in order
         self._tasks: set[asyncio.Future[Any]] = set()
         self._login_thread: threading.Thread | None = None
 
@@ -144,7 +130,7 @@ class WeChatAdapter(Adapter):
 
     async def start(self, handle: Handler) -> None:
         self._loop = asyncio.get_running_loop()
-        self._handle = handle
+        self._dispatcher.handle = handle
         self._stopping = False
         core = Core()
         core.msg_register(TEXT, isFriendChat=True, isGroupChat=True)(self._on_message)
@@ -274,7 +260,7 @@ class WeChatAdapter(Adapter):
                         exc.__class__.__name__)
             return
         if incoming is not None:
-            self._from_thread(self._dispatch(incoming))
+            self._from_thread(self._dispatcher.run(incoming))
 
     def _to_incoming(self, msg: dict[str, Any]) -> Incoming | None:
         core = self._core
@@ -332,16 +318,6 @@ class WeChatAdapter(Adapter):
             text = re.sub(r"@" + re.escape(n) + r"(\u2005|\s|$)", " ", text)
         return text.strip()
 
-    async def _dispatch(self, incoming: Incoming) -> None:
-        handle = self._handle
-        if handle is None:
-            return
-        # One at a time per chat, in arrival order (e.g. `stop 3f2a` before `yes`).
-        async with self._lock(incoming.conversation.key):
-            try:
-                await handle(incoming)
-            except Exception as exc:
-                log.warning("wechat: handling a message failed: %s", exc.__class__.__name__)
 
     # --- outbound --------------------------------------------------------------------------
 

@@ -27,10 +27,12 @@ from chatops.adapter import (
     AdapterContext,
     Capabilities,
     DeliveryError,
+    Dispatcher,
     Handler,
-    KeyedLocks,
     PacedParts,
     listen_address,
+    split_text,
+    utf8_len,
 )
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.redact import redact_logger
@@ -68,29 +70,6 @@ class _Client(WeChatClient):
 
     def __repr__(self) -> str:
         return f"<WeCom client {self.corp_id}>"
-
-
-def split_utf8(text: str, limit: int) -> list[str]:
-    """Cut text into parts of at most `limit` UTF-8 bytes, at line breaks where possible."""
-    parts: list[str] = []
-    current = ""
-    for line in text.split("\n"):
-        candidate = f"{current}\n{line}" if current else line
-        if len(candidate.encode()) <= limit:
-            current = candidate
-            continue
-        if current:
-            parts.append(current)
-        while len(line.encode()) > limit:
-            cut = limit
-            while len(line[:cut].encode()) > limit:
-                cut -= 1
-            parts.append(line[:cut])
-            line = line[cut:]
-        current = line
-    if current or not parts:
-        parts.append(current)
-    return parts
 
 
 class WeComSettings(Section):
@@ -137,11 +116,9 @@ class WeComAdapter(Adapter):
         self._paced = PacedParts(min_interval)
         self._crypto = WeChatCrypto(token, aes_key, corp_id)
         self._client = _Client(corp_id, secret, base_url, timeout)
-        self._handle: Handler | None = None
+        self._dispatcher = Dispatcher(self.name)
         self._runner: web.AppRunner | None = None
         self.port = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._lock = KeyedLocks()  # per chat: inbound in order
 
     def __repr__(self) -> str:
         return f"<WeComAdapter corp={self.corp_id} agent={self.agent_id} listen={self.listen}>"
@@ -174,7 +151,7 @@ class WeComAdapter(Adapter):
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self, handle: Handler) -> None:
-        self._handle = handle
+        self._dispatcher.handle = handle
         app = web.Application(client_max_size=256 * 1024)
         app.router.add_get(CALLBACK_PATH, self._verify_url)
         app.router.add_post(CALLBACK_PATH, self._callback)
@@ -189,11 +166,7 @@ class WeComAdapter(Adapter):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._dispatcher.close(grace=0)
         self._client._http.close()
 
     # --- inbound ---------------------------------------------------------------------------
@@ -235,9 +208,7 @@ class WeComAdapter(Adapter):
             log.warning("wecom: skipped an unreadable message: %s", exc.__class__.__name__)
             incoming = None
         if incoming is not None:
-            task = asyncio.create_task(self._dispatch(incoming))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._dispatcher.spawn(incoming)
         # An empty 200 tells WeCom the message arrived; replies go through the message API.
         return web.Response(text="")
 
@@ -260,16 +231,6 @@ class WeComAdapter(Adapter):
             message_id=str(msg.id),
         )
 
-    async def _dispatch(self, incoming: Incoming) -> None:
-        handle = self._handle
-        if handle is None:
-            return
-        async with self._lock(incoming.conversation.key):
-            try:
-                await handle(incoming)
-            except Exception as exc:
-                log.warning("wecom: handling a message failed: %s", exc.__class__.__name__)
-
     async def _audit(self, who: str, action: str, detail: str) -> None:
         if self.audit is None:
             return
@@ -288,7 +249,7 @@ class WeComAdapter(Adapter):
             return await loop.run_in_executor(None, self._send_part, conversation.chat_id, kind, payload)
 
         # Sends to one user are serialized and spaced out; WeCom limits messages per user.
-        last_id = await self._paced.send(conversation, reply, split_utf8(reply.text, TEXT_BYTES), send_part)
+        last_id = await self._paced.send(conversation, reply, split_text(reply.text, TEXT_BYTES, utf8_len), send_part)
         return MessageRef(conversation, last_id or f"wecom-{time.time_ns()}")
 
     def _send_part(self, user: str, kind: str, payload: Any) -> str:

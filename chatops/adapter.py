@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from chatops.message import Conversation, Incoming, MessageRef, Reply
 from chatops.settings import Section
@@ -41,9 +44,20 @@ class Capabilities:
     max_inbound: int = 16_384
 
 
+@dataclass(frozen=True)
+class CommandInfo:
+    """A command as a platform shows it: its menu entry, the words that address the bot in a group
+    without a mention, and whether it asks before it runs (a platform may ask natively instead)."""
+
+    name: str
+    summary: str
+    words: tuple[str, ...]  # the name and its aliases
+    confirm: bool = False
+
+
 @dataclass
 class AdapterContext:
-    """What the app hands an adapter: its settings and where it may keep state."""
+    """What the app hands an adapter: its settings, where it may keep state, and the commands."""
 
     settings: Settings
     data_dir: Path
@@ -52,7 +66,16 @@ class AdapterContext:
     # Audit an event the router never sees (e.g. a mail dropped for a missing secret):
     # audit(identity_key, action, detail).
     audit: Callable[[str, str, str], Awaitable[None]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Every registered command, plugins' included, in registration order.
+    commands: list[CommandInfo] = field(default_factory=list)
+
+    def words(self) -> frozenset[str]:
+        """Every command word, lower-cased."""
+        return frozenset(w.lower() for c in self.commands for w in c.words)
+
+    def confirming(self) -> frozenset[str]:
+        """The words of the commands that ask before they run (`stop`, `停止`, `exit` …)."""
+        return frozenset(w.lower() for c in self.commands if c.confirm for w in c.words)
 
 
 class DeliveryError(Exception):
@@ -139,6 +162,39 @@ def listen_address(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def split_text(text: str, limit: int, measure: Callable[[str], int] = len) -> list[str]:
+    """`text` in parts that each measure at most `limit` by the platform's own count (characters,
+    Telegram's UTF-16 units, WeCom's UTF-8 bytes): cut at the last line break in the second half of
+    a part, else at the last space there, else where the limit falls. A blank text has no parts."""
+    parts: list[str] = []
+    rest = text
+    while measure(rest) > limit:
+        low, high = 1, len(rest)  # the longest prefix that fits (at least one character)
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if measure(rest[:mid]) <= limit else (low, mid - 1)
+        cut, skip = low, 0
+        for sep in ("\n", " "):
+            at = rest.rfind(sep, 0, cut + 1)  # a separator right after the fitting prefix will do
+            if at > cut // 2:
+                cut, skip = at, 1
+                break
+        parts.append(rest[:cut])
+        rest = rest[cut + skip :]
+    if rest.strip():
+        parts.append(rest)
+    return [p for p in parts if p.strip()]
+
+
+def utf16_len(text: str) -> int:
+    """Telegram counts a message's length in UTF-16 code units (an emoji is two)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def utf8_len(text: str) -> int:
+    return len(text.encode())
+
+
 def image_bytes(image: Path | bytes | None, platform: str) -> bytes | None:
     """A reply's image as bytes; a plot file gone from the spool is logged and the text goes alone."""
     if image is None or isinstance(image, bytes):
@@ -163,6 +219,88 @@ class KeyedLocks:
         return lock
 
 
+class Dispatcher:
+    """Hands inbound messages to the router: one conversation's messages in arrival order (`stop
+    3f2a` before its `yes`), different conversations at the same time; a failing handler is logged,
+    never raised into the platform's receive loop."""
+
+    def __init__(self, platform: str) -> None:
+        self.platform = platform
+        self.handle: Handler | None = None  # set by the adapter's start()
+        self._locks = KeyedLocks()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, incoming: Incoming) -> None:
+        """Handle one message now (after the conversation's earlier ones)."""
+        handle = self.handle
+        if handle is None:
+            return
+        async with self._locks(incoming.conversation.key):
+            try:
+                await handle(incoming)
+            except Exception as exc:
+                log.warning("%s: handling %s failed: %s: %s", self.platform, incoming.message_id,
+                            type(exc).__name__, exc)  # fmt: skip
+
+    def spawn(self, incoming: Incoming) -> None:
+        """Handle one message in the background (a webhook answers its platform at once)."""
+        task = asyncio.create_task(self.run(incoming))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Let messages being handled finish for `grace` seconds, then cancel the rest."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace) if grace > 0 else (None, set(self._tasks))
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+T = TypeVar("T")
+
+
+class Resumable:
+    """A reply delivered as several messages (text parts, then an image). When a part fails, the
+    outbox retries the whole reply; the retry of the same reply to the same chat starts at the
+    first part not delivered, so no part arrives twice. Progress is kept `ttl` seconds, for at most
+    `size` replies."""
+
+    def __init__(self, ttl: float = 3600.0, size: int = 128) -> None:
+        self.ttl, self.size = ttl, size
+        self._done: OrderedDict[str, tuple[float, list[Any]]] = OrderedDict()
+
+    @staticmethod
+    def _key(conversation: Conversation, reply: Reply) -> str:
+        image = reply.image
+        shown = f"bytes:{hashlib.sha256(image).hexdigest()}" if isinstance(image, bytes) else str(image or "")
+        return hashlib.sha256(f"{conversation.key}\0{reply.text}\0{shown}".encode()).hexdigest()
+
+    async def send(
+        self, conversation: Conversation, reply: Reply, parts: Sequence[Callable[[], Awaitable[T]]]
+    ) -> list[T]:
+        """Run the parts not yet delivered, in order; the results of all of them."""
+        horizon = time.monotonic() - self.ttl
+        while self._done and (next(iter(self._done.values()))[0] < horizon or len(self._done) > self.size):
+            self._done.popitem(last=False)
+        key = self._key(conversation, reply)
+        entry = self._done.pop(key, None)
+        done: list[T] = list(entry[1]) if entry else []
+        try:
+            for part in parts[len(done) :]:
+                done.append(await part())
+        except BaseException:
+            if done:
+                self._done[key] = (time.monotonic(), done)
+            raise
+        return done
+
+    def forget(self, conversation: Conversation, reply: Reply) -> None:
+        """The reply goes elsewhere after all (a chat that moved): start it from the first part."""
+        self._done.pop(self._key(conversation, reply), None)
+
+
 SendPart = Callable[[str, Any], Awaitable[str]]
 """Sends one part, ("text", str) or ("image", path or bytes), and returns the platform's id."""
 
@@ -170,35 +308,30 @@ SendPart = Callable[[str, Any], Awaitable[str]]
 class PacedParts:
     """Delivery of one reply as several messages (text chunks, then the image) on platforms that
     punish bursts (WeChat, WeCom): parts to one chat go one at a time, `min_interval` apart, and a
-    retry of a reply whose later part failed starts at that part, so no chunk arrives twice."""
+    retry resumes where the last try failed (`Resumable`)."""
 
     def __init__(self, min_interval: float) -> None:
         self.min_interval = min_interval
         self._locks = KeyedLocks()
         self._last_sent: dict[str, float] = {}
-        self._partial: dict[tuple[str, str, str], int] = {}
+        self._resumable = Resumable()
 
     async def send(
         self, conversation: Conversation, reply: Reply, texts: list[str], send_part: SendPart
     ) -> str:
-        parts: list[tuple[str, Any]] = [("text", t) for t in texts if t.strip()]
+        payloads: list[tuple[str, Any]] = [("text", t) for t in texts if t.strip()]
         if reply.image is not None:
-            parts.append(("image", reply.image))
-        image = reply.image
-        memo = (conversation.key, reply.text, f"bytes:{len(image)}" if isinstance(image, bytes) else str(image or ""))
-        last_id = ""
+            payloads.append(("image", reply.image))
+
+        async def paced(kind: str, payload: Any) -> str:
+            delay = self._last_sent.get(conversation.key, -1e9) + self.min_interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                return await send_part(kind, payload)
+            finally:
+                self._last_sent[conversation.key] = time.monotonic()
+
         async with self._locks(conversation.key):
-            done = self._partial.pop(memo, 0)
-            for index, (kind, payload) in enumerate(parts[done:], start=done):
-                delay = self._last_sent.get(conversation.key, -1e9) + self.min_interval - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                try:
-                    last_id = await send_part(kind, payload)
-                except DeliveryError:
-                    if index > 0:
-                        self._partial[memo] = index
-                    raise
-                finally:
-                    self._last_sent[conversation.key] = time.monotonic()
-        return last_id
+            done = await self._resumable.send(conversation, reply, [partial(paced, k, p) for k, p in payloads])
+        return done[-1] if done else ""

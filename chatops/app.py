@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from chatops.adapter import Adapter, AdapterContext
+from chatops.adapter import Adapter, AdapterContext, CommandInfo
 from chatops.auth import Authorizer
 from chatops.commands import admin, training
 from chatops.message import Incoming, Reply
@@ -92,7 +92,10 @@ class App:
             data_dir=self.settings.data_dir,
             notify_admins=self.notify_admins,
             audit=self._audit,
-            extra={"commands": [(s.name, s.summary) for s in self.registry.specs()]},
+            commands=[
+                CommandInfo(s.name, s.summary, (s.name, *s.aliases), s.confirm is not None)
+                for s in self.registry.specs()
+            ],
         )
 
     def _load_adapters(self) -> list[Adapter]:

@@ -19,7 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from adapters.slack import EVENTS_PATH, SECTION_MAX, SlackAdapter, SlackSettings, render
-from chatops.adapter import AdapterContext, DeliveryError
+from chatops.adapter import AdapterContext, CommandInfo, DeliveryError
 from chatops.message import Button, Conversation, Incoming, MessageRef, Reply
 from chatops.settings import Settings
 from tests.fakes.slack_api import (
@@ -68,6 +68,9 @@ async def fake() -> AsyncIterator[FakeSlack]:
 
 
 Started = tuple[SlackAdapter, Recorder, str]
+# What the app hands adapters: `stop` asks before it runs, `pause` does not.
+COMMANDS = [CommandInfo("pause", "pause a job", ("pause", "暂停")),
+            CommandInfo("stop", "stop a job", ("stop", "停止"), True)]
 
 
 @pytest.fixture
@@ -79,7 +82,7 @@ async def http_bot(fake: FakeSlack) -> AsyncIterator[Started]:
 
     adapter = SlackAdapter(
         bot_token=fake.bot_token, signing_secret=SECRET, base_url=fake.base_url, listen="127.0.0.1:0",
-        ctx=AdapterContext(settings=Settings(), data_dir=Path("."), audit=audit),
+        ctx=AdapterContext(settings=Settings(), data_dir=Path("."), audit=audit, commands=COMMANDS),
     )
     adapter.audits = audits  # type: ignore[attr-defined]
     recorder = Recorder()

@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("telegram")
 
-from adapters.telegram import TelegramAdapter, TelegramSettings, split_text
-from chatops.adapter import AdapterContext, DeliveryError
+from adapters.telegram import MAX_TEXT, TelegramAdapter, TelegramSettings
+from chatops.adapter import AdapterContext, CommandInfo, DeliveryError, split_text, utf16_len
 from chatops.message import Button, Conversation, Incoming, MessageRef, Reply
 from chatops.settings import AuthSettings, NotifySettings, Settings
 from tests.fakes.telegram_api import Call, FakeBotAPI
@@ -60,12 +60,12 @@ class Recorder:
 
 
 def make_adapter(api: FakeBotAPI, tmp_path: Path, **cfg: Any) -> TelegramAdapter:
-    extra = cfg.pop("extra", {})
+    commands = cfg.pop("commands", [])
     settings = Settings(
         data_dir=tmp_path,
         telegram=TelegramSettings(token=TOKEN, base_url=api.base_url, **cfg),
     )
-    adapter = TelegramAdapter.from_settings(AdapterContext(settings, tmp_path, extra=extra))
+    adapter = TelegramAdapter.from_settings(AdapterContext(settings, tmp_path, commands=commands))
     assert adapter is not None
     return adapter
 
@@ -78,9 +78,10 @@ async def api() -> AsyncIterator[FakeBotAPI]:
 
 @pytest.fixture
 async def running(api: FakeBotAPI, tmp_path: Path) -> AsyncIterator[tuple[TelegramAdapter, Recorder]]:
-    adapter = make_adapter(api, tmp_path, extra={"commands": [("train", "Start training"),
-                                                               ("stop", "Stop a job"),
-                                                               ("开始", "not a valid name")]})
+    adapter = make_adapter(api, tmp_path, commands=[
+        CommandInfo("train", "Start training", ("train", "开始")), CommandInfo("stop", "Stop a job", ("stop",), True),
+        CommandInfo("status", "Show a job", ("status", "状态")), CommandInfo("开始", "not a valid name", ("开始",)),
+    ])
     recorder = Recorder()
     await adapter.start(recorder)
     try:
@@ -95,18 +96,6 @@ def test_not_configured_and_bad_webhook_config(tmp_path: Path) -> None:
     bad = Settings(data_dir=tmp_path, telegram=TelegramSettings(token=TOKEN, mode="webhook"))
     with pytest.raises(ValueError, match="webhook_url"):
         TelegramAdapter.from_settings(AdapterContext(bad, tmp_path))
-
-
-def test_split_text_respects_limit_and_keeps_content() -> None:
-    text = "\n".join(f"line {i} " + "x" * 90 for i in range(200))
-    chunks = split_text(text)
-    assert len(chunks) > 1
-    assert all(len(c.encode("utf-16-le")) // 2 <= 4096 for c in chunks)
-    assert "".join(c if c.endswith("\n") else c + "\n" for c in chunks).rstrip("\n") == text
-    emoji = "📈" * 3000  # two UTF-16 units each: 6000 units
-    parts = split_text(emoji)
-    assert len(parts) == 2 and "".join(parts) == emoji
-    assert split_text("") == ["…"]
 
 
 async def test_text_message_becomes_incoming_and_reply_goes_back(running, api) -> None:
@@ -124,7 +113,7 @@ async def test_text_message_becomes_incoming_and_reply_goes_back(running, api) -
     assert call.params["chat_id"] == 42 and call.params["text"] == "all quiet"
     assert ref == MessageRef(inc.conversation, str(call.result["message_id"]))
     # setMyCommands got the valid English names only.
-    assert [c["command"] for c in api.commands] == ["train", "stop"]
+    assert [c["command"] for c in api.commands] == ["train", "stop", "status"]
 
 
 async def test_group_thread_botname_and_chinese(running, api) -> None:
@@ -257,7 +246,7 @@ async def test_errors_map_to_delivery_errors_without_duplicates(running, api) ->
     assert len(api.sent("sendMessage")) == 1
     await adapter.send(conv, Reply(long))  # what the outbox does next
     parts = [c.params["text"] for c in api.calls[first:] if c.method == "sendMessage" and c.ok]
-    assert len(parts) == 3 and parts == split_text(long)
+    assert len(parts) == 3 and parts == split_text(long, MAX_TEXT, utf16_len)
 
 
 async def test_network_down_raises_retryable_and_polling_recovers(api, tmp_path) -> None:

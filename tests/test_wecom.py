@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 from wechatpy.enterprise import WeChatCrypto
 
-from adapters.wecom import CALLBACK_PATH, WeComAdapter, WeComSettings, split_utf8
+from adapters.wecom import CALLBACK_PATH, WeComAdapter, WeComSettings
 from chatops.adapter import AdapterContext, DeliveryError
 from chatops.app import App
 from chatops.message import Conversation, Reply
@@ -221,12 +221,6 @@ async def test_long_chinese_text_is_split_and_throttled(api: FakeWeComAPI) -> No
         assert msgs[1].at - msgs[0].at >= 0.95
     finally:
         await adapter.stop()
-
-
-def test_split_utf8_handles_one_huge_line() -> None:
-    parts = split_utf8("训" * 1000, 2000)
-    assert "".join(parts) == "训" * 1000
-    assert all(len(p.encode()) <= 2000 for p in parts)
 
 
 def test_from_settings_and_secrets_stay_out_of_reprs(tmp_path: Path) -> None:

@@ -40,8 +40,8 @@ from chatops.adapter import (
     AdapterContext,
     Capabilities,
     DeliveryError,
+    Dispatcher,
     Handler,
-    KeyedLocks,
     image_bytes,
     listen_address,
 )
@@ -77,11 +77,9 @@ class WebhookAdapter(Adapter):
         self._token = cfg.token.get_secret_value()
         self._cfg = cfg
         self._audit = ctx.audit
-        self._handle: Handler | None = None
+        self._dispatcher = Dispatcher(self.name)  # per chat: messages handled in arrival order
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._locks = KeyedLocks()  # per chat: messages handled in arrival order
-        self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._kept: dict[str, deque[dict[str, Any]]] = {}
         self._arrived = asyncio.Condition()
@@ -93,7 +91,7 @@ class WebhookAdapter(Adapter):
         return cls(cfg, ctx) if cfg.configured else None
 
     async def start(self, handle: Handler) -> None:
-        self._handle = handle
+        self._dispatcher.handle = handle
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/messages", self._on_message)
         app.router.add_get("/replies", self._on_replies)
@@ -108,8 +106,7 @@ class WebhookAdapter(Adapter):
         log.info("webhook: listening on %s:%d", host, self.port)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        await self._dispatcher.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
@@ -140,15 +137,8 @@ class WebhookAdapter(Adapter):
         chat = fields["chat"] if isinstance(fields["chat"], str) and fields["chat"] else user
         message_id = str(body.get("id") or f"{chat}:{next(self._ids)}:{id(request)}")
         incoming = Incoming(text, Identity(self.name, user, user), Conversation(self.name, chat), message_id)
-        task = asyncio.create_task(self._dispatch(incoming))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._dispatcher.spawn(incoming)
         return web.json_response({"accepted": True, "message_id": message_id}, status=202)
-
-    async def _dispatch(self, incoming: Incoming) -> None:
-        assert self._handle is not None
-        async with self._locks(incoming.conversation.key):
-            await self._handle(incoming)
 
     async def _on_replies(self, request: web.Request) -> web.Response:
         """The replies to a chat after id `after`, waiting up to `wait` seconds for the first."""
