@@ -22,6 +22,7 @@ from chatops.message import Button, Conversation, MessageRef, Progress, Reply
 from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
 from chatops.settings import NotifySettings
 from chatops.store import ChatStore, OutboxItem
+from chatops.texts import lang_of, text
 from jobs.store import Job
 
 if TYPE_CHECKING:
@@ -65,32 +66,12 @@ def payload_to_reply(payload: dict[str, Any]) -> Reply:
     )
 
 
-_FINAL_EN = {
-    "succeeded": "job {id} succeeded in {took}: {metrics}",
-    "stopped": "job {id} stopped.",
-    "stopped_at": "job {id} stopped at epoch {epoch}.",
-    "kept": " Checkpoint kept: {ckpt}. Continue with: train resume={id}",
-    "ended": "job {id} {state}: {error}",
-    "no_reason": "no reason given",
-    "artifacts": "\nartifacts: {artifacts}",
-}
-_FINAL_ZH = {
-    "succeeded": "job {id} {state}，用时 {took}：{metrics}",
-    "stopped": "job {id} {state}。",
-    "stopped_at": "job {id} {state}（第 {epoch} 轮）。",
-    "kept": "检查点已保存：{ckpt}。继续训练请发送：开始 resume={id}",
-    "ended": "job {id} {state}：{error}",
-    "no_reason": "没有给出原因",
-    "artifacts": "\n产出文件：{artifacts}",
-}
-
-
 def job_buttons(job_id: str, state: str, zh: bool = False) -> list[Button]:
     """Buttons in the language of the conversation; a press sends that language's command."""
-    words = {"pause": "暂停", "resume": "继续", "stop": "停止"} if zh else {}
+    lang = lang_of(zh)
     actions = {"paused": ("resume", "stop"), "running": ("pause", "stop"), "starting": ("pause", "stop")}
     return [
-        Button(words.get(a, a.capitalize()), f"{words.get(a, a)} {job_id}") for a in actions.get(state, ())
+        Button(text(f"button.{a}", lang), text(f"command.{a}", lang) + f" {job_id}") for a in actions.get(state, ())
     ]
 
 
@@ -137,22 +118,21 @@ class Notifier:
                 self._progress(job, event, conv_key, zh, owner)
             elif kind in ("paused", "resumed"):
                 epoch = event.get("epoch", "?")
-                if zh:
-                    text = f"job {job.id} {'已暂停' if kind == 'paused' else '已继续'}（第 {epoch} 轮）"
+                if kind == "paused":
+                    said = text("event.paused", lang, id=job.id, epoch=epoch)
                 else:
-                    text = f"job {job.id} {kind} (epoch {epoch})"
-                self.enqueue(conv_key, Reply(text, job_id=job.id, buttons=job_buttons(job.id, job.state, zh)), owner)
+                    said = text("event.resumed", lang, id=job.id, epoch=epoch)
+                self.enqueue(conv_key, Reply(said, job_id=job.id, buttons=job_buttons(job.id, job.state, zh)), owner)
             elif kind == "param_changed":
-                change = f"{event.get('name')} {event.get('old')} -> {event.get('new')}"
-                text = f"job {job.id}：已修改 {change}" if zh else f"job {job.id}: {change}"
-                self.enqueue(conv_key, Reply(text, job_id=job.id), owner)
+                said = text("event.param_changed", lang, id=job.id, name=event.get("name"), old=event.get("old"),
+                            new=event.get("new"))  # fmt: skip
+                self.enqueue(conv_key, Reply(said, job_id=job.id), owner)
             elif kind == "param_rejected":
-                name, reason = event.get("name"), event.get("reason")
-                text = f"job {job.id}：{name} 未修改：{reason}" if zh else f"job {job.id}: {name} not changed: {reason}"
-                self.enqueue(conv_key, Reply(text, job_id=job.id, error=True), owner)
+                said = text("event.param_rejected", lang, id=job.id, name=event.get("name"), reason=event.get("reason"))
+                self.enqueue(conv_key, Reply(said, job_id=job.id, error=True), owner)
             elif kind == "state" and event["to"] == "starting" and job.runs > 1:
-                word = "继续训练" if zh else "resuming"
-                self.enqueue(conv_key, Reply(f"job {job.id} {word} ({event.get('reason')})", job_id=job.id), owner)
+                said = text("event.resuming", lang, id=job.id, reason=event.get("reason"))
+                self.enqueue(conv_key, Reply(said, job_id=job.id), owner)
 
     def _progress(self, job: Job, event: dict[str, Any], conv_key: str, zh: bool, owner: str | None) -> None:
         adapter = self.adapters.get(Conversation.from_key(conv_key).platform)
@@ -202,21 +182,24 @@ class Notifier:
             self.store.final_sent(job.id)
 
     def _final_reply(self, job: Job, zh: bool, image: Path | None) -> Reply:
-        words = _FINAL_ZH if zh else _FINAL_EN
-        values = {
-            "id": job.id, "state": state_word(job.state, zh), "error": job.error or words["no_reason"],
-            "took": duration((job.ended_at or time.time()) - (job.started_at or job.created_at)),
-            "metrics": metrics_text(job.metrics), "epoch": job.metrics.get("epoch", "?"), "ckpt": job.checkpoint,
-        }  # fmt: skip
-        if job.state == "stopped":
-            text = words["stopped_at" if job.metrics else "stopped"] + (words["kept"] if job.checkpoint else "")
+        lang = lang_of(zh)
+        state = state_word(job.state, zh)
+        if job.state == "succeeded":
+            took = duration((job.ended_at or time.time()) - (job.started_at or job.created_at))
+            said = text("final.succeeded", lang, id=job.id, state=state, took=took, metrics=metrics_text(job.metrics))
+        elif job.state == "stopped":
+            if job.metrics:
+                said = text("final.stopped_at", lang, id=job.id, state=state, epoch=job.metrics.get("epoch", "?"))
+            else:
+                said = text("final.stopped", lang, id=job.id, state=state)
+            if job.checkpoint:
+                said += text("final.kept", lang, id=job.id, checkpoint=job.checkpoint)
         else:
-            text = words.get(job.state, words["ended"])
+            said = text("final.ended", lang, id=job.id, state=state, error=job.error or text("final.no_reason", lang))
         artifacts = self.manager.artifacts(job.id)
         if artifacts:
-            text += words["artifacts"]
-            values["artifacts"] = ", ".join(a["path"] for a in artifacts)
-        return Reply(text.format(**values), image=image, job_id=job.id, error=job.state != "succeeded")
+            said += text("final.artifacts", lang, artifacts=", ".join(a["path"] for a in artifacts))
+        return Reply(said, image=image, job_id=job.id, error=job.state != "succeeded")
 
     async def plot(self, job: Job) -> Path | None:
         """Render the job's curves to its folder (off the event loop); None if there is nothing."""

@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from chatops.message import Progress
-
-STATE_ZH = {
-    "queued": "排队中", "starting": "启动中", "running": "训练中", "paused": "已暂停",
-    "succeeded": "已完成", "failed": "失败", "stopped": "已停止", "lost": "失联",
-}  # fmt: skip
+from chatops.texts import known, lang_of, text
 
 
 def state_word(state: str, zh: bool = False) -> str:
-    return STATE_ZH.get(state, state) if zh else state
+    """The state in the reply language; one the catalog does not name (a newer store's) as it is."""
+    if not known(f"state.{state}"):
+        return state
+    return text(f"state.{state}", lang_of(zh))
 
 
 def bar(fraction: float, width: int = 20) -> str:
@@ -55,10 +54,11 @@ def progress_from(job_id: str, event: dict[str, Any], metrics: dict[str, Any]) -
 
 
 def progress_text(p: Progress, metrics: dict[str, Any], state: str = "running", zh: bool = False) -> str:
-    parts = [f"job {p.job_id} {state_word(state, zh)}", bar(p.fraction)]
-    parts.append(f"第 {p.epoch}/{p.epochs} 轮" if zh else f"epoch {p.epoch}/{p.epochs}")
+    lang = lang_of(zh)
+    parts = [text("progress.head", lang, id=p.job_id, state=state_word(state, zh)), bar(p.fraction)]
+    parts.append(text("progress.epoch", lang, epoch=p.epoch, epochs=p.epochs))
     if p.batches and p.batch < p.batches:
-        parts.append(f"批次 {p.batch}/{p.batches}" if zh else f"batch {p.batch}/{p.batches}")
+        parts.append(text("progress.batch", lang, batch=p.batch, batches=p.batches))
     if p.loss is not None:
         parts.append(f"loss {p.loss:.4f}")
     if p.accuracy is not None:
@@ -66,9 +66,9 @@ def progress_text(p: Progress, metrics: dict[str, Any], state: str = "running", 
     if metrics.get("val_acc") is not None:
         parts.append(f"val_acc {metrics['val_acc']:.3f}")
     if p.samples_per_sec:
-        parts.append(f"{p.samples_per_sec:,.0f} " + ("样本/秒" if zh else "samples/s"))
+        parts.append(text("progress.speed", lang, rate=p.samples_per_sec))
     if p.eta_seconds is not None and p.fraction < 1:
-        parts.append(("剩余 " if zh else "ETA ") + duration(p.eta_seconds))
+        parts.append(text("progress.eta", lang, eta=duration(p.eta_seconds)))
     return "  ".join(parts)
 
 

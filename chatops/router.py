@@ -21,6 +21,7 @@ from chatops.message import Button, Incoming, Reply
 from chatops.parser import Parsed, head_word, parse
 from chatops.specs import CommandContext, CommandError, CommandRegistry, CommandSpec, Lang, Question, Services
 from chatops.store import ChatStore
+from chatops.texts import lang_of, text
 from jobs.params import describe, suggest
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ class Router:
             except Exception:
                 ref = secrets.token_hex(3)
                 log.exception("internal error handling a message (ref %s)", ref)
-                replies = [Reply(f"Internal error (ref {ref}); the details are in the bot's log.", error=True)]
+                # In English: the message's language is not known wherever the error happened.
+                replies = [Reply(text("router.internal_error", "en", ref=ref), error=True)]
             if queue is not None and replies:
                 with self.store.transaction():  # joins the unit while it is open
                     queue(replies)
@@ -104,11 +106,9 @@ class Router:
                 if not role:
                     return self._deny(incoming, role, None, zh)
                 # A question lives in the process that asked it (`chatops send stop` has exited).
-                return [Reply("没有需要确认的操作。需要确认的命令可以加 --yes，例如 停止 3f2a --yes" if zh else
-                              "Nothing to confirm. A command that asks can carry its yes: stop 3f2a --yes",
-                              error=True)]  # fmt: skip
+                return [Reply(text("router.nothing_to_confirm", lang_of(zh)), error=True)]
             if parsed.word in NO_WORDS:
-                return [Reply("已取消。" if zh else "Cancelled.")]
+                return [Reply(text("router.cancelled", lang_of(zh)))]
             parsed = parse(pending.text, self.param_keys) or parsed
             parsed.confirmed = True
             zh = _chinese(parsed.word)
@@ -118,18 +118,14 @@ class Router:
             # The habit of `lr 0.02` as a whole message: a parameter and its value mean `set lr=0.02`.
             parsed = Parsed("set", {parsed.word: parsed.positionals[0], **parsed.args}, confirmed=parsed.confirmed)
             spec = self.registry.lookup("set")
-        lang = Lang("zh" if zh else "en")
+        lang = Lang(lang_of(zh))
         if spec is None:
             if role == Role.none:
                 return self._deny(incoming, role, None, zh)
             hint = suggest(parsed.word, self.registry.words())
-            if zh:
-                text = f"未知命令 '{parsed.word}'。"
-                text += f"你是想发送 {hint} 吗？" if hint else "发送 帮助 查看命令列表。"
-            else:
-                text = f"Unknown command '{parsed.word}'."
-                text += f" Did you mean {hint}?" if hint else " Send help for the list."
-            return [Reply(text, error=True)]
+            said = text("router.unknown_command", lang, word=parsed.word)
+            said += text("router.did_you_mean", lang, hint=hint) if hint else text("router.send_help", lang)
+            return [Reply(said, error=True)]
         if role < spec.role:
             return self._deny(incoming, role, spec, zh)
 
@@ -148,8 +144,9 @@ class Router:
             question = asked if isinstance(asked, Question) else Question(asked)
             line = question.command or _strip_confirm(incoming.text)
             self._pending[pending_key] = _Pending(line, time.time() + CONFIRM_TTL)
-            buttons = [Button(ctx.tr("Yes", "确认"), f"{line} --yes"), Button(ctx.tr("Cancel", "取消"), "cancel")]
-            return [Reply(question.text + ctx.tr(" Reply yes to confirm.", " 回复 是 确认。"), buttons=buttons)]
+            buttons = [Button(ctx.t("router.confirm_yes"), f"{line} --yes"),
+                       Button(ctx.t("router.confirm_cancel"), "cancel")]  # fmt: skip
+            return [Reply(question.text + ctx.t("router.reply_yes"), buttons=buttons)]
 
         if spec.changes_state:
             self.store.audit(who, spec.name, incoming.text.strip()[:500], allowed=True)
@@ -173,9 +170,7 @@ class Router:
         size = len(incoming.text)
         self.store.audit(incoming.sender.key, "message_too_long", f"{size} characters: {incoming.text[:200]}",
                          allowed=False)  # fmt: skip
-        if zh:
-            return [Reply(f"消息太长（{size} 个字符；上限是 {limit}）。", error=True)]
-        return [Reply(f"Message too long ({size} characters; the limit is {limit}).", error=True)]
+        return [Reply(text("router.too_long", lang_of(zh), size=size, limit=limit), error=True)]
 
     def _deny(self, incoming: Incoming, role: Role, spec: CommandSpec | None, zh: bool = False) -> list[Reply]:
         who = incoming.sender.key
@@ -184,18 +179,15 @@ class Router:
         if incoming.meta.get("quiet_deny") and role == Role.none:
             return []
         if role == Role.none:
-            if zh:
-                return [Reply(f"抱歉，{who} 无权使用这个机器人，请联系管理员添加。", error=True)]
-            return [Reply(f"Sorry, {who} is not allowed to use this bot. Ask an admin to add you.", error=True)]
+            return [Reply(text("router.not_allowed", lang_of(zh), who=who), error=True)]
         assert spec is not None
-        if zh:
-            return [Reply(f"抱歉，{spec.name} 需要 {spec.role.name} 角色；{who} 是 {role.name}。", error=True)]
-        return [Reply(f"Sorry, {spec.name} needs the {spec.role.name} role; {who} is {role.name}.", error=True)]
+        said = text("router.needs_role", lang_of(zh), command=spec.name, needed=spec.role.name, who=who, role=role.name)
+        return [Reply(said, error=True)]
 
     def _bind(self, spec: CommandSpec, parsed: Parsed, zh: bool = False) -> tuple[BaseModel, dict[str, str]]:
+        lang = lang_of(zh)
         if parsed.duplicates:
-            keys = ", ".join(sorted(set(parsed.duplicates)))
-            raise CommandError(f"{keys}：重复给出" if zh else f"{keys}: given more than once")
+            raise CommandError(text("router.duplicate", lang, keys=", ".join(sorted(set(parsed.duplicates)))))
         fields = spec.args.model_fields
         values: dict[str, Any] = {}
         params: dict[str, str] = {}
@@ -206,11 +198,8 @@ class Router:
                 params[key] = value
             else:
                 hint = suggest(key, fields)
-                if zh:
-                    raise CommandError(f"{spec.name} 没有参数 '{key}'" + (f"（你是想写 {hint} 吗？）" if hint else ""))
-                raise CommandError(
-                    f"{spec.name} takes no parameter '{key}'" + (f" (did you mean {hint}?)" if hint else "")
-                )
+                said = text("router.no_parameter", lang, command=spec.name, key=key)
+                raise CommandError(said + (text("router.no_parameter_hint", lang, hint=hint) if hint else ""))
         positionals = list(parsed.positionals)
         for name in spec.positionals:
             if not positionals:
@@ -220,8 +209,7 @@ class Router:
         if positionals:
             usage = spec.examples[0] if spec.examples else spec.name
             extra = " ".join(positionals)
-            raise CommandError(f"{spec.name}：多余的 '{extra}'。用法：{usage}" if zh
-                               else f"{spec.name}: unexpected '{extra}'. Usage: {usage}")  # fmt: skip
+            raise CommandError(text("router.unexpected", lang, command=spec.name, extra=extra, usage=usage))
         try:
             return spec.args.model_validate(values), params
         except ValidationError as exc:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from chatops.auth import Role
 from chatops.message import Button, Conversation, Identity, Incoming, Reply
+from chatops.texts import text
 
 if TYPE_CHECKING:
     from chatops.store import ChatStore
@@ -87,10 +88,16 @@ class CommandContext(Generic[A]):
     def sender(self) -> Identity:
         return self.incoming.sender
 
+    def t(self, key: str, /, **values: Any) -> str:
+        """The core's sentence `key` from the catalog (`chatops.texts`), in the language the command
+        was typed in."""
+        return text(key, self.lang, **values)
+
     def tr(self, en: str, zh: str | None = None, **values: Any) -> str:
-        """Pick the reply language the command was typed in."""
-        text = zh if self.lang == "zh" and zh else en
-        return text.format(**values) if values else text
+        """Pick the reply language the command was typed in: for plugins' own texts, which the
+        core's catalog does not hold."""
+        chosen = zh if self.lang == "zh" and zh else en
+        return chosen.format(**values) if values else chosen
 
 
 @dataclass(frozen=True)

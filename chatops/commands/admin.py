@@ -9,14 +9,12 @@ from jobs.store import ACTIVE_STATES
 
 def _confirm_exit(ctx: CommandContext[NoArgs]) -> Question:
     running = len(ctx.jobs.store.list(ACTIVE_STATES, limit=100))
-    return Question(ctx.tr("Shut the bot down? {n} running job(s) train on without it.",
-                           "关闭机器人？{n} 个训练中的任务会继续运行。", n=running))  # fmt: skip
+    return Question(ctx.t("exit.confirm", n=running))
 
 
 async def cmd_exit(ctx: CommandContext[NoArgs]) -> str:
     ctx.services.request_exit()
-    return ctx.tr("Shutting the bot down; running jobs train on. Start it again with: chatops run",
-                  "机器人正在关闭；训练任务继续运行。重新启动：chatops run")  # fmt: skip
+    return ctx.t("exit.done")
 
 
 def register(registry: CommandRegistry) -> None:

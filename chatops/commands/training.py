@@ -52,9 +52,8 @@ def _find_job(ctx: CommandContext[Any], ref: str) -> Job:
     try:
         return ctx.jobs.require(ref.lower().removeprefix("#"))
     except JobError as exc:
-        raise CommandError(
-            ctx.tr(str(exc) + ". Send jobs for the list.", f"没有任务 {ref}。发送 任务 查看列表。")
-        ) from None
+        # English passes on the manager's words; Chinese names the id as typed.
+        raise CommandError(ctx.t("job.not_found", error=str(exc), ref=ref)) from None
 
 
 def _pick(
@@ -77,22 +76,19 @@ def _pick(
     pool = [j for j in candidates if j.owner == me] or candidates
     if len(pool) == 1:
         return pool[0]
-    zh = ctx.lang == "zh"
     if pool:
         shown = pool[:6]
-        listing = "\n".join(_job_line(ctx, j, zh) for j in shown)
+        listing = "\n".join(_job_line(ctx, j, ctx.lang == "zh") for j in shown)
         raise CommandError(
-            ctx.tr("{n} jobs could be meant; which one? Send {verb} <id>:\n{jobs}",
-                   "有 {n} 个任务符合，请指明：{verb} <id>\n{jobs}", n=len(pool), verb=verb, jobs=listing),
+            ctx.t("pick.which", n=len(pool), verb=verb, jobs=listing),
             [Button(f"{verb} {j.id}", f"{verb} {j.id}") for j in shown],
-        )  # fmt: skip
+        )
     if fallback is not None:
         older = store.list(set(fallback) or None, limit=50)
         mine = [j for j in older if j.owner == me] or older
         if mine:
             return mine[0]
-    raise CommandError(ctx.tr("No matching job for {verb}. Send jobs for the list.",
-                              "没有符合的任务。发送 任务 查看列表。", verb=verb))  # fmt: skip
+    raise CommandError(ctx.t("pick.none", verb=verb))
 
 
 def _kind_model(ctx: CommandContext[Any], kind: str | None) -> tuple[str, type[JobParams]]:
@@ -100,11 +96,9 @@ def _kind_model(ctx: CommandContext[Any], kind: str | None) -> tuple[str, type[J
     try:
         job_kind = registry.get(kind)
     except KindUnavailable as exc:
-        raise CommandError(ctx.tr(str(exc), f"任务类型不可用：{exc}")) from None
+        raise CommandError(ctx.t("kind.unavailable", error=str(exc))) from None
     except KeyError:
-        names = ", ".join(registry.names())
-        raise CommandError(ctx.tr("Unknown job kind '{k}'. Kinds: {names}", "没有任务类型 '{k}'。可用：{names}",
-                                  k=kind, names=names)) from None  # fmt: skip
+        raise CommandError(ctx.t("kind.unknown", kind=kind, names=", ".join(registry.names()))) from None
     return job_kind.name, job_kind.params
 
 
@@ -112,12 +106,11 @@ def _kinds_line(ctx: CommandContext[Any]) -> str:
     """Every kind with its source; the default marked, the broken ones with why."""
     registry = ctx.jobs.registry
     parts = [
-        f"{name}" + (ctx.tr(" (default)", "（默认）") if name == registry.default else "")
+        f"{name}" + (ctx.t("kinds.default") if name == registry.default else "")
         + (f" - {registry.get(name).description.splitlines()[0]}" if registry.get(name).description else "")
         for name in registry.names()
     ]  # fmt: skip
-    parts += [f"{name} " + ctx.tr("(unavailable: {p})", "（不可用：{p}）", p=problem)
-              for name, problem in registry.problems.items()]  # fmt: skip
+    parts += [ctx.t("kinds.broken", name=name, problem=problem) for name, problem in registry.problems.items()]
     return "; ".join(parts)
 
 
@@ -132,7 +125,7 @@ def _validated(
 
 def _params_error(ctx: CommandContext[Any], errors: list[str]) -> CommandError:
     # Field names stay as typed in commands; a Chinese first line says what went wrong.
-    return CommandError("\n".join([ctx.tr("", "参数有误（发送 参数 查看说明）："), *errors]).lstrip("\n"))
+    return CommandError("\n".join([ctx.t("params.invalid"), *errors]).lstrip("\n"))
 
 
 def _summary(ctx: CommandContext[Any], job: Job, zh: bool = False) -> str:
@@ -144,29 +137,23 @@ def _summary(ctx: CommandContext[Any], job: Job, zh: bool = False) -> str:
 
 
 def _job_line(ctx: CommandContext[Any], job: Job, zh: bool = False) -> str:
-    age = duration(time.time() - job.created_at)
     extra = ""
     if job.state in ACTIVE_STATES and job.metrics.get("epoch"):
-        done = f"{job.metrics.get('epoch')}/{job.metrics.get('epochs') or '?'}"
-        extra = f" 第 {done} 轮" if zh else f" epoch {done}"
+        extra = ctx.t("jobs.line_epoch", done=f"{job.metrics.get('epoch')}/{job.metrics.get('epochs') or '?'}")
     elif job.terminal and job.metrics:
         extra = " " + metrics_text({k: v for k, v in job.metrics.items() if k in ("test_acc", "val_acc")})
-    if zh:
-        return f"job {job.id}  {state_word(job.state, True)} {job.kind}: {_summary(ctx, job, True)}{extra}" \
-               f"（{age} 前，{job.owner}）"
-    return f"job {job.id}  {job.state:<9} {job.kind}: {_summary(ctx, job)}{extra}  ({age} ago, by {job.owner})"
+    return ctx.t("jobs.line", id=job.id, state=state_word(job.state, zh), kind=job.kind, summary=_summary(ctx, job, zh),
+                 extra=extra, age=duration(time.time() - job.created_at), owner=job.owner)  # fmt: skip
 
 
 def _job_error(ctx: CommandContext[Any], exc: JobError) -> CommandError:
     """The job manager speaks English; a Chinese command gets a Chinese lead-in before it."""
-    return CommandError(ctx.tr(str(exc), f"无法执行：{exc}"))
+    return CommandError(ctx.t("job.refused", error=str(exc)))
 
 
 def _resumed(ctx: CommandContext[Any], job: Job) -> Reply:
-    text = ctx.tr("job {id} {state}: continuing from its last checkpoint.",
-                  "job {id} {state}：从最近的检查点继续训练。",
-                  id=job.id, state=state_word(job.state, ctx.lang == "zh"))  # fmt: skip
-    return Reply(text, job_id=job.id)
+    return Reply(ctx.t("resume.from_checkpoint", id=job.id, state=state_word(job.state, ctx.lang == "zh")),
+                 job_id=job.id)  # fmt: skip
 
 
 # -- handlers ------------------------------------------------------------------------------------
@@ -177,40 +164,34 @@ async def cmd_help(ctx: CommandContext[HelpArgs]) -> str:
     if name:
         spec = registry.lookup(name)
         if spec is None:
-            raise CommandError(ctx.tr("No command '{n}'. Send help for the list.",
-                                      "没有命令 '{n}'。发送 帮助 查看列表。", n=name))  # fmt: skip
+            raise CommandError(ctx.t("help.no_command", name=name))
         lines = [f"{spec.name}: {spec.summary_zh if zh and spec.summary_zh else spec.summary}"]
         if spec.aliases:
-            lines.append(ctx.tr("aliases: ", "别名：") + ", ".join(spec.aliases))
-        lines.append(ctx.tr("role: ", "所需角色：") + spec.role.name)
+            lines.append(ctx.t("help.aliases", aliases=", ".join(spec.aliases)))
+        lines.append(ctx.t("help.role", role=spec.role.name))
         if spec.confirm is not None:
-            lines.append(ctx.tr("asks to confirm (reply yes); add --yes to skip the question, as with "
-                                "chatops send \"{n} --yes\"", "执行前会请你确认（回复 是）；加 --yes 可跳过确认",
-                                n=spec.examples[0] if spec.examples else spec.name))  # fmt: skip
+            lines.append(ctx.t("help.confirm", example=spec.examples[0] if spec.examples else spec.name))
         for field_name, info in spec.args.model_fields.items():
             lines.append(f"  {field_name}: {info.description or ''}".rstrip())
         if spec.job_params:
-            lines.append(ctx.tr("parameters: see params (key=value, or one 'key value' per line)",
-                                "参数：见 参数 命令（key=value，或每行一个 key value）"))  # fmt: skip
-            lines.append(ctx.tr("kinds: ", "任务类型：") + _kinds_line(ctx))
+            lines.append(ctx.t("help.parameters"))
+            lines.append(ctx.t("help.kinds", kinds=_kinds_line(ctx)))
         if spec.examples:
-            lines.append(ctx.tr("examples: ", "示例：") + " | ".join(spec.examples))
+            lines.append(ctx.t("help.examples", examples=" | ".join(spec.examples)))
         return "\n".join(lines)
-    lines = ["命令 (commands):" if zh else "Commands:"]
+    lines = [ctx.t("help.header")]
     for spec in registry.specs():
         words = ", ".join(spec.aliases)
         summary = f"{spec.summary} / {spec.summary_zh}" if zh and spec.summary_zh else spec.summary
         lines.append(f"  {spec.name}" + (f" ({words})" if words else "") + f": {summary}")
-    lines.append(ctx.tr("help <command> for details; parameters as key=value, or one 'key value' per line.",
-                        "帮助 <命令> 查看详情；参数写成 key=value，或每行一个 key value。"))  # fmt: skip
+    lines.append(ctx.t("help.footer"))
     return "\n".join(lines)
 
 
 async def cmd_params(ctx: CommandContext[ParamsArgs]) -> str:
     kind, model = _kind_model(ctx, ctx.args.kind)
     saved = ctx.chats.saved_params(ctx.conversation.key, kind)
-    lines = [ctx.tr(f"Parameters of {kind} (saved values marked *, live = changeable while running):",
-                    f"参数 ({kind})：* 为本会话保存的值，live 表示训练中可修改")]  # fmt: skip
+    lines = [ctx.t("params.header", kind=kind)]
     for f in fields_of(model):
         value = f"*{saved[f.name]}" if f.name in saved else str(f.default)
         line = f"  {f.name}" + (f" ({','.join(f.aliases[:2])})" if f.aliases else "") + f": {f.type} = {value}"
@@ -224,24 +205,21 @@ async def cmd_params(ctx: CommandContext[ParamsArgs]) -> str:
         lines.append(line)
     others = [k for k in ctx.jobs.registry.names() if k != kind]
     if others:
-        lines.append(ctx.tr("other kinds: {k} (params <kind>)", "其他任务类型：{k}（参数 <类型>）",
-                            k=", ".join(others)))  # fmt: skip
+        lines.append(ctx.t("params.other_kinds", kinds=", ".join(others)))
     return "\n".join(lines)
 
 
 async def cmd_set(ctx: CommandContext[JobRef]) -> Reply:
     ref = ctx.args.job
     if not ctx.params:
-        raise CommandError(ctx.tr("Nothing to set. Example: set lr=0.01", "没有要修改的参数。例如：set lr 0.01"))
+        raise CommandError(ctx.t("set.nothing"))
     if ref:
         job = _find_job(ctx, ref)
         _, model = _kind_model(ctx, job.kind)
         change = live_change(model, job.params, ctx.params)  # the rules the runner applies too
         if change.not_live:
-            live = ", ".join(sorted(change.live)) or "none"
-            raise CommandError(ctx.tr("{f} cannot change while job {id} runs (live: {live}).",
-                                      "job {id} 训练中不能修改 {f}（可修改：{live}）。",
-                                      f=", ".join(change.not_live), id=job.id, live=live))  # fmt: skip
+            live = ", ".join(sorted(change.live)) or ctx.t("set.none_live")
+            raise CommandError(ctx.t("set.not_live", fields=", ".join(change.not_live), id=job.id, live=live))
         if change.rejected:
             raise _params_error(ctx, [f"{name}: {reason}" for name, reason in change.rejected])
         changed = {name: new for name, (_, new) in change.changed.items()}
@@ -250,8 +228,7 @@ async def cmd_set(ctx: CommandContext[JobRef]) -> Reply:
         except JobError as exc:
             raise _job_error(ctx, exc) from None
         pretty = ", ".join(f"{k}={v}" for k, v in changed.items())
-        return Reply(ctx.tr(f"job {job.id}: asked to set {pretty}; it applies at the next batch.",
-                            f"job {job.id}：将在下一个批次设置 {pretty}"), job_id=job.id)  # fmt: skip
+        return Reply(ctx.t("set.asked", id=job.id, values=pretty), job_id=job.id)
     kind, model = _kind_model(ctx, None)
     conv = ctx.conversation.key
     saved = ctx.chats.saved_params(conv, kind)
@@ -262,7 +239,7 @@ async def cmd_set(ctx: CommandContext[JobRef]) -> Reply:
     saved.update(given)
     ctx.chats.save_params(conv, kind, saved)
     pretty = ", ".join(f"{k}={v}" for k, v in saved.items())
-    text = ctx.tr(f"Saved for the next train here: {pretty}", f"已保存，下次训练使用：{pretty}")
+    text = ctx.t("set.saved", values=pretty)
     me = ctx.sender.key
     running = [j for j in ctx.jobs.store.list({RUNNING, PAUSED}, limit=20) if j.owner == me]
     if not running:
@@ -271,8 +248,7 @@ async def cmd_set(ctx: CommandContext[JobRef]) -> Reply:
     # job: one tap changes it now.
     job = running[0]
     command = f"set {job.id} " + " ".join(f"{k}={v}" for k, v in given.items())
-    text += ctx.tr(f"\njob {job.id} is training: to change it now, send {command}",
-                   f"\njob {job.id} 正在训练：要现在修改，发送 {command}")  # fmt: skip
+    text += ctx.t("set.running_hint", id=job.id, command=command)
     return Reply(text, buttons=[Button(command, command)], job_id=job.id)
 
 
@@ -285,8 +261,7 @@ async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
         # The job's own parameters, with what is given changed (`train resume=3f2a epochs=20`).
         job = _find_job(ctx, args.resume)
         if args.kind and args.kind != job.kind:
-            raise CommandError(ctx.tr("job {id} is a {k} job; resume it as one.", "job {id} 是 {k} 任务。",
-                                      id=job.id, k=job.kind))  # fmt: skip
+            raise CommandError(ctx.t("train.wrong_kind", id=job.id, kind=job.kind))
         kind, model = _kind_model(ctx, job.kind)
         params = _validated(ctx, model, ctx.params, job.params) if ctx.params else None
         if job.state != "succeeded":
@@ -298,11 +273,9 @@ async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
             return _resumed(ctx, job)
         # A finished run trains on as a new job from its last checkpoint; its own record stays.
         if params is None or not job.checkpoint:
-            raise CommandError(ctx.tr(
-                "job {id} succeeded; to train on from its last checkpoint give what changes, e.g. "
-                "train resume={id} epochs=20" if job.checkpoint else "job {id} succeeded and kept no checkpoint.",
-                "job {id} 已完成；要在它的检查点上继续训练，请给出要改的参数，例如 开始 resume={id} ep 20",
-                id=job.id))  # fmt: skip
+            if job.checkpoint:
+                raise CommandError(ctx.t("train.give_changes", id=job.id))
+            raise CommandError(ctx.t("train.no_checkpoint", id=job.id))
         checkpoint, source = job.checkpoint, job.id
     else:
         kind, model = _kind_model(ctx, args.kind)
@@ -315,17 +288,11 @@ async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
     if job.state == QUEUED:
         running = [j.id for j in manager.store.list(ACTIVE_STATES, limit=5)]
         pos = manager.queue_position(job.id)
-        text = ctx.tr(
-            "job {id} queued (position {pos}): training is underway ({running}). It starts when a slot frees.",
-            "job {id} 已排队（第 {pos} 位）：正在训练 {running}，空闲后开始。",
-            id=job.id, pos=pos, running=", ".join(f"job {r}" for r in running) or "-",
-        )  # fmt: skip
+        text = ctx.t("train.queued", id=job.id, pos=pos, running=", ".join(f"job {r}" for r in running) or "-")
     else:
-        summary = _summary(ctx, job, ctx.lang == "zh")
-        text = ctx.tr("job {id} started: {s}", "训练已开始：job {id}（{s}）", id=job.id, s=summary)
+        text = ctx.t("train.started", id=job.id, summary=_summary(ctx, job, ctx.lang == "zh"))
     if checkpoint:
-        text += ctx.tr(" It trains on from job {src}'s checkpoint {c}.", "从 job {src} 的检查点 {c} 继续训练。",
-                       src=source, c=Path(checkpoint).name)  # fmt: skip
+        text += ctx.t("train.from_checkpoint", source=source, checkpoint=Path(checkpoint).name)
     return Reply(text, job_id=job.id, buttons=job_buttons(job.id, "running", ctx.lang == "zh"))
 
 
@@ -344,14 +311,12 @@ def _stop_target(ctx: CommandContext[JobRef]) -> Job:
 
 def _confirm_stop(ctx: CommandContext[JobRef]) -> Question:
     job = _stop_target(ctx)
-    if job.terminal:
-        raise CommandError(ctx.tr(f"job {job.id} already ended ({job.state}).",
-                                  f"job {job.id} 已经结束（{state_word(job.state, True)}）。"))  # fmt: skip
     zh = ctx.lang == "zh"
-    text = ctx.tr(f"Stop job {job.id} ({job.state}, {_summary(ctx, job)})?",
-                  f"停止 job {job.id}（{state_word(job.state, zh)}，{_summary(ctx, job, zh)}）？")  # fmt: skip
+    if job.terminal:
+        raise CommandError(ctx.t("stop.ended", id=job.id, state=state_word(job.state, zh)))
+    text = ctx.t("stop.confirm", id=job.id, state=state_word(job.state, zh), summary=_summary(ctx, job, zh))
     # A yes stops this job, whatever starts meanwhile; the reply keeps the language asked in.
-    return Question(text, command=f"{'停止' if zh else 'stop'} {job.id}")
+    return Question(text, command=ctx.t("command.stop") + f" {job.id}")
 
 
 async def cmd_stop(ctx: CommandContext[JobRef]) -> Reply:
@@ -361,9 +326,8 @@ async def cmd_stop(ctx: CommandContext[JobRef]) -> Reply:
     except JobError as exc:
         raise _job_error(ctx, exc) from None
     if job.state == "stopped":
-        return Reply(ctx.tr(f"job {job.id} cancelled before it started.", f"job {job.id} 已取消"), job_id=job.id)
-    return Reply(ctx.tr(f"job {job.id} stopping at the next batch; a checkpoint is kept.",
-                        f"job {job.id} 将在下一个批次停止，并保存检查点。"), job_id=job.id)  # fmt: skip
+        return Reply(ctx.t("stop.cancelled", id=job.id), job_id=job.id)
+    return Reply(ctx.t("stop.stopping", id=job.id), job_id=job.id)
 
 
 async def cmd_pause(ctx: CommandContext[JobRef]) -> Reply:
@@ -372,9 +336,7 @@ async def cmd_pause(ctx: CommandContext[JobRef]) -> Reply:
         await ctx.jobs.control(job.id, "pause")
     except JobError as exc:
         raise _job_error(ctx, exc) from None
-    return Reply(
-        ctx.tr(f"job {job.id} pausing at the next batch.", f"job {job.id} 将在下一个批次暂停。"), job_id=job.id
-    )
+    return Reply(ctx.t("pause.pausing", id=job.id), job_id=job.id)
 
 
 async def cmd_resume(ctx: CommandContext[JobRef]) -> Reply:
@@ -387,9 +349,8 @@ async def cmd_resume(ctx: CommandContext[JobRef]) -> Reply:
             pending = job.state != PAUSED  # running, with a pause it has not reached yet
             await manager.control(job.id, "resume")
             if pending:
-                return Reply(ctx.tr(f"job {job.id}: the pause it had not reached yet is cancelled; it trains on.",
-                                    f"job {job.id}：尚未生效的暂停已取消，继续训练。"), job_id=job.id)  # fmt: skip
-            return Reply(ctx.tr(f"job {job.id} resuming.", f"job {job.id} 继续训练。"), job_id=job.id)
+                return Reply(ctx.t("resume.pause_cancelled", id=job.id), job_id=job.id)
+            return Reply(ctx.t("resume.resuming", id=job.id), job_id=job.id)
         job = await manager.resume(job.id)
     except JobError as exc:
         raise _job_error(ctx, exc) from None
@@ -403,28 +364,27 @@ async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
     job = _pick(ctx, ref, "status", ACTIVE_STATES, ())
     zh = ctx.lang == "zh"
     lines = [
-        f"job {job.id}: {state_word(job.state, zh)}  {job.kind}: {_summary(ctx, job, zh)}",
-        ctx.tr("owner ", "发起人 ") + job.owner,
+        ctx.t("status.head", id=job.id, state=state_word(job.state, zh), kind=job.kind, summary=_summary(ctx, job, zh)),
+        ctx.t("status.owner", owner=job.owner),
     ]
     if job.state in ACTIVE_STATES and job.metrics:
         progress = progress_from(job.id, {"type": "progress", **job.metrics}, job.metrics)
         lines.append(progress_text(progress, job.metrics, job.state, zh))
         res = await asyncio.to_thread(manager.executor.resources, job.handle)  # samples CPU for 0.2 s
         if res:
-            lines.append(ctx.tr("runner: ", "训练进程：") + ", ".join(f"{k} {v}" for k, v in res.items()))
+            lines.append(ctx.t("status.runner", resources=", ".join(f"{k} {v}" for k, v in res.items())))
     elif job.metrics:
         lines.append(metrics_text(job.metrics))
     if job.state == QUEUED:
-        lines.append(ctx.tr("queue position {n}", "排队第 {n} 位", n=manager.queue_position(job.id)))
+        lines.append(ctx.t("status.queue_position", n=manager.queue_position(job.id)))
     if job.error:
-        lines.append(ctx.tr("error: ", "错误：") + job.error.splitlines()[0])
+        lines.append(ctx.t("status.error", error=job.error.splitlines()[0]))
     if job.checkpoint:
-        lines.append(ctx.tr("checkpoint: ", "检查点：") + job.checkpoint)
+        lines.append(ctx.t("status.checkpoint", checkpoint=job.checkpoint))
     artifacts = manager.artifacts(job.id)
     if artifacts:
-        lines.append(ctx.tr("artifacts: ", "产出文件：") + ", ".join(a["path"] for a in artifacts))
-    lines.append(ctx.tr("folder: {d} (TensorBoard: {d}/tensorboard)", "目录：{d}（TensorBoard：{d}/tensorboard）",
-                        d=job.job_dir))  # fmt: skip
+        lines.append(ctx.t("status.artifacts", artifacts=", ".join(a["path"] for a in artifacts)))
+    lines.append(ctx.t("status.folder", dir=job.job_dir))
     buttons = job_buttons(job.id, job.state, zh)
     return Reply("\n".join(lines), job_id=job.id, buttons=buttons)
 
@@ -432,46 +392,43 @@ async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
 async def cmd_jobs(ctx: CommandContext[NoArgs]) -> str:
     jobs = ctx.jobs.store.list(limit=15)
     if not jobs:
-        return ctx.tr("No jobs yet. Start one with: train epochs=5", "还没有任务。发送 开始 ep 5 开始训练。")
+        return ctx.t("jobs.none")
     return "\n".join(_job_line(ctx, j, ctx.lang == "zh") for j in jobs)
 
 
 async def cmd_logs(ctx: CommandContext[LogsArgs]) -> str:
     job = _pick(ctx, ctx.args.job, "logs", ACTIVE_STATES, ())
     tail = log_tail(job.dir, ctx.args.n)
-    n = ctx.args.n
-    head = ctx.tr("job {id} log (last {n} lines):", "job {id} 日志（最后 {n} 行）：", id=job.id, n=n)
-    return f"{head}\n{tail or ctx.tr('(empty)', '（空）')}"
+    return ctx.t("logs.head", id=job.id, n=ctx.args.n) + "\n" + (tail or ctx.t("logs.empty"))
 
 
 async def cmd_plot(ctx: CommandContext[JobRef]) -> Reply:
     job = _pick(ctx, ctx.args.job, "plot", ACTIVE_STATES, ())
     path = await ctx.services.plot(job)
     if path is None:
-        raise CommandError(ctx.tr(f"job {job.id} has no metrics to plot yet.", f"job {job.id} 还没有可画的指标。"))
-    return Reply(ctx.tr(f"job {job.id} curves", f"job {job.id} 训练曲线"), image=path, job_id=job.id)
+        raise CommandError(ctx.t("plot.no_metrics", id=job.id))
+    return Reply(ctx.t("plot.caption", id=job.id), image=path, job_id=job.id)
 
 
 async def cmd_follow(ctx: CommandContext[JobRef]) -> str:
     job = _pick(ctx, ctx.args.job, "follow", ACTIVE_STATES, ())
     added = ctx.chats.follow(job.id, ctx.conversation.key, ctx.lang)
     if added:
-        return ctx.tr(f"Following job {job.id}.", f"已关注 job {job.id}，进度会发到这里。")
-    return ctx.tr(f"Already following job {job.id}.", f"已经在关注 job {job.id}。")
+        return ctx.t("follow.added", id=job.id)
+    return ctx.t("follow.already", id=job.id)
 
 
 async def cmd_unfollow(ctx: CommandContext[JobRef]) -> str:
     job = _pick(ctx, ctx.args.job, "unfollow", ACTIVE_STATES, ())
     removed = ctx.chats.unfollow(job.id, ctx.conversation.key)
     if removed:
-        return ctx.tr(f"Stopped following job {job.id}.", f"已取消关注 job {job.id}。")
-    return ctx.tr(f"Not following job {job.id}.", f"没有关注 job {job.id}。")
+        return ctx.t("unfollow.removed", id=job.id)
+    return ctx.t("unfollow.not_following", id=job.id)
 
 
 async def cmd_whoami(ctx: CommandContext[NoArgs]) -> str:
     who = ctx.sender
-    name = f" ({who.name})" if who.name else ""
-    return f"{who.key}{name}: " + ctx.tr("role ", "角色 ") + ctx.role.name
+    return ctx.t("whoami.identity", who=who.key, name=f" ({who.name})" if who.name else "", role=ctx.role.name)
 
 
 def register(registry: CommandRegistry) -> None:
