@@ -18,7 +18,7 @@ import os
 import re
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from pathlib import Path
@@ -38,7 +38,6 @@ from chatops.adapter import (
     image_bytes,
     reconnect_forever,
 )
-from chatops.auth import Authorizer, Role
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.settings import Section
 
@@ -128,7 +127,8 @@ class EmailAdapter(Adapter):
             raise ValueError("email: address, password and imap_host must be configured")
         self.s = settings
         self.ctx = ctx
-        self._auth = Authorizer(ctx.settings.auth)  # only to decide who may get error answers
+        # Progress goes out as a digest no more often than `digest_minutes` (the notifier paces it).
+        self.capabilities = replace(self.capabilities, digest_seconds=settings.digest_minutes * 60)
         self.address = settings.address.strip()
         self.username = settings.username or self.address
         secure = settings.security
@@ -140,7 +140,6 @@ class EmailAdapter(Adapter):
         self._stop = asyncio.Event()
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._last_digest: dict[tuple[str, str], float] = {}
         self._smtp_problem: str | None = None  # the last permanent SMTP problem logged
 
     @classmethod
@@ -331,22 +330,18 @@ class EmailAdapter(Adapter):
                 text = command_text(mail, secret)
             except MailError as exc:
                 mail.error = str(exc)
-        if mail.error is not None:
-            if self._allowed(sender):
-                await self._send_now(conv, Reply(f"Could not read your mail: {mail.error}", error=True))
-            else:
-                await self._audit(sender.key, "email.rejected", mail.error[:200])
-            return
         meta = {"quiet_deny": True, "message_id": mail.message_id, "references": mail.references,
                 "in_reply_to": mail.in_reply_to, "subject": mail.subject, "uid": uid,
                 "uidvalidity": self.state.uidvalidity}  # fmt: skip
+        if mail.error is not None:
+            # The router decides who hears about it (a sender with a role; never a stranger), and
+            # its answer goes through the outbox like every other.
+            await self._audit(sender.key, "email.unreadable", mail.error[:200])
+            meta["unreadable"] = mail.error
+            text = mail.subject
         incoming = Incoming(text, sender, conv, mail.message_id, meta=meta)
         log.info("email: command from %s (uid %s)", sender.key, uid)
         await self._dispatcher.run(incoming)
-
-    def _allowed(self, who: Identity) -> bool:
-        """Any role at all: only then does a sender get error answers (never answer strangers)."""
-        return self._auth.role_of(who) > Role.none
 
     async def _audit(self, who: str, action: str, detail: str) -> None:
         log.info("email: %s %s: %s", action, who, detail)
@@ -360,15 +355,8 @@ class EmailAdapter(Adapter):
 
     # outbound ---------------------------------------------------------------------------------
     async def send(self, conversation: Conversation, reply: Reply) -> MessageRef:
-        digest_key = (conversation.key, reply.job_id or "")
-        if reply.progress is not None:
-            last = self._last_digest.get(digest_key)
-            if last is not None and time.monotonic() - last < self.s.digest_minutes * 60:
-                return MessageRef(conversation, "coalesced")  # a digest went out recently enough
         message = self._compose(conversation, reply)
         await self._smtp_send(message)
-        if reply.progress is not None:
-            self._last_digest[digest_key] = time.monotonic()
         msgid = str(message["Message-ID"])
         thread = self.state.threads.get(conversation.key)
         if thread is not None:
@@ -376,13 +364,6 @@ class EmailAdapter(Adapter):
             thread["ts"] = time.time()
             self.state.save()
         return MessageRef(conversation, msgid)
-
-    async def _send_now(self, conversation: Conversation, reply: Reply) -> None:
-        """Adapter-originated answers (the outbox never sees them): one try, failures logged."""
-        try:
-            await self.send(conversation, reply)
-        except DeliveryError as exc:
-            log.warning("email: error reply to %s not delivered: %s", conversation.chat_id, exc)
 
     def _compose(self, conversation: Conversation, reply: Reply) -> EmailMessage:
         msg = EmailMessage()

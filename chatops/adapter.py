@@ -42,6 +42,9 @@ class Capabilities:
     # Longest inbound text (characters) the router handles; longer is refused unparsed. Commands
     # are short: a bound keeps anyone's megabyte from costing the bot more than a length check.
     max_inbound: int = 16_384
+    # Least seconds between two progress digests to one conversation where messages cannot be
+    # edited; the notifier's `digest_seconds` applies when it is longer (mail: ten minutes).
+    digest_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

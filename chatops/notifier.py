@@ -139,7 +139,8 @@ class Notifier:
         if adapter is None:
             return
         live = adapter.capabilities.edit
-        gap = self.settings.progress_seconds if live else self.settings.digest_seconds
+        gap = self.settings.progress_seconds if live else max(self.settings.digest_seconds,
+                                                              adapter.capabilities.digest_seconds)
         now = time.time()
         last = self._last_push.setdefault((conv_key, job.id), now if not live else 0.0)
         if now - last < gap:  # epoch ends too: on a fast run they came every 0.2 s and flooded a console pipe

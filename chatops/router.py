@@ -88,6 +88,11 @@ class Router:
                 return []  # nothing but blanks and mentions
             if incoming.meta.get("quiet_deny") or not self._open_to_strangers(head, pending_key):
                 return self._deny(incoming, role, None, _chinese(head))
+        unreadable = incoming.meta.get("unreadable")
+        if unreadable:  # the platform could not read the message (a mail's body): say why, to a known sender
+            head = head_word(incoming.text)
+            return [Reply(text("router.unreadable", lang_of(head is not None and _chinese(head)), why=unreadable),
+                          error=True)]  # fmt: skip
         limit = self.max_inbound_by_platform.get(incoming.conversation.platform, self.max_inbound)
         if len(incoming.text) > limit:
             head = head_word(incoming.text)  # the language of the refusal, from the first characters only

@@ -130,3 +130,24 @@ async def test_a_lease_held_by_a_process_that_died_mid_send_ends_with_it(bot: Bo
     bot.app.notifier.enqueue("test:c", Reply("fourth"))
     await eventually(lambda: len(bot.adapter.sent) == 4, 10, "the dead lease taken over, long before it expires")
     assert [r.text for _, r, _ in bot.adapter.sent] == ["first", "second", "third", "fourth"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform_gap", [0.0, 3600.0])
+async def test_progress_digests_keep_the_platforms_own_pace(settings: Settings, platform_gap: float) -> None:
+    """Where messages cannot be edited, progress goes out as digests: every `digest_seconds` (1 s
+    here), or as seldom as the platform asks (mail: `digest_minutes`); the final report always."""
+    from dataclasses import replace
+
+    adapter = RecordingAdapter()
+    adapter.capabilities = replace(adapter.capabilities, edit=False, digest_seconds=platform_gap)  # type: ignore[misc]
+    async with BotHarness(settings, adapter) as bot:
+        [started] = await bot.say("train epochs=15 bs=8 report=0.1")
+        assert started.job_id is not None, started.text
+        assert await bot.wait_state(started.job_id, {"succeeded"}, timeout=120) == "succeeded"
+        await bot.wait_for(lambda r: "succeeded" in r.text and r.job_id == started.job_id)
+        digests = [r for _, r, _ in adapter.sent if r.progress is not None]
+    if platform_gap:
+        assert digests == []
+    else:
+        assert digests, "a run of several seconds sends digests"

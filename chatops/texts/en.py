@@ -14,6 +14,7 @@ TEXTS: dict[str, str] = {
     "router.confirm_yes": "Yes",
     "router.confirm_cancel": "Cancel",
     "router.reply_yes": " Reply yes to confirm.",
+    "router.unreadable": "Could not read your message: {why}",
     "router.too_long": "Message too long ({size} characters; the limit is {limit}).",
     "router.not_allowed": "Sorry, {who} is not allowed to use this bot. Ask an admin to add you.",
     "router.needs_role": "Sorry, {command} needs the {needed} role; {who} is {role}.",

@@ -15,6 +15,7 @@ TEXTS: dict[str, str] = {
     "router.confirm_yes": "确认",
     "router.confirm_cancel": "取消",
     "router.reply_yes": " 回复 是 确认。",
+    "router.unreadable": "无法读取你的消息：{why}",
     "router.too_long": "消息太长（{size} 个字符；上限是 {limit}）。",
     "router.not_allowed": "抱歉，{who} 无权使用这个机器人，请联系管理员添加。",
     "router.needs_role": "抱歉，{command} 需要 {needed} 角色；{who} 是 {role}。",
