@@ -2,7 +2,11 @@
 #   docker build -t chatops .
 #   docker run -v chatops-data:/data -v $PWD/chatops.toml:/etc/chatops.toml:ro \
 #     -e CHATOPS_CONFIG=/etc/chatops.toml -e CHATOPS_TELEGRAM__TOKEN=... chatops
+# With the Ray executor (jobs on a cluster; the same image serves as Ray head and worker):
+#   docker build --build-arg EXTRAS=telegram,slack,email,wechat,ray -t chatops:ray .
 FROM python:3.11-slim-bookworm
+
+ARG EXTRAS=telegram,slack,email,wechat
 
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/* \
@@ -15,7 +19,7 @@ COPY chatops ./chatops
 COPY adapters ./adapters
 COPY jobs ./jobs
 # One resolver step keeps numpy below 1.24 for MXNet 1.9.1.
-RUN pip install --no-cache-dir ".[telegram,slack,email,wechat]" "numpy<1.24"
+RUN pip install --no-cache-dir ".[${EXTRAS}]" "numpy<1.24"
 
 USER chatops
 ENV CHATOPS_DATA_DIR=/data CHATOPS_HEALTH__LISTEN=0.0.0.0:8080

@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# One resolver step, so scikit-learn cannot drag in numpy 2 (MXNet 1.9.1 needs numpy<1.24).
-	$(BIN)/python -m pip install -q -e ".[telegram,slack,email,wechat,test]" "numpy<1.24"
+	$(BIN)/python -m pip install -q -e ".[telegram,slack,email,wechat,ray,test]" "numpy<1.24"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/router.py
 	$(BIN)/python bench/delivery.py
 	$(BIN)/python bench/fuzz.py
+	$(BIN)/python bench/executor_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

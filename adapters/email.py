@@ -147,6 +147,9 @@ class EmailAdapter(Adapter):
         section = ctx.settings.section("email", EmailSettings)
         return cls(section, ctx) if section.configured else None
 
+    def not_ready(self) -> str | None:
+        return None if self._connected.is_set() else "IMAP not connected"
+
     # lifecycle --------------------------------------------------------------------------------
     async def start(self, handle: Handler) -> None:
         self._dispatcher.handle = handle

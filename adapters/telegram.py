@@ -213,6 +213,9 @@ class TelegramAdapter(Adapter):
             return None
         return cls(ctx)
 
+    def not_ready(self) -> str | None:
+        return None if self._username else "not connected to the Bot API yet"
+
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self, handle: Handler) -> None:
         """Connect and listen; when Telegram is unreachable, keep trying in the background."""

@@ -126,6 +126,9 @@ class WeChatAdapter(Adapter):
         return cls(cfg, login_file, data_dir=ctx.data_dir, notify_admins=ctx.notify_admins,
                    audit=ctx.audit)
 
+    def not_ready(self) -> str | None:
+        return None if self.online else "not logged in (scan the QR code)"
+
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self, handle: Handler) -> None:

@@ -116,6 +116,10 @@ class Adapter(ABC):
     @abstractmethod
     async def stop(self) -> None: ...
 
+    def not_ready(self) -> str | None:
+        """Why the adapter cannot serve right now (not connected, logged out), or None: `/readyz`."""
+        return None
+
 
 async def reconnect_forever(
     connect: Callable[[], Awaitable[None]],

@@ -11,19 +11,22 @@ from chatops.auth import Authorizer
 from chatops.commands import admin, training
 from chatops.message import Incoming, Reply
 from chatops.notifier import Notifier
-from chatops.plugins import load_plugins
+from chatops.plugins import declared, load_plugins
 from chatops.router import Router
 from chatops.settings import Section, Settings, installed_platforms
 from chatops.specs import CommandRegistry, Services
 from chatops.store import ChatStore, Retention
 from jobs.db import connect
+from jobs.executors.base import Executor
 from jobs.executors.local import LocalExecutor
+from jobs.gpus import GpuPool, detect_gpus
 from jobs.kinds import load_registry
 from jobs.manager import JobManager
 from jobs.store import JobStore
 
 if TYPE_CHECKING:
     from chatops.health import HealthServer
+    from chatops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +48,21 @@ class App:
             settings.kinds, base_dir=settings.config_dir, python=settings.jobs.python,
             default=settings.jobs.default_kind, cache_dir=settings.data_dir / "cache",
         )  # fmt: skip
+        executor = make_executor(settings)
         self.manager = JobManager(
             self.job_store,
-            LocalExecutor(python=settings.jobs.python),
-            settings.jobs_dir,
+            executor,
+            settings.jobs.storage or settings.jobs_dir,
             registry=kinds,
             max_parallel=settings.jobs.max_parallel,
             stop_timeout=settings.jobs.stop_timeout,
             heartbeat_timeout=settings.jobs.heartbeat_timeout,
             runner_options=options,
+            gpus=_gpu_pool(settings) if isinstance(executor, LocalExecutor) else None,  # a cluster places its own
         )
         self.registry = CommandRegistry()
-        training.register(self.registry)
-        admin.register(self.registry)
+        for module in (training, admin):  # the built-in commands, declared as a plugin's are
+            self.registry.add_all(list(declared(module)))
         # Before the adapters are built: their command menus list plugin commands too.
         self.plugin_problems = load_plugins(self.registry, settings.plugins.modules)
         self.exit_requested = asyncio.Event()
@@ -80,10 +85,16 @@ class App:
         self.chat_store.local_platforms = {name for name, a in self.adapters.items() if a.capabilities.local}
         self.router.max_inbound_by_platform = {name: a.capabilities.max_inbound for name, a in self.adapters.items()}
         self.health: HealthServer | None = None
+        self.metrics: Metrics | None = None
         if settings.health.listen:
-            # aiohttp costs ~150 ms of import time: only a bot that serves /healthz pays for it.
+            # aiohttp and prometheus-client cost import time: only a bot that serves them pays.
             from chatops.health import HealthServer
+            from chatops.metrics import Metrics
 
+            self.metrics = Metrics(self.job_store, self.chat_store, self.adapters)
+            self.router.on_command = self.metrics.on_command
+            self.notifier.on_delivery = self.metrics.on_delivery
+            self.manager.subscribe(self.metrics.on_job_event)
             self.health = HealthServer(self, settings.health.listen)
 
     def context(self) -> AdapterContext:
@@ -165,6 +176,24 @@ class App:
 
     async def _audit(self, identity: str, action: str, detail: str) -> None:
         self.chat_store.audit(identity, action, detail, allowed=False)
+
+
+def make_executor(settings: Settings) -> Executor:
+    """Local processes, or jobs on a Ray cluster (its module imports Ray only when first used)."""
+    jobs = settings.jobs
+    if jobs.executor == "ray":
+        from jobs.executors.ray import RayExecutor
+
+        return RayExecutor(
+            jobs.ray_address, python=jobs.python, runtime_env=jobs.ray_runtime_env, num_cpus=jobs.ray_num_cpus
+        )
+    return LocalExecutor(python=jobs.python)
+
+
+def _gpu_pool(settings: Settings) -> GpuPool | None:
+    """The machine's GPUs to give out (config, else nvidia-smi); none: nothing to schedule."""
+    devices = settings.jobs.gpus if settings.jobs.gpus is not None else detect_gpus()
+    return GpuPool(devices, settings.jobs.gpu_share) if devices else None
 
 
 def configured_platforms(settings: Settings) -> list[str]:

@@ -1,5 +1,10 @@
-"""`GET /healthz` for container orchestrators: 200 while the bot can do its work, 503 with the
-reasons when it cannot (database gone, job watcher or outbox loop dead, deliveries stuck)."""
+"""The operations endpoints, on `[health] listen`:
+
+- `GET /healthz`: 200 while the bot can do its work, 503 with the reasons when it cannot (database
+  gone, job watcher or outbox loop dead, deliveries stuck): restart me;
+- `GET /readyz`: 200 when every adapter is connected and the database and the executor answer, 503
+  with the reasons otherwise: do not count on me now;
+- `GET /metrics`: the Prometheus text format (chatops.metrics)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from jobs.store import ACTIVE_STATES, QUEUED
 
 if TYPE_CHECKING:
     from chatops.adapter import Adapter
+    from chatops.metrics import Metrics
     from chatops.notifier import Notifier
     from chatops.store import ChatStore
     from jobs.manager import JobManager
@@ -29,6 +35,7 @@ class Observed(Protocol):
     chat_store: ChatStore
     manager: JobManager
     notifier: Notifier
+    metrics: Metrics | None
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,8 @@ class HealthServer:
     async def start(self) -> None:
         web_app = web.Application()
         web_app.router.add_get("/healthz", self._healthz)
+        web_app.router.add_get("/readyz", self._readyz)
+        web_app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(web_app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -74,11 +83,59 @@ class HealthServer:
             problems.append("outbox delivery is not running")
         if oldest is not None and time.time() - oldest > STUCK_SECONDS:
             problems.append(f"outbox: a message has waited {int(time.time() - oldest)} s")
+        # Shown, not judged: a cluster that is away is not the bot's to be restarted for (/readyz is 503).
+        body["executor"] = self._executor_problem() or "ready"
         body["status"] = "ok" if not problems else "unhealthy"
         if problems:
             body["problems"] = problems
         return not problems, body
 
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the bot can serve now: each adapter connected, the database and the executor
+        (a cluster, for the Ray executor) answering."""
+        problems: list[str] = []
+        adapters: dict[str, str] = {}
+        for name, adapter in sorted(self.app.adapters.items()):
+            try:
+                why = adapter.not_ready()
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            adapters[name] = why or "ready"
+            if why:
+                problems.append(f"{name}: {why}")
+        try:
+            self.app.job_store.conn.execute("SELECT 1").fetchone()
+            database = "ready"
+        except Exception as exc:
+            database = f"{type(exc).__name__}: {exc}"
+            problems.append(f"database: {database}")
+        why = self._executor_problem()
+        if why:
+            problems.append(f"executor: {why}")
+        body: dict[str, Any] = {"status": "ready" if not problems else "not ready", "adapters": adapters,
+                                "database": database, "executor": why or "ready"}  # fmt: skip
+        if problems:
+            body["problems"] = problems
+        return not problems, body
+
+    def _executor_problem(self) -> str | None:
+        """Why the executor cannot run jobs now (a Ray cluster unreachable), if it says so."""
+        probe = getattr(self.app.manager.executor, "not_ready", None)
+        try:
+            return probe() if callable(probe) else None
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+
     async def _healthz(self, request: web.Request) -> web.Response:
         ok, body = self.report()
         return web.json_response(body, status=200 if ok else 503)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ok, body = self.readiness()
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.app.metrics is None:
+            return web.Response(status=404, text="metrics are off\n")
+        data, content_type = self.app.metrics.render()
+        return web.Response(body=data, headers={"Content-Type": content_type})

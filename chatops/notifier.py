@@ -13,6 +13,7 @@ import copy
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +90,7 @@ class Notifier:
         self.adapters = adapters
         self.settings = settings
         self.spool = spool
+        self.on_delivery: Callable[[str, str], None] | None = None  # (platform, sent|retried|failed): metrics
         self._last_push: dict[tuple[str, str], float] = {}
         self._last_sent: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -305,6 +307,7 @@ class Notifier:
                 self.store.set_live_ref(item.conversation, item.live_key, ref.message_id)
             self.store.delivered(item.id)
             self._last_sent[item.conversation] = time.monotonic()
+            self._observe(conv.platform, "sent")
             return True
         except DeliveryError as exc:
             give_up = exc.permanent or item.attempts + 1 >= MAX_ATTEMPTS
@@ -316,9 +319,15 @@ class Notifier:
                 "giving up" if give_up else f"retry in {delay:.1f}s",
             )
             self.store.retry_later(item.id, delay, str(exc), give_up=give_up)
+            self._observe(conv.platform, "failed" if give_up else "retried")
         except Exception as exc:
             give_up = item.attempts + 1 >= MAX_ATTEMPTS
             delay = min(60.0, 2.0**item.attempts)
             log.warning("delivery to %s failed: %s: %s", conv.platform, type(exc).__name__, exc)
             self.store.retry_later(item.id, delay, f"{type(exc).__name__}: {exc}", give_up=give_up)
+            self._observe(conv.platform, "failed" if give_up else "retried")
         return False
+
+    def _observe(self, platform: str, outcome: str) -> None:
+        if self.on_delivery is not None:
+            self.on_delivery(platform, outcome)

@@ -25,14 +25,15 @@ import inspect
 import logging
 import types
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import replace
 from importlib.metadata import entry_points
 from typing import Any, Literal, TypeVar
 
-from pydantic import ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, create_model
 
 from chatops.auth import Role
 from chatops.message import Conversation, Identity, Incoming, Reply
-from chatops.specs import CommandContext, CommandRegistry, CommandSpec, HandlerResult, Lang
+from chatops.specs import CommandContext, CommandRegistry, CommandSpec, HandlerResult, Lang, Question
 from chatops.store import ChatStore
 from jobs.manager import JobManager
 
@@ -58,23 +59,40 @@ _BY_NAME = {getattr(t, "__name__", ""): t for t in DEPENDENCIES}
 def command(
     name: str,
     *,
-    role: Literal["viewer", "operator", "admin"] = "viewer",
+    role: Literal["viewer", "operator", "admin", "none"] = "viewer",
     aliases: Iterable[str] = (),
     examples: Iterable[str] = (),
+    args: type[BaseModel] | None = None,
+    positionals: Iterable[str] | None = None,
+    summary: str | None = None,
+    summary_zh: str = "",
+    confirm: Callable[[CommandContext[Any]], str | Question] | None = None,
+    job_params: bool = False,
 ) -> Callable[[F], F]:
-    """Make an `async def handler(ctx, arg: type = default, …)` a chat command (see the module)."""
-    if role not in ("viewer", "operator", "admin"):
+    """Make an `async def handler(ctx, arg: type = default, …)` a chat command (see the module).
+
+    The rest is for commands that need more (the built-in ones are declared this way too): `args`,
+    a pydantic model of the arguments instead of parameters (`positionals`: the fields bare words
+    fill, in order); `summary`/`summary_zh` instead of the docstring; `confirm`, the question asked
+    before it runs; `job_params`, keys beyond `args` kept for a job kind's schema; role `none`,
+    open to anyone, strangers included (`whoami`)."""
+    if role not in ("viewer", "operator", "admin", "none"):
         raise ValueError(f"command {name!r}: role must be viewer, operator or admin (got {role!r})")
 
     def wrap(fn: F) -> F:
-        setattr(fn, _SPEC, spec_of(fn, name, Role[role], tuple(aliases), tuple(examples)))
+        spec = spec_of(fn, name, Role[role], tuple(aliases), tuple(examples), args=args,
+                       positionals=None if positionals is None else tuple(positionals))  # fmt: skip
+        spec = replace(spec, summary=summary or spec.summary, summary_zh=summary_zh, confirm=confirm,
+                       job_params=job_params)  # fmt: skip
+        setattr(fn, _SPEC, spec)
         return fn
 
     return wrap
 
 
 def spec_of(fn: Callable[..., Any], name: str, role: Role, aliases: tuple[str, ...] = (),
-            examples: tuple[str, ...] = ()) -> CommandSpec:  # fmt: skip
+            examples: tuple[str, ...] = (), *, args: type[BaseModel] | None = None,
+            positionals: tuple[str, ...] | None = None) -> CommandSpec:  # fmt: skip
     """The command spec a function declares by its signature and docstring."""
     where = getattr(fn, "__qualname__", name)
     if not inspect.iscoroutinefunction(fn):
@@ -95,8 +113,10 @@ def spec_of(fn: Callable[..., Any], name: str, role: Role, aliases: tuple[str, .
             raise TypeError(f"command {name!r}: argument {p.name!r} of {where} needs a type hint and a default"
                             f" (or, for a dependency, one of the types {', '.join(sorted(_BY_NAME))})")  # fmt: skip
         fields[p.name.lower()] = (hint, p.default)
+    if args is not None and fields:
+        raise TypeError(f"command {name!r}: {where} declares its arguments twice (parameters and args=)")
     names = {p.name.lower(): p.name for p in params[1:]}
-    model = create_model(  # type: ignore[call-overload]
+    model = args or create_model(  # type: ignore[call-overload]
         f"{name.title().replace('-', '')}Args", __config__=ConfigDict(extra="forbid"), **fields
     )
 
@@ -110,7 +130,8 @@ def spec_of(fn: Callable[..., Any], name: str, role: Role, aliases: tuple[str, .
     summary = (inspect.getdoc(fn) or "").strip().splitlines()
     return CommandSpec(
         name=name, handler=handler, summary=summary[0] if summary else name, aliases=aliases, args=model,
-        positionals=tuple(fields), role=role, examples=examples or (name,),
+        positionals=tuple(fields) if positionals is None else positionals, role=role,
+        examples=examples or (name,),
     )  # fmt: skip
 
 

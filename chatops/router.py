@@ -5,6 +5,7 @@ Every path out of `handle` is a list of replies; nothing a user types can raise 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import secrets
@@ -31,6 +32,16 @@ NO_WORDS = frozenset({"no", "n", "cancel", "否", "取消", "不"})
 ANSWER_WORDS = YES_WORDS | NO_WORDS
 _CJK = re.compile("[\u4e00-\u9fff]")
 CONFIRM_TTL = 300.0
+# What became of the message being handled: (command, outcome), for `on_command` (metrics).
+_OUTCOME: contextvars.ContextVar[list[str]] = contextvars.ContextVar("outcome")
+CommandObserver = Callable[[str, str, str, float], None]
+"""on_command(command, platform, outcome, seconds): one call per message handled."""
+
+
+def _note(command: str, outcome: str) -> None:
+    seen = _OUTCOME.get(None)
+    if seen is not None:
+        seen[:] = [command, outcome]
 
 
 @dataclass
@@ -50,6 +61,7 @@ class Router:
     # capabilities), else the default; a longer one is refused before it is parsed.
     max_inbound: int = Capabilities.max_inbound
     max_inbound_by_platform: dict[str, int] = field(default_factory=dict)
+    on_command: CommandObserver | None = None
     _pending: dict[tuple[str, str], _Pending] = field(default_factory=dict)
 
     async def handle(self, incoming: Incoming, queue: Callable[[list[Reply]], object] | None = None) -> list[Reply]:
@@ -59,13 +71,18 @@ class Router:
         command answers without waiting (see `WriteUnit`); a slow one commits its claim and audit
         row before its first wait, and its replies are queued in a transaction of their own.
         """
+        began = time.perf_counter()
+        seen = ["-", "ignored"]  # blanks, mentions only: nothing to count as a command
+        token = _OUTCOME.set(seen)
         with self.store.unit() as unit:
             if not self.store.claim_message(incoming.conversation.platform, incoming.message_id):
                 log.info("ignoring redelivered message %s", incoming.message_id)
+                _OUTCOME.reset(token)
                 return []
             try:
                 replies = await unit.run(self._handle(incoming))
             except Exception:
+                seen[1] = "error"
                 ref = secrets.token_hex(3)
                 log.exception("internal error handling a message (ref %s)", ref)
                 # In English: the message's language is not known wherever the error happened.
@@ -73,6 +90,9 @@ class Router:
             if queue is not None and replies:
                 with self.store.transaction():  # joins the unit while it is open
                     queue(replies)
+        _OUTCOME.reset(token)
+        if self.on_command is not None:
+            self.on_command(seen[0], incoming.conversation.platform, seen[1], time.perf_counter() - began)
         return replies
 
     async def _handle(self, incoming: Incoming) -> list[Reply]:
@@ -127,6 +147,7 @@ class Router:
         if spec is None:
             if role == Role.none:
                 return self._deny(incoming, role, None, zh)
+            _note("unknown", "unknown")
             hint = suggest(parsed.word, self.registry.words())
             said = text("router.unknown_command", lang, word=parsed.word)
             said += text("router.did_you_mean", lang, hint=hint) if hint else text("router.send_help", lang)
@@ -134,6 +155,7 @@ class Router:
         if role < spec.role:
             return self._deny(incoming, role, spec, zh)
 
+        _note(spec.name, "refused")  # until it gets further
         try:
             args, params = self._bind(spec, parsed, zh)
         except CommandError as exc:
@@ -149,6 +171,7 @@ class Router:
             question = asked if isinstance(asked, Question) else Question(asked)
             line = question.command or _strip_confirm(incoming.text)
             self._pending[pending_key] = _Pending(line, time.time() + CONFIRM_TTL)
+            _note(spec.name, "asked")
             buttons = [Button(ctx.t("router.confirm_yes"), f"{line} --yes"),
                        Button(ctx.t("router.confirm_cancel"), "cancel")]  # fmt: skip
             return [Reply(question.text + ctx.t("router.reply_yes"), buttons=buttons)]
@@ -159,6 +182,7 @@ class Router:
             result = await spec.handler(ctx)
         except CommandError as exc:
             return [_refusal(exc)]
+        _note(spec.name, "handled")
         if isinstance(result, str):
             return [Reply(result)]
         return [result] if isinstance(result, Reply) else list(result)
@@ -173,6 +197,7 @@ class Router:
 
     def _too_long(self, incoming: Incoming, limit: int, zh: bool) -> list[Reply]:
         size = len(incoming.text)
+        _note("-", "too_long")
         self.store.audit(incoming.sender.key, "message_too_long", f"{size} characters: {incoming.text[:200]}",
                          allowed=False)  # fmt: skip
         return [Reply(text("router.too_long", lang_of(zh), size=size, limit=limit), error=True)]
@@ -180,6 +205,7 @@ class Router:
     def _deny(self, incoming: Incoming, role: Role, spec: CommandSpec | None, zh: bool = False) -> list[Reply]:
         who = incoming.sender.key
         action = spec.name if spec else "message"
+        _note(spec.name if spec else "-", "denied")
         self.store.audit(who, action, incoming.text.strip()[:500], allowed=False)
         if incoming.meta.get("quiet_deny") and role == Role.none:
             return []

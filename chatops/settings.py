@@ -15,7 +15,7 @@ import os
 import tomllib
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
@@ -69,6 +69,23 @@ class JobsSettings(Section):
     datasets_dir: Path | None = Field(None, description="folder with MNIST/Fashion-MNIST IDX files")
     python: str | None = Field(None, description="interpreter for runner processes")
     default_kind: str | None = Field(None, description="the kind `train` starts when none is named")
+    gpus: list[int] | None = Field(
+        None, description="the GPUs local jobs are given (unset: the ones nvidia-smi lists; [] turns it off)"
+    )
+    gpu_share: int = Field(1, ge=1, le=64, description="jobs one GPU may serve at a time")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where runners run: local processes, or jobs on a Ray cluster (the `ray` extra)"
+    )
+    ray_address: str | None = Field(
+        None, description="the Ray dashboard's address, e.g. http://127.0.0.1:8265 (unset: RAY_ADDRESS)"
+    )
+    ray_runtime_env: dict[str, Any] = Field(
+        default_factory=dict, description="extends each Ray job's runtime_env (working_dir, pip, env_vars)"
+    )
+    ray_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved on the Ray cluster for each runner")
+    storage: Path | None = Field(
+        None, description="folder of the job folders; with executor=ray every Ray node must see it at this path"
+    )
 
 
 class NotifySettings(Section):

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from jobs import protocol
 from jobs.executors.base import Executor
+from jobs.gpus import GpuPool, gpus_wanted, renumbered
 from jobs.schemas import KindRegistry, KindUnavailable, default_registry
 from jobs.store import (
     ACTIVE_STATES,
@@ -67,8 +68,10 @@ class JobManager:
         heartbeat_timeout: float = 60.0,
         poll_interval: float = 0.2,
         runner_options: dict[str, Any] | None = None,
+        gpus: GpuPool | None = None,
     ) -> None:
         self.store = store
+        self.gpus = gpus  # the machine's GPUs, given out to jobs (local runners only)
         self.executor = executor
         self.jobs_dir = Path(jobs_dir)
         self.registry = registry or default_registry()
@@ -139,8 +142,11 @@ class JobManager:
         """Refuse now what would fail as soon as the runner starts (JobError, one line per problem)."""
         job_kind = self.registry.get(kind)
         options = {**self.runner_options, **job_kind.options}
-        host = _Host(options.get("datasets_dir"), self.executor)
+        host = _Host(options.get("datasets_dir"), self._gpu_count)
         problems = await asyncio.to_thread(job_kind.params.model_validate(params).preflight, host)
+        need = gpus_wanted(params)
+        if self.gpus is not None and need > len(self.gpus.devices) and not problems:
+            problems = [f"context={params['context']}: asks for {need} GPUs; this machine has {len(self.gpus.devices)}"]
         if problems:
             raise JobError("\n".join(problems))
 
@@ -215,6 +221,12 @@ class JobManager:
                 raise JobError(f"job {job.id} already ended ({job.state})")
             job.stop_requested = True
             if job.state == QUEUED:
+                if _parked(job):  # submitted already: the executor drops it
+                    if "retry_at" not in job.handle:
+                        await self.executor.kill(job.id, job.handle, force=False)
+                    job.handle.pop("waiting", None)
+                    job.handle.pop("retry_at", None)
+                    job.error = None
                 await self._move(job, STOPPED, "cancelled before it started")
                 return job
             self.store.save(job)
@@ -237,12 +249,17 @@ class JobManager:
     async def tick(self) -> None:
         """One pass: ingest events of active jobs, detect ends, start queued jobs."""
         async with self._lock:
-            for listed in self.store.list(ACTIVE_STATES, limit=10_000):
+            for listed in self.store.list(ACTIVE_STATES | {QUEUED}, limit=10_000):
+                if listed.state == QUEUED and not _parked(listed):
+                    continue
                 # Another bot process may share the database (`chatops send --wait` beside
                 # `chatops run`): under the write lock and re-read, each event is applied and
                 # announced once, and an exit is judged only after the events before it.
                 with self.store.transaction():
                     job = self.store.get(listed.id)
+                    if job is not None and _parked(job):
+                        await self._check_parked(job)
+                        continue
                     if job is None or job.state not in ACTIVE_STATES:
                         continue
                     await self._ingest(job)
@@ -300,10 +317,45 @@ class JobManager:
                 await self._move(job, RUNNING, "runner started")
             await self._move(job, target, kind)
 
+    def _waiting(self, job: Job) -> str | None:
+        """Why the executor holds a launched job back (a Ray job pending for resources), if it does."""
+        waiting = getattr(self.executor, "waiting", None)  # optional: the local executor never waits
+        return waiting(job.handle) if waiting is not None and job.handle else None
+
+    async def _park(self, job: Job, reason: str) -> None:
+        """Back to `queued`, with the reason where `status` shows it, until the executor starts it."""
+        job.handle["waiting"] = reason
+        job.error = reason
+        await self._move(job, QUEUED, reason)
+
+    async def _check_parked(self, job: Job) -> None:
+        """A parked job: started by its executor now (-> starting, watched as any other), still
+        waiting (the reason refreshed), or due for another launch after the backend was away."""
+        if "retry_at" in job.handle:  # never launched: the executor's backend was unreachable
+            if time.time() >= job.handle["retry_at"]:
+                job.handle, job.error = {}, None  # a plain queued job again: `_schedule` launches it
+                self.store.save(job)
+            return
+        reason = self._waiting(job)
+        if reason is not None:
+            if reason != job.handle.get("waiting"):
+                job.handle["waiting"] = job.error = reason
+                self.store.save(job)
+            return
+        job.handle.pop("waiting", None)
+        job.error = None
+        job.started_at = job.last_event_at = time.time()  # silence counts from here
+        await self._move(job, STARTING, "the cluster started it")
+
     async def _check_health(self, job: Job) -> None:
         # No handle yet: another bot process is launching it; the heartbeat timeout covers a
         # launch that never completes.
         exit_info = self.executor.poll(job.id, job.handle) if job.handle else None
+        if exit_info is None and job.state == STARTING:
+            reason = self._waiting(job)
+            if reason is not None:
+                await self._park(job, reason)
+                return
         if exit_info is not None:
             # Drain what the runner wrote just before it ended.
             await self._ingest(job)
@@ -332,13 +384,35 @@ class JobManager:
                 job.error += "; the runner was killed"
             await self._move(job, LOST, job.error)
 
-    async def _schedule(self) -> None:
-        active = len(self.store.list(ACTIVE_STATES, limit=10_000))
-        queued = sorted(self.store.list({QUEUED}, limit=10_000), key=lambda j: j.created_at)
-        for job in queued[: max(0, self.max_parallel - active)]:
-            await self._launch(job)
+    def _gpu_count(self) -> int | None:
+        """What a preflight may count on: the devices given out, else what the executor sees."""
+        return len(self.gpus.devices) if self.gpus is not None else self.executor.gpu_count()
 
-    async def _launch(self, job: Job) -> None:
+    async def _schedule(self) -> None:
+        # A parked job was handed to the executor already: it takes a slot and is not launched again.
+        waiting = self.store.list({QUEUED}, limit=10_000)
+        active = len(self.store.list(ACTIVE_STATES, limit=10_000)) + sum(_parked(j) for j in waiting)
+        queued = sorted((j for j in waiting if not _parked(j)), key=lambda j: j.created_at)
+        slots = self.max_parallel - active
+        held = [g for j in self.store.list(ACTIVE_STATES, limit=10_000) for g in j.handle.get("gpus", ())]
+        for job in queued:
+            if slots <= 0:
+                break
+            devices = None
+            need = gpus_wanted(job.params) if self.gpus is not None else 0
+            if need and self.gpus is not None:
+                devices = self.gpus.pick(need, held)
+                if devices is None:  # later jobs that need fewer (or none) may still start
+                    reason = self.gpus.waiting(need, held)
+                    if job.error != reason:
+                        job.error = reason  # `status` shows why it waits
+                        self.store.save(job)
+                    continue
+                held += devices
+            await self._launch(job, devices)
+            slots -= 1
+
+    async def _launch(self, job: Job, devices: list[int] | None = None) -> None:
         if job.handle and self.executor.alive(job.handle):
             # The previous run's runner still lives (a lost job resumed at once, a stop still
             # shutting down): one job folder never has two runners. It goes; the next tick launches.
@@ -373,10 +447,27 @@ class JobManager:
         job.runs += 1
         if not await self._move(job, STARTING, "launching runner"):
             return  # another bot process on the same database launched it
-        spec = {"job_id": job.id, "kind": job.kind, "params": job.params, "options": options}
+        params, env = job.params, None
+        if devices is not None:  # the job sees the devices it was given as gpu:0, gpu:1, …
+            params = {**params, "context": renumbered(params["context"])}
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, devices))}
+            job.error = None
+        spec = {"job_id": job.id, "kind": job.kind, "params": params, "options": options}
         (job.dir / protocol.PARAMS_FILE).write_text(json.dumps(spec, indent=2))
         try:
-            job.handle = await self.executor.launch(job.id, job.dir, kind.runner_module)
+            if env is None:
+                job.handle = await self.executor.launch(job.id, job.dir, kind.runner_module)
+            else:
+                job.handle = await self.executor.launch(job.id, job.dir, kind.runner_module, env=env)
+                job.handle["gpus"] = devices
+        except ConnectionError as exc:
+            # The executor's backend is away (a Ray cluster down): the job waits and is tried again.
+            job.runs -= 1
+            job.handle = {}
+            await self._park(job, f"waiting for the executor: {exc}")
+            job.handle["retry_at"] = time.time() + 10.0
+            self.store.save(job)
+            return
         except Exception as exc:
             job.error = f"could not start the runner: {exc}"
             await self._move(job, FAILED, job.error)
@@ -443,10 +534,15 @@ class JobManager:
                 log.exception("job listener failed on %s", event.get("type"))
 
 
+def _parked(job: Job) -> bool:
+    """Queued, but handed to the executor already, which holds it back (see `_park`)."""
+    return job.state == QUEUED and bool(job.handle.get("waiting"))
+
+
 class _Host:
-    def __init__(self, datasets_dir: str | None, executor: Executor) -> None:
+    def __init__(self, datasets_dir: str | None, gpu_count: Callable[[], int | None]) -> None:
         self.datasets_dir = datasets_dir
-        self.gpu_count = executor.gpu_count
+        self.gpu_count = gpu_count
 
 
 def _state_event(old: str | None, new: str, reason: str) -> dict[str, Any]:

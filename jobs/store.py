@@ -20,7 +20,8 @@ TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, STOPPED, LOST})
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({STARTING, STOPPED}),
-    STARTING: frozenset({RUNNING, FAILED, STOPPED, LOST}),
+    # starting -> queued: the executor holds the job back (a Ray job waiting for cluster resources).
+    STARTING: frozenset({QUEUED, RUNNING, FAILED, STOPPED, LOST}),
     RUNNING: frozenset({PAUSED, SUCCEEDED, FAILED, STOPPED, LOST}),
     PAUSED: frozenset({RUNNING, FAILED, STOPPED, LOST}),
     # A lost job's runner is killed as it is declared lost, so it never speaks again; a stopped,
@@ -152,6 +153,11 @@ class JobStore:
         else:
             rows = self.conn.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
         return [self._job(r) for r in rows]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many jobs are in each (state, kind): one indexed pass, for a metrics scrape."""
+        rows = self.conn.execute("SELECT state, kind, COUNT(*) FROM jobs GROUP BY state, kind").fetchall()
+        return {(state, kind): count for state, kind, count in rows}
 
     def add_event(self, job_id: str, event: dict[str, Any]) -> None:
         self.conn.execute(

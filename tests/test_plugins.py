@@ -388,3 +388,40 @@ def test_a_plugin_both_installed_and_configured_is_loaded_once(
     registry = CommandRegistry()
     assert load_plugins(registry, ["chatops_gpus"]) == []
     assert registry.lookup("显卡") is registry.lookup("gpus") is not None
+
+
+DEPLOY = '''
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from chatops import CommandContext, command
+
+
+class Target(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    env: Literal["staging", "prod"] = "staging"
+
+
+@command("deploy", role="operator", args=Target, positionals=["env"],
+         confirm=lambda ctx: f"Deploy the last model to {ctx.args.env}?")
+async def deploy(ctx: CommandContext[Target]) -> str:
+    """Ship the last model."""
+    return f"deploying to {ctx.args.env}"
+'''
+
+
+async def test_a_command_with_an_argument_model_and_a_question(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the built-in commands use is open to plugins: an argument model, a confirmation."""
+    write_module(tmp_path / "plug", "team_deploy", DEPLOY)
+    monkeypatch.syspath_prepend(str(tmp_path / "plug"))
+    async with BotHarness(with_plugins(settings, "team_deploy")) as bot:
+        assert bot.app.plugin_problems == []
+        [asked] = await bot.say("deploy prod", user="op")
+        assert asked.text.startswith("Deploy the last model to prod?") and asked.buttons
+        [done] = await bot.say("yes", user="op")
+        assert done.text == "deploying to prod"
+        [bad] = await bot.say("deploy moon", user="op")
+        assert bad.error and "env: must be one of" in bad.text

@@ -11,6 +11,7 @@ import pytest
 
 from chatops.auth import Role
 from chatops.commands import admin, training
+from chatops.plugins import declared
 from chatops.specs import CommandContext, CommandRegistry, CommandSpec
 from chatops.testing import BotHarness
 from jobs.params import suggest
@@ -208,8 +209,8 @@ async def test_a_waiting_command_cancelled_or_failing_leaves_no_transaction_open
 def test_suggestions_are_difflibs() -> None:
     """The faster search answers exactly what difflib.get_close_matches(n=1, cutoff=0.6) does."""
     registry = CommandRegistry()
-    training.register(registry)
-    admin.register(registry)
+    for module in (training, admin):
+        registry.add_all(list(declared(module)))
     choice_sets = [registry.words(), ["learning_rate", "lr", "batch_size", "bs", "epochs", "ep", "wd", "momentum"]]
     rng = random.Random(7)
     letters = "abcdeilmnoprstuwxyz_-开始停止"

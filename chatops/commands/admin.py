@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from chatops.auth import Role
-from chatops.specs import CommandContext, CommandRegistry, CommandSpec, NoArgs, Question
+from chatops.plugins import command
+from chatops.specs import CommandContext, NoArgs, Question
 from jobs.store import ACTIVE_STATES
 
 
@@ -12,13 +12,9 @@ def _confirm_exit(ctx: CommandContext[NoArgs]) -> Question:
     return Question(ctx.t("exit.confirm", n=running))
 
 
+@command("exit", role="admin", aliases=["quit", "退出"], args=NoArgs, confirm=_confirm_exit, examples=["exit"],
+         summary="shut the bot down (jobs keep running; start it again with chatops run)",
+         summary_zh="关闭机器人")  # fmt: skip
 async def cmd_exit(ctx: CommandContext[NoArgs]) -> str:
     ctx.services.request_exit()
     return ctx.t("exit.done")
-
-
-def register(registry: CommandRegistry) -> None:
-    registry.add(CommandSpec(
-        "exit", cmd_exit, "shut the bot down (jobs keep running; start it again with chatops run)", "关闭机器人",
-        ("quit", "退出"), role=Role.admin, confirm=_confirm_exit, examples=("exit",),
-    ))  # fmt: skip

@@ -1,5 +1,6 @@
 """The training commands: help, params, set, train, stop, pause, resume, status, jobs, logs, plot,
-follow, unfollow, whoami. Each is a declarative spec; help text and validation come from it."""
+follow, unfollow, whoami. Each is declared with @command, as a plugin's are; help text and
+validation come from the declaration."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatops.auth import Role
 from chatops.message import Button, Reply
 from chatops.notifier import job_buttons
+from chatops.plugins import command
 from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
-from chatops.specs import CommandContext, CommandError, CommandRegistry, CommandSpec, NoArgs, Question
+from chatops.specs import CommandContext, CommandError, CommandRegistry, NoArgs, Question
 from jobs.manager import JobError, log_tail
 from jobs.params import fields_of, live_change, validate
 from jobs.schemas import JobParams, KindUnavailable
-from jobs.store import ACTIVE_STATES, FAILED, LOST, PAUSED, QUEUED, RUNNING, STARTING, STOPPED, TERMINAL_STATES, Job
+from jobs.store import ACTIVE_STATES, FAILED, LOST, PAUSED, QUEUED, RUNNING, STARTING, STOPPED, Job
 
 
 class _Args(BaseModel):
@@ -157,6 +158,8 @@ def _resumed(ctx: CommandContext[Any], job: Job) -> Reply:
 
 
 # -- handlers ------------------------------------------------------------------------------------
+@command("help", aliases=["帮助", "h", "?"], args=HelpArgs, positionals=["command"],
+         summary="list commands, or explain one", summary_zh="帮助", examples=["help", "help train"])  # fmt: skip
 async def cmd_help(ctx: CommandContext[HelpArgs]) -> str:
     registry: CommandRegistry = ctx.services.commands
     name = ctx.args.command
@@ -188,6 +191,9 @@ async def cmd_help(ctx: CommandContext[HelpArgs]) -> str:
     return "\n".join(lines)
 
 
+@command("params", aliases=["参数", "param", "parameters"], args=ParamsArgs, positionals=["kind"],
+         summary="parameters of a job kind: types, bounds, defaults, saved values", summary_zh="参数说明",
+         examples=["params"])  # fmt: skip
 async def cmd_params(ctx: CommandContext[ParamsArgs]) -> str:
     kind, model = _kind_model(ctx, ctx.args.kind)
     saved = ctx.chats.saved_params(ctx.conversation.key, kind)
@@ -209,6 +215,9 @@ async def cmd_params(ctx: CommandContext[ParamsArgs]) -> str:
     return "\n".join(lines)
 
 
+@command("set", role="operator", aliases=["设置"], args=JobRef, positionals=["job"], job_params=True,
+         summary="save defaults for the next train here; with a job id, change a live parameter of a running job",
+         summary_zh="设置参数", examples=["set lr=0.01 bs=64", "set 3f2a lr=0.001"])  # fmt: skip
 async def cmd_set(ctx: CommandContext[JobRef]) -> Reply:
     ref = ctx.args.job
     if not ctx.params:
@@ -252,6 +261,9 @@ async def cmd_set(ctx: CommandContext[JobRef]) -> Reply:
     return Reply(text, buttons=[Button(command, command)], job_id=job.id)
 
 
+@command("train", role="operator", aliases=["开始", "start", "run"], args=TrainArgs, positionals=["kind"],
+         job_params=True, summary="start (or queue) a training job", summary_zh="开始训练",
+         examples=["train lr=0.05 epochs=10", "train model=lenet bs=128", "train resume=3f2a"])  # fmt: skip
 async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
     manager = ctx.jobs
     args = ctx.args
@@ -319,6 +331,9 @@ def _confirm_stop(ctx: CommandContext[JobRef]) -> Question:
     return Question(text, command=ctx.t("command.stop") + f" {job.id}")
 
 
+@command("stop", role="operator", aliases=["停止"], args=JobRef, positionals=["job"], confirm=_confirm_stop,
+         summary="stop a job at the next batch (checkpoint kept)", summary_zh="停止训练",
+         examples=["stop 3f2a"])  # fmt: skip
 async def cmd_stop(ctx: CommandContext[JobRef]) -> Reply:
     job = _stop_target(ctx)
     try:
@@ -330,6 +345,8 @@ async def cmd_stop(ctx: CommandContext[JobRef]) -> Reply:
     return Reply(ctx.t("stop.stopping", id=job.id), job_id=job.id)
 
 
+@command("pause", role="operator", aliases=["暂停"], args=JobRef, positionals=["job"],
+         summary="pause a job at the next batch", summary_zh="暂停训练", examples=["pause 3f2a"])  # fmt: skip
 async def cmd_pause(ctx: CommandContext[JobRef]) -> Reply:
     job = _pick(ctx, ctx.args.job, "pause", {RUNNING, STARTING})
     try:
@@ -339,6 +356,9 @@ async def cmd_pause(ctx: CommandContext[JobRef]) -> Reply:
     return Reply(ctx.t("pause.pausing", id=job.id), job_id=job.id)
 
 
+@command("resume", role="operator", aliases=["继续"], args=JobRef, positionals=["job"],
+         summary="resume a paused job, or continue a stopped one from its checkpoint", summary_zh="继续训练",
+         examples=["resume 3f2a"])  # fmt: skip
 async def cmd_resume(ctx: CommandContext[JobRef]) -> Reply:
     manager = ctx.jobs
     # A paused job (or one with a pause pending) first; else the newest stopped, failed or lost one.
@@ -358,6 +378,9 @@ async def cmd_resume(ctx: CommandContext[JobRef]) -> Reply:
     return _resumed(ctx, job)
 
 
+@command("status", aliases=["状态"], args=JobRef, positionals=["job"],
+         summary="state, progress, metrics and resources of a job", summary_zh="任务状态",
+         examples=["status", "status 3f2a"])  # fmt: skip
 async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
     ref = ctx.args.job
     manager = ctx.jobs
@@ -375,10 +398,14 @@ async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
             lines.append(ctx.t("status.runner", resources=", ".join(f"{k} {v}" for k, v in res.items())))
     elif job.metrics:
         lines.append(metrics_text(job.metrics))
+    if job.state in ACTIVE_STATES and job.handle.get("gpus"):
+        lines.append(ctx.t("status.gpus", gpus=", ".join(f"gpu {g}" for g in job.handle["gpus"])))
     if job.state == QUEUED:
         lines.append(ctx.t("status.queue_position", n=manager.queue_position(job.id)))
     if job.error:
-        lines.append(ctx.t("status.error", error=job.error.splitlines()[0]))
+        # A queued job's note is why it waits (a free GPU, cluster resources), not a failure.
+        why = job.error.splitlines()[0]
+        lines.append(ctx.t("status.waiting", error=why) if job.state == QUEUED else ctx.t("status.error", error=why))
     if job.checkpoint:
         lines.append(ctx.t("status.checkpoint", checkpoint=job.checkpoint))
     artifacts = manager.artifacts(job.id)
@@ -389,6 +416,8 @@ async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
     return Reply("\n".join(lines), job_id=job.id, buttons=buttons)
 
 
+@command("jobs", aliases=["任务", "list", "ls"], args=NoArgs, summary="recent jobs", summary_zh="任务列表",
+         examples=["jobs"])  # fmt: skip
 async def cmd_jobs(ctx: CommandContext[NoArgs]) -> str:
     jobs = ctx.jobs.store.list(limit=15)
     if not jobs:
@@ -396,12 +425,17 @@ async def cmd_jobs(ctx: CommandContext[NoArgs]) -> str:
     return "\n".join(_job_line(ctx, j, ctx.lang == "zh") for j in jobs)
 
 
+@command("logs", aliases=["日志", "log"], args=LogsArgs, positionals=["job", "n"],
+         summary="the last lines of a job's output", summary_zh="日志", examples=["logs 3f2a 50"])  # fmt: skip
 async def cmd_logs(ctx: CommandContext[LogsArgs]) -> str:
     job = _pick(ctx, ctx.args.job, "logs", ACTIVE_STATES, ())
     tail = log_tail(job.dir, ctx.args.n)
     return ctx.t("logs.head", id=job.id, n=ctx.args.n) + "\n" + (tail or ctx.t("logs.empty"))
 
 
+@command("plot", aliases=["曲线"], args=JobRef, positionals=["job"],
+         summary="loss / accuracy / learning-rate curves as an image", summary_zh="训练曲线",
+         examples=["plot 3f2a"])  # fmt: skip
 async def cmd_plot(ctx: CommandContext[JobRef]) -> Reply:
     job = _pick(ctx, ctx.args.job, "plot", ACTIVE_STATES, ())
     path = await ctx.services.plot(job)
@@ -410,6 +444,8 @@ async def cmd_plot(ctx: CommandContext[JobRef]) -> Reply:
     return Reply(ctx.t("plot.caption", id=job.id), image=path, job_id=job.id)
 
 
+@command("follow", aliases=["关注"], args=JobRef, positionals=["job"],
+         summary="send a job's progress to this conversation", summary_zh="关注", examples=["follow 3f2a"])  # fmt: skip
 async def cmd_follow(ctx: CommandContext[JobRef]) -> str:
     job = _pick(ctx, ctx.args.job, "follow", ACTIVE_STATES, ())
     added = ctx.chats.follow(job.id, ctx.conversation.key, ctx.lang)
@@ -418,6 +454,8 @@ async def cmd_follow(ctx: CommandContext[JobRef]) -> str:
     return ctx.t("follow.already", id=job.id)
 
 
+@command("unfollow", aliases=["取消关注"], args=JobRef, positionals=["job"],
+         summary="stop sending a job's progress here", summary_zh="取消关注", examples=["unfollow 3f2a"])  # fmt: skip
 async def cmd_unfollow(ctx: CommandContext[JobRef]) -> str:
     job = _pick(ctx, ctx.args.job, "unfollow", ACTIVE_STATES, ())
     removed = ctx.chats.unfollow(job.id, ctx.conversation.key)
@@ -426,45 +464,9 @@ async def cmd_unfollow(ctx: CommandContext[JobRef]) -> str:
     return ctx.t("unfollow.not_following", id=job.id)
 
 
+@command("whoami", role="none", aliases=["我是谁"], args=NoArgs, summary="your identity and role",
+         summary_zh="我是谁", examples=["whoami"])  # fmt: skip
 async def cmd_whoami(ctx: CommandContext[NoArgs]) -> str:
     who = ctx.sender
     return ctx.t("whoami.identity", who=who.key, name=f" ({who.name})" if who.name else "", role=ctx.role.name)
 
-
-def register(registry: CommandRegistry) -> None:
-    op, viewer = Role.operator, Role.viewer
-    specs = [
-        CommandSpec("help", cmd_help, "list commands, or explain one", "帮助", ("帮助", "h", "?"), HelpArgs,
-                    ("command",), viewer, examples=("help", "help train")),
-        CommandSpec("params", cmd_params, "parameters of a job kind: types, bounds, defaults, saved values",
-                    "参数说明", ("参数", "param", "parameters"), ParamsArgs, ("kind",), viewer, examples=("params",)),
-        CommandSpec("set", cmd_set, "save defaults for the next train here; with a job id, change a live "
-                    "parameter of a running job", "设置参数", ("设置",), JobRef, ("job",), op, job_params=True,
-                    examples=("set lr=0.01 bs=64", "set 3f2a lr=0.001")),
-        CommandSpec("train", cmd_train, "start (or queue) a training job", "开始训练", ("开始", "start", "run"),
-                    TrainArgs, ("kind",), op, job_params=True,
-                    examples=("train lr=0.05 epochs=10", "train model=lenet bs=128", "train resume=3f2a")),
-        CommandSpec("stop", cmd_stop, "stop a job at the next batch (checkpoint kept)", "停止训练", ("停止",),
-                    JobRef, ("job",), op, confirm=_confirm_stop, examples=("stop 3f2a",)),
-        CommandSpec("pause", cmd_pause, "pause a job at the next batch", "暂停训练", ("暂停",), JobRef, ("job",), op,
-                    examples=("pause 3f2a",)),
-        CommandSpec("resume", cmd_resume, "resume a paused job, or continue a stopped one from its checkpoint",
-                    "继续训练", ("继续",), JobRef, ("job",), op, examples=("resume 3f2a",)),
-        CommandSpec("status", cmd_status, "state, progress, metrics and resources of a job", "任务状态", ("状态",),
-                    JobRef, ("job",), viewer, examples=("status", "status 3f2a")),
-        CommandSpec("jobs", cmd_jobs, "recent jobs", "任务列表", ("任务", "list", "ls"), examples=("jobs",)),
-        CommandSpec("logs", cmd_logs, "the last lines of a job's output", "日志", ("日志", "log"), LogsArgs,
-                    ("job", "n"), viewer, examples=("logs 3f2a 50",)),
-        CommandSpec("plot", cmd_plot, "loss / accuracy / learning-rate curves as an image", "训练曲线", ("曲线",),
-                    JobRef, ("job",), viewer, examples=("plot 3f2a",)),
-        CommandSpec("follow", cmd_follow, "send a job's progress to this conversation", "关注", ("关注",), JobRef,
-                    ("job",), viewer, examples=("follow 3f2a",)),
-        CommandSpec("unfollow", cmd_unfollow, "stop sending a job's progress here", "取消关注", ("取消关注",), JobRef,
-                    ("job",), viewer, examples=("unfollow 3f2a",)),
-        CommandSpec("whoami", cmd_whoami, "your identity and role", "我是谁", ("我是谁",), role=Role.none),
-    ]  # fmt: skip
-    for spec in specs:
-        registry.add(spec)
-
-
-__all__ = ["TERMINAL_STATES", "register"]

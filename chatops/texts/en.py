@@ -75,6 +75,8 @@ TEXTS: dict[str, str] = {
     "status.runner": "runner: {resources}",
     "status.queue_position": "queue position {n}",
     "status.error": "error: {error}",
+    "status.waiting": "{error}",
+    "status.gpus": "holds {gpus}",
     "status.checkpoint": "checkpoint: {checkpoint}",
     "status.artifacts": "artifacts: {artifacts}",
     "status.folder": "folder: {dir} (TensorBoard: {dir}/tensorboard)",

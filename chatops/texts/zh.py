@@ -74,6 +74,8 @@ TEXTS: dict[str, str] = {
     "status.runner": "训练进程：{resources}",
     "status.queue_position": "排队第 {n} 位",
     "status.error": "错误：{error}",
+    "status.waiting": "等待中：{error}",
+    "status.gpus": "占用 {gpus}",
     "status.checkpoint": "检查点：{checkpoint}",
     "status.artifacts": "产出文件：{artifacts}",
     "status.folder": "目录：{dir}（TensorBoard：{dir}/tensorboard）",

@@ -29,8 +29,11 @@ class ExitInfo:
 
 
 class Executor(Protocol):
-    async def launch(self, job_id: str, job_dir: Path, runner_module: str) -> dict[str, Any]:
-        """Start the runner; returns a JSON-able handle stored with the job."""
+    async def launch(
+        self, job_id: str, job_dir: Path, runner_module: str, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Start the runner (with `env` added to its environment: the GPUs it was given); returns
+        a JSON-able handle stored with the job."""
         ...
 
     def poll(self, job_id: str, handle: dict[str, Any]) -> ExitInfo | None:

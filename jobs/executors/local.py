@@ -64,8 +64,10 @@ class LocalExecutor:
             self._gpus, self._gpus_known = count, True
         return self._gpus
 
-    async def launch(self, job_id: str, job_dir: Path, runner_module: str) -> dict[str, Any]:
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+    async def launch(
+        self, job_id: str, job_dir: Path, runner_module: str, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        env = {**os.environ, **self.env, **(env or {}), "PYTHONUNBUFFERED": "1"}
         # The project root on the path, so a checkout without `pip install` runs as well.
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)

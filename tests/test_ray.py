@@ -1,0 +1,252 @@
+"""The Ray executor end to end: a real local Ray head on loopback, driven through the bot.
+
+One head serves the module (starting one costs several seconds); each test has its own bot and
+data dir on this machine's disk, which the head's workers share, as the shared-folder channel
+needs. The head is started with `ray start --block` in its own session and its process tree is
+ended by pid at teardown, so a parallel test run's head (or anyone else's) is never touched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from chatops.settings import HealthSettings, JobsSettings, Settings
+from chatops.testing import BotHarness, eventually
+from tests.test_jobs import TINY, job_id
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="the ray extra is not installed"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(address: str, head: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> None:
+    """The dashboard answers, and a first job runs (the job agent is up and a worker is warm)."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start exited with {head.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2).read()
+            client = JobSubmissionClient(address)
+            sid = client.submit_job(entrypoint="true", submission_id=f"warmup-{time.time_ns()}")
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    while str(client.get_job_status(sid)) != "SUCCEEDED":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the warm-up job did not succeed: {client.get_job_info(sid)}")
+        time.sleep(0.2)
+
+
+def _end_tree(root: psutil.Process) -> None:
+    """SIGTERM the head and everything it started (by pid, collected first), then SIGKILL what stays."""
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    """A Ray head with 2 CPUs and no GPU; yields its dashboard (job submission) address."""
+    ray_cli = Path(sys.executable).with_name("ray")
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    port, dashboard = _free_port(), _free_port()
+    log = temp / "head.log"
+    argv = [
+        str(ray_cli), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
+        "--dashboard-host=127.0.0.1", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
+        "--disable-usage-stats", f"--temp-dir={temp}", "--object-store-memory=80000000",
+        # Ports that default to fixed numbers: a second head (a parallel test run) must not collide.
+        f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(log, "wb") as out:
+        head = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_ready(address, head, log)
+        yield address
+    finally:
+        _end_tree(psutil.Process(head.pid))
+        head.wait(timeout=10)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_settings(settings: Settings, ray_head: str) -> Settings:
+    jobs = JobsSettings(executor="ray", ray_address=ray_head, max_parallel=2, stop_timeout=10, heartbeat_timeout=60)
+    return settings.model_copy(update={"jobs": jobs})
+
+
+@pytest.fixture
+async def rbot(ray_settings: Settings) -> AsyncIterator[BotHarness]:
+    async with BotHarness(ray_settings) as harness:
+        yield harness
+
+
+def ray_status(bot: BotHarness, jid: str) -> str:
+    job = bot.app.job_store.get(jid)
+    client = bot.app.manager.executor.client()  # type: ignore[attr-defined]
+    return str(client.get_job_status(job.handle["submission_id"]))
+
+
+async def test_a_job_runs_on_ray_with_progress_and_its_plot(rbot: BotHarness) -> None:
+    [reply] = await rbot.say(f"train epochs=40 {TINY}")
+    jid = job_id(reply.text)
+    assert "started" in reply.text, reply.text
+    handle = rbot.app.job_store.get(jid).handle
+    assert handle["executor"] == "ray" and handle["submission_id"] == f"chatops-{jid}-1"
+    await rbot.wait_for(lambda r: r.job_id == jid and r.progress is not None, timeout=60)
+    final = await rbot.wait_for(lambda r: r.job_id == jid and "succeeded" in r.text, timeout=60)
+    assert "test_acc" in final.text
+    assert isinstance(final.image, Path) and final.image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The final report follows the runner's `finished` event; its process exits a moment later.
+    await eventually(lambda: ray_status(rbot, jid) == "SUCCEEDED", 30, "Ray says SUCCEEDED")
+    kinds = [e["type"] for e in rbot.app.job_store.events(jid)]
+    assert kinds.index("started") < kinds.index("epoch") < kinds.index("finished")
+
+
+async def test_pause_set_resume_and_stop_a_ray_job(rbot: BotHarness) -> None:
+    [reply] = await rbot.say("train epochs=300 max_samples=200 report=0.2")
+    jid = job_id(reply.text)
+    await rbot.wait_for(lambda r: r.job_id == jid and r.progress is not None, timeout=60)
+    [ack] = await rbot.say(f"pause {jid}")
+    assert "pausing" in ack.text
+    await rbot.wait_state(jid, {"paused"}, timeout=10)
+    [status] = await rbot.say(f"status {jid}")
+    assert "paused" in status.text and f"chatops-{jid}-1" in status.text  # the Ray job, among its resources
+    await rbot.say(f"set {jid} lr=0.001")
+    changed = await rbot.wait_event(jid, "param_changed", timeout=5)
+    assert changed["name"] == "learning_rate" and changed["new"] == pytest.approx(0.001)
+    await rbot.say(f"resume {jid}")
+    await rbot.wait_state(jid, {"running"}, timeout=10)
+    later = await eventually(
+        lambda: [e for e in rbot.app.job_store.events(jid) if e["type"] == "progress" and e["seq"] > changed["seq"]],
+        10, "a progress report after the change",
+    )  # fmt: skip
+    assert later[-1]["lr"] == pytest.approx(0.001)
+    await rbot.say(f"stop {jid} --yes")
+    assert await rbot.wait_state(jid, {"stopped", "failed"}, timeout=20) == "stopped"
+    stopped = await rbot.wait_event(jid, "stopped")
+    assert stopped["epoch"] < 300 and stopped["control_id"], "the runner itself stopped, at a batch boundary"
+    job = rbot.app.job_store.get(jid)
+    assert job.checkpoint and Path(job.checkpoint + ".params").exists()
+    await eventually(lambda: ray_status(rbot, jid) in ("SUCCEEDED", "STOPPED"), 15, "the Ray job's end")
+
+    # Trained on from its checkpoint: a second Ray job, under the next submission id.
+    [again] = await rbot.say(f"train resume={jid}")
+    assert not again.error, again.text
+    await eventually(lambda: len(rbot.app.job_store.events(jid, {"started"})) == 2, 60, "the second run's start")
+    assert rbot.app.job_store.get(jid).handle["submission_id"] == f"chatops-{jid}-2"
+    await rbot.say(f"stop {jid} --yes")
+    assert await rbot.wait_state(jid, {"stopped"}, timeout=20) == "stopped"
+
+
+async def test_a_crashed_runner_ends_failed_with_its_log_tail(rbot: BotHarness) -> None:
+    [reply] = await rbot.say(f"train epochs=300 {TINY}")
+    jid = job_id(reply.text)
+    await rbot.wait_for(lambda r: r.job_id == jid and r.progress is not None, timeout=60)
+    started = await rbot.wait_event(jid, "started")
+    with open(rbot.app.job_store.get(jid).dir / "runner.log", "a") as log:
+        log.write("last words before the crash\n")
+    os.kill(started["pid"], signal.SIGKILL)  # the runner Ray started, on this machine's head
+    final = await rbot.wait_for(lambda r: r.job_id == jid and "failed" in r.text, timeout=30)
+    job = rbot.app.job_store.get(jid)
+    assert job.state == "failed"
+    assert "killed by SIGKILL" in job.error and "Ray cluster as FAILED" in job.error, job.error
+    assert "last words before the crash" in job.error  # the runner's log tail
+    assert "SIGKILL" in final.text
+    assert ray_status(rbot, jid) == "FAILED"
+
+
+async def test_a_restarted_bot_follows_a_job_still_running_on_ray(ray_settings: Settings) -> None:
+    async with BotHarness(ray_settings) as bot:
+        [reply] = await bot.say(f"train epochs=150 {TINY}")
+        jid = job_id(reply.text)
+        await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None, timeout=60)
+        first_sent = len(bot.adapter.sent)
+    # The bot is gone; the job trains on in the cluster. A new bot finds it by its submission id.
+    async with BotHarness(ray_settings) as bot2:
+        assert bot2.app.job_store.get(jid).state in ("running", "paused") and ray_status(bot2, jid) == "RUNNING"
+        final = await bot2.wait_for(lambda r: r.job_id == jid and "succeeded" in r.text, timeout=90)
+        assert final.image is not None
+        seqs = [e["seq"] for e in bot2.app.job_store.events(jid) if "seq" in e]
+        assert len(seqs) == len(set(seqs)), "an event was stored twice"
+    assert first_sent > 0
+
+
+async def test_a_job_asking_for_a_gpu_waits_queued_with_the_reason(rbot: BotHarness) -> None:
+    [reply] = await rbot.say(f"train epochs=1 context=gpu {TINY}")
+    assert not reply.error, reply.text  # not refused: a cluster may get a GPU node later
+    jid = job_id(reply.text)
+    assert rbot.app.job_store.get(jid).handle["num_gpus"] == 1
+    await rbot.wait_state(jid, {"queued"}, timeout=20)
+    job = rbot.app.job_store.get(jid)
+    assert job.error == "waiting for 1 GPU on the Ray cluster (0 free of 0)", job.error
+    [status] = await rbot.say(f"status {jid}")
+    assert "queued" in status.text and "waiting for 1 GPU" in status.text, status.text
+    assert ray_status(rbot, jid) == "PENDING"
+    # A CPU job beside it still runs (the cluster, not the bot, holds the GPU job back).
+    [other] = await rbot.say(f"train epochs=1 {TINY}")
+    assert await rbot.wait_state(job_id(other.text), {"succeeded", "failed"}, timeout=60) == "succeeded"
+    assert rbot.app.job_store.get(jid).state == "queued"
+    await rbot.say(f"stop {jid} --yes")
+    assert await rbot.wait_state(jid, {"stopped"}, timeout=10) == "stopped"
+
+
+async def test_an_unreachable_cluster_keeps_the_job_queued(settings: Settings) -> None:
+    jobs = JobsSettings(executor="ray", ray_address=f"http://127.0.0.1:{_free_port()}")
+    health = HealthSettings(listen="127.0.0.1:0")
+    async with BotHarness(settings.model_copy(update={"jobs": jobs, "health": health})) as bot:
+        [reply] = await bot.say(f"train epochs=1 {TINY}")
+        jid = job_id(reply.text)
+        await bot.wait_state(jid, {"queued"}, timeout=20)
+        job = bot.app.job_store.get(jid)
+        assert "unreachable" in job.error and job.runs == 0, job.error
+        [status] = await bot.say(f"status {jid}")
+        assert "queued" in status.text and "unreachable" in status.text
+        assert bot.app.health is not None
+        ready, body = bot.app.health.readiness()  # what GET /readyz answers (503 here)
+        assert not ready and "unreachable" in body["executor"], body
+        healthy, body = bot.app.health.report()  # GET /healthz: says so, and stays 200
+        assert healthy and "unreachable" in body["executor"], body
+        await bot.say(f"stop {jid} --yes")
+        assert await bot.wait_state(jid, {"stopped"}, timeout=5) == "stopped"
