@@ -190,6 +190,9 @@ class Notifier:
         if job.state == "succeeded":
             took = duration((job.ended_at or time.time()) - (job.started_at or job.created_at))
             said = text("final.succeeded", lang, id=job.id, state=state, took=took, metrics=metrics_text(job.metrics))
+            early = job.metrics.get("early_stop")
+            if isinstance(early, dict):
+                said += text("final.early_stop", lang, **{**early, "best": f"{early.get('best', 0):.4f}"})
         elif job.state == "stopped":
             if job.metrics:
                 said = text("final.stopped_at", lang, id=job.id, state=state, epoch=job.metrics.get("epoch", "?"))

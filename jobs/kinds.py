@@ -51,6 +51,7 @@ class KindConfig(BaseModel):
     progress: str | None = None
     cwd: str | None = None
     description: str = ""
+    nan_guard: bool = True  # a training loss that becomes NaN/inf fails the job (SDK kinds)
 
     @model_validator(mode="after")
     def _one_way(self) -> KindConfig:
@@ -82,6 +83,7 @@ def load_registry(
     base = (base_dir or Path.cwd()).resolve()
     python = python or sys.executable
     python_kinds: dict[str, tuple[str, str, str]] = {}  # name -> (module ref, source, description)
+    unguarded: set[str] = set()  # kinds whose config turned the NaN guard off
     for ep in entry_points(group=entry_points_group):
         python_kinds[ep.name] = (ep.value.split(":", 1)[0], f"entry point {ep.value}", "")
     for name, raw in (configs or {}).items():
@@ -93,6 +95,8 @@ def load_registry(
         except ValidationError as exc:
             registry.broken(name, f"[kinds.{name}] " + "; ".join(describe(exc)))
             continue
+        if not cfg.nan_guard:
+            unguarded.add(name)
         if cfg.module is not None:
             ref = _resolve_module_ref(cfg.module, base)
             python_kinds[name] = (ref, f"config [kinds.{name}]", cfg.description)
@@ -118,7 +122,7 @@ def load_registry(
         except KindDefinitionError as exc:
             registry.broken(name, f"{source}: {exc}")
             continue
-        options = {"module": ref, "pythonpath": [str(base)]}
+        options = {"module": ref, "pythonpath": [str(base)], "nan_guard": name not in unguarded}
         registry.register(JobKind(name, model, "jobs.sdk.host", description or result.get("doc", ""), options, source))
     if default:
         if default in registry or default in registry.problems:

@@ -304,7 +304,9 @@ class JobManager:
         if kind in ("stopped", "paused") and event.get("epoch") is not None:
             # Where it stopped, as its checkpoint is named (the last progress may be a batch behind).
             job.metrics.update({k: event[k] for k in ("epoch", "batch") if event.get(k) is not None})
-        if kind in ("checkpoint", "stopped") and (event.get("path") or event.get("checkpoint")):
+        if kind == "checkpoint" and event.get("reason") == "best":
+            job.metrics["best_checkpoint"] = event.get("path")  # kept beside; a resume takes the last
+        elif kind in ("checkpoint", "stopped") and (event.get("path") or event.get("checkpoint")):
             job.checkpoint = event.get("path") or event.get("checkpoint")
         target = {
             "started": RUNNING, "resumed": RUNNING, "paused": PAUSED, "stopped": STOPPED,

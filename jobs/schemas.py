@@ -126,6 +126,15 @@ class MXNetParams(JobParams):
     max_samples: int | None = param(
         None, "n", "samples", ge=1, description="use only the first N training samples", zh="只用前 N 个训练样本"
     )
+    patience: int | None = param(
+        None, ge=1, le=10000, description="stop after this many epochs without improvement of `monitor`",
+        zh="早停：monitor 连续这么多轮没有改进就停止",
+    )  # fmt: skip
+    min_delta: float = param(0.0, ge=0, description="the least change that counts as an improvement",
+                             zh="算作改进的最小变化")  # fmt: skip
+    monitor: Literal["val_loss", "val_acc", "train_loss", "train_acc"] = param(
+        "val_loss", description="the metric early stopping watches", zh="早停观察的指标"
+    )
 
     @field_validator("context")
     @classmethod

@@ -114,6 +114,8 @@ TEXTS: dict[str, str] = {
     "final.kept": " Checkpoint kept: {checkpoint}. Continue with: train resume={id}",
     "final.ended": "job {id} {state}: {error}",
     "final.no_reason": "no reason given",
+    "final.early_stop": "\nStopped early at epoch {epoch} of {epochs}: {monitor} did not improve for {patience}"
+                        " epochs (best {best} at epoch {best_epoch}; its checkpoint is kept as best).",
     "final.artifacts": "\nartifacts: {artifacts}",
     # -- progress and job states ---------------------------------------------------------------------
     "progress.head": "job {id} {state}",

@@ -113,6 +113,8 @@ TEXTS: dict[str, str] = {
     "final.kept": "检查点已保存：{checkpoint}。继续训练请发送：开始 resume={id}",
     "final.ended": "job {id} {state}：{error}",
     "final.no_reason": "没有给出原因",
+    "final.early_stop": "\n在第 {epoch}/{epochs} 轮提前停止：{monitor} 连续 {patience} 轮没有改进"
+                        "（最好 {best}，第 {best_epoch} 轮；该轮的检查点保存为 best）。",
     "final.artifacts": "\n产出文件：{artifacts}",
     # -- progress and job states ---------------------------------------------------------------------
     "progress.head": "job {id} {state}",

@@ -24,6 +24,6 @@ Importable without `chatops`, `adapters` or MXNet.
 
 from jobs.schemas import JobParams, param
 from jobs.sdk.host import run_main
-from jobs.sdk.run import Run, StopTraining
+from jobs.sdk.run import Run, StopTraining, TrainingDiverged
 
-__all__ = ["JobParams", "Run", "StopTraining", "param", "run_main"]
+__all__ = ["JobParams", "Run", "StopTraining", "TrainingDiverged", "param", "run_main"]

@@ -28,7 +28,7 @@ from typing import Any
 from jobs.params import describe, validate
 from jobs.protocol import CONTROL_FILE, EVENTS_FILE, PARAMS_FILE, VERSION, ControlReader, EventWriter
 from jobs.schemas import JobParams
-from jobs.sdk.run import EventSink, Run, StopTraining
+from jobs.sdk.run import EventSink, Run, StopTraining, TrainingDiverged
 
 TrainFn = Callable[[Run[Any]], "dict[str, Any] | None"]
 MARKER = "@chatops "  # an event line on stdout, for the command-kind wrapper to forward
@@ -127,6 +127,9 @@ def execute(run: Run[Any], train: TrainFn, events: EventSink) -> int:
         return 0
     except StopTraining:
         return 0
+    except TrainingDiverged as exc:  # the verdict says it all: no traceback to read
+        events.emit("failed", error=str(exc))
+        return 1
     except Exception as exc:
         tail = traceback.format_exc().strip().splitlines()[-25:]
         print("\n".join(tail), file=sys.stderr, flush=True)  # into runner.log, for `logs`

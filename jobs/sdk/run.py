@@ -17,6 +17,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -33,6 +34,41 @@ ARTIFACTS_DIR = "artifacts"
 
 class StopTraining(BaseException):  # like SystemExit: a user `except Exception` must not catch it
     """Raised by `check()` after a stop was asked for and the checkpoint is written."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite: nothing after it is worth the GPU time. The job
+    ends `failed` with this message (the NaN guard: on unless the kind sets `nan_guard = false`)."""
+
+
+# The metrics the NaN guard watches: a training loss. (A validation loss is NaN by design where
+# there is no validation data.)
+GUARDED = ("loss", "train_loss")
+
+
+@dataclass
+class EarlyStopping:
+    """Ends the run after `patience` epochs in which `monitor` did not improve by more than
+    `min_delta` (a loss must fall, anything else rise)."""
+
+    monitor: str = "val_loss"
+    patience: int = 3
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int = 0
+    waited: int = 0
+
+    def update(self, epoch: int, value: Any) -> str | None:
+        """"best" for a new best, "stop" when patience ran out, else None (also for no value)."""
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        lower = "loss" in self.monitor
+        gain = (self.best - value if lower else value - self.best) if self.best is not None else math.inf
+        if gain > self.min_delta:
+            self.best, self.best_epoch, self.waited = float(value), epoch, 0
+            return "best"
+        self.waited += 1
+        return "stop" if self.waited >= self.patience else None
 
 
 class EventSink(Protocol):
@@ -104,6 +140,18 @@ class Run(Generic[P]):
         self._created = time.monotonic()
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
+        self.nan_guard = bool(self.options.get("nan_guard", True))
+        self.early: EarlyStopping | None = None
+        self.stopped_early: dict[str, Any] | None = None  # where and why the run ended early
+        patience = getattr(params, "patience", None)
+        if patience:  # a kind whose parameters offer patience (the built-in one does)
+            self.early_stopping(getattr(params, "monitor", "val_loss"), patience, getattr(params, "min_delta", 0.0))
+
+    def early_stopping(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0) -> None:
+        """End the run, as succeeded, once `monitor` (a metric given to `epoch_end`) has not improved
+        by more than `min_delta` for `patience` epochs; the best epoch's checkpoint is kept as
+        `best` beside the last ones. A kind whose parameters have `patience` gets it without asking."""
+        self.early = EarlyStopping(monitor, int(patience), float(min_delta))
 
     # ---- parameters --------------------------------------------------------------------------
     def on_change(self, name: str, callback: Callable[[Any], None]) -> None:
@@ -168,6 +216,8 @@ class Run(Generic[P]):
             yield epoch
             if self._epoch_closed < epoch:
                 self.epoch_end()
+            if self.stopped_early is not None:
+                return
             if epoch < total:
                 self.check()
 
@@ -221,6 +271,7 @@ class Run(Generic[P]):
         self._at_report = (self._batches_done, self._samples_done, self.paused_seconds)
         self.start()
         values = {k: _rounded(v) for k, v in metrics.items()}
+        self._guard(values)
         figures: dict[str, Any] = {}
         if busy > 0 and self._samples_done > samples:
             figures["samples_per_sec"] = round((self._samples_done - samples) / busy, 1)
@@ -238,13 +289,38 @@ class Run(Generic[P]):
         """An epoch is done: its metrics always go out, then the per-epoch checkpoint."""
         self.start()
         values = {k: _rounded(v) for k, v in metrics.items()}
+        self._guard(values)
         self.metrics.update(values)
         self.reported = True
         self._epoch_closed = self.epoch
         self.events.emit("epoch", epoch=self.epoch, epochs=self.epochs_total, **values)
+        where = self.batches_per_epoch or self.batch
         if self._save is not None:
-            self.save_checkpoint("epoch", f"epoch-{self.epoch}", batch=self.batches_per_epoch or self.batch)
+            self.save_checkpoint("epoch", f"epoch-{self.epoch}", batch=where)
             self._prune()
+        if self.early is not None:
+            verdict = self.early.update(self.epoch, values.get(self.early.monitor))
+            if verdict == "best" and self._save is not None:
+                self.save_checkpoint("best", "best", batch=where)
+            elif verdict == "stop":
+                e = self.early
+                self.stopped_early = {"epoch": self.epoch, "epochs": self.epochs_total, "monitor": e.monitor,
+                                      "patience": e.patience, "best": e.best, "best_epoch": e.best_epoch}  # fmt: skip
+                self.log(f"stopping early: {e.monitor} has not improved for {e.patience} epochs "
+                         f"(best {e.best:.4g} at epoch {e.best_epoch})")  # fmt: skip
+
+    def _guard(self, values: dict[str, Any]) -> None:
+        """The NaN guard: a training loss that is NaN or infinite ends the run as failed, at once."""
+        if not self.nan_guard:
+            return
+        for key in GUARDED:
+            value = values.get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                lr = getattr(self.params, "learning_rate", None)
+                raise TrainingDiverged(
+                    f"{key} became {value} at epoch {self.epoch}, batch {self.batch}"
+                    + (f" (learning rate {lr}): try a lower one" if lr is not None else "")
+                )
 
     def log(self, message: str, level: str = "info", **fields: Any) -> None:
         self.events.emit("log", level=level, message=message, **fields)
@@ -266,6 +342,8 @@ class Run(Generic[P]):
         if result is not None and not isinstance(result, dict):
             raise TypeError(f"train() returned {type(result).__name__}; return a dict of metrics or None")
         metrics = {**self.metrics, **{k: _rounded(v) for k, v in (result or {}).items()}}
+        if self.stopped_early is not None:
+            metrics["early_stop"] = self.stopped_early
         if not self.reported and not result:
             raise RuntimeError("train() returned without reporting any progress or result")
         self.start()
