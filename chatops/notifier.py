@@ -114,6 +114,8 @@ class Notifier:
             self.store.owe_final(job.id)
             self._compose(job.id, event["to"])
             return
+        if kind in ("progress", "epoch"):
+            self._check_watches(job, event)
         for conv_key, lang, owner in followers:
             zh = lang == "zh"
             if kind in ("progress", "epoch"):
@@ -135,6 +137,18 @@ class Notifier:
             elif kind == "state" and event["to"] == "starting" and job.runs > 1:
                 said = text("event.resuming", lang, id=job.id, reason=event.get("reason"))
                 self.enqueue(conv_key, Reply(said, job_id=job.id), owner)
+
+    def _check_watches(self, job: Job, event: dict[str, Any]) -> None:
+        """`watch 3f2a val_acc>=0.98`: the first reported value across the line is told, once."""
+        for watch in self.store.armed_watches(job.id):
+            now = event.get(watch.metric)
+            if not watch.crossed(now):
+                continue
+            if self.store.fire_watch(watch.id, float(now)):
+                said = text("event.watch_fired", watch.lang, id=job.id, metric=watch.metric, now=f"{now:.4g}",
+                            op=watch.op, value=f"{watch.value:g}", epoch=event.get("epoch", "?"),
+                            n=watch.id)  # fmt: skip
+                self.enqueue(watch.conversation, Reply(said, job_id=job.id), watch.owner)
 
     def _progress(self, job: Job, event: dict[str, Any], conv_key: str, zh: bool, owner: str | None) -> None:
         adapter = self.adapters.get(Conversation.from_key(conv_key).platform)

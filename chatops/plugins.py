@@ -68,14 +68,16 @@ def command(
     summary_zh: str = "",
     confirm: Callable[[CommandContext[Any]], str | Question] | None = None,
     job_params: bool = False,
+    raw: bool = False,
 ) -> Callable[[F], F]:
     """Make an `async def handler(ctx, arg: type = default, …)` a chat command (see the module).
 
     The rest is for commands that need more (the built-in ones are declared this way too): `args`,
     a pydantic model of the arguments instead of parameters (`positionals`: the fields bare words
     fill, in order); `summary`/`summary_zh` instead of the docstring; `confirm`, the question asked
-    before it runs; `job_params`, keys beyond `args` kept for a job kind's schema; role `none`,
-    open to anyone, strangers included (`whoami`)."""
+    before it runs; `job_params`, keys beyond `args` kept for a job kind's schema; `raw`, the
+    handler parses what follows the command word itself (`ctx.rest`); role `none`, open to anyone,
+    strangers included (`whoami`)."""
     if role not in ("viewer", "operator", "admin", "none"):
         raise ValueError(f"command {name!r}: role must be viewer, operator or admin (got {role!r})")
 
@@ -83,7 +85,7 @@ def command(
         spec = spec_of(fn, name, Role[role], tuple(aliases), tuple(examples), args=args,
                        positionals=None if positionals is None else tuple(positionals))  # fmt: skip
         spec = replace(spec, summary=summary or spec.summary, summary_zh=summary_zh, confirm=confirm,
-                       job_params=job_params)  # fmt: skip
+                       job_params=job_params, raw=raw)  # fmt: skip
         setattr(fn, _SPEC, spec)
         return fn
 

@@ -157,11 +157,12 @@ class Router:
 
         _note(spec.name, "refused")  # until it gets further
         try:
-            args, params = self._bind(spec, parsed, zh)
+            args, params = (spec.args.model_validate({}), {}) if spec.raw else self._bind(spec, parsed, zh)
         except CommandError as exc:
             return [_refusal(exc)]
         assert self.services is not None, "Router.services is set before the first message"
-        ctx = CommandContext(self.services, incoming, spec, role, args, params, lang)
+        ctx = CommandContext(self.services, incoming, spec, role, args, params, lang,
+                             _after_word(incoming.text, parsed.word) if spec.raw else "")  # fmt: skip
 
         if spec.confirm is not None and not parsed.confirmed:
             try:
@@ -254,6 +255,12 @@ def _refusal(exc: CommandError) -> Reply:
 def _chinese(word: str) -> bool:
     """A command typed in Chinese gets its answer in Chinese (CJK ideographs in the word)."""
     return _CJK.search(word) is not None
+
+
+def _after_word(text: str, word: str) -> str:
+    """What follows the command word (past a leading `/` or mention), for a raw command."""
+    at = text.lower().find(word.lower())
+    return text[at + len(word):].strip() if at >= 0 else ""
 
 
 def _strip_confirm(text: str) -> str:

@@ -71,6 +71,7 @@ class CommandContext(Generic[A]):
     args: A
     params: dict[str, str]  # job parameters, for commands that take them (`job_params`)
     lang: Lang = Lang("en")
+    rest: str = ""  # the text after the command word, for `raw` commands
 
     @property
     def jobs(self) -> JobManager:
@@ -112,6 +113,9 @@ class CommandSpec:
     role: Role = Role.viewer
     # Keys not in `args` are job parameters for the handler to validate against a kind's schema.
     job_params: bool = False
+    # The handler reads what follows the command word itself (`ctx.rest`): `val_acc>=0.98` is not
+    # key=value, and the parser would take it apart.
+    raw: bool = False
     confirm: Callable[[CommandContext[Any]], str | Question] | None = None  # asked before running
     examples: tuple[str, ...] = ()
 

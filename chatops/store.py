@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import operator
 import sqlite3
 import time
 import types
-from collections.abc import Coroutine, Generator, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,9 +108,41 @@ _MIGRATIONS = [
     CREATE INDEX outbox_leased ON outbox(lessee) WHERE status = 'pending' AND lease_until IS NOT NULL;
     CREATE INDEX outbox_done ON outbox(delivered_at) WHERE delivered_at IS NOT NULL
     """,
+    # `watch <job> val_acc>=0.98`: told once, in the conversation that asked.
+    """
+    CREATE TABLE watches (
+        id INTEGER PRIMARY KEY, job_id TEXT NOT NULL, conversation TEXT NOT NULL, lang TEXT NOT NULL,
+        owner TEXT, metric TEXT NOT NULL, op TEXT NOT NULL, value REAL NOT NULL, created_at REAL NOT NULL,
+        fired_at REAL, fired_value REAL
+    );
+    CREATE INDEX watches_armed ON watches(job_id) WHERE fired_at IS NULL
+    """,
 ]
 
 T = TypeVar("T")
+
+
+COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
+}  # fmt: skip
+
+
+class Watch(NamedTuple):
+    id: int
+    job_id: str
+    conversation: str
+    lang: str
+    owner: str | None
+    metric: str
+    op: str
+    value: float
+    created_at: float
+    fired_at: float | None
+    fired_value: float | None
+
+    def crossed(self, value: Any) -> bool:
+        """Whether a reported value is across the watch's line (numbers only)."""
+        return isinstance(value, int | float) and not isinstance(value, bool) and COMPARE[self.op](value, self.value)
 log = logging.getLogger(__name__)
 
 PRUNE_BATCH = 5000  # rows deleted per write transaction: tens of milliseconds, then the loop runs again
@@ -283,6 +316,37 @@ class ChatStore:
             "SELECT conversation, lang, owner FROM followers WHERE job_id=? ORDER BY rowid", (job_id,)
         ).fetchall()
         return [Follower(r[0], r[1], r[2]) for r in rows]
+
+    # metric alerts
+    def add_watch(self, job_id: str, conversation: str, lang: str, metric: str, op: str, value: float) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO watches (job_id, conversation, lang, owner, metric, op, value, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, conversation, lang, self.owner_for(conversation), metric, op, value, time.time()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def watches(self, conversation: str) -> list[Watch]:
+        rows = self.conn.execute("SELECT * FROM watches WHERE conversation=? ORDER BY id", (conversation,))
+        return [Watch(*r) for r in rows.fetchall()]
+
+    def armed_watches(self, job_id: str) -> list[Watch]:
+        rows = self.conn.execute("SELECT * FROM watches WHERE job_id=? AND fired_at IS NULL ORDER BY id", (job_id,))
+        return [Watch(*r) for r in rows.fetchall()]
+
+    def fire_watch(self, watch_id: int, value: float) -> bool:
+        """Mark it fired; False when another process fired it first (it is told once)."""
+        cur = self.conn.execute("UPDATE watches SET fired_at=?, fired_value=? WHERE id=? AND fired_at IS NULL",
+                                (time.time(), value, watch_id))  # fmt: skip
+        return cur.rowcount == 1
+
+    def unwatch(self, conversation: str, ref: str) -> int:
+        """Remove this conversation's watch `ref` (its number), or all its watches of job `ref`."""
+        if ref.isdigit():
+            cur = self.conn.execute("DELETE FROM watches WHERE conversation=? AND id=?", (conversation, int(ref)))
+        else:
+            cur = self.conn.execute("DELETE FROM watches WHERE conversation=? AND job_id=?", (conversation, ref))
+        return cur.rowcount
 
     # final reports owed
     def owe_final(self, job_id: str) -> None:

@@ -5,6 +5,7 @@ validation come from the declaration."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -17,10 +18,11 @@ from chatops.notifier import job_buttons
 from chatops.plugins import command
 from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
 from chatops.specs import CommandContext, CommandError, CommandRegistry, NoArgs, Question
+from chatops.store import COMPARE
 from jobs.manager import JobError, log_tail
 from jobs.params import fields_of, live_change, validate
 from jobs.schemas import JobParams, KindUnavailable
-from jobs.store import ACTIVE_STATES, FAILED, LOST, PAUSED, QUEUED, RUNNING, STARTING, STOPPED, Job
+from jobs.store import ACTIVE_STATES, FAILED, LOST, PAUSED, QUEUED, RUNNING, STARTING, STOPPED, TERMINAL_STATES, Job
 
 
 class _Args(BaseModel):
@@ -38,6 +40,10 @@ class TrainArgs(_Args):
 
 class LogsArgs(JobRef):
     n: int = Field(20, ge=1, le=500, description="number of lines")
+
+
+class WatchRef(_Args):
+    watch: str = Field(description="a watch's number (see watches), or a job id: all its watches here")
 
 
 class HelpArgs(_Args):
@@ -462,6 +468,61 @@ async def cmd_unfollow(ctx: CommandContext[JobRef]) -> str:
     if removed:
         return ctx.t("unfollow.removed", id=job.id)
     return ctx.t("unfollow.not_following", id=job.id)
+
+
+# -- alerts: told once when a metric crosses a line -------------------------------------------------
+_CONDITION = re.compile(
+    r"^(?:(?P<job>#?[0-9a-f]{2,12})\s+)?(?P<metric>[A-Za-z_]\w*)\s*(?P<op>>=|<=|>|<)\s*"
+    r"(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$"
+)
+
+
+@command("watch", aliases=["监视", "提醒"], args=NoArgs, raw=True, summary_zh="指标提醒",
+         summary="tell this conversation once when a job's metric crosses a line",
+         examples=["watch 3f2a val_acc>=0.98", "watch loss<0.1"])  # fmt: skip
+async def cmd_watch(ctx: CommandContext[NoArgs]) -> str:
+    found = _CONDITION.match(ctx.rest.strip())
+    if found is None:
+        raise CommandError(ctx.t("watch.usage"))
+    job = _pick(ctx, found["job"], "watch", ACTIVE_STATES | {QUEUED})
+    if job.state in TERMINAL_STATES:
+        raise CommandError(ctx.t("watch.ended", id=job.id, state=state_word(job.state, ctx.lang == "zh")))
+    metric, op, value = found["metric"], found["op"], float(found["value"])
+    now = job.metrics.get(metric)
+    if isinstance(now, int | float) and not isinstance(now, bool) and COMPARE[op](now, value):
+        return ctx.t("watch.already", id=job.id, metric=metric, now=f"{now:.4g}", op=op, value=f"{value:g}")
+    number = ctx.chats.add_watch(job.id, ctx.conversation.key, ctx.lang, metric, op, value)
+    said = ctx.t("watch.set", id=job.id, metric=metric, op=op, value=f"{value:g}", n=number)
+    reported = sorted(k for k, v in job.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool))
+    if reported and metric not in reported:
+        said += ctx.t("watch.not_reported", id=job.id, metric=metric, names=", ".join(reported))
+    return said
+
+
+@command("watches", aliases=["提醒列表"], args=NoArgs, summary="the watches of this conversation",
+         summary_zh="提醒列表", examples=["watches"])  # fmt: skip
+async def cmd_watches(ctx: CommandContext[NoArgs]) -> str:
+    watches = ctx.chats.watches(ctx.conversation.key)
+    if not watches:
+        return ctx.t("watches.none")
+    lines = []
+    for w in watches:
+        line = ctx.t("watches.line", n=w.id, id=w.job_id, metric=w.metric, op=w.op, value=f"{w.value:g}")
+        if w.fired_value is not None:
+            line += ctx.t("watches.fired", value=f"{w.fired_value:.4g}")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+@command("unwatch", aliases=["取消提醒"], args=WatchRef, positionals=["watch"], summary_zh="取消提醒",
+         summary="remove a watch (its number) or every watch of a job here",
+         examples=["unwatch 3", "unwatch 3f2a"])  # fmt: skip
+async def cmd_unwatch(ctx: CommandContext[WatchRef]) -> str:
+    ref = ctx.args.watch.lower().removeprefix("#")
+    removed = ctx.chats.unwatch(ctx.conversation.key, ref)
+    if not removed:
+        raise CommandError(ctx.t("unwatch.none", ref=ref))
+    return ctx.t("unwatch.done", n=removed)
 
 
 @command("whoami", role="none", aliases=["我是谁"], args=NoArgs, summary="your identity and role",

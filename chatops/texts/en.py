@@ -114,6 +114,19 @@ TEXTS: dict[str, str] = {
     "final.kept": " Checkpoint kept: {checkpoint}. Continue with: train resume={id}",
     "final.ended": "job {id} {state}: {error}",
     "final.no_reason": "no reason given",
+    # -- alerts -----------------------------------------------------------------------------------
+    "watch.usage": "Give a metric, a comparison and a number, e.g. watch 3f2a val_acc>=0.98 or watch loss<0.1"
+                   " (>=, <=, >, <).",
+    "watch.ended": "job {id} has ended ({state}); watch a running or queued job.",
+    "watch.already": "job {id}: {metric} is {now} already ({op} {value}); nothing to wait for.",
+    "watch.set": "Watching job {id}: {metric} {op} {value} (watch {n}). This conversation is told once.",
+    "watch.not_reported": " job {id} has not reported {metric} yet; it reports {names}.",
+    "watches.none": "No watches here. Example: watch 3f2a val_acc>=0.98",
+    "watches.line": "watch {n}: job {id} {metric} {op} {value}",
+    "watches.fired": " (told: {value})",
+    "unwatch.none": "No watch {ref} here (see watches).",
+    "unwatch.done": "Removed {n} watch(es).",
+    "event.watch_fired": "job {id}: {metric} {now} {op} {value} (epoch {epoch}); watch {n} is done.",
     "final.early_stop": "\nStopped early at epoch {epoch} of {epochs}: {monitor} did not improve for {patience}"
                         " epochs (best {best} at epoch {best_epoch}; its checkpoint is kept as best).",
     "final.artifacts": "\nartifacts: {artifacts}",

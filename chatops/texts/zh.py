@@ -113,6 +113,18 @@ TEXTS: dict[str, str] = {
     "final.kept": "检查点已保存：{checkpoint}。继续训练请发送：开始 resume={id}",
     "final.ended": "job {id} {state}：{error}",
     "final.no_reason": "没有给出原因",
+    # -- alerts -----------------------------------------------------------------------------------
+    "watch.usage": "请给出指标、比较和数值，例如 监视 3f2a val_acc>=0.98 或 监视 loss<0.1（>=、<=、>、<）。",
+    "watch.ended": "job {id} 已结束（{state}）；请监视正在运行或排队的任务。",
+    "watch.already": "job {id}：{metric} 已经是 {now}（{op} {value}），无需等待。",
+    "watch.set": "已设置提醒：job {id} 的 {metric} {op} {value}（提醒 {n}），达到时在这里通知一次。",
+    "watch.not_reported": "job {id} 还没有报告 {metric}；它报告的指标有 {names}。",
+    "watches.none": "这里没有提醒。例如：监视 3f2a val_acc>=0.98",
+    "watches.line": "提醒 {n}：job {id} {metric} {op} {value}",
+    "watches.fired": "（已通知：{value}）",
+    "unwatch.none": "这里没有提醒 {ref}（发送 提醒列表 查看）。",
+    "unwatch.done": "已取消 {n} 个提醒。",
+    "event.watch_fired": "job {id}：{metric} {now} {op} {value}（第 {epoch} 轮）；提醒 {n} 已完成。",
     "final.early_stop": "\n在第 {epoch}/{epochs} 轮提前停止：{monitor} 连续 {patience} 轮没有改进"
                         "（最好 {best}，第 {best_epoch} 轮；该轮的检查点保存为 best）。",
     "final.artifacts": "\n产出文件：{artifacts}",

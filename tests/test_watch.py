@@ -1,0 +1,51 @@
+"""Alerts: `watch <job> val_acc>=0.98` tells the conversation once when a reported metric crosses
+the line; `watches` lists them, `unwatch` removes them; in English and in Chinese."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from chatops.testing import BotHarness
+from tests.test_jobs import job_id
+
+
+async def test_a_watch_needs_a_condition_and_a_live_job(bot: BotHarness) -> None:
+    [bad] = await bot.say("watch val_acc")
+    assert bad.error and "e.g. watch 3f2a val_acc>=0.98" in bad.text
+    [bad] = await bot.say("监视 loss=0.1")
+    assert bad.error and "例如 监视" in bad.text
+    [none] = await bot.say("watch loss<0.1")
+    assert none.error and "No matching job for watch" in none.text
+    [empty] = await bot.say("watches")
+    assert empty.text.startswith("No watches here")
+    [gone] = await bot.say("unwatch 7")
+    assert gone.error and "No watch 7 here" in gone.text
+
+
+@pytest.mark.slow
+async def test_a_watch_is_told_once_when_the_metric_crosses(bot: BotHarness) -> None:
+    [started] = await bot.say("train epochs=6 bs=16 report=0.1")
+    jid = job_id(started.text)
+    [armed] = await bot.say(f"watch {jid} val_acc>=0.5")
+    number = re.search(r"\(watch (\d+)\)", armed.text).group(1)  # type: ignore[union-attr]
+    assert armed.text.startswith(f"Watching job {jid}: val_acc >= 0.5") and not armed.error
+    [never] = await bot.say(f"watch {jid} loss < -1")  # spaces are fine; this one never fires
+    [zh] = await bot.say(f"监视 {jid} val_acc>=0.4")
+    assert zh.text.startswith(f"已设置提醒：job {jid} 的 val_acc >= 0.4")
+    told = await bot.wait_for(lambda r: f"watch {number} is done" in r.text, timeout=120)
+    assert re.match(rf"job {jid}: val_acc 0\.\d+ >= 0\.5 \(epoch 1\)", told.text), told.text
+    await bot.wait_for(lambda r: "提醒" in r.text and "已完成" in r.text, timeout=60)
+    assert await bot.wait_state(jid, {"succeeded"}, timeout=120) == "succeeded"
+    await bot.wait_for(lambda r: r.job_id == jid and "succeeded" in r.text, timeout=60)
+    assert sum(f"watch {number} is done" in r.text for _, r, _ in bot.adapter.sent) == 1  # once, 6 epochs
+    [listing] = await bot.say("watches")
+    lines = listing.text.splitlines()
+    assert lines[0].startswith(f"watch {number}: job {jid} val_acc >= 0.5 (told: 0.")
+    assert lines[1] == f"watch {int(number) + 1}: job {jid} loss < -1" and len(lines) == 3
+    [removed] = await bot.say(f"unwatch {jid}")
+    assert removed.text == "Removed 3 watch(es)."
+    [ended] = await bot.say(f"watch {jid} val_acc>=0.99")
+    assert ended.error and f"job {jid} has ended (succeeded)" in ended.text
+    assert never.text.startswith(f"Watching job {jid}: loss < -1")
