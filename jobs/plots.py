@@ -83,3 +83,43 @@ def _curve(ax: Any, points: list[tuple[float, dict[str, Any]]], key: str, label:
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and value == value  # NaN-free
+
+
+def render_compare(series: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
+    """Several jobs' curves overlaid, one colour each: loss (train solid, validation dashed) and
+    accuracy per epoch; progress points where a job has no finished epoch yet."""
+    fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True)
+    fig.suptitle(title)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (job_id, events) in enumerate(series.items()):
+        colour = colours[i % len(colours)]
+        epochs = {int(e["epoch"]): e for e in events if e.get("type") == "epoch" and _number(e.get("epoch"))}
+        xs = sorted(epochs)
+        if not xs:
+            progress = [(float(e["epoch"]) - 1 + float(e["batch"]) / float(e["batches"]), e)
+                        for e in events if e.get("type") == "progress" and e.get("batches")]  # fmt: skip
+            for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+                pts = [(x, e[key]) for x, e in progress if _number(e.get(key))]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), color=colour, alpha=0.5, label=f"{job_id} (progress)")
+            continue
+        for ax, key, style, label in (
+            (ax_loss, "train_loss", "-", f"{job_id} train"), (ax_loss, "val_loss", "--", f"{job_id} validation"),
+            (ax_acc, "train_acc", "-", f"{job_id} train"), (ax_acc, "val_acc", "--", f"{job_id} validation"),
+        ):  # fmt: skip
+            pts = [(x, epochs[x][key]) for x in xs if _number(epochs[x].get(key))]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), linestyle=style, marker="o", markersize=3, color=colour, label=label)
+    ax_loss.set_ylabel("loss")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_xlabel("epoch")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+    return path

@@ -450,6 +450,58 @@ async def cmd_plot(ctx: CommandContext[JobRef]) -> Reply:
     return Reply(ctx.t("plot.caption", id=job.id), image=path, job_id=job.id)
 
 
+_COMPARED = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss")
+MAX_COMPARED = 8
+
+
+@command("compare", aliases=["对比"], args=NoArgs, raw=True, summary_zh="对比任务",
+         summary="the parameters that differ and the final metrics of several jobs, and their curves in one plot",
+         examples=["compare 3f2a 4b1c", "compare 3f2a 4b1c 5d2e"])  # fmt: skip
+async def cmd_compare(ctx: CommandContext[NoArgs]) -> Reply:
+    refs = list(dict.fromkeys(r.lower().removeprefix("#") for r in re.split(r"[\s,]+", ctx.rest) if r))
+    if not 2 <= len(refs) <= MAX_COMPARED:
+        raise CommandError(ctx.t("compare.usage", most=MAX_COMPARED))
+    jobs = [_find_job(ctx, ref) for ref in refs]
+    ids = [j.id for j in jobs]
+    rows: list[tuple[str, list[str]]] = [
+        ("state", [state_word(j.state, ctx.lang == "zh") for j in jobs]), ("kind", [j.kind for j in jobs]),
+    ]  # fmt: skip
+    for key in sorted({k for j in jobs for k in j.params}):
+        values = [_cell(j.params.get(key), metric=False) for j in jobs]
+        if len(set(values)) > 1:
+            rows.append((key, values))
+    rows.append(("epoch", [_cell(j.metrics.get("epoch")) for j in jobs]))
+    for key in _COMPARED:
+        if any(isinstance(j.metrics.get(key), int | float) for j in jobs):
+            rows.append((key, [_cell(j.metrics.get(key)) for j in jobs]))
+    width = max(len(name) for name, _ in rows)
+    columns = [max(len(i), *(len(cells[n]) for _, cells in rows)) for n, i in enumerate(ids)]
+    lines = [" " * width + "  " + "  ".join(i.ljust(w) for i, w in zip(ids, columns, strict=True))]
+    lines += [name.ljust(width) + "  " + "  ".join(c.ljust(w) for c, w in zip(cells, columns, strict=True))
+              for name, cells in rows]  # fmt: skip
+    path = await asyncio.to_thread(
+        _render_compare, {j.id: ctx.jobs.store.events(j.id, {"epoch", "progress"}) for j in jobs},
+        ctx.jobs.jobs_dir / "compare" / f"{'-'.join(ids)}.png", "compare " + " ".join(ids),
+    )  # fmt: skip
+    head = ctx.t("compare.head", ids=", ".join(f"job {i}" for i in ids))
+    return Reply(head + "\n" + "\n".join(line.rstrip() for line in lines), image=path)
+
+
+def _cell(value: Any, metric: bool = True) -> str:
+    """A parameter as given (0.05); a metric to four places (0.9667)."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if metric and abs(value) < 1000 else f"{value:g}"
+    return str(value)
+
+
+def _render_compare(series: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
+    from jobs.plots import render_compare  # matplotlib: only when a comparison is asked for
+
+    return render_compare(series, path, title)
+
+
 @command("follow", aliases=["关注"], args=JobRef, positionals=["job"],
          summary="send a job's progress to this conversation", summary_zh="关注", examples=["follow 3f2a"])  # fmt: skip
 async def cmd_follow(ctx: CommandContext[JobRef]) -> str:

@@ -114,6 +114,8 @@ TEXTS: dict[str, str] = {
     "final.kept": " Checkpoint kept: {checkpoint}. Continue with: train resume={id}",
     "final.ended": "job {id} {state}: {error}",
     "final.no_reason": "no reason given",
+    "compare.usage": "Name 2 to {most} jobs: compare 3f2a 4b1c",
+    "compare.head": "Comparing {ids} (parameters that differ, then the latest metrics):",
     # -- alerts -----------------------------------------------------------------------------------
     "watch.usage": "Give a metric, a comparison and a number, e.g. watch 3f2a val_acc>=0.98 or watch loss<0.1"
                    " (>=, <=, >, <).",

@@ -113,6 +113,8 @@ TEXTS: dict[str, str] = {
     "final.kept": "检查点已保存：{checkpoint}。继续训练请发送：开始 resume={id}",
     "final.ended": "job {id} {state}：{error}",
     "final.no_reason": "没有给出原因",
+    "compare.usage": "请给出 2 到 {most} 个任务：对比 3f2a 4b1c",
+    "compare.head": "对比 {ids}（不同的参数，然后是最新的指标）：",
     # -- alerts -----------------------------------------------------------------------------------
     "watch.usage": "请给出指标、比较和数值，例如 监视 3f2a val_acc>=0.98 或 监视 loss<0.1（>=、<=、>、<）。",
     "watch.ended": "job {id} 已结束（{state}）；请监视正在运行或排队的任务。",
