@@ -156,7 +156,7 @@ def _command_kind(name: str, cfg: KindConfig, base: Path, python: str) -> JobKin
         if arg.endswith(".py") and not (cwd / arg).is_file():
             raise KindDefinitionError(f"command names {arg}, which does not exist in {cwd}")
     model = model_from_specs(name, cfg.params, cfg.description)
-    options = {"command": argv, "progress": cfg.progress, "cwd": str(cwd)}
+    options = {"command": argv, "progress": cfg.progress, "cwd": str(cwd), "nan_guard": cfg.nan_guard}
     return JobKind(name, model, "jobs.runners.command", cfg.description, options, f"config [kinds.{name}]")
 
 

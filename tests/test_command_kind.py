@@ -531,3 +531,30 @@ def test_sdk_script_that_ignores_a_stop_gets_sigterm(tmp_path: Path, start: Any)
     stopped = terminal(events_of(job))
     assert stopped["type"] == "stopped" and stopped["control_id"] == stop_id
     assert "backstop SIGTERM" in log_of(job)
+
+
+NAN_LINE = r"Epoch (?P<epoch>\d+)/(?P<epochs>\d+) loss (?P<loss>\S+)"
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_a_printed_nan_loss_stops_the_script_as_failed(tmp_path: Path, start: Any, guard: bool) -> None:
+    """The NaN guard for wrapped scripts: the loss a script prints goes NaN, the script is stopped
+    and the job fails saying where; with `nan_guard = false` the script runs to its end."""
+    script = write_script(tmp_path, "diverges.py", """
+        import time
+        print("Epoch 1/50 loss 2.31", flush=True)
+        print("Epoch 2/50 loss nan", flush=True)
+        for epoch in range(3, 6):
+            time.sleep(0.2)
+            print(f"Epoch {epoch}/50 loss nan", flush=True)
+    """)  # fmt: skip
+    job = make_job(tmp_path, [PY, str(script)], progress=NAN_LINE, nan_guard=guard)
+    code = finish(start(job))
+    events = events_of(job)
+    end = terminal(events)
+    if guard:
+        assert code == 1 and end["type"] == "failed"
+        assert end["error"] == "loss became nan at epoch 2; the script is stopped"
+        assert len(of_type(events, "epoch")) == 2  # nothing after the verdict
+    else:
+        assert end["type"] == "finished" and len(of_type(events, "epoch")) == 5

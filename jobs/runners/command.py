@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import math
 import os
 import queue
 import re
@@ -45,6 +46,7 @@ import psutil
 
 from jobs.protocol import CONTROL_FILE, EVENTS_FILE, PARAMS_FILE, TERMINAL_EVENTS, ControlReader, EventWriter
 from jobs.sdk.host import ENV_EVENTS, ENV_JOB_DIR, MARKER, job_main
+from jobs.sdk.run import GUARDED
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND_PARAMS_FILE = "kind-params.json"
@@ -82,6 +84,7 @@ class CommandSpec:
     stop_timeout: float = 10.0
     heartbeat_seconds: float = 5.0
     report_seconds: float = 1.0
+    nan_guard: bool = True  # a printed training loss that is NaN/inf ends the script as failed
 
     @property
     def epochs(self) -> int | None:
@@ -120,6 +123,7 @@ def load_spec(job_dir: Path) -> CommandSpec:
         stop_timeout=_number(options, "stop_timeout", 10.0),
         heartbeat_seconds=_number(options, "heartbeat_seconds", 5.0),
         report_seconds=_number(options, "report_seconds", 1.0),
+        nan_guard=bool(options.get("nan_guard", True)),
     )
 
 
@@ -282,6 +286,7 @@ class Wrapper:
         self.sdk_terminal: str | None = None
         self.paused = False
         self.stop: _Stop | None = None
+        self.diverged: str | None = None  # why the NaN guard stopped the script
         self.signalled = threading.Event()  # SIGTERM/SIGINT to this process
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._last_progress = float("-inf")
@@ -450,6 +455,11 @@ class Wrapper:
                 self._command(cmd)
         metrics = {k: v for k, v in fields.items() if k not in PLACEMENT}
         self.metrics.update(metrics)
+        bad = next((k for k in GUARDED if isinstance(metrics.get(k), float) and not math.isfinite(metrics[k])), None)
+        if bad is not None and self.spec.nan_guard and self.diverged is None:
+            where = fields.get("epoch", self.epoch)
+            self.diverged = f"{bad} became {metrics[bad]} at epoch {where}; the script is stopped"
+            self._stop(None, backstop=False)
         if "epochs" in fields:
             self.epochs = fields["epochs"]
         if "batches" in fields:
@@ -554,6 +564,8 @@ class Wrapper:
         if self.sdk_terminal is not None:
             return 1 if self.sdk_terminal == "failed" else 0
         tail = "\n".join(self.tail)[-TAIL_CHARS:]
+        if self.diverged is not None:
+            return self._fail(self.diverged)
         if self.stop is not None:
             self.events.emit(
                 "stopped", epoch=self.epoch, batch=self.batch, checkpoint=None, control_id=self.stop.control_id
