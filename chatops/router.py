@@ -258,9 +258,9 @@ def _chinese(word: str) -> bool:
 
 
 def _after_word(text: str, word: str) -> str:
-    """What follows the command word (past a leading `/` or mention), for a raw command."""
-    at = text.lower().find(word.lower())
-    return text[at + len(word):].strip() if at >= 0 else ""
+    """What follows the command word (as a whole token, `/word@bot` included), for a raw command."""
+    found = re.search(rf"(?:^|\s)[/!]?{re.escape(word)}(?:@\w+)?(?=\s|$)", text, re.IGNORECASE)
+    return text[found.end():].strip() if found else ""
 
 
 def _strip_confirm(text: str) -> str:
