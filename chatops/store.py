@@ -341,11 +341,13 @@ class ChatStore:
         return cur.rowcount == 1
 
     def unwatch(self, conversation: str, ref: str) -> int:
-        """Remove this conversation's watch `ref` (its number), or all its watches of job `ref`."""
+        """Remove this conversation's watch `ref` (its number), else all its watches of job `ref` (a
+        job id may be all digits too)."""
         if ref.isdigit():
             cur = self.conn.execute("DELETE FROM watches WHERE conversation=? AND id=?", (conversation, int(ref)))
-        else:
-            cur = self.conn.execute("DELETE FROM watches WHERE conversation=? AND job_id=?", (conversation, ref))
+            if cur.rowcount:
+                return cur.rowcount
+        cur = self.conn.execute("DELETE FROM watches WHERE conversation=? AND job_id=?", (conversation, ref))
         return cur.rowcount
 
     # final reports owed
