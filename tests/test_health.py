@@ -92,6 +92,8 @@ async def test_metrics_during_a_job(settings: Settings) -> None:
         status, text = await _fetch(port, "/metrics")
         assert status == 200
         got = _samples(text)
+        status, ready = await _fetch(port, "/readyz")  # a training job keeps nothing from being ready
+        assert status == 200 and json.loads(ready)["status"] == "ready"
 
         def value(name: str, **labels: str) -> float | None:
             return got.get((name, frozenset(labels.items())))
