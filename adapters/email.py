@@ -35,6 +35,7 @@ from chatops.adapter import (
     DeliveryError,
     Dispatcher,
     Handler,
+    file_bytes,
     image_bytes,
     reconnect_forever,
 )
@@ -110,6 +111,7 @@ class EmailSettings(Section):
     )
     poll_seconds: float = Field(30.0, gt=0)
     digest_minutes: float = Field(10.0, gt=0)
+    max_attachment_mb: float = Field(10.0, ge=0, description="largest file attached to a reply (an exported model)")
     secret: SecretStr | None = None
 
     @property
@@ -128,7 +130,8 @@ class EmailAdapter(Adapter):
         self.s = settings
         self.ctx = ctx
         # Progress goes out as a digest no more often than `digest_minutes` (the notifier paces it).
-        self.capabilities = replace(self.capabilities, digest_seconds=settings.digest_minutes * 60)
+        self.capabilities = replace(self.capabilities, digest_seconds=settings.digest_minutes * 60,
+                                    max_file_bytes=int(settings.max_attachment_mb * 1e6))
         self.address = settings.address.strip()
         self.username = settings.username or self.address
         secure = settings.security
@@ -401,6 +404,9 @@ class EmailAdapter(Adapter):
         if image is not None:
             name = f"{reply.job_id or 'plot'}.png"
             msg.add_attachment(image, maintype="image", subtype="png", filename=name)
+        if reply.file is not None:
+            data = file_bytes(reply.file, self.name)
+            msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=reply.file.name)
         return msg
 
     async def _smtp_send(self, message: EmailMessage) -> None:

@@ -149,7 +149,8 @@ class SlackAdapter(Adapter):
     name = "slack"
     settings_model = SlackSettings
     # Slack allows about one message per second per channel (short bursts aside).
-    capabilities = Capabilities(edit=True, images=True, buttons=True, max_text=TEXT_MAX, min_interval=1.0)
+    capabilities = Capabilities(edit=True, images=True, buttons=True, max_text=TEXT_MAX, min_interval=1.0,
+                                max_file_bytes=1_000_000_000)  # files.upload takes up to 1 GB
 
     def __init__(
         self,
@@ -429,6 +430,8 @@ class SlackAdapter(Adapter):
         parts = [partial(self._post, conversation, text, blocks)]
         if image is not None:  # the text, then the plot: a retry after a failed upload uploads only
             parts.append(partial(self._upload, conversation, image, comment=None))
+        if reply.file is not None:
+            parts.append(partial(self._upload, conversation, reply.file, comment=None))
         done = await self._resumable.send(conversation, reply, parts)
         return MessageRef(conversation, done[0])
 

@@ -52,6 +52,7 @@ from chatops.adapter import (
     Dispatcher,
     Handler,
     Resumable,
+    file_bytes,
     image_bytes,
     listen_address,
     reconnect_forever,
@@ -161,7 +162,7 @@ class TelegramAdapter(Adapter):
     settings_model = TelegramSettings
     # Telegram asks for about one message per second per chat.
     # Telegram's own limit on a message is MAX_TEXT: anything longer did not come from a client.
-    capabilities = Capabilities(edit=True, images=True, buttons=True, max_text=MAX_TEXT,
+    capabilities = Capabilities(edit=True, images=True, buttons=True, max_text=MAX_TEXT, max_file_bytes=50 * 2**20,
                                 min_interval=1.0, max_inbound=MAX_TEXT)
 
     def __init__(self, ctx: AdapterContext) -> None:
@@ -468,6 +469,10 @@ class TelegramAdapter(Adapter):
             if photo is not None:
                 parts.append(lambda: bot.send_photo(chat, photo, message_thread_id=thread,
                                                     reply_markup=markup, filename="plot.png"))
+        if reply.file is not None:
+            document = file_bytes(reply.file, self.name)
+            parts.append(lambda: bot.send_document(chat, document, filename=reply.file.name,  # type: ignore[union-attr]
+                                                   message_thread_id=thread))  # fmt: skip
         try:
             done = await self._resumable.send(conversation, reply, parts)
         except ChatMigrated as exc:

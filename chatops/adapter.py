@@ -45,6 +45,9 @@ class Capabilities:
     # Least seconds between two progress digests to one conversation where messages cannot be
     # edited; the notifier's `digest_seconds` applies when it is longer (mail: ten minutes).
     digest_seconds: float = 0.0
+    # Largest file the platform takes with a message (an exported model); 0: no files, the reply
+    # names the file's path on the server instead.
+    max_file_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,14 @@ def image_bytes(image: Path | bytes | None, platform: str) -> bytes | None:
     except OSError as exc:
         log.warning("%s: image %s unreadable (%s); sending the text only", platform, image, exc)
         return None
+
+
+def file_bytes(path: Path, platform: str) -> bytes:
+    """A file to send (an exported model); unreadable, the reply cannot go: a permanent error."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise DeliveryError(f"{platform}: cannot read {path}: {type(exc).__name__}", permanent=True) from None
 
 
 class KeyedLocks:

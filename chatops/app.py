@@ -77,7 +77,7 @@ class App:
         self.manager.subscribe(self.notifier.on_job_event)
         self.router.services = Services(
             jobs=self.manager, chats=self.chat_store, commands=self.registry, plot=self.notifier.plot,
-            request_exit=self.request_exit,
+            request_exit=self.request_exit, file_limit=self._file_limit,
         )  # fmt: skip
         self.retention = Retention(self.chat_store, settings.retention, self.notifier.spool)
         for adapter in adapters if adapters is not None else self._load_adapters():
@@ -162,6 +162,10 @@ class App:
         if self.health is not None:
             await self.health.stop()
         self.db.close()
+
+    def _file_limit(self, platform: str) -> int:
+        adapter = self.adapters.get(platform)
+        return adapter.capabilities.max_file_bytes if adapter is not None else 0
 
     def request_exit(self) -> None:
         """`exit` from chat: the process running the bot (`chatops run`) stops as after Ctrl-C."""

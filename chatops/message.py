@@ -136,6 +136,8 @@ class Reply:
     job_id: str | None = None
     # Conversation-scoped key for a message that is edited in place (live progress).
     live_key: str | None = None
+    # A file to send with the text (an exported model), on platforms that take files.
+    file: Path | None = None
 
 
 @dataclass(frozen=True)

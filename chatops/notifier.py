@@ -52,6 +52,7 @@ def reply_to_payload(reply: Reply, spool: Path) -> dict[str, Any]:
         "error": reply.error,
         "job_id": reply.job_id,
         "live_key": reply.live_key,
+        "file": str(reply.file) if reply.file is not None else None,
     }
 
 
@@ -64,6 +65,7 @@ def payload_to_reply(payload: dict[str, Any]) -> Reply:
         error=payload.get("error", False),
         job_id=payload.get("job_id"),
         live_key=payload.get("live_key"),
+        file=Path(payload["file"]) if payload.get("file") else None,
     )
 
 

@@ -57,6 +57,7 @@ class Services:
     commands: CommandRegistry
     plot: Callable[[Job], Awaitable[Path | None]]  # render a job's curves (off the event loop)
     request_exit: Callable[[], None]  # `exit`: the bot process stops as after Ctrl-C
+    file_limit: Callable[[str], int] = lambda platform: 0  # largest file a platform takes (0: none)
 
 
 @dataclass

@@ -280,6 +280,13 @@ async def test_send_attaches_png_lists_buttons_and_maps_smtp_errors(
     assert "stop 3f2a --yes" in text_of(got)
     [attachment] = list(got.message.iter_attachments())
     assert attachment.get_content_type() == "image/png" and attachment.get_content() == PNG
+    model = tmp_path / "3f2a-best.params"
+    model.write_bytes(b"\x00weights" * 100)
+    assert bot.adapter.capabilities.max_file_bytes == 10_000_000  # max_attachment_mb = 10
+    await bot.adapter.send(conv, Reply("job 3f2a: the best checkpoint", file=model, job_id="3f2a"))
+    [_, with_file] = await smtp.wait_for(2)
+    [sent] = list(with_file.message.iter_attachments())
+    assert sent.get_filename() == "3f2a-best.params" and sent.get_content() == model.read_bytes()
 
     smtp.refuse_next = ["451 4.3.0 try again later"]
     with pytest.raises(DeliveryError) as temporary:
@@ -292,7 +299,7 @@ async def test_send_attaches_png_lists_buttons_and_maps_smtp_errors(
     await smtp.stop()
     with pytest.raises(DeliveryError) as down:
         await bot.adapter.send(conv, Reply("again"))
-    assert not down.value.permanent and len(smtp.received) == 1
+    assert not down.value.permanent and len(smtp.received) == 2
 
     # Progress digests are paced by the notifier, at the adapter's own gap (digest_minutes).
     assert bot.adapter.capabilities.digest_seconds == 600 and not bot.adapter.capabilities.edit

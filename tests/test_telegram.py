@@ -438,3 +438,13 @@ async def test_e2e_button_stop_needs_confirmation_and_role(app, api) -> None:
     question_id = question.result["message_id"]
     assert "reply_markup" not in api.messages[(42, question_id)]  # cannot confirm twice
     assert len([c for c in api.sent("answerCallbackQuery")]) == 3
+
+
+async def test_a_file_goes_as_a_document_after_the_text(running, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    adapter, _ = running
+    model = tmp_path / "3f2a-best.params"
+    model.write_bytes(b"\x00weights" * 1000)
+    assert adapter.capabilities.max_file_bytes == 50 * 2**20  # the Bot API's upload limit
+    await adapter.send(Conversation("telegram", "42"), Reply("job 3f2a: the best checkpoint", file=model))
+    assert [c.method for c in api.calls if c.ok][-2:] == ["sendMessage", "sendDocument"]
+    assert api.documents == [model.read_bytes()]

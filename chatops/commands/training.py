@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -448,6 +449,33 @@ async def cmd_plot(ctx: CommandContext[JobRef]) -> Reply:
     if path is None:
         raise CommandError(ctx.t("plot.no_metrics", id=job.id))
     return Reply(ctx.t("plot.caption", id=job.id), image=path, job_id=job.id)
+
+
+@command("export", aliases=["导出"], args=JobRef, positionals=["job"], summary_zh="导出模型",
+         summary="the trained model as a file: the best checkpoint's parameters, else the last's",
+         examples=["export 3f2a"])  # fmt: skip
+async def cmd_export(ctx: CommandContext[JobRef]) -> Reply:
+    job = _pick(ctx, ctx.args.job, "export", ACTIVE_STATES, ())
+    best = job.metrics.get("best_checkpoint")
+    prefix = best if isinstance(best, str) else job.checkpoint
+    which = "best" if prefix is best else "last"
+    source = Path(f"{prefix}.params") if prefix else None
+    if source is None or not source.is_file():
+        raise CommandError(ctx.t("export.none", id=job.id))
+    path = await asyncio.to_thread(_exported, source, job.dir / "export" / f"{job.id}-{which}.params")
+    size = path.stat().st_size
+    mb = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+    if size <= ctx.services.file_limit(ctx.conversation.platform):
+        return Reply(ctx.t("export.sent", id=job.id, which=which, size=mb), file=path, job_id=job.id)
+    return Reply(ctx.t("export.path", id=job.id, which=which, size=mb) + f"\n{path}", job_id=job.id)
+
+
+def _exported(source: Path, target: Path) -> Path:
+    """A copy under the job's folder (stored by job, removed with it) that a later checkpoint
+    pruning cannot take away while it is being sent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
 
 
 _COMPARED = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss")

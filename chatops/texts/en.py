@@ -114,6 +114,10 @@ TEXTS: dict[str, str] = {
     "final.kept": " Checkpoint kept: {checkpoint}. Continue with: train resume={id}",
     "final.ended": "job {id} {state}: {error}",
     "final.no_reason": "no reason given",
+    "export.none": "job {id} has no checkpoint to export yet.",
+    "export.sent": "job {id}: the {which} checkpoint's parameters ({size}; load them with net.load_parameters).",
+    "export.path": "job {id}: the {which} checkpoint's parameters ({size}) stay on the server (too large, or"
+                   " this platform takes no files):",
     "compare.usage": "Name 2 to {most} jobs: compare 3f2a 4b1c",
     "compare.head": "Comparing {ids} (parameters that differ, then the latest metrics):",
     # -- alerts -----------------------------------------------------------------------------------

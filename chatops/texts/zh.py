@@ -113,6 +113,9 @@ TEXTS: dict[str, str] = {
     "final.kept": "检查点已保存：{checkpoint}。继续训练请发送：开始 resume={id}",
     "final.ended": "job {id} {state}：{error}",
     "final.no_reason": "没有给出原因",
+    "export.none": "job {id} 还没有可导出的检查点。",
+    "export.sent": "job {id}：{which} 检查点的参数（{size}；用 net.load_parameters 加载）。",
+    "export.path": "job {id}：{which} 检查点的参数（{size}）在服务器上（文件太大，或这个平台不能发文件）：",
     "compare.usage": "请给出 2 到 {most} 个任务：对比 3f2a 4b1c",
     "compare.head": "对比 {ids}（不同的参数，然后是最新的指标）：",
     # -- alerts -----------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ class FakeBotAPI:
         self.calls: list[Call] = []
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}
         self.commands: list[dict[str, Any]] = []
+        self.documents: list[bytes] = []  # files sent with sendDocument, in order
         self.webhook: dict[str, Any] = {}
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
@@ -444,6 +445,17 @@ class FakeBotAPI:
         if caption:
             content["caption"] = caption
         return self._new_message(p, **content)
+
+    async def _m_sendDocument(self, p: dict[str, Any], f: dict[str, bytes]) -> Any:
+        document = f.get("document")
+        if document is None:
+            raise _ApiError(400, "Bad Request: there is no document in the request")
+        if len(document) > 50 * 2**20:
+            raise _ApiError(413, "Request Entity Too Large")
+        self.documents.append(document)
+        n = len(self.calls)
+        content = {"file_id": f"doc{n}", "file_unique_id": f"ud{n}", "file_size": len(document)}
+        return self._new_message(p, document=content)
 
     def _find(self, p: dict[str, Any]) -> dict[str, Any]:
         key = (int(p.get("chat_id", 0)), int(p.get("message_id", 0)))
