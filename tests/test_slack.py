@@ -312,6 +312,16 @@ async def test_plot_is_uploaded_with_files_upload_v2(
     assert len(fake.files) == 2 and all(x.completed for x in fake.files.values())
 
 
+async def test_an_exported_model_is_uploaded_after_the_text(fake: FakeSlack, http_bot: Started, tmp_path: Path) -> None:
+    adapter, _, _ = http_bot
+    model = tmp_path / "3f2a-best.params"
+    model.write_bytes(b"\x00weights" * 1000)
+    await adapter.send(Conversation("slack", "C0GENERAL"), Reply("job 3f2a: the best checkpoint", file=model))
+    (f,) = fake.files.values()
+    assert f.completed and f.data == model.read_bytes() and f.filename == "3f2a-best.params"
+    assert [m.text for m in fake.messages] == ["job 3f2a: the best checkpoint"]
+
+
 async def test_failed_plot_upload_is_retried_without_reposting_the_text(
     fake: FakeSlack, http_bot: Started
 ) -> None:
