@@ -63,10 +63,15 @@ def render_plot(events: Iterable[dict[str, Any]], path: Path, title: str) -> Pat
     if not xs:
         note = "no epoch yet" + (" (progress points shown)" if progress else "")
         ax_loss.text(0.5, 0.5, note, transform=ax_loss.transAxes, ha="center", va="center")
-    for ax in (ax_loss, ax_acc, ax_lr):
+    return _save(fig, (ax_loss, ax_acc, ax_lr), path, legend_size=8)
+
+
+def _save(fig: Any, axes: tuple[Any, ...], path: Path, legend_size: int) -> Path:
+    """Grid and legend on every panel, then the PNG (its folder made) and the figure closed."""
+    for ax in axes:
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="best", fontsize=8)
+            ax.legend(loc="best", fontsize=legend_size)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,13 +118,4 @@ def render_compare(series: dict[str, list[dict[str, Any]]], path: Path, title: s
     ax_loss.set_ylabel("loss")
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_xlabel("epoch")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="best", fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, (ax_loss, ax_acc), path, legend_size=7)
