@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 class AdapterUnavailable(RuntimeError):
     pass
 
@@ -59,6 +60,7 @@ class App:
             heartbeat_timeout=settings.jobs.heartbeat_timeout,
             runner_options=options,
             gpus=_gpu_pool(settings) if isinstance(executor, LocalExecutor) else None,  # a cluster places its own
+            max_sweep_jobs=settings.jobs.max_sweep_jobs,
         )
         self.registry = CommandRegistry()
         for module in (training, admin):  # the built-in commands, declared as a plugin's are

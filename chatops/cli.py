@@ -107,6 +107,9 @@ async def _send(settings: Settings, text: str, wait: bool) -> int:
             return EXIT_REJECTED
         # Jobs this message started or queued (not every job that moved meanwhile: `whoami` starts none).
         named = dict.fromkeys(r.job_id for r in replies if r.job_id)
+        swept = [r.sweep_id for r in replies if r.sweep_id]
+        for sweep_id in swept:
+            named.update(dict.fromkeys(j.id for j in app.job_store.members(sweep_id)))
         started = [
             job for job in (app.job_store.get(i) for i in named)
             if job and job.state in ACTIVE_STATES | {QUEUED} and before.get(job.id) != (job.state, job.runs)
@@ -118,13 +121,21 @@ async def _send(settings: Settings, text: str, wait: bool) -> int:
         ids = [j.id for j in started]
         while True:
             jobs = [app.job_store.get(i) for i in ids]
-            if all(j is not None and j.state in TERMINAL_STATES for j in jobs):
+            # A sweep's report (its table, then the best member's `train` command) comes last.
+            reported = all(_reported(app, i) for i in swept)
+            if reported and all(j is not None and j.state in TERMINAL_STATES for j in jobs):
                 break
             await asyncio.sleep(0.2)
         await app.notifier.drain()
         return EXIT_OK if all(j is not None and j.state == SUCCEEDED for j in jobs) else EXIT_FAILED
     finally:
         await app.stop()
+
+
+def _reported(app: App, sweep_id: str) -> bool:
+    """The sweep has ended and its report is queued (by this process or another)."""
+    sweep = app.job_store.get_sweep(sweep_id)
+    return sweep is None or (sweep.ended_at is not None and not app.chat_store.final_owed(sweep_id))
 
 
 def _background_note(jobs: list[Job], bot: bool) -> str:

@@ -138,6 +138,7 @@ class Reply:
     live_key: str | None = None
     # A file to send with the text (an exported model), on platforms that take files.
     file: Path | None = None
+    sweep_id: str | None = None  # the sweep the reply started (`chatops send --wait` follows its jobs)
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from chatops import sweeps
 from chatops.adapter import Adapter, DeliveryError
 from chatops.message import Button, Conversation, MessageRef, Progress, Reply
 from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
 from chatops.settings import NotifySettings
 from chatops.store import ChatStore, OutboxItem
 from chatops.texts import lang_of, text
-from jobs.store import Job
+from jobs.store import TERMINAL_STATES, Job, Sweep
 
 if TYPE_CHECKING:
     from jobs.manager import JobManager
@@ -110,9 +111,11 @@ class Notifier:
     async def on_job_event(self, job: Job, event: dict[str, Any]) -> None:
         kind = event["type"]
         followers = self.store.followers(job.id)
+        if job.sweep is not None and kind in ("state", "progress", "epoch"):
+            self._sweep_event(job.sweep, event)
         if kind == "state" and event["to"] in ("succeeded", "failed", "stopped", "lost"):
-            if event["from"] == "queued":
-                return  # cancelled before it ran: the answer to `stop` said so, there is nothing to report
+            if event["from"] == "queued" or (job.sweep is not None and not followers):
+                return  # cancelled before it ran, or a sweep's member: its sweep's report tells
             self.store.owe_final(job.id)
             self._compose(job.id, event["to"])
             return
@@ -140,6 +143,73 @@ class Notifier:
                 said = text("event.resuming", lang, id=job.id, reason=event.get("reason"))
                 self.enqueue(conv_key, Reply(said, job_id=job.id), owner)
 
+    def _sweep_event(self, sweep_id: str, event: dict[str, Any]) -> None:
+        """A member moved: the sweep's table is edited (state changes at once, progress at the
+        live pace; a digest where messages cannot be edited), and the last member's end is
+        reported once, by whichever process sees it (the sweep's `ended_at` is claimed)."""
+        jobs = self.manager.store
+        sweep = jobs.get_sweep(sweep_id)
+        if sweep is None or sweep.ended_at is not None:
+            return
+        members = jobs.members(sweep_id)
+        if event["type"] == "state" and event["to"] in TERMINAL_STATES and sweeps.ended(members):
+            if jobs.end_sweep(sweep_id):
+                self.store.owe_final(sweep_id)
+                self._compose(sweep_id)
+            return
+        self._sweep_summary(sweep, members, changed=event["type"] == "state")
+
+    def _sweep_summary(self, sweep: Sweep, members: list[Job], changed: bool) -> None:
+        for conv_key, lang, owner in self.store.followers(sweep.id):
+            adapter = self.adapters.get(Conversation.from_key(conv_key).platform)
+            if adapter is None:
+                continue
+            live = adapter.capabilities.edit
+            if not self._due(conv_key, sweep.id, live, adapter.capabilities.digest_seconds, force=live and changed):
+                continue
+            said = sweeps.table(sweep, members, lang == "zh")
+            self.enqueue(conv_key, Reply(said, live_key=f"sweep:{sweep.id}" if live else None), owner)
+
+    def _due(self, conv_key: str, key: str, live: bool, digest: float, force: bool = False) -> bool:
+        """Whether a progress message for `key` may go to the conversation now: live edits at
+        most every `progress_seconds`, digests every `digest_seconds` (the first one after it)."""
+        gap = self.settings.progress_seconds if live else max(self.settings.digest_seconds, digest)
+        now = time.time()
+        last = self._last_push.setdefault((conv_key, key), now if not live else 0.0)
+        if now - last < gap and not force:
+            return False
+        self._last_push[(conv_key, key)] = now
+        return True
+
+    async def _sweep_final(self, sweep_id: str) -> None:
+        """The table, the comparison plot (one curve per member, named by what varies), and last
+        the best member with the `train` command that reproduces it."""
+        jobs = self.manager.store
+        sweep = jobs.get_sweep(sweep_id)
+        members = jobs.members(sweep_id) if sweep is not None else []
+        image = None
+        if sweep is not None and members:
+            series = {sweeps.label(j, sweep.varying): jobs.events(j.id, {"epoch", "progress"}) for j in members}
+            if any(series.values()):
+                try:
+                    from jobs.plots import render_compare
+
+                    image = await asyncio.to_thread(
+                        render_compare, series, self.manager.jobs_dir / "sweeps" / f"{sweep.id}.png",
+                        text("sweep.plot_caption", "en", id=sweep.id),
+                    )  # fmt: skip
+                except Exception:
+                    log.exception("plot for sweep %s failed", sweep_id)
+        with jobs.transaction():
+            if sweep is not None:
+                for conv_key, lang, owner in self.store.followers(sweep.id):
+                    report, best = sweeps.final_texts(sweep, members, lang == "zh")
+                    failed = any(j.state != "succeeded" for j in members)
+                    self.enqueue(conv_key, Reply(report, image=image, error=failed), owner)
+                    self.enqueue(conv_key, Reply(best), owner)
+                    self._last_push.pop((conv_key, sweep.id), None)
+            self.store.final_sent(sweep_id)
+
     def _check_watches(self, job: Job, event: dict[str, Any]) -> None:
         """`watch 3f2a val_acc>=0.98`: the first reported value across the line is told, once."""
         for watch in self.store.armed_watches(job.id):
@@ -157,13 +227,9 @@ class Notifier:
         if adapter is None:
             return
         live = adapter.capabilities.edit
-        gap = self.settings.progress_seconds if live else max(self.settings.digest_seconds,
-                                                              adapter.capabilities.digest_seconds)
-        now = time.time()
-        last = self._last_push.setdefault((conv_key, job.id), now if not live else 0.0)
-        if now - last < gap:  # epoch ends too: on a fast run they came every 0.2 s and flooded a console pipe
+        # Epoch ends are paced too: on a fast run they came every 0.2 s and flooded a console pipe.
+        if not self._due(conv_key, job.id, live, adapter.capabilities.digest_seconds):
             return
-        self._last_push[(conv_key, job.id)] = now
         progress = progress_from(job.id, event, job.metrics)
         text = progress_text(progress, job.metrics, job.state, zh)
         self.enqueue(
@@ -185,6 +251,9 @@ class Notifier:
         task.add_done_callback(self._composing.discard)
 
     async def _final(self, job_id: str, ended: str | None = None) -> None:
+        if job_id.startswith("s"):  # a sweep's id (job ids are hex)
+            await self._sweep_final(job_id)
+            return
         job = self.manager.store.get(job_id)
         if job is None:
             self.store.final_sent(job_id)

@@ -73,6 +73,7 @@ class JobsSettings(Section):
         None, description="the GPUs local jobs are given (unset: the ones nvidia-smi lists; [] turns it off)"
     )
     gpu_share: int = Field(1, ge=1, le=64, description="jobs one GPU may serve at a time")
+    max_sweep_jobs: int = Field(32, ge=1, le=1000, description="the most jobs one `sweep` may start")
     executor: Literal["local", "ray"] = Field(
         "local", description="where runners run: local processes, or jobs on a Ray cluster (the `ray` extra)"
     )

@@ -425,6 +425,10 @@ class ChatStore:
     def final_sent(self, job_id: str) -> None:
         self.conn.execute("DELETE FROM pending_finals WHERE job_id=?", (job_id,))
 
+    def final_owed(self, job_id: str) -> bool:
+        """Whether a final report (a job's, a sweep's) is owed but not queued yet."""
+        return self.conn.execute("SELECT 1 FROM pending_finals WHERE job_id=?", (job_id,)).fetchone() is not None
+
     def orphaned_finals(self) -> list[str]:
         """Reports owed by processes that are gone; they become this process's to compose. The
         owner is a process token, not a pid: a restarted container's bot is PID 1 again."""

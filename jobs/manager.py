@@ -35,6 +35,7 @@ from jobs.store import (
     TERMINAL_STATES,
     Job,
     JobStore,
+    Sweep,
     check_transition,
 )
 
@@ -69,6 +70,7 @@ class JobManager:
         poll_interval: float = 0.2,
         runner_options: dict[str, Any] | None = None,
         gpus: GpuPool | None = None,
+        max_sweep_jobs: int = 32,
     ) -> None:
         self.store = store
         self.gpus = gpus  # the machine's GPUs, given out to jobs (local runners only)
@@ -76,6 +78,8 @@ class JobManager:
         self.jobs_dir = Path(jobs_dir)
         self.registry = registry or default_registry()
         self.max_parallel = max_parallel
+        self.max_sweep_jobs = max_sweep_jobs
+        self._last_created = 0.0
         self.stop_timeout = stop_timeout
         self.heartbeat_timeout = heartbeat_timeout
         self.poll_interval = poll_interval
@@ -125,18 +129,59 @@ class JobManager:
         kind_name, clean = self.validate(kind, params)
         await self.preflight(kind_name, clean)
         async with self._lock:
-            job_id = self.store.new_id()
-            job_dir = self.jobs_dir / job_id
-            job_dir.mkdir(parents=True, exist_ok=False)
-            job = Job(
-                id=job_id, kind=kind_name, params=clean, state=QUEUED, owner=owner,
-                job_dir=str(job_dir), created_at=time.time(), checkpoint=checkpoint,
-            )  # fmt: skip
-            self.store.insert(job)
-            self.store.add_event(job.id, _state_event(None, QUEUED, "submitted"))
+            job = self._queue(kind_name, clean, owner, checkpoint=checkpoint)
         await self._publish(job, _state_event(None, QUEUED, "submitted"))
         await self.tick()
-        return self.store.get(job_id) or job
+        return self.store.get(job.id) or job
+
+    async def submit_sweep(
+        self,
+        kind: str | None,
+        members: list[dict[str, Any]],
+        *,
+        owner: str,
+        varying: list[str],
+        monitor: str,
+        mode: str = "grid",
+    ) -> tuple[Sweep, list[Job]]:
+        """Queue every member of a sweep, or none (a member the schema or the preflight refuses)."""
+        if not members:
+            raise JobError("a sweep needs at least one job")
+        if len(members) > self.max_sweep_jobs:
+            raise JobError(f"{len(members)} jobs: more than the {self.max_sweep_jobs} a sweep may start")
+        checked = [self.validate(kind, params) for params in members]
+        kind_name = checked[0][0]
+        for params in {json.dumps(p, sort_keys=True): p for _, p in checked}.values():
+            await self.preflight(kind_name, params)
+        async with self._lock:
+            with self.store.transaction():
+                sweep = Sweep(
+                    id=self.store.new_sweep_id(), kind=kind_name, owner=owner, varying=varying, monitor=monitor,
+                    mode=mode, created_at=time.time(),
+                )  # fmt: skip
+                self.store.insert_sweep(sweep)
+                jobs = [self._queue(kind_name, params, owner, sweep=sweep.id) for _, params in checked]
+        for job in jobs:
+            await self._publish(job, _state_event(None, QUEUED, "submitted"))
+        await self.tick()
+        return sweep, [self.store.get(job.id) or job for job in jobs]
+
+    def _queue(
+        self, kind: str, params: dict[str, Any], owner: str, *, checkpoint: str | None = None, sweep: str | None = None
+    ) -> Job:
+        job_id = self.store.new_id()
+        job_dir = self.jobs_dir / job_id
+        job_dir.mkdir(parents=True, exist_ok=False)
+        # Created a moment apart: the queue starts members in the order they were planned.
+        created = max(time.time(), self._last_created + 1e-6)
+        self._last_created = created
+        job = Job(
+            id=job_id, kind=kind, params=params, state=QUEUED, owner=owner, job_dir=str(job_dir),
+            created_at=created, checkpoint=checkpoint, sweep=sweep,
+        )  # fmt: skip
+        self.store.insert(job)
+        self.store.add_event(job.id, _state_event(None, QUEUED, "submitted"))
+        return job
 
     async def preflight(self, kind: str, params: dict[str, Any]) -> None:
         """Refuse now what would fail as soon as the runner starts (JobError, one line per problem)."""
@@ -234,6 +279,20 @@ class JobManager:
         if job.id not in self._kill_tasks:
             self._kill_tasks[job.id] = asyncio.create_task(self._kill_later(job.id))
         return job
+
+    async def stop_sweep(self, sweep_id: str) -> list[Job]:
+        """Stop every member not ended: the queued ones first, so none starts in a slot that a
+        stopping member frees."""
+        stopped = []
+        members = sorted(self.store.members(sweep_id), key=lambda j: j.state != QUEUED)
+        for job in members:
+            if job.terminal:
+                continue
+            try:
+                stopped.append(await self.stop(job.id))
+            except JobError:  # it ended meanwhile
+                continue
+        return stopped
 
     # -- watching --------------------------------------------------------------------------
     async def _watch(self) -> None:

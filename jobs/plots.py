@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless; must precede pyplot
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def render_plot(events: Iterable[dict[str, Any]], path: Path, title: str) -> Path:
@@ -91,31 +92,43 @@ def _number(value: Any) -> bool:
 
 
 def render_compare(series: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
-    """Several jobs' curves overlaid, one colour each: loss (train solid, validation dashed) and
-    accuracy per epoch; progress points where a job has no finished epoch yet."""
-    fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True)
+    """Several jobs' curves overlaid, one colour each, keyed by their legend label (the job and the
+    parameters that differ): loss and accuracy per epoch, train solid and validation dashed;
+    progress points where a job has no finished epoch yet."""
+    fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(7, 6.5 + 0.12 * max(0, len(series) - 8)), sharex=True)
     fig.suptitle(title)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (job_id, events) in enumerate(series.items()):
+    colours = plt.get_cmap("tab10" if len(series) <= 10 else "tab20").colors
+    styles = set()
+    for i, (name, events) in enumerate(series.items()):
         colour = colours[i % len(colours)]
         epochs = {int(e["epoch"]): e for e in events if e.get("type") == "epoch" and _number(e.get("epoch"))}
         xs = sorted(epochs)
+        named = False  # each job once in the legend, on its first curve
         if not xs:
             progress = [(float(e["epoch"]) - 1 + float(e["batch"]) / float(e["batches"]), e)
                         for e in events if e.get("type") == "progress" and e.get("batches")]  # fmt: skip
             for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
                 pts = [(x, e[key]) for x, e in progress if _number(e.get(key))]
                 if pts:
-                    ax.plot(*zip(*pts, strict=True), color=colour, alpha=0.5, label=f"{job_id} (progress)")
+                    ax.plot(*zip(*pts, strict=True), color=colour, alpha=0.5, linestyle=":",
+                            label=None if named else f"{name} (in progress)")  # fmt: skip
+                    named = True
             continue
-        for ax, key, style, label in (
-            (ax_loss, "train_loss", "-", f"{job_id} train"), (ax_loss, "val_loss", "--", f"{job_id} validation"),
-            (ax_acc, "train_acc", "-", f"{job_id} train"), (ax_acc, "val_acc", "--", f"{job_id} validation"),
+        for ax, key, style in (
+            (ax_loss, "train_loss", "-"), (ax_loss, "val_loss", "--"),
+            (ax_acc, "train_acc", "-"), (ax_acc, "val_acc", "--"),
         ):  # fmt: skip
             pts = [(x, epochs[x][key]) for x in xs if _number(epochs[x].get(key))]
             if pts:
-                ax.plot(*zip(*pts, strict=True), linestyle=style, marker="o", markersize=3, color=colour, label=label)
+                ax.plot(*zip(*pts, strict=True), linestyle=style, marker="o", markersize=3, color=colour,
+                        label=None if named else name)  # fmt: skip
+                named = True
+                styles.add(style)
+    for style, what in (("-", "train"), ("--", "validation")):
+        if style in styles and len(styles) > 1:  # what solid and dashed mean, once
+            ax_acc.plot([], [], linestyle=style, color="grey", label=what)
     ax_loss.set_ylabel("loss")
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_xlabel("epoch")
+    ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, (ax_loss, ax_acc), path, legend_size=7)

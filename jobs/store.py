@@ -62,6 +62,7 @@ class Job:
     error: str | None = None
     stop_requested: bool = False
     runs: int = 0
+    sweep: str | None = None  # the sweep it is a member of
 
     @property
     def terminal(self) -> bool:
@@ -98,9 +99,30 @@ _MIGRATIONS = [
     """
     ALTER TABLE jobs DROP COLUMN origin
     """,
+    # Sweeps: many jobs from one command, followed and reported together.
+    """
+    ALTER TABLE jobs ADD COLUMN sweep TEXT;
+    CREATE INDEX jobs_sweep ON jobs(sweep, created_at);
+    CREATE TABLE sweeps (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, owner TEXT NOT NULL, varying TEXT NOT NULL,
+        monitor TEXT NOT NULL, mode TEXT NOT NULL, created_at REAL NOT NULL, ended_at REAL
+    )
+    """,
 ]
 
 _JSON_FIELDS = ("params", "handle", "metrics")
+
+
+@dataclass
+class Sweep:
+    id: str
+    kind: str
+    owner: str
+    varying: list[str]  # the parameters whose values differ between members
+    monitor: str  # the metric that ranks the members
+    mode: str  # grid | random
+    created_at: float
+    ended_at: float | None = None  # set once, by the process that reports the end
 
 
 class JobStore:
@@ -117,6 +139,37 @@ class JobStore:
                 if not self.conn.execute("SELECT 1 FROM jobs WHERE id=?", (job_id,)).fetchone():
                     return job_id
         raise RuntimeError("could not allocate a job id")
+
+    def new_sweep_id(self) -> str:
+        """`s` and hex digits: never a job id (those are hex only), so `stop s3f2a` is unambiguous."""
+        for length in (2, 3):
+            for _ in range(20):
+                sweep_id = "s" + secrets.token_hex(length)
+                if not self.conn.execute("SELECT 1 FROM sweeps WHERE id=?", (sweep_id,)).fetchone():
+                    return sweep_id
+        raise RuntimeError("could not allocate a sweep id")
+
+    def insert_sweep(self, sweep: Sweep) -> None:
+        self.conn.execute(
+            "INSERT INTO sweeps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (sweep.id, sweep.kind, sweep.owner, json.dumps(sweep.varying), sweep.monitor, sweep.mode,
+             sweep.created_at, sweep.ended_at),
+        )  # fmt: skip
+
+    def get_sweep(self, sweep_id: str) -> Sweep | None:
+        row = self.conn.execute("SELECT * FROM sweeps WHERE id=?", (sweep_id,)).fetchone()
+        if row is None:
+            return None
+        return Sweep(**{**dict(row), "varying": json.loads(row["varying"])})
+
+    def members(self, sweep_id: str) -> list[Job]:
+        rows = self.conn.execute("SELECT * FROM jobs WHERE sweep=? ORDER BY created_at, rowid", (sweep_id,))
+        return [self._job(r) for r in rows.fetchall()]
+
+    def end_sweep(self, sweep_id: str) -> bool:
+        """Mark the sweep ended; True only for the one caller (of any process) that did it."""
+        cur = self.conn.execute("UPDATE sweeps SET ended_at=? WHERE id=? AND ended_at IS NULL", (time.time(), sweep_id))
+        return cur.rowcount == 1
 
     def insert(self, job: Job) -> None:
         row = self._row(job)

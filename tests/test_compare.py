@@ -16,7 +16,7 @@ from tests.test_jobs import TINY, job_id
 
 async def test_compare_needs_two_known_jobs(bot: BotHarness) -> None:
     [few] = await bot.say("compare 3f2a")
-    assert few.error and few.text == "Name 2 to 8 jobs: compare 3f2a 4b1c"
+    assert few.error and few.text == "Name 2 to 8 jobs, or a sweep: compare 3f2a 4b1c, compare s3f2a"
     [zh] = await bot.say("对比")
     assert zh.error and zh.text.startswith("请给出 2 到 8 个任务")
     [unknown] = await bot.say("compare 3f2a 4b1c")

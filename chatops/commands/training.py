@@ -20,10 +20,25 @@ from chatops.plugins import command
 from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
 from chatops.specs import CommandContext, CommandError, CommandRegistry, NoArgs, Question
 from chatops.store import COMPARE
+from chatops.sweeps import active, counts, label, mode
+from chatops.sweeps import table as sweep_table
 from jobs.manager import JobError, log_tail
 from jobs.params import fields_of, live_change, validate
 from jobs.schemas import JobParams, KindUnavailable
-from jobs.store import ACTIVE_STATES, FAILED, LOST, PAUSED, QUEUED, RUNNING, STARTING, STOPPED, TERMINAL_STATES, Job
+from jobs.store import (
+    ACTIVE_STATES,
+    FAILED,
+    LOST,
+    PAUSED,
+    QUEUED,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    TERMINAL_STATES,
+    Job,
+    Sweep,
+)
+from jobs.sweeps import plan, split
 
 
 class _Args(BaseModel):
@@ -37,6 +52,12 @@ class JobRef(_Args):
 class TrainArgs(_Args):
     kind: str | None = Field(None, description="job kind (default: [jobs] default_kind; see params <kind>)")
     resume: str | None = Field(None, description="id of a stopped job to continue from its checkpoint")
+
+
+class SweepArgs(_Args):
+    kind: str | None = Field(None, description="job kind (default: [jobs] default_kind)")
+    samples: int | None = Field(None, ge=1, le=1000, description="a random search: draw this many from the ranges")
+    metric: str | None = Field(None, description="the metric that ranks the jobs (default: val_acc)")
 
 
 class LogsArgs(JobRef):
@@ -56,6 +77,17 @@ class ParamsArgs(_Args):
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def _sweep(ctx: CommandContext[Any], ref: str | None) -> Sweep | None:
+    """The sweep `ref` names (`s3f2a`: job ids are hex, so a leading s is a sweep), else None."""
+    if not ref or not ref.lower().removeprefix("#").startswith("s"):
+        return None
+    ref = ref.lower().removeprefix("#")
+    sweep = ctx.jobs.store.get_sweep(ref)
+    if sweep is None:
+        raise CommandError(ctx.t("sweep.not_found", ref=ref))
+    return sweep
+
+
 def _find_job(ctx: CommandContext[Any], ref: str) -> Job:
     try:
         return ctx.jobs.require(ref.lower().removeprefix("#"))
@@ -315,6 +347,36 @@ async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
     return Reply(text, job_id=job.id, buttons=job_buttons(job.id, "running", ctx.lang == "zh"))
 
 
+@command("sweep", role="operator", aliases=["扫参", "sweeps"], args=SweepArgs, positionals=["kind"], job_params=True,
+         summary="start one job per combination of values: lists (a grid), ranges lo..hi:N[log], or samples=N random",
+         summary_zh="超参数扫描",
+         examples=["sweep lr=0.01,0.03,0.1 bs=32,64", "sweep lr=1e-3..1e-1:5log epochs=3",
+                   "sweep lr=1e-4..1e-1:log wd=0..0.01 samples=8"])  # fmt: skip
+async def cmd_sweep(ctx: CommandContext[SweepArgs]) -> Reply:
+    kind, model = _kind_model(ctx, ctx.args.kind)
+    conv = ctx.conversation.key
+    base = ctx.chats.saved_params(conv, kind)
+    fixed, swept = split(model, ctx.params, base)
+    if not swept:
+        raise CommandError(ctx.t("sweep.usage"))
+    planned = await asyncio.to_thread(
+        plan, model, fixed, swept, base, samples=ctx.args.samples, limit=ctx.jobs.max_sweep_jobs
+    )  # a grid of a thousand is refused by its size before any member is validated
+    if planned.errors:
+        raise CommandError("\n".join([ctx.t("sweep.refused"), *planned.errors]))
+    try:
+        sweep, jobs = await ctx.jobs.submit_sweep(
+            kind, planned.members, owner=ctx.sender.key, varying=planned.varying,
+            monitor=ctx.args.metric or "val_acc", mode=planned.mode,
+        )  # fmt: skip
+    except JobError as exc:
+        raise _job_error(ctx, exc) from None
+    ctx.chats.follow(sweep.id, conv, ctx.lang)
+    said = ctx.t("sweep.started", id=sweep.id, n=len(jobs), kind=kind, mode=mode(sweep, ctx.lang),
+                 varying=", ".join(sweep.varying), counts=counts(jobs, ctx.lang == "zh"))  # fmt: skip
+    return Reply(said, sweep_id=sweep.id)
+
+
 def _stop_target(ctx: CommandContext[JobRef]) -> Job:
     """The running job (the caller's); only with none running, a queued one."""
     ref = ctx.args.job
@@ -329,8 +391,16 @@ def _stop_target(ctx: CommandContext[JobRef]) -> Job:
 
 
 def _confirm_stop(ctx: CommandContext[JobRef]) -> Question:
-    job = _stop_target(ctx)
     zh = ctx.lang == "zh"
+    sweep = _sweep(ctx, ctx.args.job)
+    if sweep is not None:
+        members = ctx.jobs.store.members(sweep.id)
+        going = active(members)
+        if not going:
+            raise CommandError(ctx.t("sweep.ended", id=sweep.id, counts=counts(members, zh)))
+        return Question(ctx.t("sweep.stop_confirm", id=sweep.id, counts=counts(going, zh)),
+                        command=ctx.t("command.stop") + f" {sweep.id}")  # fmt: skip
+    job = _stop_target(ctx)
     if job.terminal:
         raise CommandError(ctx.t("stop.ended", id=job.id, state=state_word(job.state, zh)))
     text = ctx.t("stop.confirm", id=job.id, state=state_word(job.state, zh), summary=_summary(ctx, job, zh))
@@ -339,9 +409,17 @@ def _confirm_stop(ctx: CommandContext[JobRef]) -> Question:
 
 
 @command("stop", role="operator", aliases=["停止"], args=JobRef, positionals=["job"], confirm=_confirm_stop,
-         summary="stop a job at the next batch (checkpoint kept)", summary_zh="停止训练",
-         examples=["stop 3f2a"])  # fmt: skip
+         summary="stop a job (or every job of a sweep) at the next batch (checkpoint kept)", summary_zh="停止训练",
+         examples=["stop 3f2a", "stop s3f2a"])  # fmt: skip
 async def cmd_stop(ctx: CommandContext[JobRef]) -> Reply:
+    sweep = _sweep(ctx, ctx.args.job)
+    if sweep is not None:
+        stopped = await ctx.jobs.stop_sweep(sweep.id)
+        if not stopped:
+            raise CommandError(ctx.t("sweep.ended", id=sweep.id, counts=counts(ctx.jobs.store.members(sweep.id),
+                                                                                ctx.lang == "zh")))  # fmt: skip
+        ids = ", ".join(f"job {j.id}" for j in stopped)
+        return Reply(ctx.t("sweep.stopping", id=sweep.id, n=len(stopped), ids=ids))
     job = _stop_target(ctx)
     try:
         job = await ctx.jobs.stop(job.id)
@@ -386,11 +464,14 @@ async def cmd_resume(ctx: CommandContext[JobRef]) -> Reply:
 
 
 @command("status", aliases=["状态"], args=JobRef, positionals=["job"],
-         summary="state, progress, metrics and resources of a job", summary_zh="任务状态",
-         examples=["status", "status 3f2a"])  # fmt: skip
+         summary="state, progress, metrics and resources of a job; a sweep's table", summary_zh="任务状态",
+         examples=["status", "status 3f2a", "status s3f2a"])  # fmt: skip
 async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
     ref = ctx.args.job
     manager = ctx.jobs
+    sweep = _sweep(ctx, ref)
+    if sweep is not None:
+        return Reply(sweep_table(sweep, manager.store.members(sweep.id), ctx.lang == "zh"))
     job = _pick(ctx, ref, "status", ACTIVE_STATES, ())
     zh = ctx.lang == "zh"
     lines = [
@@ -483,21 +564,30 @@ MAX_COMPARED = 8
 
 
 @command("compare", aliases=["对比"], args=NoArgs, raw=True, summary_zh="对比任务",
-         summary="the parameters that differ and the final metrics of several jobs, and their curves in one plot",
-         examples=["compare 3f2a 4b1c", "compare 3f2a 4b1c 5d2e"])  # fmt: skip
+         summary="the parameters that differ and the final metrics of several jobs (or sweeps), and their curves",
+         examples=["compare 3f2a 4b1c", "compare 3f2a 4b1c 5d2e", "compare s3f2a"])  # fmt: skip
 async def cmd_compare(ctx: CommandContext[NoArgs]) -> Reply:
     refs = list(dict.fromkeys(r.lower().removeprefix("#") for r in re.split(r"[\s,]+", ctx.rest) if r))
-    if not 2 <= len(refs) <= MAX_COMPARED:
+    if not refs or (len(refs) == 1 and not refs[0].startswith("s")):
         raise CommandError(ctx.t("compare.usage", most=MAX_COMPARED))
-    jobs = [_find_job(ctx, ref) for ref in refs]
+    jobs: list[Job] = []
+    for ref in refs:  # a sweep stands for its jobs
+        sweep = _sweep(ctx, ref)
+        jobs += ctx.jobs.store.members(sweep.id) if sweep is not None else [_find_job(ctx, ref)]
+    jobs = list({j.id: j for j in jobs}.values())
+    most = MAX_COMPARED if len(jobs) == len(refs) else ctx.jobs.max_sweep_jobs
+    if not 2 <= len(jobs) <= most:
+        raise CommandError(ctx.t("compare.usage", most=MAX_COMPARED))
     ids = [j.id for j in jobs]
     rows: list[tuple[str, list[str]]] = [
         ("state", [state_word(j.state, ctx.lang == "zh") for j in jobs]), ("kind", [j.kind for j in jobs]),
     ]  # fmt: skip
+    differing = []
     for key in sorted({k for j in jobs for k in j.params}):
         values = [_cell(j.params.get(key), metric=False) for j in jobs]
         if len(set(values)) > 1:
             rows.append((key, values))
+            differing.append(key)
     rows.append(("epoch", [_cell(j.metrics.get("epoch")) for j in jobs]))
     for key in _COMPARED:
         if any(isinstance(j.metrics.get(key), int | float) for j in jobs):
@@ -508,8 +598,8 @@ async def cmd_compare(ctx: CommandContext[NoArgs]) -> Reply:
     lines += [name.ljust(width) + "  " + "  ".join(c.ljust(w) for c, w in zip(cells, columns, strict=True))
               for name, cells in rows]  # fmt: skip
     path = await asyncio.to_thread(
-        _render_compare, {j.id: ctx.jobs.store.events(j.id, {"epoch", "progress"}) for j in jobs},
-        ctx.jobs.jobs_dir / "compare" / f"{'-'.join(ids)}.png", "compare " + " ".join(ids),
+        _render_compare, {label(j, differing): ctx.jobs.store.events(j.id, {"epoch", "progress"}) for j in jobs},
+        ctx.jobs.jobs_dir / "compare" / f"{'-'.join(ids)[:100]}.png", "compare " + " ".join(refs),
     )  # fmt: skip
     head = ctx.t("compare.head", ids=", ".join(f"job {i}" for i in ids))
     return Reply(head + "\n" + "\n".join(line.rstrip() for line in lines), image=path)
@@ -610,4 +700,3 @@ async def cmd_unwatch(ctx: CommandContext[WatchRef]) -> str:
 async def cmd_whoami(ctx: CommandContext[NoArgs]) -> str:
     who = ctx.sender
     return ctx.t("whoami.identity", who=who.key, name=f" ({who.name})" if who.name else "", role=ctx.role.name)
-

@@ -118,8 +118,28 @@ TEXTS: dict[str, str] = {
     "export.sent": "job {id}: the {which} checkpoint's parameters ({size}; load them with net.load_parameters).",
     "export.path": "job {id}: the {which} checkpoint's parameters ({size}) stay on the server (too large, or"
                    " this platform takes no files):",
-    "compare.usage": "Name 2 to {most} jobs: compare 3f2a 4b1c",
+    "compare.usage": "Name 2 to {most} jobs, or a sweep: compare 3f2a 4b1c, compare s3f2a",
     "compare.head": "Comparing {ids} (parameters that differ, then the latest metrics):",
+    # -- sweeps -------------------------------------------------------------------------------------
+    "sweep.usage": "Give parameters several values: sweep lr=0.01,0.03,0.1 bs=32,64 (a grid), sweep"
+                   " lr=1e-3..1e-1:5log (a range), or ranges with samples=8 (a random search).",
+    "sweep.refused": "Sweep refused; nothing was queued:",
+    "sweep.started": "sweep {id} started: {n} jobs of {kind} ({mode}) varying {varying}; {counts}. Its table is"
+                     " kept up to date here; status {id} shows it, stop {id} stops every job of it.",
+    "sweep.grid": "grid",
+    "sweep.random": "random search",
+    "sweep.count": "{n} {state}",
+    "sweep.head": "sweep {id} ({kind}, {mode}, {n} jobs): {counts}",
+    "sweep.best_so_far": "best so far: job {job} {metric} {value}",
+    "sweep.finished": "sweep {id} ended: {counts}, in {took}",
+    "sweep.best": "best of sweep {id}: job {job} ({label}) {metric} {value}\nreproduce it with:\n{command}",
+    "sweep.no_best": "sweep {id}: no job reported {metric}, so there is no best to name.",
+    "sweep.not_found": "No sweep {ref}. Send jobs for recent jobs.",
+    "sweep.stop_confirm": "Stop sweep {id}: {counts}? The queued jobs are cancelled, the running ones stop at the"
+                          " next batch.",
+    "sweep.ended": "sweep {id} has ended already ({counts}).",
+    "sweep.stopping": "sweep {id}: stopping {n} job(s): {ids}.",
+    "sweep.plot_caption": "sweep {id}: every job's curves",
     # -- alerts -----------------------------------------------------------------------------------
     "watch.usage": "Give a metric, a comparison and a number, e.g. watch 3f2a val_acc>=0.98 or watch loss<0.1"
                    " (>=, <=, >, <).",

@@ -116,8 +116,27 @@ TEXTS: dict[str, str] = {
     "export.none": "job {id} 还没有可导出的检查点。",
     "export.sent": "job {id}：{which} 检查点的参数（{size}；用 net.load_parameters 加载）。",
     "export.path": "job {id}：{which} 检查点的参数（{size}）在服务器上（文件太大，或这个平台不能发文件）：",
-    "compare.usage": "请给出 2 到 {most} 个任务：对比 3f2a 4b1c",
+    "compare.usage": "请给出 2 到 {most} 个任务或一个 sweep：对比 3f2a 4b1c、对比 s3f2a",
     "compare.head": "对比 {ids}（不同的参数，然后是最新的指标）：",
+    # -- sweeps -------------------------------------------------------------------------------------
+    "sweep.usage": "请给参数多个取值：扫参 lr=0.01,0.03,0.1 bs=32,64（网格）、扫参 lr=1e-3..1e-1:5log（范围），"
+                   "或范围加 samples=8（随机搜索）。",
+    "sweep.refused": "扫参被拒绝，没有任务入队：",
+    "sweep.started": "sweep {id} 已开始：{kind} 的 {n} 个任务（{mode}），变化的参数：{varying}；{counts}。"
+                     "表格会在这里持续更新；状态 {id} 查看，停止 {id} 停止全部任务。",
+    "sweep.grid": "网格",
+    "sweep.random": "随机搜索",
+    "sweep.count": "{state} {n}",
+    "sweep.head": "sweep {id}（{kind}，{mode}，{n} 个任务）：{counts}",
+    "sweep.best_so_far": "目前最好：job {job} {metric} {value}",
+    "sweep.finished": "sweep {id} 已结束：{counts}，用时 {took}",
+    "sweep.best": "sweep {id} 最好的是 job {job}（{label}）{metric} {value}\n复现命令：\n{command}",
+    "sweep.no_best": "sweep {id}：没有任务报告 {metric}，无法选出最好的。",
+    "sweep.not_found": "没有 sweep {ref}。发送 任务 查看最近的任务。",
+    "sweep.stop_confirm": "停止 sweep {id}：{counts}？排队的任务会取消，运行中的任务在下一个批次停止。",
+    "sweep.ended": "sweep {id} 已经结束（{counts}）。",
+    "sweep.stopping": "sweep {id}：正在停止 {n} 个任务：{ids}。",
+    "sweep.plot_caption": "sweep {id}：所有任务的曲线",
     # -- alerts -----------------------------------------------------------------------------------
     "watch.usage": "请给出指标、比较和数值，例如 监视 3f2a val_acc>=0.98 或 监视 loss<0.1（>=、<=、>、<）。",
     "watch.ended": "job {id} 已结束（{state}）；请监视正在运行或排队的任务。",
