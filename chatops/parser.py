@@ -39,7 +39,10 @@ def parse(text: str, keys: Collection[str] = ()) -> Parsed | None:
     on the command line itself when every other token is one of the known parameter `keys`
     (`开始 ep 1`), so `logs a3f2 50` stays positional. Returns None for empty text.
     """
-    text = _MENTION.sub(" ", text or "").replace("\u3000", " ").strip()
+    text = text or ""
+    if "<@" in text:  # the pattern's own first characters: most texts have none
+        text = _MENTION.sub(" ", text)
+    text = text.replace("\u3000", " ").strip()
     if not text:
         return None
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -110,7 +113,9 @@ def _split(line: str) -> list[str]:
     # Full-width punctuation from phone keyboards: ＝ and ，
     # A comma between arguments (`lr=0.1, bs=64`, `lr=0.1,bs=64`) separates them; one inside a value stays
     # (`ctx=gpu:0,1`, a device list).
-    line = _LIST_COMMA.sub(" ", line.replace("\uff1d", "=").replace("\uff0c", " "))
+    line = line.replace("\uff1d", "=").replace("\uff0c", " ")
+    if "," in line:
+        line = _LIST_COMMA.sub(" ", line)
     words = shell_words(line)
     return line.split() if words is None else words  # unbalanced quotes: fall back to whitespace
 
@@ -123,6 +128,8 @@ def shell_words(line: str) -> list[str] | None:
     shlex grows each word one character at a time (`token += ch` on an attribute), which is
     quadratic: 15 s for a 1 MB word. Here runs of ordinary characters are taken whole.
     """
+    if "'" not in line and '"' not in line and "\\" not in line:
+        return _PLAIN.findall(line)  # nothing quoted or escaped: the words are the runs between blanks
     words: list[str] = []
     parts: list[str] = []
     in_word = False  # a word has begun, possibly an empty quoted one ("")

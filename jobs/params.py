@@ -40,9 +40,11 @@ _RULES = {
 def describe(exc: ValidationError, fields: Mapping[str, str] | None = None) -> list[str]:
     """One line per problem, `name: must be > 0 (got -1)`; `fields` maps aliases to field names."""
     lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
-        name = (fields or {}).get(str(loc).lower(), loc)
+    fields = fields or {}
+    for err in exc.errors(include_url=False):  # the documentation links are never shown: not built
+        where = err.get("loc", ())
+        loc = (str(where[0]) if len(where) == 1 else ".".join(str(p) for p in where)) or "value"
+        name = fields.get(loc.lower(), loc)
         ctx = err.get("ctx") or {}
         kind = err.get("type", "")
         if kind == "literal_error":
