@@ -28,19 +28,38 @@ async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(bot: Bo
     [reply] = await bot.say(f"train epochs=4 patience=1 min_delta=10 {TINY}")
     jid = job_id(reply.text)
     assert await bot.wait_state(jid, {"succeeded"}, timeout=120) == "succeeded"
-    # The in-process platform takes no files: the path, alone on the last line.
+    # The in-process platform takes no files: the paths, alone on the last lines. The built-in kind
+    # hybridizes its network, so the model is its symbol and the parameters that load without code.
     [named] = await bot.say(f"export {jid}")
-    *head, last = named.text.splitlines()
-    assert "the best checkpoint's parameters" in head[0] and named.file is None
-    assert last == str(Path(settings.data_dir) / "jobs" / jid / "export" / f"{jid}-best.params")
-    best = Path(last).read_bytes()
+    *head, weights, symbol = named.text.splitlines()
+    assert "the best checkpoint as a network that loads without its code" in head[0] and named.file is None
+    folder = Path(settings.data_dir) / "jobs" / jid / "export"
+    assert (weights, symbol) == (str(folder / f"{jid}-best-0000.params"), str(folder / f"{jid}-best-symbol.json"))
     job = bot.app.job_store.get(jid)
-    assert job is not None and best == Path(f"{job.metrics['best_checkpoint']}.params").read_bytes()
-    # A platform that takes files gets the file itself.
+    assert job is not None and job.metrics["best_checkpoint"].endswith("best")
+    # It loads with MXNet alone (no chatops, no model code) and gives ten class scores for a digit.
+    probe = (
+        "import sys, mxnet as mx; from mxnet import gluon, nd;"
+        "net = gluon.SymbolBlock.imports(sys.argv[1], ['data'], sys.argv[2]);"
+        "print(net(nd.zeros((1, 1, 8, 8))).shape)"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", probe, symbol, weights, cwd="/", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert out.decode().strip() == "(1, 10)", err.decode()[-1000:]
+    # A platform that takes files gets the files themselves.
     bot.adapter.capabilities = replace(bot.adapter.capabilities, max_file_bytes=10**9)  # type: ignore[misc]
-    [sent] = await bot.say(f"导出 {jid}")
-    assert sent.file is not None and sent.file.read_bytes() == best and sent.text.startswith(f"job {jid}：best")
-    # From `chatops send` on the console: the path on its own line.
+    sent = await bot.say(f"导出 {jid}")
+    assert [r.file.name if r.file else None for r in sent] == [f"{jid}-best-0000.params", f"{jid}-best-symbol.json"]
+    assert sent[0].file is not None and sent[0].file.read_bytes() == Path(weights).read_bytes()
+    assert sent[0].text.startswith(f"job {jid}：best 检查点") and f'"{jid}-best-symbol.json"' in sent[0].text
+    # Over the platform's limit: the paths again.
+    bot.adapter.capabilities = replace(bot.adapter.capabilities, max_file_bytes=1000)  # type: ignore[misc]
+    [over] = await bot.say(f"export {jid}")
+    assert over.file is None and over.text.splitlines()[-2:] == [weights, symbol]
+    # From `chatops send` on the console: the paths on their own lines.
     env = {**os.environ, "CHATOPS_DATA_DIR": str(settings.data_dir)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "chatops.cli", "send", f"export {jid}", env=env,
@@ -48,4 +67,5 @@ async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(bot: Bo
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, err.decode()
-    assert f"{jid}-best.params" in [Path(line.strip()).name for line in out.decode().splitlines()]
+    names = [Path(line.strip()).name for line in out.decode().splitlines()]
+    assert f"{jid}-best-0000.params" in names and f"{jid}-best-symbol.json" in names

@@ -533,30 +533,49 @@ async def cmd_plot(ctx: CommandContext[JobRef]) -> Reply:
 
 
 @command("export", aliases=["导出"], args=JobRef, positionals=["job"], summary_zh="导出模型",
-         summary="the trained model as a file: the best checkpoint's parameters, else the last's",
+         summary="the trained model as files: the best checkpoint (else the last) as symbol JSON and parameters"
+                 " where the network was hybridized, else its parameters",
          examples=["export 3f2a"])  # fmt: skip
-async def cmd_export(ctx: CommandContext[JobRef]) -> Reply:
+async def cmd_export(ctx: CommandContext[JobRef]) -> list[Reply]:
     job = _pick(ctx, ctx.args.job, "export", ACTIVE_STATES, ())
     best = job.metrics.get("best_checkpoint")
     prefix = best if isinstance(best, str) else job.checkpoint
     which = "best" if prefix is best else "last"
-    source = Path(f"{prefix}.params") if prefix else None
-    if source is None or not source.is_file():
+    if not prefix or not Path(f"{prefix}.params").is_file():
         raise CommandError(ctx.t("export.none", id=job.id))
-    path = await asyncio.to_thread(_exported, source, job.dir / "export" / f"{job.id}-{which}.params")
-    size = path.stat().st_size
+    # A hybridized network was also exported beside its checkpoint (`net.export`): the symbol and
+    # the parameters that load without the model's code.
+    symbol, weights = Path(f"{prefix}.export-symbol.json"), Path(f"{prefix}.export-0000.params")
+    name = f"{job.id}-{which}"
+    if symbol.is_file() and weights.is_file():
+        pairs = [(weights, f"{name}-0000.params"), (symbol, f"{name}-symbol.json")]
+    else:
+        pairs = [(Path(f"{prefix}.params"), f"{name}.params")]
+    paths = await asyncio.to_thread(_exported, pairs, job.dir / "export")
+    size = sum(p.stat().st_size for p in paths)
     mb = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
-    if size <= ctx.services.file_limit(ctx.conversation.platform):
-        return Reply(ctx.t("export.sent", id=job.id, which=which, size=mb), file=path, job_id=job.id)
-    return Reply(ctx.t("export.path", id=job.id, which=which, size=mb) + f"\n{path}", job_id=job.id)
+    fits = size <= ctx.services.file_limit(ctx.conversation.platform)
+    if len(paths) == 1:
+        if fits:
+            return [Reply(ctx.t("export.sent", id=job.id, which=which, size=mb), file=paths[0], job_id=job.id)]
+        return [Reply(ctx.t("export.path", id=job.id, which=which, size=mb) + f"\n{paths[0]}", job_id=job.id)]
+    if fits:
+        said = ctx.t("export.symbol_sent", id=job.id, which=which, size=mb, symbol=paths[1].name,
+                     weights=paths[0].name)  # fmt: skip
+        return [Reply(said, file=paths[0], job_id=job.id), Reply(paths[1].name, file=paths[1], job_id=job.id)]
+    listed = "\n".join(str(p) for p in paths)
+    return [Reply(ctx.t("export.symbol_path", id=job.id, which=which, size=mb) + f"\n{listed}", job_id=job.id)]
 
 
-def _exported(source: Path, target: Path) -> Path:
-    """A copy under the job's folder (stored by job, removed with it) that a later checkpoint
-    pruning cannot take away while it is being sent."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return target
+def _exported(pairs: list[tuple[Path, str]], folder: Path) -> list[Path]:
+    """Copies under the job's folder (stored by job, removed with it) that a later checkpoint
+    pruning cannot take away while they are being sent."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for source, name in pairs:
+        shutil.copyfile(source, folder / name)
+        out.append(folder / name)
+    return out
 
 
 _COMPARED = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss")

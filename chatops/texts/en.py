@@ -115,6 +115,11 @@ TEXTS: dict[str, str] = {
     "final.ended": "job {id} {state}: {error}",
     "final.no_reason": "no reason given",
     "export.none": "job {id} has no checkpoint to export yet.",
+    "export.symbol_sent": "job {id}: the {which} checkpoint as a network that loads without its code ({size}):"
+                          " gluon.SymbolBlock.imports(\"{symbol}\", [\"data\"], \"{weights}\").",
+    "export.symbol_path": "job {id}: the {which} checkpoint as a network that loads without its code ({size};"
+                          " gluon.SymbolBlock.imports with input \"data\") stays on the server (too large, or this"
+                          " platform takes no files):",
     "export.sent": "job {id}: the {which} checkpoint's parameters ({size}; load them with net.load_parameters).",
     "export.path": "job {id}: the {which} checkpoint's parameters ({size}) stay on the server (too large, or"
                    " this platform takes no files):",

@@ -235,6 +235,10 @@ class _Training:
         partial = self._read_sums() if 0 < self.run.batch < self.batches else np.zeros(3)
         self.net.save_parameters(prefix + ".params")
         self.trainer.save_states(prefix + ".states")
+        try:  # beside it, what loads without this code: `export <id>` sends these two
+            self.net.export(prefix + ".export")  # <prefix>.export-symbol.json, <prefix>.export-0000.params
+        except RuntimeError:  # no batch has run forward in this process yet: there is no graph
+            pass
         return {"partial": partial.tolist(), "lr": self.trainer.learning_rate}
 
     def _load(self, prefix: str, meta: dict[str, Any]) -> None:
