@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,8 @@ class KindConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_way(self) -> KindConfig:
-        if (self.module is None) == (self.command is None):
+        # Neither: settings of a kind that exists already (the built-in one); load_registry checks.
+        if self.module is not None and self.command is not None:
             raise ValueError("give either module = \"…\" (a Python kind) or command = [\"…\"] (a command kind)")
         if self.module is not None and (self.params or self.progress):
             raise ValueError("params and progress belong to command kinds; a module declares its own JobParams")
@@ -97,6 +99,15 @@ def load_registry(
             continue
         if not cfg.nan_guard:
             unguarded.add(name)
+        if cfg.module is None and cfg.command is None:
+            if name not in registry or cfg.params or cfg.progress or cfg.cwd:
+                why = 'give either module = "…" (a Python kind) or command = ["…"] (a command kind)'
+                registry.broken(name, f"[kinds.{name}] {why}; only a built-in kind takes a table of settings alone")
+                continue
+            builtin = registry.get(name)  # `[kinds.mxnet] nan_guard = false`
+            options = {**builtin.options, "nan_guard": cfg.nan_guard}
+            registry.register(replace(builtin, options=options, description=cfg.description or builtin.description))
+            continue
         if cfg.module is not None:
             ref = _resolve_module_ref(cfg.module, base)
             python_kinds[name] = (ref, f"config [kinds.{name}]", cfg.description)

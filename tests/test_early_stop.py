@@ -120,3 +120,29 @@ async def test_a_kind_whose_loss_goes_nan_fails_unless_its_guard_is_off(settings
         [reply] = await bot.say("train unguarded")
         uid = job_id(reply.text)
         await bot.wait_for(lambda r: r.job_id == uid and "succeeded" in r.text, timeout=120)
+
+
+@pytest.mark.slow
+async def test_a_built_in_job_whose_loss_explodes_fails_unless_config_turns_the_guard_off(
+    settings: Settings, bot: BotHarness, tmp_path: Path
+) -> None:
+    # Weight decay 1 at rate 10: every step multiplies the weights by about -9; float32 overflows.
+    exploding = f"epochs=30 lr=10 wd=1 optimizer=sgd momentum=0 {TINY}"
+    [reply] = await bot.say(f"train {exploding}")
+    jid = job_id(reply.text)
+    final = await bot.wait_for(lambda r: r.job_id == jid and "failed" in r.text, timeout=120)
+    assert "loss became" in final.text and "Traceback" not in final.text, final.text
+    # Within one report interval (0.2 s here) of the first bad batch: far from the 30 epochs' end.
+    job = bot.app.job_store.get(jid)
+    assert job is not None and int(job.metrics.get("epoch") or 1) < 30, job.metrics
+    # `[kinds.mxnet] nan_guard = false`: the built-in kind trains on through it.
+    unguarded = settings.model_copy(update={"kinds": {"mxnet": {"nan_guard": False}}, "data_dir": tmp_path / "b"})
+    async with BotHarness(unguarded) as other:
+        [reply] = await other.say(f"train {exploding}")
+        oid = job_id(reply.text)
+        assert await other.wait_state(oid, {"succeeded", "failed"}, timeout=120) == "succeeded"
+    # A table of settings alone names an existing kind only.
+    broken = settings.model_copy(update={"kinds": {"nosuch": {"nan_guard": False}}, "data_dir": tmp_path / "c"})
+    async with BotHarness(broken) as third:
+        [refused] = await third.say("train nosuch")
+        assert refused.error and "only a built-in kind takes a table of settings alone" in refused.text
