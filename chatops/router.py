@@ -88,8 +88,11 @@ class Router:
                 # In English: the message's language is not known wherever the error happened.
                 replies = [Reply(text("router.internal_error", "en", ref=ref), error=True)]
             if queue is not None and replies:
-                with self.store.transaction():  # joins the unit while it is open
+                if unit.open:  # it answered without waiting: the replies join the claim's transaction
                     queue(replies)
+                else:
+                    with self.store.transaction():
+                        queue(replies)
         _OUTCOME.reset(token)
         if self.on_command is not None:
             self.on_command(seen[0], incoming.conversation.platform, seen[1], time.perf_counter() - began)
