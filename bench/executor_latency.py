@@ -5,7 +5,7 @@ in-process platform): what a user waits for.
   applies (the runner started, loaded digits, trained a report window);
 - control round trip: from `set lr=…` being handled to the `param_changed` event the bot applies
   (written to control.jsonl, read by the runner at a batch boundary, acknowledged in events.jsonl,
-  read back by the watcher);
+  read back by the watcher; in the Ray KV column both legs also cross the GCS key-value store);
 - stop -> stopped: from `stop <id> --yes` to the job's `stopped` state (a checkpoint written).
 
 Every figure is the median of `--runs` jobs (the built-in mxnet kind, an MLP on digits, batch 8,
@@ -83,7 +83,7 @@ def settings_for(data: Path, **jobs: object) -> Settings:
     )  # fmt: skip
 
 
-def start_head(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_head(tmp: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
     port, dash = free_port(), free_port()
     address = f"http://127.0.0.1:{dash}"
@@ -97,7 +97,7 @@ def start_head(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     while True:
         try:
             urllib.request.urlopen(f"{address}/api/version", timeout=2).read()
-            return head, address
+            return head, address, f"127.0.0.1:{port}"
         except OSError:
             if time.monotonic() > deadline or head.poll() is not None:
                 raise RuntimeError("the Ray head did not come up") from None
@@ -126,20 +126,28 @@ def main() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         local = asyncio.run(measure(settings_for(tmp / "local"), args.runs))
-        head, address = start_head(tmp)
+        head, address, gcs = start_head(tmp)
         try:
             ray = asyncio.run(measure(settings_for(tmp / "ray", executor="ray", ray_address=address), args.runs))
+            kv = settings_for(
+                tmp / "ray-kv", executor="ray", ray_address=address, ray_channel="cluster", ray_gcs_address=gcs,
+                ray_storage=str(tmp / "ray-storage"),
+            )  # fmt: skip
+            cluster = asyncio.run(measure(kv, args.runs))
         finally:
             stop_head(head)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{args.runs} jobs each: mxnet kind, MLP on digits, batch 8, reports every 0.2 s; medians (min-max)")
-    print(f"{'':24}{'local':>22}{'ray':>22}{'ray - local':>14}")
+    print("ray: the shared-folder channel; ray kv: ray_channel = cluster (GCS key-value store, no shared disk)")
+    print(f"{'':24}{'local':>22}{'ray':>22}{'ray kv':>22}{'ray - local':>14}{'kv - local':>12}")
     for i, name in enumerate(("submit -> first progress", "control round trip", "stop -> stopped")):
-        lo, ra = [r[i] for r in local], [r[i] for r in ray]
-        cell = [f"{statistics.median(v) * 1000:8.0f} ms ({min(v) * 1000:.0f}-{max(v) * 1000:.0f})" for v in (lo, ra)]
+        lo, ra, kv_ = [r[i] for r in local], [r[i] for r in ray], [r[i] for r in cluster]
+        cell = [f"{statistics.median(v) * 1000:8.0f} ms ({min(v) * 1000:.0f}-{max(v) * 1000:.0f})"
+                for v in (lo, ra, kv_)]  # fmt: skip
         diff = (statistics.median(ra) - statistics.median(lo)) * 1000
-        print(f"{name:<24}{cell[0]:>22}{cell[1]:>22}{diff:>11.0f} ms")
+        diff_kv = (statistics.median(kv_) - statistics.median(lo)) * 1000
+        print(f"{name:<24}{cell[0]:>22}{cell[1]:>22}{cell[2]:>22}{diff:>11.0f} ms{diff_kv:>9.0f} ms")
 
 
 if __name__ == "__main__":

@@ -191,8 +191,10 @@ def make_executor(settings: Settings) -> Executor:
         from jobs.executors.ray import RayExecutor
 
         return RayExecutor(
-            jobs.ray_address, python=jobs.python, runtime_env=jobs.ray_runtime_env, num_cpus=jobs.ray_num_cpus
-        )
+            jobs.ray_address, python=jobs.python, runtime_env=jobs.ray_runtime_env, num_cpus=jobs.ray_num_cpus,
+            channel=jobs.ray_channel, gcs_address=jobs.ray_gcs_address,
+            storage=jobs.ray_storage or str(jobs.storage or settings.jobs_dir),
+        )  # fmt: skip
     return LocalExecutor(python=jobs.python)
 
 

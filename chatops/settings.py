@@ -85,7 +85,21 @@ class JobsSettings(Section):
     )
     ray_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved on the Ray cluster for each runner")
     storage: Path | None = Field(
-        None, description="folder of the job folders; with executor=ray every Ray node must see it at this path"
+        None, description="folder of the job folders; with executor=ray and ray_channel=shared every Ray node must"
+        " see it at this path"
+    )
+    ray_channel: Literal["shared", "cluster"] = Field(
+        "shared",
+        description="how Ray runners talk to the bot: through the job folder on a shared path (storage), or through"
+        " the cluster's own key-value store (no shared disk; checkpoints go to ray_storage)",
+    )
+    ray_gcs_address: str | None = Field(
+        None, description="ray_channel=cluster: the cluster's GCS, host:port (unset: the dashboard's host, port 6379)"
+    )
+    ray_storage: str | None = Field(
+        None,
+        description="ray_channel=cluster: where runners copy checkpoints, TensorBoard files and artifacts, a folder"
+        " or an fsspec URI such as s3://bucket/chatops (unset: the job folders' folder, for a one-machine cluster)",
     )
 
 

@@ -246,7 +246,7 @@ class JobManager:
                 raise JobError(f"job {job.id} is already " + ("paused" if job.state == PAUSED else "pausing"))
             if cmd == "resume" and not heading:
                 raise JobError(f"job {job.id} is not paused")
-        return protocol.write_control(job.dir, cmd, params)
+        return self.executor.write_control(job, cmd, params)
 
     def pause_pending(self, job: Job) -> bool:
         """True when the runner is paused or has a pause to reach: the last pause/resume sent to
@@ -275,7 +275,7 @@ class JobManager:
                 await self._move(job, STOPPED, "cancelled before it started")
                 return job
             self.store.save(job)
-            protocol.write_control(job.dir, "stop")
+            self.executor.write_control(job, "stop")
         if job.id not in self._kill_tasks:
             self._kill_tasks[job.id] = asyncio.create_task(self._kill_later(job.id))
         return job
@@ -331,7 +331,7 @@ class JobManager:
             await self._schedule()
 
     async def _ingest(self, job: Job) -> None:
-        events, offset = protocol.read_events(job.dir / protocol.EVENTS_FILE, job.events_offset)
+        events, offset = self.executor.read_events(job, job.events_offset)
         if offset == job.events_offset:
             return
         job.events_offset = offset
@@ -550,10 +550,12 @@ class JobManager:
         self.executor.poll(job.id, job.handle)
 
     async def _kill_later(self, job_id: str) -> None:
+        asked = self.store.get(job_id)
+        run = asked.runs if asked else None  # a run resumed meanwhile is not this stop's to kill
         try:
             await asyncio.sleep(self.stop_timeout)
             job = self.store.get(job_id)
-            if job and not job.terminal:
+            if job and not job.terminal and job.runs == run:
                 log.warning("job %s did not stop within %.0f s; terminating", job_id, self.stop_timeout)
                 await self.executor.kill(job_id, job.handle, force=False)
                 await asyncio.sleep(3)

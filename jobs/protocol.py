@@ -136,12 +136,21 @@ def read_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
     return events, offset + end + 1
 
 
-def write_control(job_dir: Path, cmd: str, params: dict[str, Any] | None = None) -> str:
-    """Append one control command; returns its id (echoed in acknowledgements)."""
+def control_line(cmd: str, params: dict[str, Any] | None = None) -> tuple[str, str]:
+    """One control command as its id and its JSON line (without the newline)."""
     if cmd not in CONTROL_CMDS:
         raise ProtocolError(f"unknown control command {cmd!r}")
     control_id = f"{time.time_ns():x}"
-    line = json.dumps({"cmd": cmd, "params": params or {}, "id": control_id, "t": time.time()})
+    return control_id, json.dumps({"cmd": cmd, "params": params or {}, "id": control_id, "t": time.time()})
+
+
+def write_control(job_dir: Path, cmd: str, params: dict[str, Any] | None = None, *, line: str | None = None) -> str:
+    """Append one control command (or a `line` from `control_line`); returns its id (echoed in
+    acknowledgements)."""
+    if line is None:
+        control_id, line = control_line(cmd, params)
+    else:
+        control_id = json.loads(line)["id"]
     # O_APPEND keeps concurrent writers' lines whole.
     fd = os.open(job_dir / CONTROL_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:

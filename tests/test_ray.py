@@ -34,6 +34,9 @@ pytestmark = [
 ]
 
 
+_GCS: dict[str, str] = {}  # the head's GCS address (host:port), for the cluster channel
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,6 +104,7 @@ def ray_head() -> Iterator[str]:
     with open(log, "wb") as out:
         head = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
+    _GCS[address] = f"127.0.0.1:{port}"
     try:
         _wait_ready(address, head, log)
         yield address
@@ -250,3 +254,78 @@ async def test_an_unreachable_cluster_keeps_the_job_queued(settings: Settings) -
         assert healthy and "unreachable" in body["executor"], body
         await bot.say(f"stop {jid} --yes")
         assert await bot.wait_state(jid, {"stopped"}, timeout=5) == "stopped"
+
+
+# ---- the cluster channel: no shared disk ---------------------------------------------------------
+@pytest.fixture
+def cluster_settings(settings: Settings, ray_head: str, tmp_path: Path) -> Settings:
+    """Runners keep their job folder on the node's disk; the bot's job folders are never theirs."""
+    jobs = JobsSettings(
+        executor="ray", ray_address=ray_head, ray_channel="cluster", ray_gcs_address=_GCS[ray_head],
+        ray_storage=str(tmp_path / "cluster-storage"), max_parallel=2, stop_timeout=10, heartbeat_timeout=60,
+    )  # fmt: skip
+    return settings.model_copy(update={"jobs": jobs})
+
+
+async def test_the_cluster_channel_carries_events_control_and_checkpoints(cluster_settings: Settings) -> None:
+    storage = Path(cluster_settings.jobs.ray_storage or "")
+    async with BotHarness(cluster_settings) as bot:
+        [tiny] = await bot.say("train epochs=2 max_samples=200 report=0.2")
+        [long] = await bot.say("train epochs=300 max_samples=200 report=0.2")
+        small, jid = job_id(tiny.text), job_id(long.text)
+        assert bot.app.job_store.get(jid).handle["channel"] == "cluster"
+        final = await bot.wait_for(lambda r: r.job_id == small and "succeeded" in r.text, timeout=90)
+        assert isinstance(final.image, Path) and final.image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert bot.app.job_store.events(small, {"progress"}) and "test_acc" in final.text
+
+        await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None, timeout=60)
+        await bot.say(f"pause {jid}")
+        await bot.wait_state(jid, {"paused"}, timeout=10)
+        await bot.say(f"set {jid} lr=0.001")
+        changed = await bot.wait_event(jid, "param_changed", timeout=5)
+        assert changed["new"] == pytest.approx(0.001)
+        await bot.say(f"resume {jid}")
+        await bot.wait_state(jid, {"running"}, timeout=10)
+        await bot.say(f"stop {jid} --yes")
+        assert await bot.wait_state(jid, {"stopped", "failed"}, timeout=20) == "stopped"
+        stopped = await bot.wait_event(jid, "stopped")
+        assert stopped["control_id"], "the runner itself stopped, at a batch boundary"
+        job = bot.app.job_store.get(jid)
+        # The checkpoint is the stored copy, not a path on the node's disk.
+        assert job.checkpoint and job.checkpoint.startswith(str(storage / jid / "checkpoints"))
+        assert Path(job.checkpoint + ".params").exists() and Path(job.checkpoint + ".json").exists()
+        # The channel is not the job folder: the bot's has no events.jsonl, the runner's was elsewhere.
+        for each in (small, jid):
+            folder = bot.app.job_store.get(each).dir
+            assert not (folder / "events.jsonl").exists()
+            assert "job folder /" in (folder / "runner.log").read_text()  # the node's, relayed with its output
+            assert str(folder) not in (folder / "runner.log").read_text()
+        await eventually(lambda: ray_status(bot, jid) in ("SUCCEEDED", "STOPPED"), 15, "the Ray job's end")
+
+        # Trained on from the stored checkpoint, by a second Ray job on a fresh folder.
+        [again] = await bot.say(f"train resume={jid}")
+        assert not again.error, again.text
+        resumed = await eventually(
+            lambda: [e for e in bot.app.job_store.events(jid, {"log"}) if e.get("resumed_from")], 60, "the resume"
+        )
+        assert resumed[-1]["resumed_from"] == job.checkpoint
+        seqs = [e["seq"] for e in bot.app.job_store.events(jid) if "seq" in e]
+        assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs), "the second run's events follow the first's"
+        await bot.say(f"stop {jid} --yes")
+        assert await bot.wait_state(jid, {"stopped"}, timeout=20) == "stopped"
+
+
+async def test_a_pending_job_stopped_while_waiting_ends_stopped_on_ray(cluster_settings: Settings) -> None:
+    async with BotHarness(cluster_settings) as bot:
+        [reply] = await bot.say(f"train epochs=1 context=gpu {TINY}")
+        jid = job_id(reply.text)
+        await bot.wait_state(jid, {"queued"}, timeout=20)
+        assert "waiting for 1 GPU" in (bot.app.job_store.get(jid).error or "")
+        assert ray_status(bot, jid) == "PENDING"
+        await bot.say(f"stop {jid} --yes")
+        assert await bot.wait_state(jid, {"stopped"}, timeout=10) == "stopped"
+        # Ray's own stop would leave it PENDING until a GPU turned up; it is really cancelled.
+        await eventually(lambda: ray_status(bot, jid) == "STOPPED", 30, "Ray says STOPPED")
+        info = bot.app.manager.executor.client().get_job_info(f"chatops-{jid}-1")  # type: ignore[attr-defined]
+        assert "stopped by chatops" in (info.message or "")
+        assert not bot.app.manager.executor.alive(bot.app.job_store.get(jid).handle)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from jobs import protocol
+
+if TYPE_CHECKING:
+    from jobs.store import Job
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,26 @@ class ExitInfo:
         return f"exited with code {self.code}"
 
 
+class FileChannel:
+    """The runner channel through the job folder (`events.jsonl`, `control.jsonl`): the bot and
+    the runner see the same folder. An executor whose runners cannot see it (a Ray cluster with no
+    shared disk) overrides both."""
+
+    def read_events(self, job: Job, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """The runner's complete events after `offset` (the job's stored `events_offset`), and the
+        offset to store with them."""
+        return protocol.read_events(job.dir / protocol.EVENTS_FILE, offset)
+
+    def write_control(self, job: Job, cmd: str, params: dict[str, Any] | None = None) -> str:
+        """Deliver one control command to the job's runner; returns its id (echoed in its acks)."""
+        return protocol.write_control(job.dir, cmd, params)
+
+
 class Executor(Protocol):
+    def read_events(self, job: Job, offset: int) -> tuple[list[dict[str, Any]], int]: ...
+
+    def write_control(self, job: Job, cmd: str, params: dict[str, Any] | None = None) -> str: ...
+
     async def launch(
         self, job_id: str, job_dir: Path, runner_module: str, env: dict[str, str] | None = None
     ) -> dict[str, Any]:

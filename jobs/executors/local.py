@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from jobs.executors.base import ExitInfo
+from jobs.executors.base import ExitInfo, FileChannel
 from jobs.protocol import LOG_FILE
 
 
@@ -41,7 +41,7 @@ def _gpu_usage(pid: int) -> dict[str, Any]:
     return figures
 
 
-class LocalExecutor:
+class LocalExecutor(FileChannel):
     def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
         self.python = python or sys.executable
         self.env = env or {}

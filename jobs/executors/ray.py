@@ -6,9 +6,14 @@ restarted bot asks the cluster about its jobs by name and follows them again. Ra
 entrypoint: `entrypoint_num_gpus` comes from the job's `context` (Ray sets `CUDA_VISIBLE_DEVICES`
 to the devices it grants, so `gpu:0` is the first granted one), `entrypoint_num_cpus` from config.
 
-The channel is still the job folder (`events.jsonl`, `control.jsonl`, `runner.log`, checkpoints):
-it must live on a path every Ray node sees under the same name (a local head, or a shared file
-system; `[jobs] storage`). See docs/scaling.md for that choice and what a disk-less channel needs.
+Two channels (`[jobs] ray_channel`, docs/scaling.md section 4):
+- `cluster`: no shared disk. The entrypoint is `jobs.executors.ray_node`, which keeps the job folder
+  on the node's own disk, gets the job's spec through the runtime_env, relays events and output to
+  the bot and control to the runner through the cluster's GCS key-value store (the bot reads and
+  writes it with a GCS client, no `ray.init`), and copies checkpoints, TensorBoard files and
+  artifacts to `[jobs] ray_storage` (a folder or an fsspec URI);
+- `shared`: the job folder (`events.jsonl`, `control.jsonl`, `runner.log`, checkpoints) on a path
+  every Ray node sees under the same name (a local head, or a shared file system; `[jobs] storage`).
 
 Ray is imported lazily, on first use: the bot's import stays light, and the local executor never
 needs the package. Every call to the cluster has a short timeout and never raises into the job
@@ -32,7 +37,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from jobs.executors.base import ExitInfo
+from jobs import protocol, storage
+from jobs.executors import ray_node
+from jobs.executors.base import ExitInfo, FileChannel
 from jobs.protocol import LOG_FILE, PARAMS_FILE
 from jobs.schemas import parse_contexts
 
@@ -79,7 +86,7 @@ def ray_gpus(params: dict[str, Any]) -> int:
     return max(indexes) + 1 if indexes else 0
 
 
-class RayExecutor:
+class RayExecutor(FileChannel):
     """Executor over `ray.job_submission.JobSubmissionClient`; state lives on the cluster."""
 
     def __init__(
@@ -91,6 +98,9 @@ class RayExecutor:
         num_cpus: float = 1.0,
         timeout: float = 5.0,
         pending_grace: float = 3.0,
+        channel: str = "shared",
+        gcs_address: str | None = None,
+        storage: str | None = None,
     ) -> None:
         if importlib.util.find_spec("ray") is None:  # cheap: Ray itself is imported on first use
             raise RuntimeError("executor = \"ray\" needs the ray extra: pip install 'chatops[ray]'")
@@ -109,6 +119,13 @@ class RayExecutor:
         self._stopped: dict[str, float] = {}  # submission id -> when stop_job was last sent
         self._cluster: tuple[float, dict[str, list[float]]] | None = None
         self.last_error: str | None = None  # the latest reason the cluster could not be asked
+        if channel not in ("shared", "cluster"):
+            raise ValueError(f"ray_channel must be shared or cluster, not {channel!r}")
+        self.channel = channel
+        self.gcs_address = gcs_address
+        self.storage = storage  # cluster channel: where runners copy checkpoints and files
+        self._gcs: Any = None
+        self._gcs_down_until = 0.0
 
     # -- the client ----------------------------------------------------------------------------
     def client(self) -> Any:
@@ -185,12 +202,22 @@ class RayExecutor:
         except (OSError, ValueError):
             spec = {}
         gpus = ray_gpus(spec.get("params") or {})
+        cluster = self.channel == "cluster"
         runtime_env = self._runtime_env(env)
-        entrypoint = self._entrypoint(job_dir, runner_module, "working_dir" in runtime_env)
+        if cluster:
+            entrypoint = self._node_entrypoint(runner_module, "working_dir" in runtime_env)
+        else:
+            entrypoint = self._entrypoint(job_dir, runner_module, "working_dir" in runtime_env)
 
         def submit() -> tuple[str, int]:
             run = self._next_run(job_id)
             sid = f"chatops-{job_id}-{run}"
+            if cluster:  # the spec travels with the job; the channel's entries are this run's own
+                runtime_env["env_vars"].update({
+                    ray_node.ENV_SPEC: json.dumps(spec), ray_node.ENV_CHANNEL: sid,
+                    ray_node.ENV_STORAGE: storage.join(self.storage or str(job_dir.parent), job_id),
+                })  # fmt: skip
+                self._kv("clear", lambda kv: kv.internal_kv_del(f"{sid}/".encode(), True, **_ns()))
             self._call(
                 "submit",
                 lambda c: c.submit_job(
@@ -208,6 +235,7 @@ class RayExecutor:
         return {
             "executor": "ray", "address": self.address, "submission_id": sid, "run": run,
             "num_gpus": gpus, "num_cpus": self.num_cpus, "submitted_at": time.time(),
+            **({"channel": "cluster"} if cluster else {}),
         }  # fmt: skip
 
     def _next_run(self, job_id: str) -> int:
@@ -238,6 +266,103 @@ class RayExecutor:
         # A working_dir is unpacked as the entrypoint's cwd: keep its modules importable from the job folder.
         keep = 'export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" && ' if working_dir else ""
         return f"{keep}cd {folder} && exec {argv} >> {shlex.quote(LOG_FILE)} 2>&1"
+
+    def _node_entrypoint(self, runner_module: str, working_dir: bool) -> str:
+        """The node-side relay, which makes the job folder on the node's disk and starts the runner."""
+        argv = shlex.join([self.python, "-m", "jobs.executors.ray_node", "run", runner_module])
+        keep = 'export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" && ' if working_dir else ""
+        return f"{keep}exec {argv}"
+
+    # -- the cluster channel ---------------------------------------------------------------------
+    def _gcs_client(self) -> Any:
+        """A GCS client, made on first use. Making one blocks for many seconds when nothing
+        answers, so a plain TCP connect (1 s) comes first, and a failure waits out the back-off."""
+        if self._gcs is not None:
+            return self._gcs
+        address = self.gcs_address or f"{urlparse(self.address or 'http://127.0.0.1').hostname}:6379"
+        host, _, port = address.rpartition(":")
+        import socket
+
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+            pass
+        from ray._raylet import GcsClient
+
+        self._gcs = GcsClient(address=address)
+        return self._gcs
+
+    def _kv(self, what: str, fn: Any) -> Any:
+        """One request to the GCS key-value store; ConnectionError (for a while) when it is away."""
+        if time.monotonic() < self._gcs_down_until:
+            raise ConnectionError(self.last_error or "the Ray cluster's GCS is unreachable")
+        try:
+            result = fn(self._gcs_client())
+        except Exception as exc:
+            where = self.gcs_address or "port 6379"
+            self.last_error = f"the Ray cluster's GCS at {where} is unreachable ({what}: {exc})"
+            self._gcs_down_until = time.monotonic() + 10.0
+            log.warning("%s", self.last_error)
+            raise ConnectionError(self.last_error) from None
+        return result
+
+    def read_events(self, job: Any, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """Cluster channel: the entries the node relayed since `offset` (an entry count); their
+        output goes on to the bot's `runner.log` (for `logs` and failure reports), their events are
+        numbered after the job's earlier runs (each run's runner counts from 1 on a fresh disk)."""
+        handle = job.handle or {}
+        if handle.get("channel") != "cluster":
+            return super().read_events(job, offset)
+        sid = handle.get("submission_id")
+        if not sid:
+            return [], offset
+        if offset == 0 and "seq_base" not in handle:
+            handle["seq_base"] = job.last_seq  # saved with the first entry read
+        base = int(handle.get("seq_base") or 0)
+        keys = [ray_node.events_key(sid, n) for n in range(offset, offset + 32)]
+        try:
+            found = self._kv("events", lambda kv: kv.internal_kv_multi_get(keys, **_ns()))
+        except ConnectionError:
+            return [], offset
+        events: list[dict[str, Any]] = []
+        output: list[str] = []
+        for key in keys:
+            raw = found.get(key)
+            if raw is None:
+                break
+            offset += 1
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            output.append(str(entry.get("log") or ""))
+            for event in entry.get("events") or []:
+                if isinstance(event, dict) and isinstance(event.get("seq"), int):
+                    events.append({**event, "seq": event["seq"] + base})
+        if any(output):
+            with open(job.dir / LOG_FILE, "a", encoding="utf-8") as fh:
+                fh.write("".join(output))
+        return events, offset
+
+    def write_control(self, job: Any, cmd: str, params: dict[str, Any] | None = None) -> str:
+        """Cluster channel: the next `<sid>/c/<m>` entry, which the node appends to the runner's
+        `control.jsonl`; the line is kept in the bot's job folder too (what was asked of this run)."""
+        handle = job.handle or {}
+        if handle.get("channel") != "cluster":
+            return super().write_control(job, cmd, params)
+        _, line = protocol.control_line(cmd, params)
+        sid = str(handle.get("submission_id"))
+
+        def put(kv: Any) -> None:
+            m = len(kv.internal_kv_keys(f"{sid}/c/".encode(), **_ns()))
+            while not kv.internal_kv_put(ray_node.control_key(sid, m), line.encode(), False, **_ns()):
+                m += 1  # another bot process wrote this one meanwhile
+
+        try:
+            self._kv("control", put)
+        except ConnectionError as exc:
+            from jobs.manager import JobError
+
+            raise JobError(f"cannot reach job {job.id}'s runner: {exc}") from None
+        return protocol.write_control(job.dir, cmd, params, line=line)
 
     def poll(self, job_id: str, handle: dict[str, Any]) -> ExitInfo | None:
         info = self._info(handle)
@@ -270,11 +395,36 @@ class RayExecutor:
         if not sid or time.monotonic() - self._stopped.get(sid, -60.0) < 2.0:
             return  # asked already: a job still pending stays so until it could start (see docs/scaling.md)
         self._stopped[sid] = time.monotonic()
+        pending = self._status(handle) == PENDING
         self._infos.pop(sid, None)
         try:
             await asyncio.to_thread(self._call, "stop", lambda c: c.stop_job(sid))
         except (LookupError, ConnectionError) as exc:
             log.warning("could not stop Ray job %s: %s", sid, exc)
+        if pending:
+            await asyncio.to_thread(self._cancel_pending, sid, handle)
+
+    def _cancel_pending(self, sid: str, handle: dict[str, Any]) -> None:
+        """Ray's stop waits for a PENDING job to start; a small driver job ends it now instead
+        (`ray_node cancel`: STOPPED in Ray's job table, the supervisor actor removed, its resource
+        demand gone). A relay that starts anyway finds the cancel mark and never starts the runner."""
+        if handle.get("channel") == "cluster":
+            try:
+                self._kv("cancel", lambda kv: kv.internal_kv_put(ray_node.cancel_key(sid), b"1", True, **_ns()))
+            except ConnectionError:
+                pass
+        argv = shlex.join([self.python, "-m", "jobs.executors.ray_node", "cancel", sid])
+        env = self._runtime_env()
+        try:
+            self._call(
+                "cancel",
+                lambda c: c.submit_job(
+                    entrypoint=f"exec {argv}", submission_id=f"{sid}-cancel-{time.time_ns():x}",
+                    runtime_env=env, metadata={"chatops_cancel": sid},
+                ),
+            )  # fmt: skip
+        except (LookupError, ConnectionError) as exc:
+            log.warning("could not cancel pending Ray job %s: %s", sid, exc)
 
     def resources(self, handle: dict[str, Any]) -> dict[str, Any]:
         info = self._info(handle)
@@ -326,6 +476,10 @@ class RayExecutor:
             return None
         self._cluster = (time.monotonic(), usage)
         return usage
+
+
+def _ns() -> dict[str, Any]:
+    return {"namespace": ray_node.NAMESPACE, "timeout": 2.0}
 
 
 def _client_class() -> Any:
