@@ -48,4 +48,3 @@ class Authorizer:
 
 
 _KNOWN_MAX = 4096
-
