@@ -159,7 +159,7 @@ def test_event_sequence_and_schema(finished_job: tuple[Path, int, list[Event]]) 
     # Heartbeats may come first: they cover a slow setup (a loaded machine) before `started`.
     said = [e for e in events if e["type"] != "heartbeat"]
     assert said[0]["type"] == "started" and events[-1]["type"] == "finished"
-    started = events[0]
+    started = said[0]
     assert started["epochs"] == 3 and started["samples"] == 400 and started["batch_size"] == 16
     assert started["batches_per_epoch"] == 25 and started["context"] == "cpu(0)"
     assert started["pid"] > 0 and started["params"]["max_samples"] == 400
@@ -176,7 +176,10 @@ def test_event_sequence_and_schema(finished_job: tuple[Path, int, list[Event]]) 
     ckpts = of_type(events, "checkpoint")
     assert [c["reason"] for c in ckpts] == ["epoch"] * 3
     names = sorted(p.name for p in (job / "checkpoints").iterdir())
-    assert names == [f"epoch-{n}.{s}" for n in (1, 2, 3) for s in ("json", "params", "states")]
+    # Each checkpoint: its metadata, parameters and trainer state, and the hybridized network
+    # exported beside them (`export <id>` sends those two).
+    kept = ("export-0000.params", "export-symbol.json", "json", "params", "states")
+    assert names == [f"epoch-{n}.{s}" for n in (1, 2, 3) for s in kept]
     finished = events[-1]
     assert {"test_acc", "test_loss", "train_loss", "train_acc"} <= set(finished["metrics"])
     assert finished["seconds"] > 0
