@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 from chatops.adapter import Adapter, AdapterContext, CommandInfo
 from chatops.auth import Authorizer
-from chatops.commands import admin, training
-from chatops.message import Incoming, Reply
+from chatops.commands import admin, team, training
+from chatops.message import Conversation, Identity, Incoming, Reply
 from chatops.notifier import Notifier
+from chatops.people import People, admission
 from chatops.plugins import declared, load_plugins
 from chatops.router import Router
 from chatops.settings import Section, Settings, installed_platforms
@@ -63,23 +64,30 @@ class App:
             max_sweep_jobs=settings.jobs.max_sweep_jobs,
         )
         self.registry = CommandRegistry()
-        for module in (training, admin):  # the built-in commands, declared as a plugin's are
+        for module in (training, admin, team):  # the built-in commands, declared as a plugin's are
             self.registry.add_all(list(declared(module)))
         # Before the adapters are built: their command menus list plugin commands too.
         self.plugin_problems = load_plugins(self.registry, settings.plugins.modules)
         self.exit_requested = asyncio.Event()
         self.authorizer = Authorizer(settings.auth, settings.console.user)
-        self.router = Router(self.registry, self.chat_store, self.authorizer)
+        self.people = People(
+            self.db, settings.people, lambda key: self.authorizer.role_of(_identity(key)),
+            operators_control=settings.auth.operators_control, quotas=settings.quotas,
+        )  # fmt: skip
+        self.router = Router(self.registry, self.chat_store, self.people)
+        self.manager.admit = admission(settings.quotas, self.people)
         for kind in self.manager.registry.names():
             self.router.param_keys |= set(self.manager.registry.get(kind).params.field_aliases())
         self.adapters: dict[str, Adapter] = {}
         self.notifier = Notifier(
             self.chat_store, self.manager, self.adapters, settings.notify, settings.data_dir / "spool"
         )
+        self.notifier.people = self.people
         self.manager.subscribe(self.notifier.on_job_event)
         self.router.services = Services(
             jobs=self.manager, chats=self.chat_store, commands=self.registry, plot=self.notifier.plot,
-            request_exit=self.request_exit, file_limit=self._file_limit,
+            request_exit=self.request_exit, file_limit=self._file_limit, people=self.people,
+            send=self._send,
         )  # fmt: skip
         self.retention = Retention(self.chat_store, settings.retention, self.notifier.spool)
         for adapter in adapters if adapters is not None else self._load_adapters():
@@ -165,6 +173,9 @@ class App:
             await self.health.stop()
         self.db.close()
 
+    def _send(self, conversation: Conversation, reply: Reply) -> None:
+        self.notifier.enqueue(conversation, reply)
+
     def _file_limit(self, platform: str) -> int:
         adapter = self.adapters.get(platform)
         return adapter.capabilities.max_file_bytes if adapter is not None else 0
@@ -182,6 +193,11 @@ class App:
 
     async def _audit(self, identity: str, action: str, detail: str) -> None:
         self.chat_store.audit(identity, action, detail, allowed=False)
+
+
+def _identity(key: str) -> Identity:
+    platform, _, user = key.partition(":")
+    return Identity(platform, user)
 
 
 def make_executor(settings: Settings) -> Executor:

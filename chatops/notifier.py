@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from chatops import sweeps
 from chatops.adapter import Adapter, DeliveryError
 from chatops.message import Button, Conversation, MessageRef, Progress, Reply
+from chatops.people import NotifyPref
 from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
 from chatops.settings import NotifySettings
 from chatops.store import ChatStore, OutboxItem
@@ -28,6 +29,7 @@ from chatops.texts import lang_of, text
 from jobs.store import TERMINAL_STATES, Job, Sweep
 
 if TYPE_CHECKING:
+    from chatops.people import People
     from jobs.manager import JobManager
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,7 @@ class Notifier:
         self._wake = asyncio.Event()
         self._composing: set[asyncio.Task[None]] = set()  # final reports being rendered (plots)
         self._task: asyncio.Task[None] | None = None
+        self.people: People | None = None  # notification preferences (`notify`, `mute`), when the app has them
 
     # -- producing -------------------------------------------------------------------------
     def enqueue(self, conversation: Conversation | str, reply: Reply, owner: str | None = "") -> int:
@@ -123,8 +126,11 @@ class Notifier:
             self._check_watches(job, event)
         for conv_key, lang, owner in followers:
             zh = lang == "zh"
+            pref = self._pref(conv_key)
+            if pref.mode == "quiet" or (self.people is not None and self.people.muted(job.id, conv_key)):
+                continue  # final reports only (they are composed above), and what a watch asked for
             if kind in ("progress", "epoch"):
-                self._progress(job, event, conv_key, zh, owner)
+                self._progress(job, event, conv_key, zh, owner, pref.seconds if pref.mode == "digest" else None)
             elif kind in ("paused", "resumed"):
                 epoch = event.get("epoch", "?")
                 if kind == "paused":
@@ -162,18 +168,23 @@ class Notifier:
     def _sweep_summary(self, sweep: Sweep, members: list[Job], changed: bool) -> None:
         for conv_key, lang, owner in self.store.followers(sweep.id):
             adapter = self.adapters.get(Conversation.from_key(conv_key).platform)
-            if adapter is None:
+            pref = self._pref(conv_key)
+            if adapter is None or pref.mode == "quiet":
                 continue
-            live = adapter.capabilities.edit
-            if not self._due(conv_key, sweep.id, live, adapter.capabilities.digest_seconds, force=live and changed):
+            live = adapter.capabilities.edit and pref.mode != "digest"
+            every = pref.seconds if pref.mode == "digest" and pref.seconds else adapter.capabilities.digest_seconds
+            if not self._due(conv_key, sweep.id, live, every, force=live and changed, exact=pref.mode == "digest"):
                 continue
             said = sweeps.table(sweep, members, lang == "zh")
             self.enqueue(conv_key, Reply(said, live_key=f"sweep:{sweep.id}" if live else None), owner)
 
-    def _due(self, conv_key: str, key: str, live: bool, digest: float, force: bool = False) -> bool:
+    def _due(
+        self, conv_key: str, key: str, live: bool, digest: float, force: bool = False, exact: bool = False
+    ) -> bool:
         """Whether a progress message for `key` may go to the conversation now: live edits at
-        most every `progress_seconds`, digests every `digest_seconds` (the first one after it)."""
-        gap = self.settings.progress_seconds if live else max(self.settings.digest_seconds, digest)
+        most every `progress_seconds`, digests every `digest_seconds` (the first one after it), or
+        every `digest` seconds when the conversation chose it (`exact`)."""
+        gap = self.settings.progress_seconds if live else digest if exact else max(self.settings.digest_seconds, digest)
         now = time.time()
         last = self._last_push.setdefault((conv_key, key), now if not live else 0.0)
         if now - last < gap and not force:
@@ -210,6 +221,9 @@ class Notifier:
                     self._last_push.pop((conv_key, sweep.id), None)
             self.store.final_sent(sweep_id)
 
+    def _pref(self, conversation: str) -> NotifyPref:
+        return self.people.notify(conversation) if self.people is not None else NotifyPref()
+
     def _check_watches(self, job: Job, event: dict[str, Any]) -> None:
         """`watch 3f2a val_acc>=0.98`: the first reported value across the line is told, once."""
         for watch in self.store.armed_watches(job.id):
@@ -222,13 +236,18 @@ class Notifier:
                             n=watch.id)  # fmt: skip
                 self.enqueue(watch.conversation, Reply(said, job_id=job.id), watch.owner)
 
-    def _progress(self, job: Job, event: dict[str, Any], conv_key: str, zh: bool, owner: str | None) -> None:
+    def _progress(
+        self, job: Job, event: dict[str, Any], conv_key: str, zh: bool, owner: str | None, digest: float | None = None
+    ) -> None:
+        """`digest`: the conversation asked for a digest (`notify digest 10m`): new messages at that
+        pace, never edits."""
         adapter = self.adapters.get(Conversation.from_key(conv_key).platform)
         if adapter is None:
             return
-        live = adapter.capabilities.edit
+        live = adapter.capabilities.edit and digest is None
         # Epoch ends are paced too: on a fast run they came every 0.2 s and flooded a console pipe.
-        if not self._due(conv_key, job.id, live, adapter.capabilities.digest_seconds):
+        every = digest or adapter.capabilities.digest_seconds
+        if not self._due(conv_key, job.id, live, every, exact=digest is not None):
             return
         progress = progress_from(job.id, event, job.metrics)
         text = progress_text(progress, job.metrics, job.state, zh)

@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -24,6 +24,9 @@ from chatops.specs import CommandContext, CommandError, CommandRegistry, Command
 from chatops.store import ChatStore
 from chatops.texts import lang_of, text
 from jobs.params import describe, suggest
+
+if TYPE_CHECKING:
+    from chatops.people import People
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ class _Pending:
 class Router:
     registry: CommandRegistry
     store: ChatStore
-    auth: Authorizer
+    auth: Authorizer | People  # roles: of an identity, or (People) of the person behind it
     services: Services | None = None  # what handlers use; the app sets it once it has built them
     param_keys: set[str] = field(default_factory=set)
     # Longest text handled (characters), per platform (App fills it from the adapters'

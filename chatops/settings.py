@@ -60,6 +60,23 @@ class AuthSettings(Section):
     viewers: list[str] = Field(default_factory=list)
     # The local console user is admin: whoever can type into the bot's terminal owns the box.
     console_admin: bool = True
+    operators_control: Literal["own", "all"] = Field(
+        "own", description="whose jobs an operator may pause, change and stop: their own, or anybody's (admins: all)"
+    )
+
+
+class PersonSettings(Section):
+    """`[people.alice] ids = ["telegram:7", "slack:U1"]`: one person on several platforms."""
+
+    ids: list[str] = Field(min_length=1, description="the person's identities, exactly (no globs)")
+
+
+class QuotaSettings(Section):
+    """Fair use of a shared machine, per person (all their linked identities together); unset: no limit."""
+
+    max_running_per_person: int | None = Field(None, ge=1, description="jobs of one person running at once; more wait")
+    max_queued_per_person: int | None = Field(None, ge=0, description="jobs of one person waiting; more are refused")
+    max_gpus_per_person: int | None = Field(None, ge=0, description="GPUs one person's running jobs hold; more wait")
 
 
 class JobsSettings(Section):
@@ -168,6 +185,8 @@ class Settings(BaseSettings):
     plugins: PluginsSettings = Field(default_factory=PluginsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    people: dict[str, PersonSettings] = Field(default_factory=dict)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     # [kinds.<name>]: checked one by one when the bot starts (jobs.kinds), so one bad kind never
     # stops the bot or the other kinds.
     kinds: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -15,6 +15,7 @@ from chatops.message import Button, Conversation, Identity, Incoming, Reply
 from chatops.texts import text
 
 if TYPE_CHECKING:
+    from chatops.people import People
     from chatops.store import ChatStore
     from jobs.manager import JobManager
     from jobs.store import Job
@@ -58,6 +59,8 @@ class Services:
     plot: Callable[[Job], Awaitable[Path | None]]  # render a job's curves (off the event loop)
     request_exit: Callable[[], None]  # `exit`: the bot process stops as after Ctrl-C
     file_limit: Callable[[str], int] = lambda platform: 0  # largest file a platform takes (0: none)
+    people: People | None = None  # who is who across platforms; notification preferences
+    send: Callable[[Conversation, Reply], None] = lambda conversation, reply: None  # queue to another chat
 
 
 @dataclass

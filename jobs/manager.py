@@ -52,6 +52,8 @@ _PERSISTED = frozenset(
 )  # fmt: skip
 
 
+STARTUP_GRACE = 30.0  # seconds a starting runner may be silent, whatever the heartbeat timeout
+
 class JobError(Exception):
     """A request the manager refuses; the message is meant for the user."""
 
@@ -79,6 +81,8 @@ class JobManager:
         self.registry = registry or default_registry()
         self.max_parallel = max_parallel
         self.max_sweep_jobs = max_sweep_jobs
+        # Whether a queued job may start beside the running ones (a person's quota): None, or why it waits.
+        self.admit: Callable[[Job, list[Job]], str | None] | None = None
         self._last_created = 0.0
         self.stop_timeout = stop_timeout
         self.heartbeat_timeout = heartbeat_timeout
@@ -435,7 +439,10 @@ class JobManager:
             return
         # A paused runner keeps beating (its heartbeat thread runs on), so silence counts there too.
         last = job.last_event_at or job.started_at or time.time()
-        if time.time() - last > self.heartbeat_timeout:
+        # Until it is running, a runner may still be importing (MXNet alone takes 3 s on a small
+        # machine, more on a busy one) before its first heartbeat: a short timeout gets a floor.
+        limit = self.heartbeat_timeout if job.state != STARTING else max(self.heartbeat_timeout, STARTUP_GRACE)
+        if time.time() - last > limit:
             job.error = f"no sign of life from the runner for {int(time.time() - last)} s"
             if job.handle and self.executor.alive(job.handle):
                 # Frozen or hung: a runner must not outlive its job's control (and go on training
@@ -452,13 +459,21 @@ class JobManager:
     async def _schedule(self) -> None:
         # A parked job was handed to the executor already: it takes a slot and is not launched again.
         waiting = self.store.list({QUEUED}, limit=10_000)
-        active = len(self.store.list(ACTIVE_STATES, limit=10_000)) + sum(_parked(j) for j in waiting)
+        running = self.store.list(ACTIVE_STATES, limit=10_000)
+        active = len(running) + sum(_parked(j) for j in waiting)
         queued = sorted((j for j in waiting if not _parked(j)), key=lambda j: j.created_at)
         slots = self.max_parallel - active
-        held = [g for j in self.store.list(ACTIVE_STATES, limit=10_000) for g in j.handle.get("gpus", ())]
+        held = [g for j in running for g in j.handle.get("gpus", ())]
+        started: list[Job] = []
         for job in queued:
             if slots <= 0:
                 break
+            reason = self.admit(job, running + started) if self.admit is not None else None
+            if reason is not None:  # its owner's quota: later jobs of others may start
+                if job.error != reason:
+                    job.error = reason  # `status` shows why it waits
+                    self.store.save(job)
+                continue
             devices = None
             need = gpus_wanted(job.params) if self.gpus is not None else 0
             if need and self.gpus is not None:
@@ -470,6 +485,7 @@ class JobManager:
                         self.store.save(job)
                     continue
                 held += devices
+            started.append(job)
             await self._launch(job, devices)
             slots -= 1
 

@@ -6,6 +6,7 @@ import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,16 +197,20 @@ class JobStore:
         row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return self._job(row) if row else None
 
-    def list(self, states: set[str] | frozenset[str] | None = None, limit: int = 50) -> list[Job]:
+    def list(
+        self, states: set[str] | frozenset[str] | None = None, limit: int = 50, owners: Collection[str] | None = None
+    ) -> list[Job]:
+        """The newest jobs, of these states and (`owners`, any case) these owners when given."""
+        where, args = [], []
         if states:
-            marks = ", ".join("?" for _ in states)
-            rows = self.conn.execute(
-                f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at DESC LIMIT ?",
-                (*states, limit),
-            ).fetchall()
-        else:
-            rows = self.conn.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
-        return [self._job(r) for r in rows]
+            where.append(f"state IN ({', '.join('?' for _ in states)})")
+            args += list(states)
+        if owners is not None:
+            where.append(f"lower(owner) IN ({', '.join('?' for _ in owners)})")
+            args += [o.lower() for o in owners]
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self.conn.execute(f"SELECT * FROM jobs {clause}ORDER BY created_at DESC LIMIT ?", (*args, limit))
+        return [self._job(r) for r in rows.fetchall()]
 
     def counts(self) -> dict[tuple[str, str], int]:
         """How many jobs are in each (state, kind): one indexed pass, for a metrics scrape."""

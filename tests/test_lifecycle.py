@@ -165,7 +165,7 @@ async def test_with_several_running_jobs_a_bare_command_picks_the_callers_or_ask
         [status] = await bot.say("status", user="op2")
         assert status.text.startswith(f"job {b}:")
         for jid in (a, b):
-            await bot.say(f"stop {jid} --yes")
+            await bot.say(f"stop {jid} --yes", user="admin")
         for jid in (a, b):
             await bot.wait_state(jid, {"stopped"}, timeout=30)
 

@@ -16,7 +16,8 @@ from chatops.texts import CATALOGS, en, known, text, zh
 
 ROOT = Path(__file__).resolve().parent.parent / "chatops"
 # `text("key", ...)`, `ctx.t("key", ...)`, and families looked up by a runtime value: `text(f"state.{state}", ...)`.
-_USE = re.compile(r"""(?:(?<![\w.])text|\.t)\(\s*(f?)(["'])(.*?)\2""")
+# LinkError carries a catalog key that the command turns into the reply (chatops/people.py).
+_USE = re.compile(r"""(?:(?<![\w.])text|\.t|LinkError)\(\s*(f?)(["'])(.*?)\2""")
 _KEY = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")
 _CJK = re.compile("[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
 

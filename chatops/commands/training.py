@@ -10,7 +10,7 @@ import shutil
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,7 @@ from chatops.specs import CommandContext, CommandError, CommandRegistry, NoArgs,
 from chatops.store import COMPARE
 from chatops.sweeps import active, counts, label, mode
 from chatops.sweeps import table as sweep_table
+from jobs.gpus import gpus_wanted
 from jobs.manager import JobError, log_tail
 from jobs.params import fields_of, live_change, validate
 from jobs.schemas import JobParams, KindUnavailable
@@ -88,7 +89,43 @@ def _sweep(ctx: CommandContext[Any], ref: str | None) -> Sweep | None:
     return sweep
 
 
-def _find_job(ctx: CommandContext[Any], ref: str) -> Job:
+def _control(ctx: CommandContext[Any], job_id: str, owner: str) -> None:
+    """Refuse an operator another person's job (unless `[auth] operators_control = "all"`)."""
+    people = ctx.services.people
+    if people is not None and not people.may_control(ctx.sender, ctx.role, owner):
+        raise CommandError(ctx.t("own.refused", id=job_id, owner=people.named(owner)))
+
+
+def _quota(ctx: CommandContext[Any], jobs: int = 1, params: dict[str, Any] | None = None) -> None:
+    """Refuse what would take the sender beyond the per-person queue or GPU limit."""
+    people = ctx.services.people
+    if people is None:
+        return
+    quotas = people.quotas
+    need = gpus_wanted(params or {})
+    if quotas.max_gpus_per_person is not None and need > quotas.max_gpus_per_person:
+        raise CommandError(ctx.t("quota.gpus", need=need, most=quotas.max_gpus_per_person))
+    most = quotas.max_queued_per_person
+    if most is None:
+        return
+    theirs = ctx.jobs.store.list(ACTIVE_STATES | {QUEUED}, limit=10_000, owners=people.identities_of(ctx.sender.key))
+    queued = sum(j.state == QUEUED for j in theirs)
+    if queued + max(0, jobs - _free_slots(ctx)) > most:  # what would wait, with what waits already
+        raise CommandError(ctx.t("quota.queued", n=queued, running=len(theirs) - queued, most=most))
+
+
+def _mine(ctx: CommandContext[Any], job: Job) -> bool:
+    """Started by the sender, from this account or one linked to it."""
+    people = ctx.services.people
+    return people.same_person(job.owner, ctx.sender.key) if people is not None else job.owner == ctx.sender.key
+
+
+def _free_slots(ctx: CommandContext[Any]) -> int:
+    """Slots free now: a job that starts at once never waits in the queue."""
+    return max(0, ctx.jobs.max_parallel - len(ctx.jobs.store.list(ACTIVE_STATES | {QUEUED}, limit=10_000)))
+
+
+def find_job(ctx: CommandContext[Any], ref: str) -> Job:
     try:
         return ctx.jobs.require(ref.lower().removeprefix("#"))
     except JobError as exc:
@@ -109,11 +146,10 @@ def _pick(
     states when empty; the caller's own first). Never silently the newest of all: a `stop` meant for
     the running job must not cancel a queued one."""
     if ref:
-        return _find_job(ctx, ref)
+        return find_job(ctx, ref)
     store = ctx.jobs.store
-    me = ctx.sender.key
     candidates = [j for j in store.list(set(states), limit=50) if accept(j)]
-    pool = [j for j in candidates if j.owner == me] or candidates
+    pool = [j for j in candidates if _mine(ctx, j)] or candidates
     if len(pool) == 1:
         return pool[0]
     if pool:
@@ -125,7 +161,7 @@ def _pick(
         )
     if fallback is not None:
         older = store.list(set(fallback) or None, limit=50)
-        mine = [j for j in older if j.owner == me] or older
+        mine = [j for j in older if _mine(ctx, j)] or older
         if mine:
             return mine[0]
     raise CommandError(ctx.t("pick.none", verb=verb))
@@ -262,7 +298,8 @@ async def cmd_set(ctx: CommandContext[JobRef]) -> Reply:
     if not ctx.params:
         raise CommandError(ctx.t("set.nothing"))
     if ref:
-        job = _find_job(ctx, ref)
+        job = find_job(ctx, ref)
+        _control(ctx, job.id, job.owner)
         _, model = _kind_model(ctx, job.kind)
         change = live_change(model, job.params, ctx.params)  # the rules the runner applies too
         if change.not_live:
@@ -288,8 +325,7 @@ async def cmd_set(ctx: CommandContext[JobRef]) -> Reply:
     ctx.chats.save_params(conv, kind, saved)
     pretty = ", ".join(f"{k}={v}" for k, v in saved.items())
     text = ctx.t("set.saved", values=pretty)
-    me = ctx.sender.key
-    running = [j for j in ctx.jobs.store.list({RUNNING, PAUSED}, limit=20) if j.owner == me]
+    running = [j for j in ctx.jobs.store.list({RUNNING, PAUSED}, limit=20) if _mine(ctx, j)]
     if not running:
         return Reply(text)
     # Whoever sends `set lr=0.02` (or the bare `lr 0.02`) while their job trains may well mean that
@@ -310,7 +346,9 @@ async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
     checkpoint = None
     if args.resume:
         # The job's own parameters, with what is given changed (`train resume=3f2a epochs=20`).
-        job = _find_job(ctx, args.resume)
+        job = find_job(ctx, args.resume)
+        if job.state != "succeeded":
+            _control(ctx, job.id, job.owner)
         if args.kind and args.kind != job.kind:
             raise CommandError(ctx.t("train.wrong_kind", id=job.id, kind=job.kind))
         kind, model = _kind_model(ctx, job.kind)
@@ -331,6 +369,7 @@ async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
     else:
         kind, model = _kind_model(ctx, args.kind)
         params = _validated(ctx, model, ctx.params, ctx.chats.saved_params(conv, kind))
+    _quota(ctx, 1, params)
     try:
         job = await manager.submit(kind, params, owner=ctx.sender.key, checkpoint=checkpoint)
     except JobError as exc:  # the preflight: what would fail as soon as the runner starts
@@ -340,6 +379,8 @@ async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
         running = [j.id for j in manager.store.list(ACTIVE_STATES, limit=5)]
         pos = manager.queue_position(job.id)
         text = ctx.t("train.queued", id=job.id, pos=pos, running=", ".join(f"job {r}" for r in running) or "-")
+        if job.error:  # why it waits beyond the queue: a free GPU, its owner's quota
+            text += "\n" + ctx.t("status.waiting", error=job.error)
     else:
         text = ctx.t("train.started", id=job.id, summary=_summary(ctx, job, ctx.lang == "zh"))
     if checkpoint:
@@ -364,6 +405,7 @@ async def cmd_sweep(ctx: CommandContext[SweepArgs]) -> Reply:
     )  # a grid of a thousand is refused by its size before any member is validated
     if planned.errors:
         raise CommandError("\n".join([ctx.t("sweep.refused"), *planned.errors]))
+    _quota(ctx, len(planned.members), max(planned.members, key=gpus_wanted))
     try:
         sweep, jobs = await ctx.jobs.submit_sweep(
             kind, planned.members, owner=ctx.sender.key, varying=planned.varying,
@@ -381,7 +423,7 @@ def _stop_target(ctx: CommandContext[JobRef]) -> Job:
     """The running job (the caller's); only with none running, a queued one."""
     ref = ctx.args.job
     if ref:
-        return _find_job(ctx, ref)
+        return find_job(ctx, ref)
     try:
         return _pick(ctx, None, "stop", ACTIVE_STATES)
     except CommandError as exc:
@@ -394,6 +436,7 @@ def _confirm_stop(ctx: CommandContext[JobRef]) -> Question:
     zh = ctx.lang == "zh"
     sweep = _sweep(ctx, ctx.args.job)
     if sweep is not None:
+        _control(ctx, sweep.id, sweep.owner)
         members = ctx.jobs.store.members(sweep.id)
         going = active(members)
         if not going:
@@ -403,6 +446,7 @@ def _confirm_stop(ctx: CommandContext[JobRef]) -> Question:
     job = _stop_target(ctx)
     if job.terminal:
         raise CommandError(ctx.t("stop.ended", id=job.id, state=state_word(job.state, zh)))
+    _control(ctx, job.id, job.owner)
     text = ctx.t("stop.confirm", id=job.id, state=state_word(job.state, zh), summary=_summary(ctx, job, zh))
     # A yes stops this job, whatever starts meanwhile; the reply keeps the language asked in.
     return Question(text, command=ctx.t("command.stop") + f" {job.id}")
@@ -414,6 +458,7 @@ def _confirm_stop(ctx: CommandContext[JobRef]) -> Question:
 async def cmd_stop(ctx: CommandContext[JobRef]) -> Reply:
     sweep = _sweep(ctx, ctx.args.job)
     if sweep is not None:
+        _control(ctx, sweep.id, sweep.owner)
         stopped = await ctx.jobs.stop_sweep(sweep.id)
         if not stopped:
             raise CommandError(ctx.t("sweep.ended", id=sweep.id, counts=counts(ctx.jobs.store.members(sweep.id),
@@ -421,6 +466,7 @@ async def cmd_stop(ctx: CommandContext[JobRef]) -> Reply:
         ids = ", ".join(f"job {j.id}" for j in stopped)
         return Reply(ctx.t("sweep.stopping", id=sweep.id, n=len(stopped), ids=ids))
     job = _stop_target(ctx)
+    _control(ctx, job.id, job.owner)
     try:
         job = await ctx.jobs.stop(job.id)
     except JobError as exc:
@@ -434,6 +480,7 @@ async def cmd_stop(ctx: CommandContext[JobRef]) -> Reply:
          summary="pause a job at the next batch", summary_zh="暂停训练", examples=["pause 3f2a"])  # fmt: skip
 async def cmd_pause(ctx: CommandContext[JobRef]) -> Reply:
     job = _pick(ctx, ctx.args.job, "pause", {RUNNING, STARTING})
+    _control(ctx, job.id, job.owner)
     try:
         await ctx.jobs.control(job.id, "pause")
     except JobError as exc:
@@ -449,6 +496,7 @@ async def cmd_resume(ctx: CommandContext[JobRef]) -> Reply:
     # A paused job (or one with a pause pending) first; else the newest stopped, failed or lost one.
     job = _pick(ctx, ctx.args.job, "resume", ACTIVE_STATES, {STOPPED, FAILED, LOST},
                 accept=manager.pause_pending)  # fmt: skip
+    _control(ctx, job.id, job.owner)
     try:
         if job.state in ACTIVE_STATES:
             pending = job.state != PAUSED  # running, with a pause it has not reached yet
@@ -504,10 +552,21 @@ async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
     return Reply("\n".join(lines), job_id=job.id, buttons=buttons)
 
 
-@command("jobs", aliases=["任务", "list", "ls"], args=NoArgs, summary="recent jobs", summary_zh="任务列表",
-         examples=["jobs"])  # fmt: skip
-async def cmd_jobs(ctx: CommandContext[NoArgs]) -> str:
-    jobs = ctx.jobs.store.list(limit=15)
+class JobsArgs(_Args):
+    which: Literal["all", "mine"] = Field("all", description="all recent jobs, or yours (from any linked account)")
+
+
+@command("jobs", aliases=["任务", "list", "ls"], args=JobsArgs, positionals=["which"], summary="recent jobs",
+         summary_zh="任务列表", examples=["jobs", "jobs mine"])  # fmt: skip
+async def cmd_jobs(ctx: CommandContext[JobsArgs]) -> str:
+    people = ctx.services.people
+    if ctx.args.which == "mine":
+        ids = people.identities_of(ctx.sender.key) if people is not None else [ctx.sender.key]
+        jobs = ctx.jobs.store.list(limit=15, owners=ids)
+        if not jobs:
+            return ctx.t("jobs.none_mine")
+    else:
+        jobs = ctx.jobs.store.list(limit=15)
     if not jobs:
         return ctx.t("jobs.none")
     return "\n".join(_job_line(ctx, j, ctx.lang == "zh") for j in jobs)
@@ -592,7 +651,7 @@ async def cmd_compare(ctx: CommandContext[NoArgs]) -> Reply:
     jobs: list[Job] = []
     for ref in refs:  # a sweep stands for its jobs
         sweep = _sweep(ctx, ref)
-        jobs += ctx.jobs.store.members(sweep.id) if sweep is not None else [_find_job(ctx, ref)]
+        jobs += ctx.jobs.store.members(sweep.id) if sweep is not None else [find_job(ctx, ref)]
     jobs = list({j.id: j for j in jobs}.values())
     most = MAX_COMPARED if len(jobs) == len(refs) else ctx.jobs.max_sweep_jobs
     if not 2 <= len(jobs) <= most:
@@ -718,4 +777,13 @@ async def cmd_unwatch(ctx: CommandContext[WatchRef]) -> str:
          summary_zh="我是谁", examples=["whoami"])  # fmt: skip
 async def cmd_whoami(ctx: CommandContext[NoArgs]) -> str:
     who = ctx.sender
-    return ctx.t("whoami.identity", who=who.key, name=f" ({who.name})" if who.name else "", role=ctx.role.name)
+    said = ctx.t("whoami.identity", who=who.key, name=f" ({who.name})" if who.name else "", role=ctx.role.name)
+    people = ctx.services.people
+    if people is not None:
+        others = people.identities_of(who.key)[1:]
+        person = people.person_of(who.key)
+        if ":" not in person:  # a person named in the config ([people.alice])
+            said += ctx.t("whoami.person", person=person)
+        if others:
+            said += ctx.t("whoami.linked", ids=", ".join(others))
+    return said

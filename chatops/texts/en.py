@@ -125,6 +125,42 @@ TEXTS: dict[str, str] = {
                    " this platform takes no files):",
     "compare.usage": "Name 2 to {most} jobs, or a sweep: compare 3f2a 4b1c, compare s3f2a",
     "compare.head": "Comparing {ids} (parameters that differ, then the latest metrics):",
+    # -- people: linked identities, ownership, quotas, notification preferences ------------------------
+    "whoami.linked": "\nthe same person as: {ids}",
+    "whoami.person": "\nperson: {person}",
+    "link.code": "Your link code: {code}. It works once, for 10 minutes: send link {code} from your other account"
+                 " (another platform) and both are one person.",
+    "link.sent_privately": "Your link code was sent to you in a private chat with the bot (a code read by others"
+                           " would let them act as you).",
+    "link.needs_role": "Only an account the bot knows can ask for a link code: send link there, then send"
+                       " link <code> here.",
+    "link.done": "Linked: {who} and {other} are one person now ({ids}); your role: {role}.",
+    "link.bad_code": "That link code is not valid (mistyped, or used already). Ask for a new one: send link from"
+                     " your other account.",
+    "link.expired": "That link code has expired (a code lasts 10 minutes). Ask for a new one.",
+    "link.too_many": "Too many wrong link codes from {who}; try again in 10 minutes.",
+    "link.same": "That code is this account's own; send it from your other account.",
+    "link.already": "{who} and {other} are linked already.",
+    "link.declared": "{other} is {theirs} in the config and you are {person}; people named in the config are not"
+                     " merged in chat.",
+    "unlink.done": "{identity} is no longer linked (it was part of {person}).",
+    "unlink.declared": "{identity} belongs to {person} in the config ([people.{person}]); remove it there.",
+    "unlink.not_linked": "{identity} is not linked to anyone.",
+    "unlink.not_yours": "{identity} is not one of your identities (see whoami).",
+    "own.refused": "job {id} belongs to {owner}; operators control only their own jobs (an admin may; or set"
+                   " [auth] operators_control = \"all\").",
+    "quota.queued": "Refused: you have {n} job(s) waiting and {running} running; one person may have {most}"
+                    " waiting. Wait for one to start, or stop one.",
+    "quota.gpus": "This job asks for {need} GPU(s); one person may hold at most {most}.",
+    "jobs.none_mine": "You have no jobs. Start one with: train epochs=5",
+    "notify.usage": "notify all | quiet (final reports only) | digest 10m (progress every 10 minutes)",
+    "notify.all": "This conversation gets every progress update again.",
+    "notify.quiet": "Quiet: this conversation gets final reports only (and alerts it asked for).",
+    "notify.digest": "Digest: progress here at most every {every}, as new messages; final reports at once.",
+    "mute.done": "job {id} is muted here: no progress from it; its final report still comes.",
+    "mute.already": "job {id} is muted here already.",
+    "unmute.done": "job {id} is no longer muted here.",
+    "unmute.not_muted": "job {id} is not muted here.",
     # -- sweeps -------------------------------------------------------------------------------------
     "sweep.usage": "Give parameters several values: sweep lr=0.01,0.03,0.1 bs=32,64 (a grid), sweep"
                    " lr=1e-3..1e-1:5log (a range), or ranges with samples=8 (a random search).",

@@ -123,6 +123,38 @@ TEXTS: dict[str, str] = {
     "export.path": "job {id}：{which} 检查点的参数（{size}）在服务器上（文件太大，或这个平台不能发文件）：",
     "compare.usage": "请给出 2 到 {most} 个任务或一个 sweep：对比 3f2a 4b1c、对比 s3f2a",
     "compare.head": "对比 {ids}（不同的参数，然后是最新的指标）：",
+    # -- people: linked identities, ownership, quotas, notification preferences ------------------------
+    "whoami.linked": "\n同一个人的其他账号：{ids}",
+    "whoami.person": "\n人员：{person}",
+    "link.code": "你的关联码：{code}。10 分钟内有效、只能用一次：在你的另一个账号（另一个平台）发送 关联 {code}，"
+                 "两个账号就成为同一个人。",
+    "link.sent_privately": "关联码已通过与机器人的私聊发给你（别人看到关联码就能冒充你）。",
+    "link.needs_role": "只有机器人认识的账号才能申请关联码：请在那个账号发送 关联，再在这里发送 关联 <码>。",
+    "link.done": "已关联：{who} 和 {other} 现在是同一个人（{ids}）；你的角色：{role}。",
+    "link.bad_code": "关联码无效（输错了，或已用过）。请在另一个账号发送 关联 获取新码。",
+    "link.expired": "关联码已过期（有效期 10 分钟）。请重新获取。",
+    "link.too_many": "{who} 输错关联码的次数太多；请 10 分钟后再试。",
+    "link.same": "这是本账号自己的关联码；请在另一个账号发送。",
+    "link.already": "{who} 和 {other} 已经关联。",
+    "link.declared": "配置中 {other} 属于 {theirs}，而你属于 {person}；配置里的人员不能在聊天中合并。",
+    "unlink.done": "{identity} 已取消关联（原属于 {person}）。",
+    "unlink.declared": "{identity} 在配置中属于 {person}（[people.{person}]）；请在配置里修改。",
+    "unlink.not_linked": "{identity} 没有关联任何人。",
+    "unlink.not_yours": "{identity} 不是你的账号（见 我是谁）。",
+    "own.refused": "job {id} 属于 {owner}；操作员只能控制自己的任务（管理员可以；或设置"
+                   " [auth] operators_control = \"all\"）。",
+    "quota.queued": "已拒绝：你有 {n} 个任务在排队、{running} 个在运行；每人最多排队 {most} 个。"
+                    "请等其中一个开始，或停止一个。",
+    "quota.gpus": "这个任务需要 {need} 块 GPU；每人最多占用 {most} 块。",
+    "jobs.none_mine": "你还没有任务。发送 开始 ep 5 开始训练。",
+    "notify.usage": "通知 all（全部）| quiet（只要最终报告）| digest 10m（每 10 分钟汇总进度）",
+    "notify.all": "这个会话重新接收所有进度。",
+    "notify.quiet": "安静模式：这个会话只接收最终报告（以及设置的提醒）。",
+    "notify.digest": "汇总模式：这里的进度最多每 {every} 发一条新消息；最终报告立即发送。",
+    "mute.done": "job {id} 在这里已静音：不再发送进度；最终报告仍会发送。",
+    "mute.already": "job {id} 在这里已经静音。",
+    "unmute.done": "job {id} 在这里已取消静音。",
+    "unmute.not_muted": "job {id} 在这里没有静音。",
     # -- sweeps -------------------------------------------------------------------------------------
     "sweep.usage": "请给参数多个取值：扫参 lr=0.01,0.03,0.1 bs=32,64（网格）、扫参 lr=1e-3..1e-1:5log（范围），"
                    "或范围加 samples=8（随机搜索）。",

@@ -1,0 +1,232 @@
+"""People: one person behind identities on several platforms, and what each conversation wants to
+be told. A person is declared in config (`[people.alice] ids = [...]`) or made in chat: `link` on
+one platform answers a one-time code that the same person sends from another (`link 123456`).
+
+A person's role is the highest that config grants any of their identities (linking never grants
+more than that), and their jobs are theirs from every platform: ownership is compared by person.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from chatops.auth import Role
+from chatops.message import Identity
+from chatops.settings import PersonSettings, QuotaSettings
+from jobs.db import migrate, write_transaction
+from jobs.gpus import gpus_wanted
+from jobs.store import Job
+
+CODE_SECONDS = 600.0  # a link code is good for ten minutes, once
+MAX_FAILURES = 5  # wrong codes one identity may send in CODE_SECONDS
+NOTIFY_MODES = ("all", "quiet", "digest")
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE people_links (identity TEXT PRIMARY KEY, person TEXT NOT NULL, linked_at REAL NOT NULL);
+    CREATE INDEX people_links_person ON people_links(person);
+    CREATE TABLE link_codes (code TEXT PRIMARY KEY, identity TEXT NOT NULL, expires REAL NOT NULL);
+    CREATE TABLE link_failures (identity TEXT NOT NULL, t REAL NOT NULL);
+    CREATE INDEX link_failures_identity ON link_failures(identity, t);
+    CREATE TABLE notify_prefs (conversation TEXT PRIMARY KEY, mode TEXT NOT NULL, seconds REAL);
+    CREATE TABLE mutes (job_id TEXT NOT NULL, conversation TEXT NOT NULL, PRIMARY KEY (job_id, conversation))
+    """,
+]
+
+
+class LinkError(Exception):
+    """A link or unlink refused; the message is the reason (English; the command translates)."""
+
+    def __init__(self, key: str, **values: object) -> None:
+        super().__init__(key)
+        self.key = key
+        self.values = values
+
+
+@dataclass(frozen=True)
+class NotifyPref:
+    mode: str = "all"  # all | quiet (final reports only) | digest (progress every `seconds`)
+    seconds: float | None = None
+
+
+class People:
+    """Who is who (config first, then links made in chat) and each conversation's preferences."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        declared: Mapping[str, PersonSettings],
+        config_role: Callable[[str], Role],
+        *,
+        operators_control: str = "own",
+        quotas: QuotaSettings | None = None,
+    ) -> None:
+        self.conn = conn
+        self.operators_control = operators_control  # "own": an operator controls their own jobs only
+        self.quotas = quotas or QuotaSettings()
+        migrate(conn, "people", _MIGRATIONS)
+        self._config_role = config_role  # the role config grants one identity key
+        self._declared: dict[str, str] = {}  # identity -> person name, from config
+        for name, person in declared.items():
+            for ident in person.ids:
+                self._declared[ident.lower()] = name
+
+    # -- who ----------------------------------------------------------------------------------
+    def person_of(self, identity: str) -> str:
+        """The person's name (config), the person an identity was linked into, or the identity."""
+        key = identity.lower()
+        declared = self._declared.get(key)
+        if declared is not None:
+            return declared
+        row = self.conn.execute("SELECT person FROM people_links WHERE identity=?", (key,)).fetchone()
+        return str(row[0]) if row else key
+
+    def identities_of(self, identity: str) -> list[str]:
+        """Every identity of the person `identity` belongs to (itself first)."""
+        person = self.person_of(identity)
+        found = [i for i, p in self._declared.items() if p == person]
+        found += [r[0] for r in self.conn.execute("SELECT identity FROM people_links WHERE person=?", (person,))]
+        return list(dict.fromkeys([identity.lower(), *found]))
+
+    def role_of(self, identity: Identity) -> Role:
+        """The highest role config grants any identity of the person."""
+        own = self._config_role(identity.key)
+        if own == Role.admin:
+            return own
+        key = identity.key.lower()
+        if key not in self._declared and not self._linked(key):
+            return own
+        return max([own, *(self._config_role(i) for i in self.identities_of(key))])
+
+    def same_person(self, a: str, b: str) -> bool:
+        return a.lower() == b.lower() or self.person_of(a) == self.person_of(b)
+
+    def may_control(self, identity: Identity, role: Role, owner: str) -> bool:
+        """Whether `identity` may pause, change or stop a job `owner` started."""
+        if role >= Role.admin or (role >= Role.operator and self.operators_control == "all"):
+            return True
+        return role >= Role.operator and self.same_person(identity.key, owner)
+
+    def named(self, identity: str) -> str:
+        """`slack:U1 (alice)`: an identity, with its person where that says more."""
+        person = self.person_of(identity)
+        return identity if person == identity.lower() else f"{identity} ({person})"
+
+    def _linked(self, key: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM people_links WHERE identity=?", (key,)).fetchone() is not None
+
+    # -- linking ------------------------------------------------------------------------------
+    def new_code(self, identity: str) -> str:
+        """A one-time code for `identity`'s person; an earlier unused code of it is void."""
+        key = identity.lower()
+        code = f"{secrets.randbelow(10**6):06d}"
+        with write_transaction(self.conn):
+            self.conn.execute("DELETE FROM link_codes WHERE identity=? OR expires<?", (key, time.time()))
+            while self.conn.execute("SELECT 1 FROM link_codes WHERE code=?", (code,)).fetchone():
+                code = f"{secrets.randbelow(10**6):06d}"
+            self.conn.execute("INSERT INTO link_codes VALUES (?, ?, ?)", (code, key, time.time() + CODE_SECONDS))
+        return code
+
+    def redeem(self, identity: str, code: str) -> str:
+        """Link `identity` with the identity that asked for `code`; returns that identity. The code
+        is used up whatever happens; wrong codes are counted (five in ten minutes: no more tries)."""
+        key = identity.lower()
+        now = time.time()
+        refused: LinkError | None = None
+        with write_transaction(self.conn):  # a refusal is raised after the commit: failures count
+            refused, other = self._redeem(key, code, now)
+        if refused is not None:
+            raise refused
+        return other
+
+    def _redeem(self, key: str, code: str, now: float) -> tuple[LinkError | None, str]:
+        failures = self.conn.execute(
+            "SELECT COUNT(*) FROM link_failures WHERE identity=? AND t>?", (key, now - CODE_SECONDS)
+        ).fetchone()[0]
+        if failures >= MAX_FAILURES:
+            return LinkError("link.too_many"), ""
+        row = self.conn.execute("SELECT identity, expires FROM link_codes WHERE code=?", (code,)).fetchone()
+        if row is not None:
+            self.conn.execute("DELETE FROM link_codes WHERE code=?", (code,))
+        if row is None or row[1] < now:
+            self.conn.execute("INSERT INTO link_failures VALUES (?, ?)", (key, now))
+            return (LinkError("link.bad_code") if row is None else LinkError("link.expired")), ""
+        other = str(row[0])
+        if other == key:
+            return LinkError("link.same"), other
+        mine, theirs = self.person_of(key), self.person_of(other)
+        if mine == theirs:
+            return LinkError("link.already", other=other), other
+        names = set(self._declared.values())
+        if mine in names and theirs in names:
+            return LinkError("link.declared", other=other, person=mine, theirs=theirs), other
+        # Into the declared person if either is one, else into the person of the code's owner;
+        # every identity of both (those config names stay config's) then points there.
+        into = mine if mine in names else theirs
+        for ident in {*self.identities_of(key), *self.identities_of(other)} - set(self._declared):
+            self.conn.execute("INSERT OR REPLACE INTO people_links VALUES (?, ?, ?)", (ident, into, now))
+        return None, other
+
+    def unlink(self, identity: str) -> str:
+        """Take `identity` out of its person; returns the person it left."""
+        key = identity.lower()
+        if key in self._declared:
+            raise LinkError("unlink.declared", identity=key, person=self._declared[key])
+        person = self.person_of(key)
+        with write_transaction(self.conn):
+            cur = self.conn.execute("DELETE FROM people_links WHERE identity=?", (key,))
+            if cur.rowcount == 0:
+                raise LinkError("unlink.not_linked", identity=key)
+            left = self.conn.execute("SELECT identity FROM people_links WHERE person=?", (person,)).fetchall()
+            if len(left) == 1 and left[0][0] == person:  # the last one left is a person of one
+                self.conn.execute("DELETE FROM people_links WHERE identity=?", (person,))
+        return person
+
+    # -- what a conversation wants to hear --------------------------------------------------------
+    def set_notify(self, conversation: str, mode: str, seconds: float | None = None) -> None:
+        if mode == "all":
+            self.conn.execute("DELETE FROM notify_prefs WHERE conversation=?", (conversation,))
+        else:
+            self.conn.execute("INSERT OR REPLACE INTO notify_prefs VALUES (?, ?, ?)", (conversation, mode, seconds))
+
+    def notify(self, conversation: str) -> NotifyPref:
+        query = "SELECT mode, seconds FROM notify_prefs WHERE conversation=?"
+        row = self.conn.execute(query, (conversation,)).fetchone()
+        return NotifyPref(row[0], row[1]) if row else NotifyPref()
+
+    def mute(self, job_id: str, conversation: str) -> bool:
+        cur = self.conn.execute("INSERT OR IGNORE INTO mutes VALUES (?, ?)", (job_id, conversation))
+        return cur.rowcount == 1
+
+    def unmute(self, job_id: str, conversation: str) -> bool:
+        cur = self.conn.execute("DELETE FROM mutes WHERE job_id=? AND conversation=?", (job_id, conversation))
+        return cur.rowcount == 1
+
+    def muted(self, job_id: str, conversation: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM mutes WHERE job_id=? AND conversation=?", (job_id, conversation))
+        return row.fetchone() is not None
+
+
+def admission(quotas: QuotaSettings, people: People) -> Callable[[Job, list[Job]], str | None] | None:
+    """What the job manager asks before it starts a queued job: why it must wait for its owner's
+    running jobs (their number, their GPUs), or None. None when no such quota is set."""
+    most_running, most_gpus = quotas.max_running_per_person, quotas.max_gpus_per_person
+    if most_running is None and most_gpus is None:
+        return None
+
+    def admit(job: Job, running: list[Job]) -> str | None:
+        theirs = [j for j in running if people.same_person(j.owner, job.owner)]
+        who = people.person_of(job.owner)
+        if most_running is not None and len(theirs) >= most_running:
+            return f"waiting: {who} has {len(theirs)} running job(s), the most for one person ({most_running})"
+        need = gpus_wanted(job.params)
+        held = sum(gpus_wanted(j.params) for j in theirs)
+        if most_gpus is not None and need and held + need > most_gpus:
+            return f"waiting: {who}'s running jobs hold {held} GPU(s), this one needs {need}; one person: {most_gpus}"
+        return None
+
+    return admit
