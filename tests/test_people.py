@@ -254,3 +254,26 @@ async def test_linked_on_slack_and_telegram_one_person_controls_their_job(two_pl
     # The final report follows the job to where it was started (Slack), not to Telegram.
     await slack.wait_for(lambda: slack.find_text(f"job {jid} stopped"), timeout=30)
     await asyncio.sleep(0.2)
+
+
+async def test_gpu_quotas_refuse_what_can_never_run_and_hold_back_what_must_wait(settings: Settings) -> None:
+    from chatops.people import admission
+    from jobs.store import Job
+
+    quotas = QuotaSettings(max_gpus_per_person=2)
+    async with BotHarness(_people_settings(settings, quotas=quotas)) as bot:
+        [refused] = await bot.say("train context=gpu:0,1,2", user="op")
+        assert refused.error and refused.text == "This job asks for 3 GPU(s); one person may hold at most 2."
+        assert bot.app.job_store.list(limit=5) == []
+        admit = admission(quotas, bot.app.people)
+        assert admit is not None
+
+        def job(owner: str, context: str) -> Job:
+            return Job(id=owner[-1] + context[-1], kind="mxnet", params={"context": context}, state="queued",
+                       owner=owner, job_dir="/nowhere", created_at=0.0)  # fmt: skip
+
+        running = [job("test:op", "gpu:0"), job("test:op2", "gpu:1,2")]
+        assert admit(job("test:op", "gpu:3"), running) is None  # 1 held + 1: within 2
+        waiting = admit(job("test:op", "gpu:3,4"), running)
+        assert waiting == "waiting: test:op's running jobs hold 1 GPU(s), this one needs 2; one person: 2"
+        assert admit(job("test:op", "cpu"), running) is None  # no GPU asked: no GPU quota
