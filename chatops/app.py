@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from chatops.adapter import Adapter, AdapterContext, CommandInfo
 from chatops.auth import Authorizer
 from chatops.commands import admin, team, training
-from chatops.message import Conversation, Identity, Incoming, Reply
+from chatops.message import Conversation, Incoming, Reply
 from chatops.notifier import Notifier
 from chatops.people import People, admission
 from chatops.plugins import declared, load_plugins
@@ -71,7 +71,7 @@ class App:
         self.exit_requested = asyncio.Event()
         self.authorizer = Authorizer(settings.auth, settings.console.user)
         self.people = People(
-            self.db, settings.people, lambda key: self.authorizer.role_of(_identity(key)),
+            self.db, settings.people, self.authorizer.role_for,
             operators_control=settings.auth.operators_control, quotas=settings.quotas,
         )  # fmt: skip
         self.router = Router(self.registry, self.chat_store, self.people)
@@ -193,11 +193,6 @@ class App:
 
     async def _audit(self, identity: str, action: str, detail: str) -> None:
         self.chat_store.audit(identity, action, detail, allowed=False)
-
-
-def _identity(key: str) -> Identity:
-    platform, _, user = key.partition(":")
-    return Identity(platform, user)
 
 
 def make_executor(settings: Settings) -> Executor:

@@ -29,7 +29,10 @@ class Authorizer:
         self._known: dict[str, Role] = {}
 
     def role_of(self, identity: Identity) -> Role:
-        key = identity.key
+        return self.role_for(identity.key)
+
+    def role_for(self, key: str) -> Role:
+        """The role of an identity key (`telegram:42`)."""
         role = self._known.get(key)
         if role is None:
             role = self._match(key.lower())

@@ -8,6 +8,7 @@ more than that), and their jobs are theirs from every platform: ownership is com
 
 from __future__ import annotations
 
+import math
 import secrets
 import sqlite3
 import time
@@ -23,6 +24,7 @@ from jobs.store import Job
 
 CODE_SECONDS = 600.0  # a link code is good for ten minutes, once
 MAX_FAILURES = 5  # wrong codes one identity may send in CODE_SECONDS
+LINKS_SECONDS = 1.0  # how stale this process's view of the links made elsewhere may be
 NOTIFY_MODES = ("all", "quiet", "digest")
 
 _MIGRATIONS = [
@@ -68,6 +70,8 @@ class People:
         self.conn = conn
         self.operators_control = operators_control  # "own": an operator controls their own jobs only
         self.quotas = quotas or QuotaSettings()
+        self._links: frozenset[str] = frozenset()
+        self._links_read = -math.inf
         migrate(conn, "people", _MIGRATIONS)
         self._config_role = config_role  # the role config grants one identity key
         self._declared: dict[str, str] = {}  # identity -> person name, from config
@@ -98,9 +102,18 @@ class People:
         if own == Role.admin:
             return own
         key = identity.key.lower()
-        if key not in self._declared and not self._linked(key):
+        if key not in self._declared and key not in self._linked_keys():
             return own
         return max([own, *(self._config_role(i) for i in self.identities_of(key))])
+
+    def _linked_keys(self) -> frozenset[str]:
+        """The identities linked in chat, read again after LINKS_SECONDS (or a link made here):
+        every message asks, and another process (`chatops send`) may link or unlink meanwhile."""
+        now = time.monotonic()
+        if now - self._links_read > LINKS_SECONDS:
+            self._links = frozenset(r[0] for r in self.conn.execute("SELECT identity FROM people_links"))
+            self._links_read = now
+        return self._links
 
     def same_person(self, a: str, b: str) -> bool:
         return a.lower() == b.lower() or self.person_of(a) == self.person_of(b)
@@ -115,9 +128,6 @@ class People:
         """`slack:U1 (alice)`: an identity, with its person where that says more."""
         person = self.person_of(identity)
         return identity if person == identity.lower() else f"{identity} ({person})"
-
-    def _linked(self, key: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM people_links WHERE identity=?", (key,)).fetchone() is not None
 
     # -- linking ------------------------------------------------------------------------------
     def new_code(self, identity: str) -> str:
@@ -139,6 +149,7 @@ class People:
         refused: LinkError | None = None
         with write_transaction(self.conn):  # a refusal is raised after the commit: failures count
             refused, other = self._redeem(key, code, now)
+        self._links_read = -math.inf
         if refused is not None:
             raise refused
         return other
@@ -184,6 +195,7 @@ class People:
             left = self.conn.execute("SELECT identity FROM people_links WHERE person=?", (person,)).fetchall()
             if len(left) == 1 and left[0][0] == person:  # the last one left is a person of one
                 self.conn.execute("DELETE FROM people_links WHERE identity=?", (person,))
+        self._links_read = -math.inf
         return person
 
     # -- what a conversation wants to hear --------------------------------------------------------
