@@ -8,17 +8,22 @@ ended by pid at teardown, so a parallel test run's head (or anyone else's) is ne
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import itertools
+import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import psutil
@@ -329,3 +334,39 @@ async def test_a_pending_job_stopped_while_waiting_ends_stopped_on_ray(cluster_s
         info = bot.app.manager.executor.client().get_job_info(f"chatops-{jid}-1")  # type: ignore[attr-defined]
         assert "stopped by chatops" in (info.message or "")
         assert not bot.app.manager.executor.alive(bot.app.job_store.get(jid).handle)
+
+
+def _stored_seqs(settings: Settings, jid: str) -> list[int]:
+    with closing(sqlite3.connect(settings.db_path)) as conn:
+        rows = conn.execute("SELECT data FROM job_events WHERE job_id=? ORDER BY id", (jid,)).fetchall()
+    return [event["seq"] for event in (json.loads(row[0]) for row in rows) if "seq" in event]
+
+
+async def test_a_restarted_bot_follows_a_cluster_channel_job(cluster_settings: Settings) -> None:
+    """The runner trains on while no bot is there; a new bot on the same data dir reads the relayed
+    entries from where the old one stopped (each applied once) and its `stop` reaches the runner."""
+    async with BotHarness(cluster_settings) as bot:
+        [reply] = await bot.say("train epochs=300 max_samples=200 report=0.2")
+        jid = job_id(reply.text)
+        assert bot.app.job_store.get(jid).handle["channel"] == "cluster"
+        await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None, timeout=60)
+        await eventually(lambda: len(bot.app.job_store.events(jid, {"progress"})) >= 2, 10, "two progress events")
+    before = _stored_seqs(cluster_settings, jid)  # read from the database, which the old bot closed
+    # No bot now; the relay keeps adding entries to the cluster's key-value store meanwhile.
+    await asyncio.sleep(1.5)
+    async with BotHarness(cluster_settings) as bot2:
+        job = bot2.app.job_store.get(jid)
+        assert job.state in ("running", "paused") and ray_status(bot2, jid) == "RUNNING", job.state
+        # The entries relayed while no bot was there, and new ones, are read by the new bot.
+        await eventually(
+            lambda: [e for e in bot2.app.job_store.events(jid, {"progress"}) if e["seq"] > before[-1]],
+            15, "progress after the restart",
+        )  # fmt: skip
+        await bot2.say(f"stop {jid} --yes")
+        assert await bot2.wait_state(jid, {"stopped", "failed"}, timeout=20) == "stopped"
+        stopped = await bot2.wait_event(jid, "stopped")
+        assert stopped["control_id"], "the runner itself stopped, on the new bot's control entry"
+        seqs = [e["seq"] for e in bot2.app.job_store.events(jid) if "seq" in e]
+        assert seqs[: len(before)] == before
+        assert all(a < b for a, b in itertools.pairwise(seqs)), f"an event applied twice or out of order: {seqs}"
+        await eventually(lambda: ray_status(bot2, jid) in ("SUCCEEDED", "STOPPED"), 15, "the Ray job's end")
