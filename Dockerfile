@@ -11,7 +11,7 @@ ARG EXTRAS=telegram,slack,email,wechat
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 1000 chatops \
-    && mkdir /data && chown chatops /data
+    && mkdir /data /shared && chown chatops /data /shared
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
