@@ -39,6 +39,7 @@ def _fs(target: str) -> tuple[Any, str]:
 def upload(local: Path, target: str) -> None:
     if is_uri(target):
         fs, path = _fs(target)
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # a file system with folders needs them; a bucket ignores it
         fs.put_file(str(local), path)
         return
     dest = _local(target)
