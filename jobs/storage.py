@@ -60,6 +60,14 @@ def download(target: str, local: Path) -> None:
     shutil.copyfile(_local(target), local)
 
 
+def exists(target: str) -> bool:
+    """Whether a file is there (a folder's path, or a URI's object)."""
+    if is_uri(target):
+        fs, path = _fs(target)
+        return bool(fs.isfile(path))
+    return _local(target).is_file()
+
+
 def listdir(target: str) -> list[str]:
     """Names of the files in a folder (none when it does not exist)."""
     if is_uri(target):

@@ -4,7 +4,9 @@ path on the server on a line of its own (the console: the bot's own machine)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +26,9 @@ async def test_export_needs_a_checkpoint(bot: BotHarness) -> None:
 
 
 @pytest.mark.slow
-async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(bot: BotHarness, settings: Settings) -> None:
+async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(
+    bot: BotHarness, settings: Settings, tmp_path: Path
+) -> None:
     [reply] = await bot.say(f"train epochs=4 patience=1 min_delta=10 {TINY}")
     jid = job_id(reply.text)
     assert await bot.wait_state(jid, {"succeeded"}, timeout=120) == "succeeded"
@@ -69,3 +73,22 @@ async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(bot: Bo
     assert proc.returncode == 0, err.decode()
     names = [Path(line.strip()).name for line in out.decode().splitlines()]
     assert f"{jid}-best-0000.params" in names and f"{jid}-best-symbol.json" in names
+    # A checkpoint kept in a Ray cluster's storage (an fsspec URI, [jobs] ray_storage) is fetched.
+    pytest.importorskip("fsspec")
+    best = str(job.metrics["best_checkpoint"])
+    stored = tmp_path / "cluster-store"
+    stored.mkdir()
+    for suffix in (".params", ".export-symbol.json", ".export-0000.params"):
+        Path(f"{stored / 'best'}{suffix}").write_bytes(Path(f"{best}{suffix}").read_bytes())
+    metrics = {**job.metrics, "best_checkpoint": f"local://{stored / 'best'}"}
+    bot.app.db.execute("UPDATE jobs SET metrics=? WHERE id=?", (json.dumps(metrics), jid))
+    shutil.rmtree(folder)
+    bot.adapter.capabilities = replace(bot.adapter.capabilities, max_file_bytes=10**9)  # type: ignore[misc]
+    fetched = await bot.say(f"export {jid}")
+    assert [r.file.read_bytes() if r.file else None for r in fetched] == [
+        Path(f"{best}.export-0000.params").read_bytes(), Path(f"{best}.export-symbol.json").read_bytes()
+    ]  # fmt: skip
+    metrics["best_checkpoint"] = f"local://{stored / 'gone'}"
+    bot.app.db.execute("UPDATE jobs SET metrics=?, checkpoint=NULL WHERE id=?", (json.dumps(metrics), jid))
+    [none] = await bot.say(f"export {jid}")
+    assert none.error and none.text == f"job {jid} has no checkpoint to export yet."

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -22,6 +21,7 @@ from chatops.specs import CommandContext, CommandError, CommandRegistry, NoArgs,
 from chatops.store import COMPARE
 from chatops.sweeps import active, counts, label, mode
 from chatops.sweeps import table as sweep_table
+from jobs import storage
 from jobs.gpus import gpus_wanted
 from jobs.manager import JobError, log_tail
 from jobs.params import fields_of, live_change, validate
@@ -600,17 +600,12 @@ async def cmd_export(ctx: CommandContext[JobRef]) -> list[Reply]:
     best = job.metrics.get("best_checkpoint")
     prefix = best if isinstance(best, str) else job.checkpoint
     which = "best" if prefix is best else "last"
-    if not prefix or not Path(f"{prefix}.params").is_file():
+    try:  # a checkpoint in a Ray cluster's storage may be an fsspec URI (s3://…): fetched from there
+        paths = await asyncio.to_thread(_exported, str(prefix or ""), f"{job.id}-{which}", job.dir / "export")
+    except (OSError, RuntimeError) as exc:
+        raise CommandError(ctx.t("export.unreadable", id=job.id, error=str(exc))) from None
+    if not paths:
         raise CommandError(ctx.t("export.none", id=job.id))
-    # A hybridized network was also exported beside its checkpoint (`net.export`): the symbol and
-    # the parameters that load without the model's code.
-    symbol, weights = Path(f"{prefix}.export-symbol.json"), Path(f"{prefix}.export-0000.params")
-    name = f"{job.id}-{which}"
-    if symbol.is_file() and weights.is_file():
-        pairs = [(weights, f"{name}-0000.params"), (symbol, f"{name}-symbol.json")]
-    else:
-        pairs = [(Path(f"{prefix}.params"), f"{name}.params")]
-    paths = await asyncio.to_thread(_exported, pairs, job.dir / "export")
     size = sum(p.stat().st_size for p in paths)
     mb = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
     fits = size <= ctx.services.file_limit(ctx.conversation.platform)
@@ -626,15 +621,22 @@ async def cmd_export(ctx: CommandContext[JobRef]) -> list[Reply]:
     return [Reply(ctx.t("export.symbol_path", id=job.id, which=which, size=mb) + f"\n{listed}", job_id=job.id)]
 
 
-def _exported(pairs: list[tuple[Path, str]], folder: Path) -> list[Path]:
-    """Copies under the job's folder (stored by job, removed with it) that a later checkpoint
-    pruning cannot take away while they are being sent."""
+def _exported(prefix: str, name: str, folder: Path) -> list[Path]:
+    """Copies of a checkpoint's model under the job's folder (stored by job, removed with it, and
+    out of reach of a later checkpoint pruning while they are sent); none without a checkpoint.
+    A hybridized network was also exported beside it (`net.export`): its symbol and the parameters
+    that load without the model's code; otherwise the parameters alone."""
+    if not prefix or not storage.exists(f"{prefix}.params"):
+        return []
+    symbol, weights = f"{prefix}.export-symbol.json", f"{prefix}.export-0000.params"
+    if storage.exists(symbol) and storage.exists(weights):
+        pairs = [(weights, f"{name}-0000.params"), (symbol, f"{name}-symbol.json")]
+    else:
+        pairs = [(f"{prefix}.params", f"{name}.params")]
     folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for source, name in pairs:
-        shutil.copyfile(source, folder / name)
-        out.append(folder / name)
-    return out
+    for source, target in pairs:
+        storage.download(source, folder / target)
+    return [folder / target for _, target in pairs]
 
 
 _COMPARED = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss")

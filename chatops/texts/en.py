@@ -120,6 +120,7 @@ TEXTS: dict[str, str] = {
     "export.symbol_path": "job {id}: the {which} checkpoint as a network that loads without its code ({size};"
                           " gluon.SymbolBlock.imports with input \"data\") stays on the server (too large, or this"
                           " platform takes no files):",
+    "export.unreadable": "job {id}: its checkpoint could not be read ({error}).",
     "export.sent": "job {id}: the {which} checkpoint's parameters ({size}; load them with net.load_parameters).",
     "export.path": "job {id}: the {which} checkpoint's parameters ({size}) stay on the server (too large, or"
                    " this platform takes no files):",

@@ -119,6 +119,7 @@ TEXTS: dict[str, str] = {
     "export.symbol_path": "job {id}：{which} 检查点，导出为不需要代码即可加载的网络（{size}；"
                           "用 gluon.SymbolBlock.imports 加载，输入名 \"data\"）在服务器上"
                           "（文件太大，或这个平台不能发文件）：",
+    "export.unreadable": "job {id}：无法读取它的检查点（{error}）。",
     "export.sent": "job {id}：{which} 检查点的参数（{size}；用 net.load_parameters 加载）。",
     "export.path": "job {id}：{which} 检查点的参数（{size}）在服务器上（文件太大，或这个平台不能发文件）：",
     "compare.usage": "请给出 2 到 {most} 个任务或一个 sweep：对比 3f2a 4b1c、对比 s3f2a",
