@@ -25,7 +25,6 @@ from jobs.store import Job
 CODE_SECONDS = 600.0  # a link code is good for ten minutes, once
 MAX_FAILURES = 5  # wrong codes one identity may send in CODE_SECONDS
 LINKS_SECONDS = 1.0  # how stale this process's view of the links made elsewhere may be
-NOTIFY_MODES = ("all", "quiet", "digest")
 
 _MIGRATIONS = [
     """
