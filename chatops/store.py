@@ -118,6 +118,13 @@ _MIGRATIONS = [
     );
     CREATE INDEX watches_armed ON watches(job_id) WHERE fired_at IS NULL
     """,
+    # Two pages fewer per message (a WAL frame each at commit): retention no longer reads handled
+    # message ids and audit rows through an index by age. Audit ids grow with time, so old rows
+    # are the first ones by id; handled ids are visited in key order, a bounded batch at a time.
+    """
+    DROP INDEX IF EXISTS processed_t;
+    DROP INDEX IF EXISTS audit_t
+    """,
 ]
 
 T = TypeVar("T")
@@ -628,27 +635,43 @@ class ChatStore:
         return [dict(r) for r in rows]
 
     # retention
-    def prune_batch(self, kind: str, before: float, limit: int = PRUNE_BATCH) -> tuple[int, list[str]]:
-        """Delete at most `limit` rows of one kind older than `before` (epoch seconds), in one
-        short write transaction; returns how many, and the images the deleted outbox rows named.
+    def prune_batch(
+        self, kind: str, before: float, limit: int = PRUNE_BATCH, after: Any = None
+    ) -> tuple[int, list[str], Any]:
+        """Delete rows of one kind older than `before` (epoch seconds) among at most `limit`, in
+        one short write transaction. Returns how many, the images the deleted outbox rows named,
+        and where the next batch starts (`after`), or None when the pass is done.
 
         Kinds: "dedupe" (handled message ids), "audit", "delivered" (sent outbox rows) and
-        "failed" (outbox rows given up on). A pending outbox row is never deleted.
+        "failed" (outbox rows given up on). A pending outbox row is never deleted. No index by age
+        is written with each message for this: handled ids are visited in key order, `limit` at a
+        time (a pass reads them all, in bounded steps); audit rows by id, which grows with time,
+        so a pass ends at the first batch that holds a row still to keep.
         """
         with self.transaction():
             if kind == "dedupe":
+                start = after or ("", "")
+                end = self.conn.execute(  # the batch's last key, stepped to in SQLite
+                    "SELECT platform, message_id FROM processed_messages WHERE (platform, message_id) > (?, ?)"
+                    " ORDER BY platform, message_id LIMIT 1 OFFSET ?",
+                    (*start, limit - 1),
+                ).fetchone()
                 cur = self.conn.execute(
-                    "DELETE FROM processed_messages WHERE (platform, message_id) IN ("
-                    " SELECT platform, message_id FROM processed_messages WHERE t < ? ORDER BY t LIMIT ?)",
-                    (before, limit),
+                    "DELETE FROM processed_messages WHERE (platform, message_id) > (?, ?) AND t < ?"
+                    + (" AND (platform, message_id) <= (?, ?)" if end else ""),
+                    (*start, before, *(end or ())),
                 )
-                return cur.rowcount, []
+                return cur.rowcount, [], tuple(end) if end else None
             if kind == "audit":
+                end = self.conn.execute(
+                    "SELECT id FROM audit WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?", (after or 0, limit - 1)
+                ).fetchone()
                 cur = self.conn.execute(
-                    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE t < ? ORDER BY t LIMIT ?)",
-                    (before, limit),
+                    "DELETE FROM audit WHERE id > ? AND t < ?" + (" AND id <= ?" if end else ""),
+                    (after or 0, before, *(end or ())),
                 )
-                return cur.rowcount, []
+                # A row kept in this batch is newer than the cutoff, and so is every later one.
+                return cur.rowcount, [], end[0] if end and cur.rowcount == limit else None
             if kind == "delivered":  # by time, not by status: outbox_done holds delivered rows only
                 where = "outbox INDEXED BY outbox_done WHERE delivered_at < ? AND status = 'delivered'"
             elif kind == "failed":  # few: given up after MAX_ATTEMPTS, or refused for good
@@ -670,7 +693,7 @@ class ChatStore:
             for start in range(0, len(ids), 500):  # under SQLite's limit on bound parameters
                 chunk = ids[start : start + 500]
                 self.conn.execute(f"DELETE FROM outbox WHERE id IN ({', '.join('?' for _ in chunk)})", chunk)
-            return len(ids), images
+            return len(ids), images, 0 if len(ids) == limit else None  # deleted rows no longer match
 
 
 class Pruned(NamedTuple):
@@ -719,11 +742,12 @@ class Retention:
         """One full pass; `now` (epoch seconds) defaults to the clock."""
         counts = dict.fromkeys(Pruned._fields, 0)
         for kind, before in self.cutoffs(time.time() if now is None else now).items():
+            after = None
             while True:
-                deleted, images = self.store.prune_batch(kind, before, self.batch)
+                deleted, images, after = self.store.prune_batch(kind, before, self.batch, after)
                 counts[kind] += deleted
                 counts["images"] += self._remove_spooled(images)
-                if deleted < self.batch:
+                if after is None:
                     break
                 await asyncio.sleep(0)  # a backlog: let messages through between batches
         pruned = Pruned(**counts)

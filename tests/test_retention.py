@@ -156,7 +156,7 @@ def test_bad_retention_settings_are_clear_errors(
     assert "retention." + env.rsplit("__", 1)[1].lower() in text and says in text
 
 
-def test_upgrading_keeps_dedupe_keys_and_indexes_rows_by_age(tmp_path: Path) -> None:
+def test_upgrading_keeps_dedupe_keys_audit_rows_and_outbox_ids(tmp_path: Path) -> None:
     """Migration 4 rebuilds processed_messages (one b-tree), audit and outbox (no AUTOINCREMENT) and
     narrows outbox_done to delivered rows; what was stored stays."""
     db = connect(tmp_path / "old.db")
@@ -172,12 +172,35 @@ def test_upgrading_keeps_dedupe_keys_and_indexes_rows_by_age(tmp_path: Path) -> 
     store.audit("test:a", "set", "again")
     assert [r["detail"] for r in store.audit_log()] == ["again", "set"]
     schema = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL").fetchall())
-    assert "WITHOUT ROWID" in schema["processed_messages"] and "processed_t" in schema
+    assert "WITHOUT ROWID" in schema["processed_messages"]
     assert "AUTOINCREMENT" not in schema["audit"] + schema["outbox"]
     assert schema["outbox_done"].endswith("WHERE delivered_at IS NOT NULL")
+    # Migration 6: no index by age on the two tables every message writes to.
+    assert "processed_t" not in schema and "audit_t" not in schema
 
-    def plan(query: str) -> str:
-        return " ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {query}"))
 
-    assert "processed_t" in plan("SELECT 1 FROM processed_messages WHERE t < 1 ORDER BY t")
-    assert "audit_t" in plan("SELECT id FROM audit WHERE t < 1 ORDER BY t")
+async def test_a_pass_visits_every_handled_id_in_bounded_batches(bot: BotHarness) -> None:
+    """Handled ids are pruned in key order, `batch` keys a step: old ones anywhere in the key
+    space go (here every other one), new ones stay."""
+    db, now = bot.app.db, time.time()
+    keys = [(platform, f"{i:03}") for platform in ("email", "slack", "telegram") for i in range(20)]
+    db.executemany("INSERT INTO processed_messages VALUES (?, ?, ?)",
+                   [(p, m, now - (100 * DAY if int(m) % 2 else 0)) for p, m in keys])  # fmt: skip
+    retention = Retention(bot.app.chat_store, RetentionSettings(), batch=7)
+    assert (await retention.prune(now=now)).dedupe == 30
+    assert count(db, "processed_messages", f"t < {now - DAY}") == 0 and count(db, "processed_messages") == 30
+    assert (await retention.prune(now=now)).dedupe == 0
+
+
+async def test_audit_rows_go_oldest_first_and_a_pass_ends_at_the_first_kept(bot: BotHarness) -> None:
+    """Audit ids grow with time: a pass deletes from the oldest and stops at a batch that keeps
+    a row, so it never reads the (long) rest of the log. A row dated ahead by a clock step holds
+    the rows behind it back until it is old itself, and is never lost early."""
+    db, now = bot.app.db, time.time()
+    dates = [now - 100 * DAY] * 5 + [now + HOUR] + [now - 100 * DAY] * 4 + [now] * 10
+    db.executemany("INSERT INTO audit (t, identity, action, detail, allowed) VALUES (?, 'test:x', 'a', ?, 1)",
+                   [(t, str(i)) for i, t in enumerate(dates)])  # fmt: skip
+    retention = Retention(bot.app.chat_store, RetentionSettings(), batch=3)
+    assert (await retention.prune(now=now)).audit == 5  # two full batches, then a batch with the stepped row
+    assert count(db, "audit") == 15
+    assert (await retention.prune(now=now + 91 * DAY)).audit == 15  # all old now
