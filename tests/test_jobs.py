@@ -176,7 +176,11 @@ def test_processes_opening_a_fresh_database_at_once_all_start(tmp_path: Path) ->
         t.join()
     assert errors == []
     rows = connect(path).execute("SELECT component, version FROM schema_migrations").fetchall()
-    expected = [("chat", v) for v in range(1, 6)] + [("jobs", v) for v in range(1, 5)]
+    from chatops.store import _MIGRATIONS as CHAT
+    from jobs.store import _MIGRATIONS as JOBS
+
+    expected = [("chat", v) for v in range(1, len(CHAT) + 1)] + [("jobs", v) for v in range(1, len(JOBS) + 1)]
+    assert len(expected) >= 10
     assert sorted(tuple(r) for r in rows) == expected
 
 
