@@ -189,7 +189,7 @@ class App:
         for pattern in self.settings.auth.admins:
             platform, _, user = pattern.partition(":")
             if platform in self.adapters and user and not any(c in user for c in "*?["):
-                self.notifier.enqueue(f"{platform}:{user}", Reply(text))
+                self.notifier.enqueue(Conversation(platform, user), Reply(text))
 
     async def _audit(self, identity: str, action: str, detail: str) -> None:
         self.chat_store.audit(identity, action, detail, allowed=False)

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # A surrogate that is not half of a proper high-low pair.
@@ -69,14 +70,19 @@ class Conversation:
 
     @property
     def key(self) -> str:
-        base = f"{self.platform}:{self.chat_id}"
+        """`platform:chat#thread`, what the stores keep. A `#` in the chat id (an email address may
+        hold one) is written `%23`, and `%` itself `%25`, so the key reads back as it was."""
+        chat = self.chat_id
+        if "%" in chat or "#" in chat:
+            chat = chat.replace("%", "%25").replace("#", "%23")
+        base = f"{self.platform}:{chat}"
         return f"{base}#{self.thread_id}" if self.thread_id else base
 
     @classmethod
     def from_key(cls, key: str) -> Conversation:
         platform, _, rest = key.partition(":")
-        chat_id, _, thread = rest.partition("#")
-        return cls(platform, chat_id, thread or None)
+        chat_id, _, thread = rest.partition("#")  # the thread's own `#`s stay in it
+        return cls(platform, unquote(chat_id) if "%" in chat_id else chat_id, thread or None)
 
 
 @dataclass(frozen=True)

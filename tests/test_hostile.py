@@ -231,6 +231,24 @@ def test_messages_are_valid_text_from_construction() -> None:
     assert valid_text("plain 中文") == "plain 中文"
 
 
+@given(st.text(alphabet="ab#%:23@ ", max_size=12), st.one_of(st.none(), st.text(alphabet="t#%:2", min_size=1)))
+def test_a_conversation_key_reads_back_as_the_conversation(chat: str, thread: str | None) -> None:
+    """The stores keep conversations by key; the notifier reads each back to send. An email
+    address may hold `#` (the thread separator) or `%`."""
+    conv = Conversation("email", chat, thread)
+    assert Conversation.from_key(conv.key) == conv
+
+
+async def test_a_reply_reaches_a_chat_whose_id_holds_the_thread_separator(bot: BotHarness) -> None:
+    for chat in ("ops#team@example.com", "a%23b", "50%"):
+        [reply] = await bot.say("set epochs=3", chat=chat)
+        assert not reply.error
+        assert await bot.app.notifier.drain(timeout=10)
+        where, sent, _ = bot.adapter.sent[-1]
+        assert (where, sent.text) == (Conversation("test", chat), reply.text)
+    assert bot.app.chat_store.saved_params(Conversation("test", "a%23b").key, "mxnet") == {"epochs": 3}
+
+
 async def test_stranger_with_lone_surrogates_is_refused_and_audited(bot: BotHarness) -> None:
     [reply] = await bot.say("train \ud800 lr=\udfff", user="mal\ud800")
     assert reply.error and reply.text == REFUSED.format(who="test:mal\ufffd")
