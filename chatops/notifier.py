@@ -26,6 +26,7 @@ from chatops.render import duration, metrics_text, progress_from, progress_text,
 from chatops.settings import NotifySettings
 from chatops.store import ChatStore, OutboxItem
 from chatops.texts import lang_of, text
+from jobs.params import nullable_fields
 from jobs.store import TERMINAL_STATES, Job, Sweep
 
 if TYPE_CHECKING:
@@ -211,10 +212,16 @@ class Notifier:
                     )  # fmt: skip
                 except Exception:
                     log.exception("plot for sweep %s failed", sweep_id)
+        nullable: frozenset[str] = frozenset()
+        if members:
+            try:
+                nullable = nullable_fields(self.manager.registry.get(members[0].kind).params)
+            except Exception:  # a kind since removed from the config: its unset values are left out
+                pass
         with jobs.transaction():
             if sweep is not None:
                 for conv_key, lang, owner in self.store.followers(sweep.id):
-                    report, best = sweeps.final_texts(sweep, members, lang == "zh")
+                    report, best = sweeps.final_texts(sweep, members, lang == "zh", nullable)
                     failed = any(j.state != "succeeded" for j in members)
                     self.enqueue(conv_key, Reply(report, image=image, error=failed), owner)
                     self.enqueue(conv_key, Reply(best), owner)

@@ -5,6 +5,7 @@ summary, `status <sweep>` and the final report all show the same table."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 from chatops.render import duration, state_word
@@ -83,9 +84,10 @@ def table(sweep: Sweep, members: list[Job], zh: bool = False, leading: bool = Tr
     return "\n".join(lines)
 
 
-def final_texts(sweep: Sweep, members: list[Job], zh: bool = False) -> tuple[str, str]:
+def final_texts(sweep: Sweep, members: list[Job], zh: bool = False, nullable: Collection[str] = ()) -> tuple[str, str]:
     """The report's table, and its last lines: the best member and the `train` command that
-    reproduces it (alone, so that they are the last lines wherever an image is shown after text)."""
+    reproduces it (alone, so that they are the last lines wherever an image is shown after text);
+    `nullable`: the kind's fields that `none` clears."""
     lang = lang_of(zh)
     ended = max((j.ended_at or 0.0) for j in members) if members else sweep.created_at
     head = text("sweep.finished", lang, id=sweep.id, counts=counts(members, zh),
@@ -95,8 +97,9 @@ def final_texts(sweep: Sweep, members: list[Job], zh: bool = False) -> tuple[str
     if leader is None:
         return report, text("sweep.no_best", lang, id=sweep.id, metric=metric_of(sweep, members) or sweep.monitor)
     job, metric, value = leader
+    command = train_command(job.kind, job.params, nullable)
     return report, text("sweep.best", lang, id=sweep.id, job=job.id, label=label(job, sweep.varying).split(" ", 1)[1],
-                        metric=metric, value=f"{value:.4f}", command=train_command(job.kind, job.params))  # fmt: skip
+                        metric=metric, value=f"{value:.4f}", command=command)  # fmt: skip
 
 
 def active(members: list[Job]) -> list[Job]:

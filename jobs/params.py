@@ -13,6 +13,7 @@ import difflib
 import keyword
 import types
 import typing
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -176,12 +177,44 @@ def map_keys(raw: Mapping[str, Any], aliases: Mapping[str, str]) -> tuple[dict[s
     return out, errors
 
 
+NONE_WORDS = frozenset({"none", "null"})
+_NULLABLE: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def nullable_fields(model: type[JobParams]) -> frozenset[str]:
+    """Fields a user may clear by typing `none` (`set patience=none`): those that take None and
+    would not take the word itself (a `str` field, or a choice that has "none")."""
+    cached = _NULLABLE.get(model)
+    if cached is None:
+        names = set()
+        for name, info in model.model_fields.items():
+            args = typing.get_args(info.annotation)
+            others = [a for a in args if a is not type(None)]
+            if len(others) < len(args) and not any(_takes_none_word(a) for a in others):
+                names.add(name)
+        cached = _NULLABLE[model] = frozenset(names)
+    return cached
+
+
+def _takes_none_word(annotation: Any) -> bool:
+    if annotation is str or annotation is Any:
+        return True
+    if typing.get_origin(annotation) is Literal:
+        return any(str(v).lower() in NONE_WORDS for v in typing.get_args(annotation))
+    return False
+
+
 def validate(model: type[JobParams], raw: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> Validated:
-    """`raw` as typed (aliases, strings) over `base` (saved or earlier values)."""
+    """`raw` as typed (aliases, strings) over `base` (saved or earlier values); `none` clears an
+    optional field."""
     aliases = model.field_aliases()
     mapped, errors = map_keys(raw, aliases)
     if errors:
         return Validated(None, errors, list(mapped))
+    for name in nullable_fields(model) & mapped.keys():
+        value = mapped[name]
+        if isinstance(value, str) and value.strip().lower() in NONE_WORDS:
+            mapped[name] = None
     try:
         clean = model.model_validate({**(base or {}), **mapped}).model_dump(mode="json")
     except ValidationError as exc:

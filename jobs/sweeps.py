@@ -10,7 +10,7 @@ import random
 import re
 import shlex
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,14 +171,18 @@ def plan(
     return out
 
 
-def train_command(kind: str, params: Mapping[str, Any]) -> str:
+def train_command(kind: str, params: Mapping[str, Any], nullable: Collection[str] = ()) -> str:
     """The `train` command that starts a job with exactly these parameters, whatever the
-    conversation's saved defaults are then: every value is given."""
+    conversation's saved defaults are then: every value is given, an unset optional one (of
+    `nullable`, see `params.nullable_fields`) as `none`, which clears a saved value."""
     words = ["train", kind]
     for key, value in params.items():
-        if value is None or isinstance(value, dict | list):
+        if isinstance(value, dict | list) or (value is None and key not in nullable):
             continue
-        shown = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if value is None:
+            shown = "none"
+        else:
+            shown = ("true" if value else "false") if isinstance(value, bool) else str(value)
         words.append(f"{key}={shlex.quote(shown)}")
     return " ".join(words)
 

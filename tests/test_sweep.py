@@ -9,12 +9,14 @@ import random
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from chatops.settings import Settings
 from chatops.testing import BotHarness
-from jobs.schemas import MXNetParams
+from jobs.params import nullable_fields, validate
+from jobs.schemas import JobParams, MXNetParams, param
 from jobs.store import TERMINAL_STATES
 from jobs.sweeps import plan, split, train_command
 from tests.test_jobs import TINY
@@ -69,9 +71,32 @@ def test_bad_values_are_named_one_line_each() -> None:
 
 def test_the_train_command_gives_every_value() -> None:
     params = MXNetParams(learning_rate=0.03162, patience=None, context="cpu:0,cpu:1").model_dump(mode="json")
-    command = train_command("mxnet", params)
+    command = train_command("mxnet", params, nullable_fields(MXNetParams))
     assert command.startswith("train mxnet model=mlp ") and " learning_rate=0.03162 " in command
-    assert "patience" not in command and "context=cpu:0,cpu:1" in command
+    assert " patience=none " in command and "context=cpu:0,cpu:1" in command
+    assert validate(MXNetParams, dict(w.split("=", 1) for w in command.split()[2:]), {"patience": 3}).values == params
+    # Without knowing which fields `none` clears, an unset value is left out rather than guessed.
+    assert "patience" not in train_command("mxnet", params)
+
+
+def test_none_clears_an_optional_field_and_only_one_that_cannot_take_the_word() -> None:
+    class Params(JobParams):
+        patience: int | None = param(None, "pat")
+        note: str | None = None
+        mode: Literal["none", "fast"] | None = None
+        depth: int = 3
+
+    assert nullable_fields(Params) == {"patience"}
+    checked = validate(Params, {"pat": "None", "note": "none", "mode": "none"}, {"patience": 4})
+    assert checked.values == {"patience": None, "note": "none", "mode": "none", "depth": 3}
+    assert validate(Params, {"depth": "none"}).errors == ["depth: must be a whole number (got none)"]
+
+
+async def test_set_none_clears_a_saved_optional_value(bot: BotHarness) -> None:
+    await bot.say("set patience=3 epochs=2")
+    [cleared] = await bot.say("set patience=none")
+    assert not cleared.error and "patience=None" in cleared.text
+    assert bot.app.chat_store.saved_params("test:op", "mxnet") == {"patience": None, "epochs": 2}
 
 
 async def test_a_sweep_with_one_bad_value_is_refused_whole(bot: BotHarness) -> None:
@@ -118,8 +143,10 @@ async def test_grid_sweep_one_table_a_plot_and_the_best_command(two_at_once: Bot
     winner = max(done, key=lambda j: j.metrics["val_acc"])
     lines = best.text.splitlines()
     assert lines[0].startswith(f"best of sweep {sweep_id}: job {winner.id} (learning_rate=")
-    assert lines[-1] == train_command("mxnet", winner.params) and bot.adapter.sent[-1][1] is best
-    await bot.say("set bs=64 lr=0.5")  # saved defaults here must not change the reproduction
+    nullable = nullable_fields(MXNetParams)
+    assert lines[-1] == train_command("mxnet", winner.params, nullable) and bot.adapter.sent[-1][1] is best
+    assert " patience=none " in lines[-1]  # an unset optional value is given too
+    await bot.say("set bs=64 lr=0.5 patience=3")  # saved defaults here must not change the reproduction
     [again] = await bot.say(lines[-1])
     rerun = bot.app.job_store.get(again.job_id or "")
     assert rerun is not None and rerun.params == winner.params and rerun.sweep is None
