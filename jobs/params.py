@@ -163,6 +163,9 @@ class Validated:
         return self.values is not None
 
 
+SUGGESTED_KEYS = 20
+
+
 def map_keys(raw: Mapping[str, Any], aliases: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     """Canonical field names for user keys; unknown keys come back as error lines with a suggestion."""
     out: dict[str, Any] = {}
@@ -170,7 +173,8 @@ def map_keys(raw: Mapping[str, Any], aliases: Mapping[str, str]) -> tuple[dict[s
     for key, value in raw.items():
         name = aliases.get(str(key).lower())
         if name is None:
-            hint = suggest(str(key), aliases)
+            # A suggestion for the first few only: a message of a thousand bad keys is not a typo.
+            hint = suggest(str(key), aliases) if len(errors) < SUGGESTED_KEYS else None
             errors.append(f"{key}: unknown parameter" + (f" (did you mean {hint}?)" if hint else ""))
             continue
         out[name] = value

@@ -249,6 +249,17 @@ async def test_a_reply_reaches_a_chat_whose_id_holds_the_thread_separator(bot: B
     assert bot.app.chat_store.saved_params(Conversation("test", "a%23b").key, "mxnet") == {"epochs": 3}
 
 
+async def test_a_thousand_bad_parameters_get_ten_lines_and_a_count(bot: BotHarness) -> None:
+    await bot.say("set epochs=3")
+    [reply] = await bot.say("set " + " ".join(f"lr{i}=v{i}" for i in range(1000)))
+    lines = reply.text.splitlines()
+    assert reply.error and len(lines) == 11 and lines[-1] == "... and 990 more"
+    assert lines[0] == "lr0: unknown parameter (did you mean lr?)"
+    [reply] = await bot.say("设置 " + " ".join(f"lr{i}=v{i}" for i in range(12)))
+    assert reply.text.splitlines()[-1] == "……还有 2 处"
+    assert bot.app.chat_store.saved_params("test:op", "mxnet") == {"epochs": 3}
+
+
 async def test_stranger_with_lone_surrogates_is_refused_and_audited(bot: BotHarness) -> None:
     [reply] = await bot.say("train \ud800 lr=\udfff", user="mal\ud800")
     assert reply.error and reply.text == REFUSED.format(who="test:mal\ufffd")

@@ -199,9 +199,18 @@ def _validated(
     return checked.values
 
 
+MAX_PROBLEMS = 10  # lines of a refusal; a message with a thousand bad keys gets these and a count
+
+
+def _problems(ctx: CommandContext[Any], head: str, errors: list[str]) -> CommandError:
+    shown = errors if len(errors) <= MAX_PROBLEMS + 1 else [
+        *errors[:MAX_PROBLEMS], ctx.t("params.more", n=f"{len(errors) - MAX_PROBLEMS:,}")]  # fmt: skip
+    return CommandError("\n".join([head, *shown]).lstrip("\n"))
+
+
 def _params_error(ctx: CommandContext[Any], errors: list[str]) -> CommandError:
     # Field names stay as typed in commands; a Chinese first line says what went wrong.
-    return CommandError("\n".join([ctx.t("params.invalid"), *errors]).lstrip("\n"))
+    return _problems(ctx, ctx.t("params.invalid"), errors)
 
 
 def _summary(ctx: CommandContext[Any], job: Job, zh: bool = False) -> str:
@@ -404,7 +413,7 @@ async def cmd_sweep(ctx: CommandContext[SweepArgs]) -> Reply:
         plan, model, fixed, swept, base, samples=ctx.args.samples, limit=ctx.jobs.max_sweep_jobs
     )  # a grid of a thousand is refused by its size before any member is validated
     if planned.errors:
-        raise CommandError("\n".join([ctx.t("sweep.refused"), *planned.errors]))
+        raise _problems(ctx, ctx.t("sweep.refused"), planned.errors)
     _quota(ctx, len(planned.members), max(planned.members, key=gpus_wanted))
     try:
         sweep, jobs = await ctx.jobs.submit_sweep(

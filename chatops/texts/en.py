@@ -32,6 +32,7 @@ TEXTS: dict[str, str] = {
     "kinds.default": " (default)",
     "kinds.broken": "{name} (unavailable: {problem})",
     "params.invalid": "",
+    "params.more": "... and {n} more",
     "params.header": "Parameters of {kind} (saved values marked *, live = changeable while running):",
     "params.other_kinds": "other kinds: {kinds} (params <kind>)",
     # -- help ----------------------------------------------------------------------------------------

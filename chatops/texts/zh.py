@@ -33,6 +33,7 @@ TEXTS: dict[str, str] = {
     "kinds.default": "（默认）",
     "kinds.broken": "{name} （不可用：{problem}）",
     "params.invalid": "参数有误（发送 参数 查看说明）：",
+    "params.more": "……还有 {n} 处",
     "params.header": "参数 ({kind})：* 为本会话保存的值，live 表示训练中可修改",
     "params.other_kinds": "其他任务类型：{kinds}（参数 <类型>）",
     # -- help ----------------------------------------------------------------------------------------
