@@ -412,6 +412,8 @@ def fields_of(model: type[JobParams]) -> list[FieldInfo]:
             typ = "|".join(str(a) for a in typing.get_args(annotation))
         else:
             typ = getattr(annotation, "__name__", str(annotation))
+        if name in nullable_fields(model):
+            typ += "|none"  # what clears it
         bounds = [
             f"{sign}{_num(getattr(meta, attr))}"
             for meta in info.metadata

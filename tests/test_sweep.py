@@ -97,6 +97,9 @@ async def test_set_none_clears_a_saved_optional_value(bot: BotHarness) -> None:
     [cleared] = await bot.say("set patience=none")
     assert not cleared.error and "patience=None" in cleared.text
     assert bot.app.chat_store.saved_params("test:op", "mxnet") == {"patience": None, "epochs": 2}
+    [listed] = await bot.say("params")
+    assert "  patience: int|none = *None [>=1 <=10000]" in listed.text.splitlines()
+    assert "  seed: int = 42 [>=0 <=2147483647] - random seed" in listed.text.splitlines()
 
 
 async def test_a_sweep_with_one_bad_value_is_refused_whole(bot: BotHarness) -> None:
