@@ -98,7 +98,7 @@ async def test_set_none_clears_a_saved_optional_value(bot: BotHarness) -> None:
     assert not cleared.error and "patience=None" in cleared.text
     assert bot.app.chat_store.saved_params("test:op", "mxnet") == {"patience": None, "epochs": 2}
     [listed] = await bot.say("params")
-    assert "  patience: int|none = *None [>=1 <=10000]" in listed.text.splitlines()
+    assert "  patience: int|none = *None [>=1 <=10000] - stop after" in listed.text
     assert "  seed: int = 42 [>=0 <=2147483647] - random seed" in listed.text.splitlines()
 
 
