@@ -238,8 +238,9 @@ class JobManager:
         """Send pause/resume/set to a live runner; returns the control id it will acknowledge.
 
         Pause and resume are judged by where the runner is headed, not where it last reported: a
-        `resume` right after a `pause` it has not reached yet cancels that pause (the runner
-        handles both, in order), and a second `pause` before the first lands is refused.
+        `resume` right after a `pause` it has not reached yet cancels that pause (an SDK runner
+        that finds both waiting skips both; a wrapped script is stopped and continued), and a
+        second `pause` before the first lands is refused.
         """
         job = self.require(job_id)
         if job.state not in (RUNNING, PAUSED, STARTING):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -87,13 +88,20 @@ async def test_resume_while_a_pause_is_pending_cancels_it(bot: BotHarness) -> No
         assert twice.error and "not paused" in twice.text
     finally:
         os.kill(pid, signal.SIGCONT)
-    # The runner handles both, in order, and trains on.
-    resumed_event = await bot.wait_event(jid, "resumed", timeout=30)
+    # The runner finds both waiting: the resume cancels the pause, as the bot said, and it trains on
+    # without pausing (no checkpoint, no paused and resumed reports).
+    def cancelled() -> dict[str, Any] | None:
+        logs = bot.app.job_store.events(jid, {"log"})
+        return next((e for e in logs if e.get("message", "").startswith("pause cancelled")), None)
+
+    note = await eventually(cancelled, 30, "the runner's note of the cancelled pause")
     await eventually(
-        lambda: [e for e in bot.app.job_store.events(jid, {"progress"}) if e["seq"] > resumed_event["seq"]],
+        lambda: [e for e in bot.app.job_store.events(jid, {"progress"}) if e["seq"] > note["seq"]],
         30, "progress after the cancelled pause",
     )  # fmt: skip
     assert bot.app.job_store.get(jid).state == "running"
+    assert not bot.app.job_store.events(jid, {"paused", "resumed"})
+    assert not [e for e in bot.app.job_store.events(jid, {"checkpoint"}) if e.get("reason") == "pause"]
     await bot.say(f"stop {jid} --yes")
     await bot.wait_state(jid, {"stopped"}, timeout=30)
 

@@ -426,7 +426,8 @@ class Run(Generic[P]):
         elif kind == "set":
             self._set(cmd.get("params") or {}, control_id)
         elif kind == "pause" and self.state == "running":
-            self._pause(control_id)
+            if not self._cancelled_by_resume(control_id):
+                self._pause(control_id)
         else:
             self.log(f"{kind} ignored: job is {self.state}", control_id=control_id)
 
@@ -434,6 +435,20 @@ class Run(Generic[P]):
         path = self.save_checkpoint("stop")
         self.events.emit("stopped", epoch=self.epoch, batch=self.batch, checkpoint=path, control_id=control_id)
         raise StopTraining
+
+    def _cancelled_by_resume(self, control_id: str | None) -> bool:
+        """A resume already waiting behind this pause (the bot said so: "the pause it had not
+        reached yet is cancelled") cancels it: no checkpoint, no paused and resumed reports.
+        Commands between the two stay queued, in order."""
+        for cmd in self._pending:
+            if cmd.get("cmd") == "pause":
+                return False
+            if cmd.get("cmd") == "resume":
+                self._pending.remove(cmd)
+                self.log("pause cancelled: a resume came before it was reached", control_id=control_id,
+                         resume_id=cmd.get("id"))  # fmt: skip
+                return True
+        return False
 
     def _pause(self, control_id: str | None) -> None:
         """Block until `resume`, handling every command that comes meanwhile, in order."""
