@@ -441,12 +441,12 @@ class Run(Generic[P]):
         reached yet is cancelled") cancels it: no checkpoint, no paused and resumed reports.
         Commands between the two stay queued, in order."""
         for cmd in self._pending:
-            if cmd.get("cmd") == "pause":
+            if cmd.get("cmd") in ("pause", "stop"):  # nothing after a stop is applied
                 return False
             if cmd.get("cmd") == "resume":
                 self._pending.remove(cmd)
-                self.log("pause cancelled: a resume came before it was reached", control_id=control_id,
-                         resume_id=cmd.get("id"))  # fmt: skip
+                self.log("pause cancelled: a resume came before it was reached", control_id=control_id)
+                self.log("resume: it cancelled the pause before it", control_id=cmd.get("id"))
                 return True
         return False
 
