@@ -281,7 +281,9 @@ async def test_the_cluster_channel_carries_events_control_and_checkpoints(cluste
         assert bot.app.job_store.get(jid).handle["channel"] == "cluster"
         final = await bot.wait_for(lambda r: r.job_id == small and "succeeded" in r.text, timeout=90)
         assert isinstance(final.image, Path) and final.image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert bot.app.job_store.events(small, {"progress"}) and "test_acc" in final.text
+        # Carried across: each epoch's report (a progress report may not come at all: 200 samples train in
+        # less than report=0.2 s on a fast machine).
+        assert len(bot.app.job_store.events(small, {"epoch"})) == 2 and "test_acc" in final.text
 
         await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None, timeout=60)
         await bot.say(f"pause {jid}")
