@@ -27,8 +27,14 @@ Lang = NewType("Lang", str)
 A = TypeVar("A", bound=BaseModel)
 
 
-class NoArgs(BaseModel):
+class Args(BaseModel):
+    """The base of a command's arguments: a key the command does not take is refused, not ignored."""
+
     model_config = ConfigDict(extra="forbid")
+
+
+class NoArgs(Args):
+    """A command that takes no arguments."""
 
 
 class CommandError(Exception):

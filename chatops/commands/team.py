@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from chatops.auth import Role
 from chatops.commands.training import find_job
@@ -14,27 +14,23 @@ from chatops.message import Conversation, Reply
 from chatops.people import LinkError, People
 from chatops.plugins import command
 from chatops.render import duration
-from chatops.specs import CommandContext, CommandError
+from chatops.specs import Args, CommandContext, CommandError
 
 
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LinkArgs(_Args):
+class LinkArgs(Args):
     code: str | None = Field(None, description="the code your other account was given (none: ask for one)")
 
 
-class UnlinkArgs(_Args):
+class UnlinkArgs(Args):
     identity: str | None = Field(None, description="which of your identities (default: the one you send from)")
 
 
-class NotifyArgs(_Args):
+class NotifyArgs(Args):
     mode: str | None = Field(None, description="all, quiet or digest")
     every: str | None = Field(None, description="for digest: 10m, 1h, 90s")
 
 
-class MuteArgs(_Args):
+class MuteArgs(Args):
     job: str = Field(description="job id")
 
 

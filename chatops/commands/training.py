@@ -11,13 +11,13 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from chatops.message import Button, Reply
 from chatops.notifier import job_buttons
 from chatops.plugins import command
 from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
-from chatops.specs import CommandContext, CommandError, CommandRegistry, NoArgs, Question
+from chatops.specs import Args, CommandContext, CommandError, CommandRegistry, NoArgs, Question
 from chatops.store import COMPARE
 from chatops.sweeps import active, counts, label, mode
 from chatops.sweeps import table as sweep_table
@@ -42,20 +42,16 @@ from jobs.store import (
 from jobs.sweeps import plan, split
 
 
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class JobRef(_Args):
+class JobRef(Args):
     job: str | None = Field(None, description="job id (default: the latest)")
 
 
-class TrainArgs(_Args):
+class TrainArgs(Args):
     kind: str | None = Field(None, description="job kind (default: [jobs] default_kind; see params <kind>)")
     resume: str | None = Field(None, description="id of a stopped job to continue from its checkpoint")
 
 
-class SweepArgs(_Args):
+class SweepArgs(Args):
     kind: str | None = Field(None, description="job kind (default: [jobs] default_kind)")
     samples: int | None = Field(None, ge=1, le=1000, description="a random search: draw this many from the ranges")
     metric: str | None = Field(None, description="the metric that ranks the jobs (default: val_acc)")
@@ -65,15 +61,15 @@ class LogsArgs(JobRef):
     n: int = Field(20, ge=1, le=500, description="number of lines")
 
 
-class WatchRef(_Args):
+class WatchRef(Args):
     watch: str = Field(description="a watch's number (see watches), or a job id: all its watches here")
 
 
-class HelpArgs(_Args):
+class HelpArgs(Args):
     command: str | None = None
 
 
-class ParamsArgs(_Args):
+class ParamsArgs(Args):
     kind: str | None = None
 
 
@@ -561,7 +557,7 @@ async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
     return Reply("\n".join(lines), job_id=job.id, buttons=buttons)
 
 
-class JobsArgs(_Args):
+class JobsArgs(Args):
     which: Literal["all", "mine"] = Field("all", description="all recent jobs, or yours (from any linked account)")
 
 
