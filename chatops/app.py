@@ -13,6 +13,7 @@ from chatops.message import Conversation, Incoming, Reply
 from chatops.notifier import Notifier
 from chatops.people import People, admission
 from chatops.plugins import declared, load_plugins
+from chatops.redact import SecretMask
 from chatops.router import Router
 from chatops.settings import Section, Settings, installed_platforms
 from chatops.specs import CommandRegistry, Services
@@ -83,6 +84,9 @@ class App:
             self.chat_store, self.manager, self.adapters, settings.notify, settings.data_dir / "spool"
         )
         self.notifier.people = self.people
+        self.secrets = SecretMask.from_settings(settings)
+        self.notifier.mask = self.secrets
+        self.secrets.guard_logging()
         self.manager.subscribe(self.notifier.on_job_event)
         self.router.services = Services(
             jobs=self.manager, chats=self.chat_store, commands=self.registry, plot=self.notifier.plot,

@@ -22,6 +22,7 @@ from chatops import sweeps
 from chatops.adapter import Adapter, DeliveryError
 from chatops.message import Button, Conversation, MessageRef, Progress, Reply
 from chatops.people import NotifyPref
+from chatops.redact import SecretMask
 from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
 from chatops.settings import NotifySettings
 from chatops.store import ChatStore, OutboxItem
@@ -103,12 +104,18 @@ class Notifier:
         self._composing: set[asyncio.Task[None]] = set()  # final reports being rendered (plots)
         self._task: asyncio.Task[None] | None = None
         self.people: People | None = None  # notification preferences (`notify`, `mute`), when the app has them
+        self.mask: SecretMask | None = None  # the bot's secrets, masked in everything queued
 
     # -- producing -------------------------------------------------------------------------
     def enqueue(self, conversation: Conversation | str, reply: Reply, owner: str | None = "") -> int:
         """Queue a reply; `owner` is the process a follower lives in ("": decide by conversation)."""
         key = conversation if isinstance(conversation, str) else conversation.key
-        item = self.store.enqueue(key, reply_to_payload(reply, self.spool), reply.live_key, owner)
+        payload = reply_to_payload(reply, self.spool)
+        if self.mask:  # every reply, progress line, log tail and failure report passes here
+            payload["text"] = self.mask.mask(payload["text"])
+            for button in payload["buttons"]:
+                button["label"] = self.mask.mask(button["label"])
+        item = self.store.enqueue(key, payload, reply.live_key, owner)
         self._wake.set()
         return item
 

@@ -41,9 +41,12 @@ class CommandError(Exception):
     """A refusal meant for the user: the router turns it into one clear error reply, with
     `buttons` when the way on is one tap (which job did you mean?)."""
 
-    def __init__(self, message: str, buttons: list[Button] | None = None) -> None:
+    def __init__(self, message: str, buttons: list[Button] | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.buttons = buttons or []
+        # Why it was refused, for the audit log (`ownership`, `quota`, `invalid`, ...); None: not a
+        # refusal worth auditing (a typo, a question about a job that does not exist).
+        self.reason = reason
 
 
 @dataclass(frozen=True)
