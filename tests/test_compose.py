@@ -7,6 +7,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,35 @@ def dockerfile_env() -> dict[str, str]:
     return found
 
 
+def container_files(spec: dict[str, Any] | None) -> dict[str, Path]:
+    """Container folders and files -> where they come from in the repository: the Dockerfile's
+    `COPY` lines, then (when `spec` is compose's) the bot's bind mounts, which hide what the image has."""
+    found: dict[str, Path] = {}
+    workdir = "/"
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("WORKDIR "):
+            workdir = line.split()[1]
+        elif line.startswith("COPY ") and "--from" not in line:
+            *sources, target = line.split()[1:]
+            target = target if target.startswith("/") else f"{workdir.rstrip('/')}/{target.removeprefix('./')}"
+            for source in sources:
+                found[target.rstrip("/") if len(sources) == 1 else f"{target.rstrip('/')}/{source}"] = ROOT / source
+    for volume in (spec or {}).get("services", {}).get("bot", {}).get("volumes") or []:
+        source, target, *_ = str(volume).split(":")
+        if source.startswith((".", "/")):
+            found[target.rstrip("/")] = (ROOT / source).resolve()
+    return found
+
+
+def seen_in_container(path: str, spec: dict[str, Any] | None) -> Path | None:
+    """The repository file a container path shows (the longest mount or copy above it wins)."""
+    files = container_files(spec)
+    for prefix in sorted(files, key=len, reverse=True):
+        if path == prefix or path.startswith(prefix + "/"):
+            return files[prefix] / path[len(prefix) :].lstrip("/")
+    return None
+
+
 def ours(service: dict[str, Any]) -> bool:
     """Built from this repository's Dockerfile."""
     build = service.get("build")
@@ -115,12 +147,8 @@ def test_every_chatops_variable_is_a_setting(
     config = variables.pop("CHATOPS_CONFIG", None)
     if config is not None:  # not a setting: the file load_settings reads; compose mounts it from here
         where, target = config
-        mounts = {
-            str(v).split(":")[1]: str(v).split(":")[0] for v in spec["services"]["bot"].get("volumes") or []
-        }  # fmt: skip
-        assert target in mounts, f"CHATOPS_CONFIG={target} ({where}) is not a file compose mounts"
-        source = ROOT / mounts[target]
-        assert source.is_file(), f"{mounts[target]}, mounted at {target}, is not in the repository"
+        source = seen_in_container(str(target), spec)
+        assert source is not None and source.is_file(), f"CHATOPS_CONFIG={target} ({where}) is no file the bot sees"
         monkeypatch.setenv("CHATOPS_CONFIG", str(source))
     variables.pop("CHATOPS_DATA_DIR", None)
     for name, (_, value) in variables.items():
@@ -199,3 +227,34 @@ def test_named_volumes_are_writable_by_the_image_user() -> None:
             source, target, *mode = str(volume).split(":")
             if source in named and "ro" not in mode:
                 assert target in chowned, f"{name}: volume {source} at {target}, which the image does not give chatops"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["docker run", "compose"])
+def test_the_container_trains(how: str, tmp_path: Path) -> None:
+    """Exactly the config folder the container sees, copied alone to a folder of its own (so no
+    file of the checkout can stand in for one the image lacks): `chatops check` passes on it and a
+    bare `train` trains."""
+    spec = compose() if how == "compose" else None
+    env = environment(spec["services"]["bot"]) if spec else {}
+    config = env.get("CHATOPS_CONFIG") or dockerfile_env().get("CHATOPS_CONFIG")
+    assert config, "the container names no config file"
+    source = seen_in_container(config, spec)
+    assert source is not None and source.is_file(), f"{config} is not in the container ({how})"
+    folder = tmp_path / "etc-chatops"
+    folder.mkdir()
+    where = config.rsplit("/", 1)[0]
+    for path in source.parent.iterdir():  # what the container shows beside the config file, and only that
+        if seen_in_container(f"{where}/{path.name}", spec) == path:
+            (shutil.copytree if path.is_dir() else shutil.copy)(path, folder / path.name)
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("CHATOPS_")}
+    argv = [sys.executable, "-m", "chatops.cli", "--config", str(folder / source.name), "--data-dir",
+            str(tmp_path / "data")]  # fmt: skip
+    check = subprocess.run([*argv, "check"], capture_output=True, text=True, cwd=tmp_path, env=run_env, timeout=120)
+    assert check.returncode == 0 and "config ok" in check.stdout, check.stdout + check.stderr
+    if how == "compose":  # one real run is enough: both ways see the same folder
+        return
+    train = subprocess.run([*argv, "send", "train epochs=1", "--wait"], capture_output=True, text=True, cwd=tmp_path,
+                           env=run_env, timeout=240)  # fmt: skip
+    assert train.returncode == 0, train.stdout + train.stderr
+    assert "succeeded" in train.stdout, train.stdout
