@@ -298,7 +298,13 @@ class Notifier:
         image = await self.plot(job)
         with self.manager.store.transaction():  # the report is queued and no longer owed, at once
             for conv_key, lang, owner in self.store.followers(job.id):
-                self.enqueue(conv_key, self._final_reply(job, lang == "zh", image), owner)
+                report = self._final_reply(job, lang == "zh", image)
+                live_key = f"job:{job.id}"
+                if self.store.live_ref(conv_key, live_key) is not None:
+                    # The live message ends in the final state, not at its last progress ("96% … ETA 0:00").
+                    ended = Reply(report.text.split("\n", 1)[0], job_id=job.id, live_key=live_key, error=report.error)
+                    self.enqueue(conv_key, ended, owner)
+                self.enqueue(conv_key, report, owner)
                 self._last_push.pop((conv_key, job.id), None)
             self.store.final_sent(job.id)
 

@@ -386,6 +386,9 @@ async def test_e2e_train_reply_live_progress_and_final_photo(app, api) -> None:
     assert live, "progress was never edited in place"
     assert len({c.params["message_id"] for c in live}) == 1  # one live message per job
     assert live[0].params["chat_id"] == 42
+    # The live message ends in the final state (edited before the report is sent), not at "96% … ETA".
+    assert f"job {job_id} succeeded in" in _text(live[-1]) and "ETA" not in _text(live[-1]), _text(live[-1])
+    assert not (live[-1].params.get("reply_markup") or {}).get("inline_keyboard"), "pause/stop buttons left on it"
     assert final.method == "sendPhoto", "the final report carries no plot"
     assert final.files["photo"].startswith(b"\x89PNG")
 
