@@ -107,7 +107,9 @@ class Notifier:
         self.mask: SecretMask | None = None  # the bot's secrets, masked in everything queued
 
     # -- producing -------------------------------------------------------------------------
-    def enqueue(self, conversation: Conversation | str, reply: Reply, owner: str | None = "") -> int:
+    def enqueue(
+        self, conversation: Conversation | str, reply: Reply, owner: str | None = "", *, coalesce: bool = True
+    ) -> int:
         """Queue a reply; `owner` is the process a follower lives in ("": decide by conversation)."""
         key = conversation if isinstance(conversation, str) else conversation.key
         payload = reply_to_payload(reply, self.spool)
@@ -115,7 +117,7 @@ class Notifier:
             payload["text"] = self.mask.mask(payload["text"])
             for button in payload["buttons"]:
                 button["label"] = self.mask.mask(button["label"])
-        item = self.store.enqueue(key, payload, reply.live_key, owner)
+        item = self.store.enqueue(key, payload, reply.live_key, owner, coalesce=coalesce)
         self._wake.set()
         return item
 
@@ -299,12 +301,13 @@ class Notifier:
         with self.manager.store.transaction():  # the report is queued and no longer owed, at once
             for conv_key, lang, owner in self.store.followers(job.id):
                 report = self._final_reply(job, lang == "zh", image)
+                self.enqueue(conv_key, report, owner)
                 live_key = f"job:{job.id}"
                 if self.store.live_ref(conv_key, live_key) is not None:
-                    # The live message ends in the final state, not at its last progress ("96% … ETA 0:00").
+                    # The live message ends in the final state, not at its last progress ("96% … ETA 0:00"):
+                    # edited after the report, behind any progress still queued.
                     ended = Reply(report.text.split("\n", 1)[0], job_id=job.id, live_key=live_key, error=report.error)
-                    self.enqueue(conv_key, ended, owner)
-                self.enqueue(conv_key, report, owner)
+                    self.enqueue(conv_key, ended, owner, coalesce=False)
                 self._last_push.pop((conv_key, job.id), None)
             self.store.final_sent(job.id)
 
