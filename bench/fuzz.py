@@ -7,13 +7,19 @@ line-separator characters), every command word of the router's registry (English
 aliases, `/`, `!`, `@bot`, Slack mentions) with random arguments, unbalanced quotes and trailing
 backslashes, key=value floods, repeated and nested mentions, texts at the length limit and 1 MB
 tokens. Each goes through `App.handle` (router, audit, outbox) from an operator or from a
-stranger whose id and name are random too. tests/test_fuzz.py runs the same generator at a
-CI-sized count; this prints the full count's figures:
+stranger whose id and name are random too. Every refusal answered (role, too long, rate,
+ownership, quota) must have its refused audit row with the same reason; one without is an
+"unaudited denial". tests/test_fuzz.py runs the same generator at a CI-sized count; this prints
+the full count's figures:
 
     nice .venv/bin/python bench/fuzz.py [--count 100000] [--seed 11]
 
 No job ever starts: an operator's `train` always carries an unknown parameter, so it is refused
 at validation (the generator checks each such text with the parser before it is sent).
+
+The rate limit runs on a clock of its own here, `SECONDS_PER_MESSAGE` a message, so a seed gives
+the same throttling however fast the machine: `op` sends 40% of the messages, a little more than
+the default 60 a minute, and runs dry now and then.
 """
 
 from __future__ import annotations
@@ -36,19 +42,21 @@ from typing import ClassVar
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chatops.adapter import Capabilities
-from chatops.auth import Role
+from chatops.auth import RateLimiter, Role
 from chatops.message import Conversation, Identity, Incoming, MessageRef, Reply
 from chatops.parser import Parsed, parse
 from chatops.router import NO_WORDS, YES_WORDS
 from chatops.settings import AuthSettings, JobsSettings, NotifySettings, Settings
 from chatops.specs import CommandRegistry
 from chatops.testing import BotHarness, RecordingAdapter
+from chatops.texts import CATALOGS
 
 MB = 1 << 20
 LIMIT = Capabilities.max_inbound  # what the router allows the test platform
 OPERATOR = "op"  # `test:op*` is an operator in `fuzz_settings`; strangers' ids start with `x-`
 DEFUSE = "fuzz_unknown=1"  # makes any `train` fail validation: no job ever starts
 DRAIN_EVERY = 500  # messages between two waits for the outbox
+SECONDS_PER_MESSAGE = 0.35  # the rate limit's clock
 
 _ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
 _BIDI = "\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
@@ -74,14 +82,29 @@ _KEYS = ["lr", "ep", "bs", "wd", "ti", "epochs", "learning_rate", "batch_size", 
 _VALUES = ["0.1", "-1", "0", "1e999", "nan", "inf", "-inf", "1_000", "0x10", "3f2a", "mlp", "lenet", "gpu:0,1",
            "cpu:0,cpu:1", "", '""', "''", '"a b"', "'a b'", "true", "None", "[]", "{}", "１０", "٣", "1" * 400]
 
-# The router's refusals, whole (the sender's key inside may hold any character, newlines too).
-_REFUSED = re.compile(
-    r"Sorry, .+ is not allowed to use this bot\. Ask an admin to add you\."
-    r"|抱歉，.+ 无权使用这个机器人，请联系管理员添加。"
-    r"|Sorry, \w+ needs the \w+ role; .+ is \w+\.|抱歉，\w+ 需要 \w+ 角色；.+ 是 \w+。",
-    re.S,
-)
-_TOO_LONG = re.compile(r"Message too long \(\d+ characters; the limit is \d+\)\.|消息太长（\d+ 个字符；上限是 \d+）。")
+# The refusals a sender is answered with, by catalog key, and the reason their audit row gives.
+REFUSALS = {
+    "router.not_allowed": "role", "router.needs_role": "role", "router.too_long": "too_long",
+    "router.slow_down": "rate", "own.refused": "ownership", "quota.queued": "quota", "quota.gpus": "quota",
+    "link.too_many": "rate", "link.locked": "rate", "watch.too_many": "quota",
+}  # fmt: skip
+
+
+def _whole(template: str) -> re.Pattern[str]:
+    """A catalog sentence as a pattern of the whole reply: its words as they are, each placeholder
+    anything (the sender's key inside may hold any character, newlines too)."""
+    parts = [re.escape(literal) + (".+?" if name is not None else "")
+             for literal, name, _, _ in string.Formatter().parse(template)]  # fmt: skip
+    return re.compile("".join(parts), re.S)
+
+
+_REFUSAL_PATTERNS = [(_whole(catalog[key]), reason) for key, reason in REFUSALS.items()
+                     for catalog in CATALOGS.values()]  # fmt: skip
+
+
+def refusal_reason(text: str) -> str | None:
+    """The audit reason of the refusal `text` is (`role`, `rate` ...), None when it is no refusal."""
+    return next((reason for pattern, reason in _REFUSAL_PATTERNS if pattern.fullmatch(text)), None)
 
 
 @dataclass(frozen=True)
@@ -244,7 +267,9 @@ class FuzzReport:
     internal_errors: int = 0
     denials: int = 0  # refusals (said or quiet): a stranger's message, or a role too low
     too_long: int = 0
-    unaudited_denials: int = 0  # a refusal or a too-long answer without its allowed=0 audit row
+    throttled: int = 0  # rate refusals (the first of each episode; the rest are silent)
+    other_refusals: int = 0  # ownership, quota
+    unaudited_denials: int = 0  # a refusal answered without its refused audit row with the same reason
     let_through: int = 0  # a stranger's message handled as if allowed
     replies: int = 0
     silent: int = 0  # inputs that got no reply at all (blank or mention-only text, quiet denials)
@@ -280,7 +305,7 @@ class CountingAdapter(RecordingAdapter):
 def fuzz_settings(data_dir: Path) -> Settings:
     return Settings(
         data_dir=data_dir,
-        auth=AuthSettings(admins=["test:admin"], operators=["test:op*"], viewers=["test:viewer"]),
+        auth=AuthSettings(admins=["test:admin"], operators=["test:op*"], viewers=["test:viewer"], rate_per_minute=60),
         jobs=JobsSettings(max_parallel=1, stop_timeout=10, heartbeat_timeout=60),
         notify=NotifySettings(progress_seconds=0.2, digest_seconds=1),
     )
@@ -303,7 +328,10 @@ async def run(bot: BotHarness, count: int, seed: int = 11) -> FuzzReport:
     conn = bot.app.chat_store.conn
     last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()[0]
     fuzzer = Fuzzer(bot.app.registry, seed)
+    now = [0.0]
+    bot.app.router.throttle = RateLimiter(bot.app.settings.auth.rate_per_minute, clock=lambda: now[0])
     for i, case in enumerate(fuzzer.cases(count)):
+        now[0] = i * SECONDS_PER_MESSAGE
         report.count += 1
         report.by_kind[case.kind] += 1
         began = time.perf_counter()
@@ -321,10 +349,11 @@ async def run(bot: BotHarness, count: int, seed: int = 11) -> FuzzReport:
             report.slowest, report.slowest_build, report.slowest_case = took, built - began, case
         if took - (built - began) > report.slowest_handle:
             report.slowest_handle, report.slowest_handle_case = took - (built - began), case
-        rows = conn.execute("SELECT id, identity, allowed FROM audit WHERE id > ? ORDER BY id", (last,)).fetchall()
+        rows = conn.execute("SELECT id, identity, allowed, reason FROM audit WHERE id > ? ORDER BY id",
+                            (last,)).fetchall()  # fmt: skip
         if rows:
             last = rows[-1][0]
-        _account(report, case, incoming, replies, [(r[1], r[2]) for r in rows], bot.app.registry)
+        _account(report, case, incoming, replies, [(r[1], r[2], r[3]) for r in rows], bot.app.registry)
         await asyncio.sleep(0)  # let the outbox deliver as it goes, as between real messages
         if i % DRAIN_EVERY == DRAIN_EVERY - 1:
             # Messages arrive here far faster than from any chat, and the outbox's per-pass cost
@@ -347,8 +376,8 @@ async def _drain(bot: BotHarness, report: FuzzReport) -> None:
     report.drain_seconds += time.perf_counter() - began
 
 
-def _account(report: FuzzReport, case: Case, incoming: Incoming, replies: list[Reply], rows: list[tuple[str, int]],
-             registry: CommandRegistry) -> None:  # fmt: skip
+def _account(report: FuzzReport, case: Case, incoming: Incoming, replies: list[Reply],
+             rows: list[tuple[str, int, str | None]], registry: CommandRegistry) -> None:  # fmt: skip
     who = incoming.sender.key
     report.replies += len(replies)
     if not replies:
@@ -357,8 +386,7 @@ def _account(report: FuzzReport, case: Case, incoming: Incoming, replies: list[R
     if any("Internal error" in t for t in texts):
         report.internal_errors += 1
         report.fail("internal error", case)
-    refused = [t for t in texts if _REFUSED.fullmatch(t)]
-    too_long = [t for t in texts if _TOO_LONG.fullmatch(t)]
+    reasons = [reason for reason in map(refusal_reason, texts) if reason is not None]
     parsed: list[Parsed | None] = []
 
     def asked() -> Parsed | None:
@@ -370,21 +398,27 @@ def _account(report: FuzzReport, case: Case, incoming: Incoming, replies: list[R
 
     # A quiet stranger is refused without a word, but only when they asked something.
     quiet_refusal = case.quiet and not replies and asked() is not None
-    if refused or quiet_refusal:
-        report.denials += 1
-    if too_long:
-        report.too_long += 1
-    if (refused or quiet_refusal or too_long) and [r for r in rows if r == (who, 0)] != [(who, 0)]:
+    refusals = ["role"] if quiet_refusal else reasons
+    for reason in refusals:
+        if reason == "role":
+            report.denials += 1
+        elif reason == "too_long":
+            report.too_long += 1
+        elif reason == "rate":
+            report.throttled += 1
+        else:
+            report.other_refusals += 1
+    if refusals and [r for r in rows if r[:2] == (who, 0)] != [(who, 0, refusals[0])]:
         report.unaudited_denials += 1
         report.fail("refusal without its audit row", case, f"rows {rows}")
     if not case.stranger:
         return
-    if len(refused) + len(too_long) == len(texts):
+    if len(reasons) == len(texts):
         ok = bool(texts) or case.quiet or asked() is None  # refused, or nothing was asked
     else:  # past the door only with a command open to anyone (`whoami`, its errors included)
         spec = registry.lookup(asked().word) if asked() is not None else None  # type: ignore[union-attr]
         ok = spec is not None and spec.role == Role.none and not case.quiet
-    if not ok or any(allowed for _, allowed in rows):
+    if not ok or any(allowed for _, allowed, _ in rows):
         report.let_through += 1
         report.fail("stranger let through", case, f"replies {[t[:60] for t in texts]}")
 
@@ -424,7 +458,8 @@ def main() -> int:
     print(f"slowest in App.handle alone: {r.slowest_handle * 1000:.1f} ms, {_describe(r.slowest_handle_case)}")
     print(f"exceptions {r.exceptions} / internal errors {r.internal_errors} / unaudited denials {r.unaudited_denials}"
           f" / strangers let through {r.let_through}")
-    print(f"denials {r.denials:,}, too long {r.too_long:,}, replies {r.replies:,} (delivered {r.delivered:,}, "
+    print(f"denials {r.denials:,}, too long {r.too_long:,}, throttled {r.throttled:,} (rate episodes), other refusals"
+          f" {r.other_refusals:,}, replies {r.replies:,} (delivered {r.delivered:,}, "
           f"{r.undelivered:,} left in the outbox; {r.drain_seconds:.1f} s waiting for it), silent {r.silent:,}")
     for line in r.failures:
         print("  FAIL", line)

@@ -7,13 +7,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from chatops.adapter import Adapter, AdapterContext, CommandInfo
-from chatops.auth import Authorizer
+from chatops.auth import Authorizer, RateLimiter
 from chatops.commands import admin, team, training
 from chatops.message import Conversation, Incoming, Reply
 from chatops.notifier import Notifier
 from chatops.people import People, admission
 from chatops.plugins import declared, load_plugins
-from chatops.redact import SecretMask
+from chatops.redact import SecretMask, secret_values
 from chatops.router import Router
 from chatops.settings import Section, Settings, installed_platforms
 from chatops.specs import CommandRegistry, Services
@@ -63,6 +63,7 @@ class App:
             runner_options=options,
             gpus=_gpu_pool(settings) if isinstance(executor, LocalExecutor) else None,  # a cluster places its own
             max_sweep_jobs=settings.jobs.max_sweep_jobs,
+            stall_minutes=settings.notify.stall_minutes,
         )
         self.registry = CommandRegistry()
         for module in (training, admin, team):  # the built-in commands, declared as a plugin's are
@@ -75,7 +76,8 @@ class App:
             self.db, settings.people, self.authorizer.role_for,
             operators_control=settings.auth.operators_control, quotas=settings.quotas,
         )  # fmt: skip
-        self.router = Router(self.registry, self.chat_store, self.people)
+        self.router = Router(self.registry, self.chat_store, self.people,
+                             throttle=RateLimiter(settings.auth.rate_per_minute))  # fmt: skip
         self.manager.admit = admission(settings.quotas, self.people)
         for kind in self.manager.registry.names():
             self.router.param_keys |= set(self.manager.registry.get(kind).params.field_aliases())
@@ -85,7 +87,7 @@ class App:
         )
         self.notifier.people = self.people
         self.secrets = SecretMask.from_settings(settings)
-        self.notifier.mask = self.secrets
+        self.notifier.mask = self.router.secrets = self.secrets
         self.secrets.guard_logging()
         self.manager.subscribe(self.notifier.on_job_event)
         self.router.services = Services(
@@ -196,21 +198,23 @@ class App:
                 self.notifier.enqueue(Conversation(platform, user), Reply(text))
 
     async def _audit(self, identity: str, action: str, detail: str) -> None:
-        self.chat_store.audit(identity, action, detail, allowed=False)
+        # A platform's refusal at its door: a bad signature, a wrong or missing webhook token.
+        self.chat_store.audit(identity, action, detail, allowed=False, reason="credentials")
 
 
 def make_executor(settings: Settings) -> Executor:
     """Local processes, or jobs on a Ray cluster (its module imports Ray only when first used)."""
     jobs = settings.jobs
+    secrets = secret_values(settings)  # never into a job's environment, whatever pass_env says
     if jobs.executor == "ray":
         from jobs.executors.ray import RayExecutor
 
         return RayExecutor(
             jobs.ray_address, python=jobs.python, runtime_env=jobs.ray_runtime_env, num_cpus=jobs.ray_num_cpus,
             channel=jobs.ray_channel, gcs_address=jobs.ray_gcs_address,
-            storage=jobs.ray_storage or str(jobs.storage or settings.jobs_dir),
+            storage=jobs.ray_storage or str(jobs.storage or settings.jobs_dir), pass_env=jobs.pass_env, secrets=secrets,
         )  # fmt: skip
-    return LocalExecutor(python=jobs.python)
+    return LocalExecutor(python=jobs.python, pass_env=jobs.pass_env, secrets=secrets)
 
 
 def _gpu_pool(settings: Settings) -> GpuPool | None:

@@ -1,4 +1,4 @@
-"""`chatops run | send | jobs | check`: the command-line entry point."""
+"""`chatops run | send | wrap | jobs | audit | check`: the command-line entry point."""
 
 from __future__ import annotations
 
@@ -195,11 +195,32 @@ def _jobs(settings: Settings) -> int:
     return EXIT_OK
 
 
+def _audit(settings: Settings, last: int, who: str | None) -> int:
+    """The audit log's latest entries, oldest first, as the `audit` chat command shows them."""
+    from chatops.auth import Authorizer
+    from chatops.commands.admin import audit_lines, who_is
+    from chatops.people import People
+    from chatops.redact import SecretMask
+    from chatops.store import ChatStore
+    from jobs.db import connect
+
+    conn = connect(settings.db_path)
+    try:
+        people = People(conn, settings.people, Authorizer(settings.auth, settings.console.user).role_for)
+        identities = (who_is(who, people) or [who]) if who is not None else None
+        lines = audit_lines(ChatStore(conn), last, people, identities, mask=SecretMask.from_settings(settings).mask)
+    finally:
+        conn.close()
+    print("\n".join(lines) if lines else "no audit entries")
+    return EXIT_OK
+
+
 def _check(settings: Settings) -> int:
     """Validate the config and load every job kind and configured adapter, without starting the bot."""
     from chatops.app import configured_platforms
     from jobs.kinds import load_registry
     from jobs.params import fields_of
+    from jobs.runners.command import sample_reading
 
     problems: list[str] = []
     registry = load_registry(
@@ -209,7 +230,10 @@ def _check(settings: Settings) -> int:
     for name in registry.names():
         kind = registry.get(name)
         default = " (default)" if name == registry.default else ""
-        print(f"ok    kind {name}{default}: {len(fields_of(kind.params))} parameters, {kind.source}")
+        sample = (settings.kinds.get(name) or {}).get("progress_sample")
+        # What its output reading makes of its sample (a sample it cannot read broke the kind at load).
+        reads = f"; progress_sample reads {sample_reading(kind.options.get('progress'), sample)}" if sample else ""
+        print(f"ok    kind {name}{default}: {len(fields_of(kind.params))} parameters, {kind.source}{reads}")
     for name, problem in registry.problems.items():
         problems.append(f"kind {name}: {problem}")
     found = installed_platforms()
@@ -237,7 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("text")
     send.add_argument("--wait", action="store_true", help="print progress until the started jobs end")
     sub.add_parser("jobs", help="list jobs from the store")
+    audit = sub.add_parser("audit", help="who did what: the audit log's latest entries, oldest first (times in UTC)")
+    audit.add_argument("--last", type=int, default=20, metavar="N", help="how many entries (default 20)")
+    audit.add_argument("--who", metavar="ID", help="only those of an identity (telegram:42) or a person's name")
     sub.add_parser("check", help="validate the config and every job kind without starting the bot")
+    wrap = sub.add_parser("wrap", help="run any command as a job here, with its progress and report: wrap -- CMD …")
+    wrap.add_argument("--gpus", type=int, default=0, metavar="N", help="GPUs it needs (it waits until N are free)")
+    wrap.add_argument("--to", metavar="CONVERSATION", help="a chat that follows it too, e.g. telegram:12345")
+    wrap.add_argument("--name", help="what jobs and status call it (default: the command's name)")
+    wrap.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
@@ -258,6 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "check":
             _logging("ERROR")
             return _check(settings)
+        if args.cmd == "audit":
+            return _audit(settings, max(1, args.last), args.who)
+        if args.cmd == "wrap":
+            from chatops.wrap import wrap
+
+            _logging("WARNING")
+            command = args.command[1:] if args.command[:1] == ["--"] else args.command
+            return asyncio.run(wrap(settings, command, gpus=args.gpus, to=args.to, name=args.name))
         return _jobs(settings)
     except (ValueError, RuntimeError, OSError) as exc:
         # Bad tokens, missing extras (chatops.app.AdapterUnavailable is a RuntimeError), busy ports:

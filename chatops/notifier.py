@@ -25,7 +25,7 @@ from chatops.people import NotifyPref
 from chatops.redact import SecretMask
 from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
 from chatops.settings import NotifySettings
-from chatops.store import ChatStore, OutboxItem
+from chatops.store import ChatStore, Follower, OutboxItem
 from chatops.texts import lang_of, text
 from jobs.params import nullable_fields
 from jobs.store import TERMINAL_STATES, Job, Sweep
@@ -134,6 +134,9 @@ class Notifier:
             return
         if kind in ("progress", "epoch"):
             self._check_watches(job, event)
+        if kind in ("stall", "unstalled"):
+            self._stall(job, event, followers)
+            return
         for conv_key, lang, owner in followers:
             zh = lang == "zh"
             pref = self._pref(conv_key)
@@ -158,6 +161,25 @@ class Notifier:
             elif kind == "state" and event["to"] == "starting" and job.runs > 1:
                 said = text("event.resuming", lang, id=job.id, reason=event.get("reason"))
                 self.enqueue(conv_key, Reply(said, job_id=job.id), owner)
+
+    def _stall(self, job: Job, event: dict[str, Any], followers: list[Follower]) -> None:
+        """A stall alert, or its end, to the job's conversations and its sweep's: quiet ones too (a
+        hung job has no final report to wait for), not where the job is muted."""
+        if job.sweep is not None:
+            followers = [*followers, *self.store.followers(job.sweep)]
+        told: set[str] = set()
+        quiet = duration(event.get("quiet"))
+        for conv_key, lang, owner in followers:
+            if conv_key in told or (self.people is not None and self.people.muted(job.id, conv_key)):
+                continue
+            told.add(conv_key)
+            if event["type"] == "unstalled":
+                said = text("event.reporting", lang, id=job.id, quiet=quiet)
+            elif event.get("line"):
+                said = text("event.stall", lang, id=job.id, quiet=quiet, line=event["line"])
+            else:
+                said = text("event.stall_silent", lang, id=job.id, quiet=quiet)
+            self.enqueue(conv_key, Reply(said, job_id=job.id, error=event["type"] == "stall"), owner)
 
     def _sweep_event(self, sweep_id: str, event: dict[str, Any]) -> None:
         """A member moved: the sweep's table is edited (state changes at once, progress at the
@@ -303,7 +325,10 @@ class Notifier:
                 report = self._final_reply(job, lang == "zh", image)
                 self.enqueue(conv_key, report, owner)
                 live_key = f"job:{job.id}"
-                if self.store.live_ref(conv_key, live_key) is not None:
+                adapter = self.adapters.get(Conversation.from_key(conv_key).platform)
+                # A console writes its report below the live line: an edit there would be a second report.
+                in_place = adapter is not None and not adapter.capabilities.local
+                if in_place and self.store.live_ref(conv_key, live_key) is not None:
                     # The live message ends in the final state, not at its last progress ("96% … ETA 0:00"):
                     # edited after the report, behind any progress still queued.
                     ended = Reply(report.text.split("\n", 1)[0], job_id=job.id, live_key=live_key, error=report.error)

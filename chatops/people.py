@@ -19,11 +19,15 @@ from chatops.auth import Role
 from chatops.message import Identity
 from chatops.settings import PersonSettings, QuotaSettings
 from jobs.db import migrate, write_transaction
-from jobs.gpus import gpus_wanted
+from jobs.quotas import Quota
 from jobs.store import Job
 
 CODE_SECONDS = 600.0  # a link code is good for ten minutes, once
 MAX_FAILURES = 5  # wrong codes one identity may send in CODE_SECONDS
+# Wrong codes all identities together may send in CODE_SECONDS: fresh identities cost an attacker
+# nothing, so beyond this every `link <code>` is refused until the window has room again. At most
+# 20 guesses at a million codes in the ten minutes a code lives.
+MAX_FAILURES_ALL = 20
 LINKS_SECONDS = 1.0  # how stale this process's view of the links made elsewhere may be
 
 _MIGRATIONS = [
@@ -88,6 +92,12 @@ class People:
         row = self.conn.execute("SELECT person FROM people_links WHERE identity=?", (key,)).fetchone()
         return str(row[0]) if row else key
 
+    def identities_of_person(self, name: str) -> list[str]:
+        """The identities of the person called `name` (config or links), none when there is no such person."""
+        found = [i for i, p in self._declared.items() if p == name]
+        found += [r[0] for r in self.conn.execute("SELECT identity FROM people_links WHERE person=?", (name,))]
+        return list(dict.fromkeys(found))
+
     def identities_of(self, identity: str) -> list[str]:
         """Every identity of the person `identity` belongs to (itself first)."""
         person = self.person_of(identity)
@@ -142,7 +152,9 @@ class People:
 
     def redeem(self, identity: str, code: str) -> str:
         """Link `identity` with the identity that asked for `code`; returns that identity. The code
-        is used up whatever happens; wrong codes are counted (five in ten minutes: no more tries)."""
+        is used up whatever happens; wrong codes are counted, per identity (five in ten minutes: no
+        more tries) and for all together (MAX_FAILURES_ALL: no more tries from anyone, the code
+        untouched). The counts are in the database, so every process on it keeps them."""
         key = identity.lower()
         now = time.time()
         refused: LinkError | None = None
@@ -154,11 +166,15 @@ class People:
         return other
 
     def _redeem(self, key: str, code: str, now: float) -> tuple[LinkError | None, str]:
-        failures = self.conn.execute(
-            "SELECT COUNT(*) FROM link_failures WHERE identity=? AND t>?", (key, now - CODE_SECONDS)
-        ).fetchone()[0]
+        since = now - CODE_SECONDS
+        self.conn.execute("DELETE FROM link_failures WHERE t<=?", (since,))  # what no window counts any more
+        failures, everyone = self.conn.execute(
+            "SELECT COUNT(*) FILTER (WHERE identity=?), COUNT(*) FROM link_failures WHERE t>?", (key, since)
+        ).fetchone()
         if failures >= MAX_FAILURES:
             return LinkError("link.too_many"), ""
+        if everyone >= MAX_FAILURES_ALL:
+            return LinkError("link.locked"), ""
         row = self.conn.execute("SELECT identity, expires FROM link_codes WHERE code=?", (code,)).fetchone()
         if row is not None:
             self.conn.execute("DELETE FROM link_codes WHERE code=?", (code,))
@@ -222,22 +238,22 @@ class People:
         return row.fetchone() is not None
 
 
+def quota_for(quotas: QuotaSettings, people: People, identity: str) -> Quota:
+    """The limits of `identity`'s person, over all their identities, as the job manager counts them."""
+    owners = frozenset(i.lower() for i in people.identities_of(identity))
+    return Quota(
+        owners=owners, name=people.person_of(identity), max_running=quotas.max_running_per_person,
+        max_queued=quotas.max_queued_per_person, max_gpus=quotas.max_gpus_per_person,
+    )  # fmt: skip
+
+
 def admission(quotas: QuotaSettings, people: People) -> Callable[[Job, list[Job]], str | None] | None:
     """What the job manager asks before it starts a queued job: why it must wait for its owner's
     running jobs (their number, their GPUs), or None. None when no such quota is set."""
-    most_running, most_gpus = quotas.max_running_per_person, quotas.max_gpus_per_person
-    if most_running is None and most_gpus is None:
+    if quotas.max_running_per_person is None and quotas.max_gpus_per_person is None:
         return None
 
     def admit(job: Job, running: list[Job]) -> str | None:
-        theirs = [j for j in running if people.same_person(j.owner, job.owner)]
-        who = people.person_of(job.owner)
-        if most_running is not None and len(theirs) >= most_running:
-            return f"waiting: {who} has {len(theirs)} running job(s), the most for one person ({most_running})"
-        need = gpus_wanted(job.params)
-        held = sum(gpus_wanted(j.params) for j in theirs)
-        if most_gpus is not None and need and held + need > most_gpus:
-            return f"waiting: {who}'s running jobs hold {held} GPU(s), this one needs {need}; one person: {most_gpus}"
-        return None
+        return quota_for(quotas, people, job.owner).waits(job, running)
 
     return admit

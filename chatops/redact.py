@@ -92,6 +92,9 @@ class SecretMask:
     def mask(self, text: str) -> str:
         return text if self._pattern is None else self._pattern.sub(MASK, text)
 
+    def holds(self, text: str) -> bool:
+        return self._pattern is not None and self._pattern.search(text) is not None
+
     def guard_logging(self) -> None:
         """Mask the secrets in every record that reaches a handler of the root logger (a filter on
         a logger would miss its children's records)."""

@@ -1,12 +1,15 @@
-"""The command router: parse, resolve, authorise, validate, confirm, run, audit.
+"""The command router: throttle, parse, resolve, authorise, validate, confirm, run, audit.
 
-Every path out of `handle` is a list of replies; nothing a user types can raise out of it.
+Every path out of `handle` is a list of replies; nothing a user types can raise out of it. Every
+refusal leaves one audit row with its reason (chatops.store.REASONS); a state-changing command
+leaves one row after its handler: allowed when it ran, refused when it refused.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import re
 import secrets
 import time
@@ -17,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from chatops.adapter import Capabilities
-from chatops.auth import Authorizer, Role
+from chatops.auth import Authorizer, Held, RateLimiter, Role
 from chatops.message import Button, Incoming, Reply
 from chatops.parser import Parsed, head_word, parse
+from chatops.redact import SecretMask
 from chatops.specs import CommandContext, CommandError, CommandRegistry, CommandSpec, Lang, Question, Services
 from chatops.store import ChatStore
 from chatops.texts import lang_of, text
@@ -39,6 +43,8 @@ CONFIRM_TTL = 300.0
 _OUTCOME: contextvars.ContextVar[list[str]] = contextvars.ContextVar("outcome")
 CommandObserver = Callable[[str, str, str, float], None]
 """on_command(command, platform, outcome, seconds): one call per message handled."""
+AuditRow = tuple[str, str, str, bool, str | None]
+"""identity, action, detail, allowed, reason: what `ChatStore.audit` takes."""
 
 
 def _note(command: str, outcome: str) -> None:
@@ -65,14 +71,17 @@ class Router:
     max_inbound: int = Capabilities.max_inbound
     max_inbound_by_platform: dict[str, int] = field(default_factory=dict)
     on_command: CommandObserver | None = None
+    throttle: RateLimiter | None = None  # messages per identity ([auth] rate_per_minute); None: no limit
+    secrets: SecretMask | None = None  # the bot's secrets: a message holding one is not run
     _pending: dict[tuple[str, str], _Pending] = field(default_factory=dict)
 
     async def handle(self, incoming: Incoming, queue: Callable[[list[Reply]], object] | None = None) -> list[Reply]:
         """The replies to one message; `queue` takes them into the outbox.
 
         The claim, the audit row and the queued replies are one write transaction when the
-        command answers without waiting (see `WriteUnit`); a slow one commits its claim and audit
-        row before its first wait, and its replies are queued in a transaction of their own.
+        command answers without waiting (see `WriteUnit`); a slow one commits its claim before its
+        first wait, and its audit row (written after its handler, even when that raised) and its
+        replies are a transaction of their own.
         """
         began = time.perf_counter()
         seen = ["-", "ignored"]  # blanks, mentions only: nothing to count as a command
@@ -82,38 +91,53 @@ class Router:
                 log.info("ignoring redelivered message %s", incoming.message_id)
                 _OUTCOME.reset(token)
                 return []
+            audit: list[AuditRow] = []
             try:
-                replies = await unit.run(self._handle(incoming))
+                replies = await unit.run(self._handle(incoming, audit))
             except Exception:
                 seen[1] = "error"
                 ref = secrets.token_hex(3)
                 log.exception("internal error handling a message (ref %s)", ref)
                 # In English: the message's language is not known wherever the error happened.
                 replies = [Reply(text("router.internal_error", "en", ref=ref), error=True)]
-            if queue is not None and replies:
-                if unit.open:  # it answered without waiting: the replies join the claim's transaction
-                    queue(replies)
+            if audit or (queue is not None and replies):
+                if unit.open:  # it answered without waiting: all of it joins the claim's transaction
+                    self._record(audit, replies, queue)
                 else:
                     with self.store.transaction():
-                        queue(replies)
+                        self._record(audit, replies, queue)
         _OUTCOME.reset(token)
         if self.on_command is not None:
             self.on_command(seen[0], incoming.conversation.platform, seen[1], time.perf_counter() - began)
         return replies
 
-    async def _handle(self, incoming: Incoming) -> list[Reply]:
-        # Who asks comes first, what they ask second: a stranger's text is never parsed (only its
-        # first characters are read, for the language of the refusal) unless it names a command
-        # open to anyone, and no text is parsed beyond the platform's length limit.
+    def _record(self, audit: list[AuditRow], replies: list[Reply], queue: Callable[[list[Reply]], object] | None,
+                ) -> None:  # fmt: skip
+        for row in audit:
+            self.store.audit(*row)
+        if queue is not None and replies:
+            queue(replies)
+
+    async def _handle(self, incoming: Incoming, audit: list[AuditRow]) -> list[Reply]:
+        """The replies to one message; its audit rows go into `audit`, for `handle` to write.
+
+        Who asks comes first, what they ask second: a sender over their rate is not read at all;
+        a stranger's text is never parsed (only its first characters are read, for the language
+        of the refusal) unless it names a command open to anyone, and no text is parsed beyond
+        the platform's length limit."""
         role = self.auth.role_of(incoming.sender)
         who = incoming.sender.key
+        if self.throttle is not None:
+            held = self.throttle.take(who)
+            if held is not None:
+                return self._slow_down(incoming, role, held, audit)
         pending_key = (incoming.conversation.key, who)
         if role == Role.none:
             head = head_word(incoming.text)
             if head is None:
                 return []  # nothing but blanks and mentions
             if incoming.meta.get("quiet_deny") or not self._open_to_strangers(head, pending_key):
-                return self._deny(incoming, role, None, _chinese(head))
+                return self._deny(incoming, role, None, audit, _chinese(head))
         unreadable = incoming.meta.get("unreadable")
         if unreadable:  # the platform could not read the message (a mail's body): say why, to a known sender
             head = head_word(incoming.text)
@@ -124,24 +148,33 @@ class Router:
             head = head_word(incoming.text)  # the language of the refusal, from the first characters only
             if head is None:
                 return []
-            return self._too_long(incoming, limit, _chinese(head))
+            return self._too_long(incoming, limit, audit, _chinese(head))
+        if self.secrets and self.secrets.holds(incoming.text):
+            # A secret typed into chat must not travel on into a job's parameters, a saved default or
+            # a reply; the message is not run and its audit row is masked.
+            head = head_word(incoming.text)
+            _note("-", "refused")
+            audit.append((who, "message", _detail(self.secrets.mask(incoming.text)), False, "secret"))
+            return [Reply(text("router.secret", lang_of(head is not None and _chinese(head))), error=True)]
         # Within the limit: parsed once (head_word, a second parse, only where a refusal needs a language).
         parsed = parse(incoming.text, self.param_keys)
         if parsed is None:
             return []  # nothing but blanks and mentions
 
         zh = _chinese(parsed.word)
+        command = incoming.text  # for the audit: a question's answer runs the question's command
         if parsed.word in ANSWER_WORDS and not parsed.args and not parsed.positionals:
             pending = self._pending.pop(pending_key, None)
             if pending is None or pending.expires < time.time():
                 if not role:
-                    return self._deny(incoming, role, None, zh)
+                    return self._deny(incoming, role, None, audit, zh)
                 # A question lives in the process that asked it (`chatops send stop` has exited).
                 return [Reply(text("router.nothing_to_confirm", lang_of(zh)), error=True)]
             if parsed.word in NO_WORDS:
                 return [Reply(text("router.cancelled", lang_of(zh)))]
             parsed = parse(pending.text, self.param_keys) or parsed
             parsed.confirmed = True
+            command = pending.text
             zh = _chinese(parsed.word)
 
         spec = self.registry.lookup(parsed.word)
@@ -152,20 +185,20 @@ class Router:
         lang = Lang(lang_of(zh))
         if spec is None:
             if role == Role.none:
-                return self._deny(incoming, role, None, zh)
+                return self._deny(incoming, role, None, audit, zh)
             _note("unknown", "unknown")
             hint = suggest(parsed.word, self.registry.words())
             said = text("router.unknown_command", lang, word=parsed.word)
             said += text("router.did_you_mean", lang, hint=hint) if hint else text("router.send_help", lang)
             return [Reply(said, error=True)]
         if role < spec.role:
-            return self._deny(incoming, role, spec, zh)
+            return self._deny(incoming, role, spec, audit, zh)
 
         _note(spec.name, "refused")  # until it gets further
         try:
             args, params = (spec.args.model_validate({}), {}) if spec.raw else self._bind(spec, parsed, zh)
         except CommandError as exc:
-            return [_refusal(exc)]
+            return _refused(exc, who, spec, command, audit)
         assert self.services is not None, "Router.services is set before the first message"
         ctx = CommandContext(self.services, incoming, spec, role, args, params, lang,
                              _after_word(incoming.text, parsed.word) if spec.raw else "")  # fmt: skip
@@ -174,7 +207,7 @@ class Router:
             try:
                 asked = spec.confirm(ctx)
             except CommandError as exc:
-                return [_refusal(exc)]
+                return _refused(exc, who, spec, command, audit)
             question = asked if isinstance(asked, Question) else Question(asked)
             line = question.command or _strip_confirm(incoming.text)
             self._pending[pending_key] = _Pending(line, time.time() + CONFIRM_TTL)
@@ -183,12 +216,16 @@ class Router:
                        Button(ctx.t("router.confirm_cancel"), "cancel")]  # fmt: skip
             return [Reply(question.text + ctx.t("router.reply_yes"), buttons=buttons)]
 
-        if spec.changes_state:
-            self.store.audit(who, spec.name, incoming.text.strip()[:500], allowed=True)
         try:
             result = await spec.handler(ctx)
         except CommandError as exc:
-            return [_refusal(exc)]
+            return _refused(exc, who, spec, command, audit)
+        except Exception:
+            if spec.changes_state:  # let through, then failed: the internal error's ref is in the log
+                audit.append((who, spec.name, _detail(command), True, "error"))
+            raise
+        if spec.changes_state:
+            audit.append((who, spec.name, _detail(command), True, None))
         _note(spec.name, "handled")
         if isinstance(result, str):
             return [Reply(result)]
@@ -202,18 +239,32 @@ class Router:
             return spec.role == Role.none
         return word in ANSWER_WORDS and pending_key in self._pending
 
-    def _too_long(self, incoming: Incoming, limit: int, zh: bool) -> list[Reply]:
+    def _slow_down(self, incoming: Incoming, role: Role, held: Held, audit: list[AuditRow]) -> list[Reply]:
+        """Over the rate: the episode's first message is answered and audited, the rest dropped unread."""
+        _note("-", "throttled")
+        if not held.first:
+            return []
+        audit.append((incoming.sender.key, "message", _detail(incoming.text), False, "rate"))
+        if incoming.meta.get("quiet_deny") and role == Role.none:
+            return []
+        head = head_word(incoming.text)
+        said = text("router.slow_down", lang_of(head is not None and _chinese(head)), who=incoming.sender.key,
+                    seconds=math.ceil(held.wait))  # fmt: skip
+        return [Reply(said, error=True)]
+
+    def _too_long(self, incoming: Incoming, limit: int, audit: list[AuditRow], zh: bool) -> list[Reply]:
         size = len(incoming.text)
         _note("-", "too_long")
-        self.store.audit(incoming.sender.key, "message_too_long", f"{size} characters: {incoming.text[:200]}",
-                         allowed=False)  # fmt: skip
+        audit.append((incoming.sender.key, "message_too_long", f"{size} characters: {incoming.text[:200]}", False,
+                      "too_long"))  # fmt: skip
         return [Reply(text("router.too_long", lang_of(zh), size=size, limit=limit), error=True)]
 
-    def _deny(self, incoming: Incoming, role: Role, spec: CommandSpec | None, zh: bool = False) -> list[Reply]:
+    def _deny(self, incoming: Incoming, role: Role, spec: CommandSpec | None, audit: list[AuditRow],
+              zh: bool = False) -> list[Reply]:  # fmt: skip
         who = incoming.sender.key
         action = spec.name if spec else "message"
         _note(spec.name if spec else "-", "denied")
-        self.store.audit(who, action, incoming.text.strip()[:500], allowed=False)
+        audit.append((who, action, _detail(incoming.text), False, "role"))
         if incoming.meta.get("quiet_deny") and role == Role.none:
             return []
         if role == Role.none:
@@ -254,8 +305,18 @@ class Router:
             raise CommandError("\n".join(describe(exc))) from None
 
 
-def _refusal(exc: CommandError) -> Reply:
-    return Reply(str(exc), error=True, buttons=exc.buttons)
+def _refused(exc: CommandError, who: str, spec: CommandSpec, command: str, audit: list[AuditRow]) -> list[Reply]:
+    """A command's refusal, as one reply; audited with its reason, or as `invalid` for a state-changing
+    command (a viewer's typo, a question about a job that does not exist, is not worth a row)."""
+    reason = exc.reason or ("invalid" if spec.changes_state else None)
+    if reason is not None:
+        audit.append((who, spec.name, _detail(command), False, reason))
+    return [Reply(str(exc), error=True, buttons=exc.buttons)]
+
+
+def _detail(said: str) -> str:
+    """What the audit keeps of a message."""
+    return said.strip()[:500]
 
 
 def _chinese(word: str) -> bool:

@@ -17,7 +17,8 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,8 +36,21 @@ def _default_data_dir() -> Path:
     return Path(base) / "chatops"
 
 
+BLANK_SECRET = "blank_secret"  # the error type of a blank secret (config_problems names its variable)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _no_blank_secret(cls, value: Any) -> Any:
+        """A secret that is given but blank (`CHATOPS_TELEGRAM__TOKEN=""`, an unset variable in a
+        compose file) is a mistake, never an open door: a check against it would pass an empty
+        credential. One rule for every section's `SecretStr` fields, so no adapter can forget it."""
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            raise PydanticCustomError(BLANK_SECRET, "must not be empty")
+        return value
 
     @property
     def configured(self) -> bool:
@@ -62,6 +76,10 @@ class AuthSettings(Section):
     console_admin: bool = True
     operators_control: Literal["own", "all"] = Field(
         "own", description="whose jobs an operator may pause, change and stop: their own, or anybody's (admins: all)"
+    )
+    rate_per_minute: int = Field(
+        60, ge=0, description="messages one identity may send per minute, in bursts of as many; beyond: one"
+        " 'slow down' answer, then silence until its allowance is full again (0: no limit)"
     )
 
 
@@ -118,6 +136,11 @@ class JobsSettings(Section):
         description="ray_channel=cluster: where runners copy checkpoints, TensorBoard files and artifacts, a folder"
         " or an fsspec URI such as s3://bucket/chatops (unset: the job folders' folder, for a one-machine cluster)",
     )
+    pass_env: list[str] = Field(
+        default_factory=list,
+        description='globs of the bot\'s environment every job gets on purpose, e.g. ["AWS_*", "HF_TOKEN"] (beyond'
+        " a minimal allowlist; never a CHATOPS_* setting nor a value that is one of the bot's secrets)",
+    )
 
 
 class NotifySettings(Section):
@@ -126,6 +149,10 @@ class NotifySettings(Section):
     retry_max_seconds: float = Field(300.0, gt=0)
     poll_seconds: float = Field(
         0.25, gt=0, le=60, description="how soon a message queued by another process on the data dir is sent"
+    )
+    stall_minutes: float = Field(
+        30.0, ge=0, description="a running job with no progress and no new output line for this long is announced"
+        " as stalled, once, and again when it reports; 0 turns it off ([kinds.<name>] stall_minutes: per kind)"
     )
 
 
@@ -223,7 +250,8 @@ class Settings(BaseSettings):
             try:
                 extra[name] = model.model_validate(value)
             except ValidationError as exc:
-                raise ValueError("; ".join(config_problems(exc, model, prefix=f"[{name}] "))) from None
+                problems = config_problems(exc, model, prefix=f"[{name}] ", env=f"CHATOPS_{name.upper()}__")
+                raise ValueError("; ".join(problems)) from None
         return self
 
     def platforms(self) -> dict[str, Section | dict[str, Any]]:
@@ -335,8 +363,12 @@ def unknown_keys(path: Path) -> list[str]:
     return problems
 
 
-def config_problems(exc: ValidationError, model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
-    """One line per problem, naming the key and never quoting a value (it may be a token)."""
+def config_problems(
+    exc: ValidationError, model: type[BaseModel] | None = None, prefix: str = "", env: str = ""
+) -> list[str]:
+    """One line per problem, naming the key and never quoting a value (it may be a token); a blank
+    secret also names its environment variable (`env` is the section's prefix), where an empty
+    one most often comes from."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()))
@@ -344,6 +376,8 @@ def config_problems(exc: ValidationError, model: type[BaseModel] | None = None, 
             lines.append(prefix + _unknown(f"key {loc!r}", loc, model.model_fields))
             continue
         msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+        if env and err.get("type") == BLANK_SECRET:
+            msg += f" ({env}{'__'.join(str(p) for p in err['loc']).upper()})"
         lines.append(f"{prefix}{loc}: {msg}" if loc else prefix + msg)
     return lines
 

@@ -125,7 +125,26 @@ _MIGRATIONS = [
     DROP INDEX IF EXISTS processed_t;
     DROP INDEX IF EXISTS audit_t
     """,
+    # Why a refusal was refused (`REASONS`); NULL for what was allowed and for rows written before.
+    """
+    ALTER TABLE audit ADD COLUMN reason TEXT
+    """,
 ]
+
+REASONS = {
+    "role": "the sender's role is too low (a stranger, or a command above their role)",
+    "ownership": "another person's job",
+    "quota": "beyond a per-person or per-conversation limit",
+    "rate": "too many messages, or too many wrong link codes",
+    "too_long": "a message over the platform's length limit",
+    "link_code": "a wrong, expired or unusable link code",
+    "secret": "a message that holds one of the bot's secrets (not run)",
+    "credentials": "a platform request without valid credentials (signature, webhook token)",
+    "outside": "a path a job reported outside its folder and the storage (not read)",
+    "invalid": "a state-changing command with invalid arguments or parameters",
+    "error": "(allowed) the command failed with an internal error",
+}
+"""The audit's reasons; open: a plugin's CommandError may give its own."""
 
 T = TypeVar("T")
 
@@ -171,6 +190,16 @@ def _token_alive(token: str) -> bool:
         return abs(proc.create_time() - float(created)) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.Error, ValueError):
         return False
+
+
+class AuditEntry(NamedTuple):
+    id: int
+    t: float
+    identity: str
+    action: str
+    detail: str
+    allowed: bool
+    reason: str | None
 
 
 class Follower(NamedTuple):
@@ -401,6 +430,10 @@ class ChatStore:
         )
         return int(cur.lastrowid or 0)
 
+    def watch_count(self, conversation: str) -> int:
+        row = self.conn.execute("SELECT COUNT(*) FROM watches WHERE conversation=?", (conversation,)).fetchone()
+        return int(row[0])
+
     def watches(self, conversation: str) -> list[Watch]:
         rows = self.conn.execute("SELECT * FROM watches WHERE conversation=? ORDER BY id", (conversation,))
         return [Watch(*r) for r in rows.fetchall()]
@@ -451,12 +484,14 @@ class ChatStore:
 
     # outbox
     def enqueue(
-        self, conversation: str, payload: dict[str, Any], live_key: str | None = None, owner: str | None = ""
+        self, conversation: str, payload: dict[str, Any], live_key: str | None = None, owner: str | None = "",
+        *, coalesce: bool = True,
     ) -> int:
-        """Queue one message; `owner` "" means: this process's if the conversation lives here."""
+        """Queue one message; `owner` "" means: this process's if the conversation lives here.
+        `coalesce=False` queues a live message's new state behind what is queued, in order."""
         now = time.time()
         owner = self.owner_for(conversation) if owner == "" else owner
-        if live_key is not None:
+        if live_key is not None and coalesce:
             # A newer state of a live message replaces an undelivered older one (coalescing).
             row = self.conn.execute(
                 "SELECT id FROM outbox WHERE conversation=? AND live_key=? AND status='pending' AND owner IS ?"
@@ -619,20 +654,40 @@ class ChatStore:
         self.conn.execute("INSERT OR REPLACE INTO live_messages VALUES (?, ?, ?)", (conversation, live_key, message_id))
 
     # audit
-    def audit(self, identity: str, action: str, detail: str, allowed: bool = True) -> None:
-        """One audit row. Its text is made valid first: a lone surrogate from some platform must
-        never cost the record of a denial (SQLite cannot encode one)."""
+    def audit(self, identity: str, action: str, detail: str, allowed: bool = True, reason: str | None = None) -> None:
+        """One audit row; a refused one says why (`REASONS`). Its text is made valid first: a lone
+        surrogate from some platform must never cost the record of a denial (SQLite cannot encode one)."""
         self.conn.execute(
-            "INSERT INTO audit (t, identity, action, detail, allowed) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO audit (t, identity, action, detail, allowed, reason) VALUES (?, ?, ?, ?, ?, ?)",
             (time.time(), valid_text(str(identity)), valid_text(str(action)), valid_text(str(detail)[:1000]),
-             int(allowed)),
+             int(allowed), reason),
         )  # fmt: skip
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self.conn.execute(
-            "SELECT t, identity, action, detail, allowed FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+            "SELECT t, identity, action, detail, allowed, reason FROM audit ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
         return [dict(r) for r in rows]
+
+    def audit_entries(
+        self, limit: int, identities: Iterable[str] | None = None, action: str | None = None
+    ) -> list[AuditEntry]:
+        """The latest `limit` rows, oldest first; only those of `identities` (any case) or of
+        `action` when given. Read newest first by id, so a common filter stops early; there is no
+        index on identity or action (each would cost every message a page write), so a rare one
+        reads the table, which retention keeps to `audit_days`."""
+        where, params = [], []
+        if identities is not None:
+            keys = sorted({i.lower() for i in identities})
+            where.append(f"lower(identity) IN ({', '.join('?' for _ in keys)})")
+            params += keys
+        if action is not None:
+            where.append("action = ?")
+            params.append(action)
+        query = ("SELECT id, t, identity, action, detail, allowed, reason FROM audit"
+                 + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC LIMIT ?")  # fmt: skip
+        rows = self.conn.execute(query, (*params, limit)).fetchall()
+        return [AuditEntry(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6]) for r in reversed(rows)]
 
     # retention
     def prune_batch(

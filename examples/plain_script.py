@@ -1,7 +1,7 @@
 """An ordinary training script that knows nothing of chatops: run it as a *command kind*.
 
 Shows what `[kinds.plain]` in `examples/chatops.toml` needs from a script you cannot (or will not)
-change: it takes its settings as flags (`--lr 0.1 --epochs 5 --batch_size 64`; flags it does not know
+change: it takes its settings as flags (`--lr=0.1 --epochs=5 --batch_size=64`; flags it does not know
 are ignored) and prints one line per epoch, `Epoch 3/5 loss 0.1234 acc 0.9567`, which the kind's
 `progress` pattern turns into progress. Stop, pause and resume reach it as signals.
 

@@ -6,7 +6,18 @@
   parameters (`jobs.sdk.describe`), cached by the module file's size and time.
 - Command kinds: an unmodified script (`[kinds.<name>] command = [argv…]`) whose parameters are
   declared in TOML (`[kinds.<name>.params.<field>]`) and whose progress is read from its output
-  by a `progress` pattern (`jobs.runners.command`).
+  by a `progress` pattern or, without one, the built-in readers (`jobs.runners.command`); a
+  `progress_sample` line is read at load time, so a pattern that reads nothing of it is a problem.
+- Either may bring its own interpreter, `python = "/path/to/venv/bin/python"` (else `[jobs] python`,
+  else the bot's): a PyTorch kind needs nothing of the bot's MXNet environment. A command starting
+  with `python` runs under it; a Python kind runs `<python> -m jobs.sdk.host` inside the command
+  wrapper, so the SDK's core (standard library and pydantic) is all that interpreter needs.
+
+Any kind may add to its jobs' environment (`jobs.environment`): `env = {NAME = "value"}` (literal
+values) and `pass_env = ["AWS_*"]` (globs over the bot's environment). Both travel in the kind's
+options into each job's `params.json`, where the executor reads them at launch. A `CHATOPS_*`
+name in `env` is a configuration error: those are the bot's settings. The built-in `wrap` kind
+(`jobs.wrap`, started by `chatops wrap` only) takes these and `nan_guard` in a `[kinds.wrap]` table.
 
 A kind that cannot be loaded is remembered with its one-line problem: asking for it says why,
 every other kind keeps working, and `chatops check` lists them all.
@@ -28,10 +39,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, NonNegativeFloat, ValidationError, field_validator, model_validator
 
+from jobs.environment import bad_name, job_environment
 from jobs.params import KindDefinitionError, ParamSpec, describe, model_from_specs
+from jobs.runners.command import sample_reading
 from jobs.schemas import JobKind, KindRegistry, default_registry
+from jobs.wrap import WRAP, WRAP_KIND
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +64,30 @@ class KindConfig(BaseModel):
     command: list[str] | None = None
     params: dict[str, ParamSpec] = {}
     progress: str | None = None
+    progress_sample: str | None = None  # a line of the script's output: `chatops check` reads it
+    python: str | None = None  # its own interpreter (a venv's bin/python), for command and module kinds
     cwd: str | None = None
     description: str = ""
     nan_guard: bool = True  # a training loss that becomes NaN/inf fails the job (SDK kinds)
+    env: dict[str, str] = {}  # literal variables for its jobs
+    pass_env: list[str] = []  # globs of the bot's environment its jobs get (never CHATOPS_*)
+    stall_minutes: NonNegativeFloat | None = None  # its own `[notify] stall_minutes` (0: no stall alerts)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            why = bad_name(name)
+            if why:
+                raise ValueError(why)
+            if "\x00" in value:
+                raise ValueError(f"{name}: a value cannot hold a NUL character")
+        return env
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        """The options that carry its environment to the executor (none when it sets none)."""
+        return {k: v for k, v in (("env", self.env), ("pass_env", self.pass_env)) if v}
 
     @model_validator(mode="after")
     def _one_way(self) -> KindConfig:
@@ -82,12 +117,18 @@ def load_registry(
 ) -> KindRegistry:
     """The built-in kind, installed plugins, then configured kinds (config wins on a name clash)."""
     registry = default_registry()
+    registry.register(WRAP_KIND)  # `chatops wrap`'s: never offered in chat
     base = (base_dir or Path.cwd()).resolve()
     python = python or sys.executable
     python_kinds: dict[str, tuple[str, str, str]] = {}  # name -> (module ref, source, description)
+    interpreters: dict[str, str] = {}  # Python kinds with an interpreter of their own
     unguarded: set[str] = set()  # kinds whose config turned the NaN guard off
+    environments: dict[str, dict[str, Any]] = {}  # kinds whose config adds to their jobs' environment
+    stalls: dict[str, float] = {}  # kinds with a `stall_minutes` of their own
     for ep in entry_points(group=entry_points_group):
         python_kinds[ep.name] = (ep.value.split(":", 1)[0], f"entry point {ep.value}", "")
+    if python_kinds.pop(WRAP, None) is not None:
+        log.warning("an installed job kind named %s is ignored: the name is chatops wrap's", WRAP)
     for name, raw in (configs or {}).items():
         if not _NAME.match(name):
             registry.broken(name, "a kind name is lower-case letters, digits, - and _ (at most 32)")
@@ -99,16 +140,29 @@ def load_registry(
             continue
         if not cfg.nan_guard:
             unguarded.add(name)
+        if cfg.stall_minutes is not None:
+            stalls[name] = cfg.stall_minutes
+        if name == WRAP and (cfg.module is not None or cfg.command is not None):
+            registry.broken(name, f"[kinds.{WRAP}] is chatops wrap's own kind: it takes env, pass_env, nan_guard")
+            continue
         if cfg.module is None and cfg.command is None:
-            if name not in registry or cfg.params or cfg.progress or cfg.cwd:
+            if name not in registry or cfg.params or cfg.progress or cfg.cwd or cfg.python:
                 why = 'give either module = "…" (a Python kind) or command = ["…"] (a command kind)'
                 registry.broken(name, f"[kinds.{name}] {why}; only a built-in kind takes a table of settings alone")
                 continue
             builtin = registry.get(name)  # `[kinds.mxnet] nan_guard = false`
-            options = {**builtin.options, "nan_guard": cfg.nan_guard}
+            options = {**builtin.options, "nan_guard": cfg.nan_guard, **cfg.environment}
             registry.register(replace(builtin, options=options, description=cfg.description or builtin.description))
             continue
+        if cfg.environment:
+            environments[name] = cfg.environment
         if cfg.module is not None:
+            if cfg.python is not None:
+                try:
+                    interpreters[name] = _interpreter(cfg.python, base)
+                except KindDefinitionError as exc:
+                    registry.broken(name, f"[kinds.{name}] {exc}")
+                    continue
             ref = _resolve_module_ref(cfg.module, base)
             python_kinds[name] = (ref, f"config [kinds.{name}]", cfg.description)
             continue
@@ -120,7 +174,8 @@ def load_registry(
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         described = dict(zip(
             python_kinds,
-            pool.map(lambda item: describe_kind(item[0], base, python, cache_dir), python_kinds.values()),
+            pool.map(lambda n: describe_kind(python_kinds[n][0], base, interpreters.get(n, python), cache_dir),
+                     python_kinds),
             strict=True,
         ))  # fmt: skip
     for name, (ref, source, description) in python_kinds.items():
@@ -133,8 +188,16 @@ def load_registry(
         except KindDefinitionError as exc:
             registry.broken(name, f"{source}: {exc}")
             continue
-        options = {"module": ref, "pythonpath": [str(base)], "nan_guard": name not in unguarded}
-        registry.register(JobKind(name, model, "jobs.sdk.host", description or result.get("doc", ""), options, source))
+        options = {"module": ref, "pythonpath": [str(base)], "nan_guard": name not in unguarded,
+                   **environments.get(name, {})}  # fmt: skip
+        runner = "jobs.sdk.host"
+        if name in interpreters:  # its own interpreter: `python -m jobs.sdk.host` inside the command wrapper
+            runner, options = "jobs.runners.command", {**options, "command": [interpreters[name], "-m", runner]}
+        registry.register(JobKind(name, model, runner, description or result.get("doc", ""), options, source))
+    for name, minutes in stalls.items():  # read by the job manager from the kind's options
+        if name in registry:
+            kind = registry.get(name)
+            registry.register(replace(kind, options={**kind.options, "stall_minutes": minutes}))
     if default:
         if default in registry or default in registry.problems:
             registry.default = default
@@ -160,15 +223,37 @@ def _command_kind(name: str, cfg: KindConfig, base: Path, python: str) -> JobKin
         raise KindDefinitionError(f"cwd {cwd} is not a folder")
     argv = list(cfg.command)
     if argv[0] in ("python", "python3"):
-        argv[0] = python  # the interpreter that runs chatops (and has MXNet), not whatever is on PATH
+        # The kind's own interpreter, else the one that runs chatops (and has MXNet); never whatever is on PATH.
+        argv[0] = _interpreter(cfg.python, base) if cfg.python is not None else python
+    elif cfg.python is not None:
+        raise KindDefinitionError(f'python is the interpreter of a command that starts with "python"; not {argv[0]!r}')
     elif shutil.which(argv[0], path=os.environ.get("PATH")) is None and not (cwd / argv[0]).is_file():
         raise KindDefinitionError(f"command {argv[0]!r} not found (on PATH or in {cwd})")
     for arg in argv[1:]:
         if arg.endswith(".py") and not (cwd / arg).is_file():
             raise KindDefinitionError(f"command names {arg}, which does not exist in {cwd}")
+    if cfg.progress_sample is not None:
+        try:
+            sample_reading(cfg.progress, cfg.progress_sample)
+        except ValueError as exc:
+            raise KindDefinitionError(str(exc)) from None
     model = model_from_specs(name, cfg.params, cfg.description)
-    options = {"command": argv, "progress": cfg.progress, "cwd": str(cwd), "nan_guard": cfg.nan_guard}
+    options = {"command": argv, "progress": cfg.progress, "cwd": str(cwd), "nan_guard": cfg.nan_guard,
+               **cfg.environment}  # fmt: skip
     return JobKind(name, model, "jobs.runners.command", cfg.description, options, f"config [kinds.{name}]")
+
+
+def _interpreter(value: str, base: Path) -> str:
+    """A kind's own `python`: a path (relative ones start beside the config; a venv's symlink is kept
+    as it is, or the venv would be lost) or a name on PATH."""
+    if os.sep in value:
+        path = os.path.abspath(base / Path(value).expanduser())
+        found = path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    else:
+        found = shutil.which(value)
+    if found is None:
+        raise KindDefinitionError(f"python {value!r} is not an executable (a path, or a name on PATH)")
+    return found
 
 
 def describe_kind(ref: str, base: Path, python: str, cache_dir: Path | None = None) -> dict[str, Any]:
@@ -181,7 +266,8 @@ def describe_kind(ref: str, base: Path, python: str, cache_dir: Path | None = No
         except (OSError, json.JSONDecodeError):
             pass
     paths = (str(ROOT), str(base), os.environ.get("PYTHONPATH"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    # The module is imported to read its parameters only: it never sees the bot's settings either.
+    env = {**job_environment(os.environ, pass_env=("*",)), "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     try:
         proc = subprocess.run(
             [python, "-m", "jobs.sdk.describe", ref], capture_output=True, text=True, cwd=base, env=env,

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,10 @@ from pydantic import ValidationError
 from jobs import protocol
 from jobs.executors.base import Executor
 from jobs.gpus import GpuPool, gpus_wanted, renumbered
+from jobs.paths import confined
+from jobs.provenance import Recorder, interpreter_of
+from jobs.quotas import Quota
+from jobs.readers import normalise, normalised
 from jobs.schemas import KindRegistry, KindUnavailable, default_registry
 from jobs.store import (
     ACTIVE_STATES,
@@ -38,6 +44,7 @@ from jobs.store import (
     Sweep,
     check_transition,
 )
+from jobs.wrap import WRAP, launch_spec
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +58,28 @@ _PERSISTED = frozenset(
     }
 )  # fmt: skip
 
+# Event fields that are no metric; `best_checkpoint` is a path, which only a checkpoint event sets.
+_NOT_METRICS = frozenset({"v", "seq", "t", "type", "best_checkpoint"})
+
+# Events that show a running job moving; their absence (and of new output) for `stall_minutes` is a stall.
+_STIRRING = frozenset({"started", "resumed", "progress", "epoch"})
+STALL_LINE = 300  # characters of the last output line a stall alert quotes
 
 STARTUP_GRACE = 30.0  # seconds a starting runner may be silent, whatever the heartbeat timeout
 
+
 class JobError(Exception):
     """A request the manager refuses; the message is meant for the user."""
+
+
+class QuotaExceeded(JobError):
+    """Refused by its owner's quota. `limit` is "queued" (with the person's `running` and `queued`
+    jobs now) or "gpus" (with the GPUs the job `need`s); `most` is what the quota allows."""
+
+    def __init__(self, message: str, *, limit: str, most: int, running: int = 0, queued: int = 0, need: int = 0):
+        super().__init__(message)
+        self.limit, self.most = limit, most
+        self.running, self.queued, self.need = running, queued, need
 
 
 class JobManager:
@@ -73,6 +97,7 @@ class JobManager:
         runner_options: dict[str, Any] | None = None,
         gpus: GpuPool | None = None,
         max_sweep_jobs: int = 32,
+        stall_minutes: float = 30.0,
     ) -> None:
         self.store = store
         self.gpus = gpus  # the machine's GPUs, given out to jobs (local runners only)
@@ -81,6 +106,9 @@ class JobManager:
         self.registry = registry or default_registry()
         self.max_parallel = max_parallel
         self.max_sweep_jobs = max_sweep_jobs
+        # Silence of a running job that is announced (a kind's `stall_minutes` wins; 0: never).
+        self.stall_minutes = stall_minutes
+        self.provenance = Recorder()  # which code each job runs; `pip freeze` cached per interpreter
         # Whether a queued job may start beside the running ones (a person's quota): None, or why it waits.
         self.admit: Callable[[Job, list[Job]], str | None] | None = None
         self._last_created = 0.0
@@ -127,13 +155,26 @@ class JobManager:
         return job_kind.name, model.model_dump(mode="json")
 
     async def submit(
-        self, kind: str | None, params: dict[str, Any], *, owner: str, checkpoint: str | None = None
+        self,
+        kind: str | None,
+        params: dict[str, Any],
+        *,
+        owner: str,
+        checkpoint: str | None = None,
+        quota: Quota | None = None,
     ) -> Job:
-        """Queue a job; with `checkpoint`, it starts from there (training on from another job)."""
+        """Queue a job; with `checkpoint`, it starts from there (training on from another job); with
+        `quota`, only within its owner's (QuotaExceeded)."""
         kind_name, clean = self.validate(kind, params)
+        if checkpoint is not None and self.placed(None, checkpoint) is None:
+            raise JobError(f"checkpoint {checkpoint} is outside the jobs' folders; not used")
+        self._fits(quota, [clean])
         await self.preflight(kind_name, clean)
         async with self._lock:
-            job = self._queue(kind_name, clean, owner, checkpoint=checkpoint)
+            with self.store.transaction():  # counted and inserted at once, across processes
+                job = self._new(kind_name, clean, owner, checkpoint=checkpoint)
+                self._admit(quota, [job])
+                self._insert(job)
         await self._publish(job, _state_event(None, QUEUED, "submitted"))
         await self.tick()
         return self.store.get(job.id) or job
@@ -147,14 +188,17 @@ class JobManager:
         varying: list[str],
         monitor: str,
         mode: str = "grid",
+        quota: Quota | None = None,
     ) -> tuple[Sweep, list[Job]]:
-        """Queue every member of a sweep, or none (a member the schema or the preflight refuses)."""
+        """Queue every member of a sweep, or none (a member the schema, the preflight or the
+        owner's `quota` refuses)."""
         if not members:
             raise JobError("a sweep needs at least one job")
         if len(members) > self.max_sweep_jobs:
             raise JobError(f"{len(members)} jobs: more than the {self.max_sweep_jobs} a sweep may start")
         checked = [self.validate(kind, params) for params in members]
         kind_name = checked[0][0]
+        self._fits(quota, [params for _, params in checked])
         for params in {json.dumps(p, sort_keys=True): p for _, p in checked}.values():
             await self.preflight(kind_name, params)
         async with self._lock:
@@ -163,29 +207,69 @@ class JobManager:
                     id=self.store.new_sweep_id(), kind=kind_name, owner=owner, varying=varying, monitor=monitor,
                     mode=mode, created_at=time.time(),
                 )  # fmt: skip
+                jobs: list[Job] = []
+                for _, params in checked:
+                    jobs.append(self._new(kind_name, params, owner, sweep=sweep.id, taken={j.id for j in jobs}))
+                self._admit(quota, jobs)
                 self.store.insert_sweep(sweep)
-                jobs = [self._queue(kind_name, params, owner, sweep=sweep.id) for _, params in checked]
+                for job in jobs:
+                    self._insert(job)
         for job in jobs:
             await self._publish(job, _state_event(None, QUEUED, "submitted"))
         await self.tick()
         return sweep, [self.store.get(job.id) or job for job in jobs]
 
-    def _queue(
-        self, kind: str, params: dict[str, Any], owner: str, *, checkpoint: str | None = None, sweep: str | None = None
+    @staticmethod
+    def _fits(quota: Quota | None, params: list[dict[str, Any]]) -> None:
+        """Refuse (QuotaExceeded) a job that asks for more GPUs than one person may ever hold."""
+        need = max((gpus_wanted(p) for p in params), default=0)
+        if quota is not None and quota.max_gpus is not None and need > quota.max_gpus:
+            message = f"the job asks for {need} GPU(s); one person may hold at most {quota.max_gpus}"
+            raise QuotaExceeded(message, limit="gpus", most=quota.max_gpus, need=need)
+
+    def _new(
+        self,
+        kind: str,
+        params: dict[str, Any],
+        owner: str,
+        *,
+        checkpoint: str | None = None,
+        sweep: str | None = None,
+        taken: Collection[str] = (),
     ) -> Job:
-        job_id = self.store.new_id()
-        job_dir = self.jobs_dir / job_id
-        job_dir.mkdir(parents=True, exist_ok=False)
+        """A queued job, not stored yet (inside the transaction that inserts it, and apart from
+        the `taken` ids of the others inserted with it: its id stays free)."""
+        job_id = self.store.new_id(taken)
         # Created a moment apart: the queue starts members in the order they were planned.
         created = max(time.time(), self._last_created + 1e-6)
         self._last_created = created
-        job = Job(
-            id=job_id, kind=kind, params=params, state=QUEUED, owner=owner, job_dir=str(job_dir),
+        return Job(
+            id=job_id, kind=kind, params=params, state=QUEUED, owner=owner, job_dir=str(self.jobs_dir / job_id),
             created_at=created, checkpoint=checkpoint, sweep=sweep,
         )  # fmt: skip
+
+    def _insert(self, job: Job) -> None:
+        job.dir.mkdir(parents=True, exist_ok=False)
         self.store.insert(job)
         self.store.add_event(job.id, _state_event(None, QUEUED, "submitted"))
-        return job
+
+    def _admit(self, quota: Quota | None, new: list[Job]) -> None:
+        """Refuse (QuotaExceeded) `new` jobs that would leave their owner more jobs waiting than
+        `quota` allows. A job that a free slot starts at once does not wait; one its owner's running
+        limit holds back does. Called inside the write transaction that inserts them, so the next
+        request (of any process) counts them."""
+        if quota is None or quota.max_queued is None:
+            return
+        jobs = self.store.list(ACTIVE_STATES | {QUEUED}, limit=10_000)
+        starting = {j.id for j, _ in self._plan([*jobs, *new], quota)[0]}
+        theirs = [j for j in jobs if quota.holds(j)]
+        running = sum(j.state in ACTIVE_STATES or j.id in starting for j in theirs)
+        queued = len(theirs) - running
+        if queued + sum(j.id not in starting for j in new) > quota.max_queued:
+            raise QuotaExceeded(
+                f"you have {running} running and {queued} queued job(s); one person may queue {quota.max_queued}",
+                limit="queued", most=quota.max_queued, running=running, queued=queued,
+            )  # fmt: skip
 
     async def preflight(self, kind: str, params: dict[str, Any]) -> None:
         """Refuse now what would fail as soon as the runner starts (JobError, one line per problem)."""
@@ -200,12 +284,23 @@ class JobManager:
             raise JobError("\n".join(problems))
 
     def artifacts(self, job_id: str) -> list[dict[str, Any]]:
-        """Files the run attached (`run.artifact`), latest per name."""
-        return list({e["name"]: e for e in self.store.events(job_id, {"artifact"})}.values())
+        """Files the run attached (`run.artifact`) inside its place (see `placed`), latest per name."""
+        job = self.store.get(job_id)
+        found = [e for e in self.store.events(job_id, {"artifact"}) if self.placed(job, e.get("path")) is not None]
+        return list({e.get("name"): e for e in found}.values())
 
-    async def resume(self, job_id: str, params: dict[str, Any] | None = None) -> Job:
+    def placed(self, job: Job | None, target: object) -> str | None:
+        """`target`, a path or URI a runner named, as it may be used: inside the job's folder or
+        the storage (the jobs folder, the executor's storage); None, with a warning, elsewhere."""
+        place = confined(target, [job.dir if job else None, self.jobs_dir, getattr(self.executor, "storage", None)])
+        if place is None:
+            log.warning("job %s: refused %r: outside its folder and the storage", job.id if job else "-", target)
+        return place
+
+    async def resume(self, job_id: str, params: dict[str, Any] | None = None, *, quota: Quota | None = None) -> Job:
         """Queue a stopped, failed or lost job again; it continues from its last checkpoint, with
-        `params` (validated whole) in place of its own when given (`epochs` raised, say)."""
+        `params` (validated whole) in place of its own when given (`epochs` raised, say). With
+        `quota`, only within its owner's, counted as a new job (QuotaExceeded)."""
         await self._retire(self.require(job_id))
         async with self._lock:
             job = self.require(job_id)
@@ -213,13 +308,21 @@ class JobManager:
                 raise JobError(f"job {job.id} is {job.state}; only stopped, failed or lost jobs resume")
             if not job.checkpoint:
                 raise JobError(f"job {job.id} has no checkpoint to resume from")
+            if self.placed(job, job.checkpoint) is None:
+                raise JobError(f"job {job.id}'s checkpoint is outside its folder; not resumed")
             if params is not None:
                 job.params = self.validate(job.kind, params)[1]
+            self._fits(quota, [job.params])
+            if params is not None:
                 await self.preflight(job.kind, job.params)
             # The launch waits until the previous runner is gone (`_launch`); one folder, one runner.
             job.stop_requested = False
             job.error = None
-            await self._move(job, QUEUED, f"resume from {Path(job.checkpoint).name}")
+            with self.store.transaction():
+                self._admit(quota, [replace(job, state=QUEUED)])
+                event = self._moved(job, QUEUED, f"resume from {Path(job.checkpoint).name}")
+            if event is not None:
+                await self._publish(job, event)
         await self.tick()
         return self.require(job_id)
 
@@ -329,6 +432,8 @@ class JobManager:
                     await self._ingest(job)
                     if job.state in ACTIVE_STATES:
                         await self._check_health(job)
+                    if job.state == RUNNING:
+                        await self._check_stall(job)
                     if job.stop_requested and job.state in ACTIVE_STATES and job.id not in self._kill_tasks:
                         # Asked by a process that has gone since (`chatops send "stop …"`, a
                         # restart): the kill after `stop_timeout` is this process's to do.
@@ -345,17 +450,27 @@ class JobManager:
                 continue
             job.last_seq = event["seq"]
             job.last_event_at = time.time()
+            if event.get("type") in _STIRRING:
+                job.progress_at = job.last_event_at
             await self._apply(job, event)
         self.store.save(job)
 
     async def _apply(self, job: Job, event: dict[str, Any]) -> None:
+        placed = self._confine(job, event)
+        if placed is None:
+            return  # a checkpoint or artifact somewhere else: neither kept nor announced
+        event = placed
         kind = event["type"]
         if kind in _PERSISTED:
             self.store.add_event(job.id, event)
+        # One figure, one name (`normalise`): the events keep what the script printed (`val_accuracy`,
+        # `Validation-accuracy`); the job's figures are `val_acc` whatever printed them.
         if kind in ("progress", "epoch"):
-            job.metrics.update({k: v for k, v in event.items() if k not in ("v", "seq", "t", "type")})
-        elif kind == "finished":
-            job.metrics.update(event.get("metrics", {}))
+            job.metrics.update(normalised({k: v for k, v in event.items() if k not in _NOT_METRICS}, kind))
+        elif kind == "finished" and isinstance(event.get("metrics"), dict):
+            final = normalised({k: v for k, v in event["metrics"].items() if k not in _NOT_METRICS})
+            # The run's last word: a batch figure it names otherwise (`loss` beside `train_loss`) goes.
+            job.metrics = {k: v for k, v in job.metrics.items() if k in final or normalise(k) not in final} | final
         elif kind == "param_changed" and event.get("name") in job.params:
             job.params[event["name"]] = event.get("new")  # `status` shows the value in force
         elif kind == "failed":
@@ -382,6 +497,16 @@ class JobManager:
             if job.state == STARTING and target == PAUSED:
                 await self._move(job, RUNNING, "runner started")
             await self._move(job, target, kind)
+
+    def _confine(self, job: Job, event: dict[str, Any]) -> dict[str, Any] | None:
+        """The event without a path outside the job's place (see `placed`): a checkpoint or an
+        artifact elsewhere is dropped whole; a stop keeps its state change, not its checkpoint."""
+        if event["type"] not in ("checkpoint", "artifact", "stopped"):
+            return event
+        refused = [k for k in ("path", "checkpoint") if event.get(k) is not None and self.placed(job, event[k]) is None]
+        if not refused:
+            return event
+        return None if event["type"] != "stopped" else {k: v for k, v in event.items() if k not in refused}
 
     def _waiting(self, job: Job) -> str | None:
         """Why the executor holds a launched job back (a Ray job pending for resources), if it does."""
@@ -453,42 +578,90 @@ class JobManager:
                 job.error += "; the runner was killed"
             await self._move(job, LOST, job.error)
 
+    async def _check_stall(self, job: Job) -> None:
+        """A running job that beats (the wrapper and the SDK beat from a thread, stuck script or not)
+        but shows no progress: no progress, epoch, start or resume event and no new output line
+        for its kind's `stall_minutes` is announced once (`stall`, with its last output line), and
+        again as soon as it moves (`unstalled`); then a new stall alerts again. A paused job never
+        stalls (it is not running), and its resume restarts the count. The stall is stored on the
+        job by compare-and-set, so of several bot processes on the data dir one tells it."""
+        limit = self._stall_seconds(job) * 60
+        if limit <= 0:
+            return
+        moved = max(t for t in (job.progress_at, job.started_at, _output_at(job.dir), 0.0) if t is not None)
+        now = time.time()
+        if job.stalled_at is not None:
+            if moved > job.stalled_at and self.store.clear_stalled(job.id):
+                event = {"type": "unstalled", "quiet": round(moved - job.stalled_at, 3), "t": now}
+                job.stalled_at = None
+                self.store.add_event(job.id, event)
+                await self._publish(job, event)
+            return
+        if now - moved < limit or not self.store.mark_stalled(job.id, moved):
+            return
+        job.stalled_at = moved
+        lines = [ln.strip() for ln in log_tail(job.dir, 5).splitlines() if ln.strip()]
+        event = {"type": "stall", "quiet": round(now - moved, 3), "limit": limit,
+                 "line": lines[-1][:STALL_LINE] if lines else None, "t": now}  # fmt: skip
+        self.store.add_event(job.id, event)
+        await self._publish(job, event)
+
+    def _stall_seconds(self, job: Job) -> float:
+        """The job's kind's `stall_minutes`, else the manager's."""
+        try:
+            minutes = self.registry.get(job.kind).options.get("stall_minutes")
+        except KeyError:  # the kind left the config: the bot's default
+            minutes = None
+        return float(minutes if minutes is not None else self.stall_minutes)
+
     def _gpu_count(self) -> int | None:
         """What a preflight may count on: the devices given out, else what the executor sees."""
         return len(self.gpus.devices) if self.gpus is not None else self.executor.gpu_count()
 
     async def _schedule(self) -> None:
+        starts, waits = self._plan(self.store.list(ACTIVE_STATES | {QUEUED}, limit=10_000))
+        for job, reason in waits:
+            if job.error != reason:
+                job.error = reason  # `status` shows why it waits
+                self.store.save(job)
+        for job, devices in starts:
+            await self._launch(job, devices)
+
+    def _plan(
+        self, jobs: list[Job], quota: Quota | None = None
+    ) -> tuple[list[tuple[Job, list[int] | None]], list[tuple[Job, str]]]:
+        """What a scheduling pass over `jobs` (the active and queued ones) would do: the queued jobs
+        that start, in queue order, with their GPUs; the ones held back, with why. Nothing is
+        changed: admission asks it too (with the `quota` of the person asking)."""
+        running = [j for j in jobs if j.state in ACTIVE_STATES]
+        waiting = [j for j in jobs if j.state == QUEUED]
         # A parked job was handed to the executor already: it takes a slot and is not launched again.
-        waiting = self.store.list({QUEUED}, limit=10_000)
-        running = self.store.list(ACTIVE_STATES, limit=10_000)
-        active = len(running) + sum(_parked(j) for j in waiting)
-        queued = sorted((j for j in waiting if not _parked(j)), key=lambda j: j.created_at)
-        slots = self.max_parallel - active
+        slots = self.max_parallel - len(running) - sum(_parked(j) for j in waiting)
         held = [g for j in running for g in j.handle.get("gpus", ())]
-        started: list[Job] = []
-        for job in queued:
+        starts: list[tuple[Job, list[int] | None]] = []
+        waits: list[tuple[Job, str]] = []
+        for job in sorted((j for j in waiting if not _parked(j)), key=lambda j: j.created_at):
             if slots <= 0:
                 break
-            reason = self.admit(job, running + started) if self.admit is not None else None
-            if reason is not None:  # its owner's quota: later jobs of others may start
-                if job.error != reason:
-                    job.error = reason  # `status` shows why it waits
-                    self.store.save(job)
-                continue
+            beside = running + [j for j, _ in starts]
+            # Its owner's quota: later jobs of others may start.
+            reason = self.admit(job, beside) if self.admit is not None else None
+            if reason is None and quota is not None and quota.holds(job):
+                reason = quota.waits(job, beside)
             devices = None
-            need = gpus_wanted(job.params) if self.gpus is not None else 0
+            need = gpus_wanted(job.params) if self.gpus is not None and reason is None else 0
             if need and self.gpus is not None:
                 devices = self.gpus.pick(need, held)
                 if devices is None:  # later jobs that need fewer (or none) may still start
                     reason = self.gpus.waiting(need, held)
-                    if job.error != reason:
-                        job.error = reason  # `status` shows why it waits
-                        self.store.save(job)
-                    continue
-                held += devices
-            started.append(job)
-            await self._launch(job, devices)
+                else:
+                    held = held + devices
+            if reason is not None:
+                waits.append((job, reason))
+                continue
+            starts.append((job, devices))
             slots -= 1
+        return starts, waits
 
     async def _launch(self, job: Job, devices: list[int] | None = None) -> None:
         if job.handle and self.executor.alive(job.handle):
@@ -505,6 +678,11 @@ class JobManager:
             if not await self._move(job, STARTING, "launching runner"):
                 return
             await self._move(job, FAILED, job.error)
+            return
+        if job.checkpoint and self.placed(job, job.checkpoint) is None:  # stored before the check
+            job.error = f"its checkpoint {job.checkpoint} is outside its folder; not resumed"
+            if await self._move(job, STARTING, "launching runner"):
+                await self._move(job, FAILED, job.error)
             return
         control_file = job.dir / protocol.CONTROL_FILE
         options = {
@@ -526,10 +704,15 @@ class JobManager:
         if not await self._move(job, STARTING, "launching runner"):
             return  # another bot process on the same database launched it
         params, env = job.params, None
+        if self.gpus is not None:  # on a machine with GPUs a job sees its own only: none ("") if it asked for none
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, devices or []))}
         if devices is not None:  # the job sees the devices it was given as gpu:0, gpu:1, …
             params = {**params, "context": renumbered(params["context"])}
-            env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, devices))}
             job.error = None
+        if job.kind == WRAP:  # its own command, run as typed: no flags
+            params, command = launch_spec(params)
+            options.update(command)
+        await self._record(job, options)
         spec = {"job_id": job.id, "kind": job.kind, "params": params, "options": options}
         (job.dir / protocol.PARAMS_FILE).write_text(json.dumps(spec, indent=2))
         try:
@@ -537,7 +720,8 @@ class JobManager:
                 job.handle = await self.executor.launch(job.id, job.dir, kind.runner_module)
             else:
                 job.handle = await self.executor.launch(job.id, job.dir, kind.runner_module, env=env)
-                job.handle["gpus"] = devices
+                if devices is not None:
+                    job.handle["gpus"] = devices
         except ConnectionError as exc:
             # The executor's backend is away (a Ray cluster down): the job waits and is tried again.
             job.runs -= 1
@@ -551,6 +735,17 @@ class JobManager:
             await self._move(job, FAILED, job.error)
             return
         self.store.save(job)
+
+    async def _record(self, job: Job, options: dict[str, Any]) -> None:
+        """Which code the job runs (`jobs.provenance`), read as its runner is about to read it: by
+        the bot, for every kind and executor alike, in a worker thread; a wrap job's is its folder's.
+        A stall of its previous run is forgotten."""
+        if job.stalled_at is not None:
+            self.store.clear_stalled(job.id)
+            job.stalled_at = None
+        where = {"cwd": options.get("cwd")} if job.kind == WRAP else options
+        python = interpreter_of(options, getattr(self.executor, "python", None) or sys.executable)
+        job.provenance = await asyncio.to_thread(self.provenance.record, job.dir, where, python)
 
     async def _retire(self, job: Job, grace: float = 5.0) -> None:
         """Wait for the job's last runner to be gone (a stopped runner is still closing its files);
@@ -584,12 +779,21 @@ class JobManager:
 
     async def _move(self, job: Job, state: str, reason: str) -> bool:
         """Change the state once across processes; False (and `job` refreshed) when another won."""
+        event = self._moved(job, state, reason)
+        if event is None:
+            return False
+        await self._publish(job, event)
+        return True
+
+    def _moved(self, job: Job, state: str, reason: str) -> dict[str, Any] | None:
+        """`_move` up to its announcement, which it returns (None when another process won): for
+        a caller that moves inside a transaction of its own, and announces after it."""
         check_transition(job.state, state)
         event = _state_event(job.state, state, reason)
         with self.store.transaction():
             if not self.store.claim(job.id, job.state, state):
                 self._refresh(job)
-                return False
+                return None
             job.state = state
             if state in TERMINAL_STATES:
                 job.ended_at = time.time()
@@ -597,8 +801,7 @@ class JobManager:
                 job.ended_at = None
             self.store.save(job)
             self.store.add_event(job.id, event)
-        await self._publish(job, event)
-        return True
+        return event
 
     def _refresh(self, job: Job) -> None:
         """Take what another process stored, so a later save of `job` does not undo it."""
@@ -629,6 +832,14 @@ def _state_event(old: str | None, new: str, reason: str) -> dict[str, Any]:
     return {"type": "state", "from": old, "to": new, "reason": reason, "t": time.time()}
 
 
+def _output_at(job_dir: Path) -> float | None:
+    """When the runner last wrote output (runner.log's modification time), if it wrote any here."""
+    try:
+        return (Path(job_dir) / protocol.LOG_FILE).stat().st_mtime
+    except OSError:
+        return None
+
+
 def log_tail(job_dir: Path, lines: int = 20) -> str:
     """The last lines of the runner's output (stdout and stderr)."""
     path = Path(job_dir) / protocol.LOG_FILE
@@ -643,4 +854,4 @@ def log_tail(job_dir: Path, lines: int = 20) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-__all__ = ["JobError", "JobManager", "ValidationError", "log_tail"]
+__all__ = ["JobError", "JobManager", "QuotaExceeded", "ValidationError", "log_tail"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import keyword
+import re
 import types
 import typing
 import weakref
@@ -149,6 +150,28 @@ def _closest(word: str, choices: tuple[str, ...], cutoff: float = 0.6) -> str | 
     return best[1] if best else None
 
 
+# ---- values stay values ------------------------------------------------------------------------
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc: C0, DEL and C1
+_CONTROL_NAMES = {0: "NUL", 9: "TAB", 10: "newline", 13: "carriage return", 27: "ESC", 127: "DEL"}
+
+
+def control_character(value: str) -> str | None:
+    """Why a text value cannot go to a job: its first control character (a NUL ends an argv item
+    early, a newline forges a line of output), or None. A value reaches a command kind's argv."""
+    found = _CONTROL.search(value)
+    if found is None:
+        return None
+    code = ord(found.group())
+    name = _CONTROL_NAMES.get(code, f"U+{code:04X}")
+    return f"control characters are not allowed ({name} at position {found.start() + 1})"
+
+
+def _control_errors(values: Mapping[str, Any]) -> list[str]:
+    """One line per text value that holds a control character."""
+    return [f"{name}: {why}" for name, value in values.items()
+            if isinstance(value, str) and (why := control_character(value))]  # fmt: skip
+
+
 # ---- validation ------------------------------------------------------------------------------
 @dataclass
 class Validated:
@@ -223,6 +246,9 @@ def validate(model: type[JobParams], raw: Mapping[str, Any], base: Mapping[str, 
         clean = model.model_validate({**(base or {}), **mapped}).model_dump(mode="json")
     except ValidationError as exc:
         return Validated(None, describe(exc, aliases), list(mapped))
+    refused = _control_errors(clean)
+    if refused:
+        return Validated(None, refused, list(mapped))
     return Validated(clean, [], list(mapped))
 
 
@@ -262,6 +288,10 @@ def live_change(model: type[JobParams], current: Mapping[str, Any], changes: Map
             updated = model.model_validate({**values, name: value}).model_dump(mode="json")
         except ValidationError as exc:
             out.rejected.append((name, "; ".join(line.split(": ", 1)[-1] for line in describe(exc, aliases))))
+            continue
+        why = control_character(updated[name]) if isinstance(updated[name], str) else None
+        if why:
+            out.rejected.append((name, why))
             continue
         out.changed[name] = (values.get(name), updated[name])
         values[name] = updated[name]

@@ -11,17 +11,28 @@ A job folder holds the whole channel, so it outlives the bot process:
 
 Every event is `{"v": 1, "seq": n, "t": unix_time, "type": ..., ...}` with `seq` counting from 1,
 so a manager that restarts re-attaches by reading from its last stored `seq`.
+
+Events are typed (`EVENT`, a union discriminated on `type`) and checked wherever they enter the bot:
+here when `events.jsonl` is read, in the command wrapper for a script's SDK events, in the Ray
+channel. A line that is not a well-typed event of a known type is dropped, with a rate-limited
+warning naming where it came from: never trusted, never a crash.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NotRequired, Union, get_args, get_type_hints
+
+from pydantic import Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict  # `extra_items` (PEP 728): the extra fields' type
+
+log = logging.getLogger(__name__)
 
 VERSION = 1
 
@@ -58,17 +69,202 @@ class ProtocolError(ValueError):
     pass
 
 
-def parse_event(line: str | bytes) -> dict[str, Any]:
-    """Decode one event line, refusing other protocol versions and malformed lines."""
-    try:
-        event = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
-    if not isinstance(event, dict) or "type" not in event or "seq" not in event:
-        raise ProtocolError("event without type/seq")
-    if event.get("v") != VERSION:
-        raise ProtocolError(f"unsupported protocol version {event.get('v')!r}")
+# ---- events, typed: what a runner may say, checked where it enters the bot ---------------------
+# A runner is the operator's code (or prints what the operator typed): its events are data. Each
+# type's known fields are typed; any other field must be a plain JSON scalar (metrics, notes).
+# TypedDicts, validated strictly (nothing coerced) straight from the JSON bytes: what passes is a
+# plain dict, exactly as written, and parsing and checking together cost less than `json.loads`.
+Scalar = bool | int | float | str | None
+Metric = Scalar | dict[str, Scalar]  # `finished.metrics.early_stop` is a small table
+MAX_FIELDS = 200  # fields of one event: a metric per key is plenty below this
+MAX_LINE = 1 << 20  # bytes of one event line; longer is not an event
+
+
+class _Event(TypedDict, extra_items=Scalar):
+    """Fields every event may carry: the version, and the number and time the writer gave it."""
+
+    v: Literal[1]
+    seq: NotRequired[int | None]
+    t: NotRequired[float | None]
+
+
+class _Placed(_Event):
+    epoch: NotRequired[int | None]
+    batch: NotRequired[int | None]
+    control_id: NotRequired[str | None]
+
+
+class Started(_Placed):
+    type: Literal["started"]
+    pid: NotRequired[int | None]
+    params: NotRequired[dict[str, Scalar] | None]
+    epochs: NotRequired[int | None]
+    start_epoch: NotRequired[int | None]
+    start_batch: NotRequired[int | None]
+    command: NotRequired[list[str] | None]
+
+
+class Progress(_Placed):
+    type: Literal["progress"]
+    epochs: NotRequired[int | None]
+    batches: NotRequired[int | None]
+
+
+class EpochEnd(_Placed):
+    type: Literal["epoch"]
+    epochs: NotRequired[int | None]
+
+
+class Checkpoint(_Placed):
+    type: Literal["checkpoint"]
+    path: str
+    reason: NotRequired[str | None]
+
+
+class Log(_Placed):
+    type: Literal["log"]
+    message: str
+    level: NotRequired[str]
+
+
+class Heartbeat(_Placed):
+    type: Literal["heartbeat"]
+    state: NotRequired[str | None]
+
+
+class Paused(_Placed):
+    type: Literal["paused"]
+
+
+class Resumed(_Placed):
+    type: Literal["resumed"]
+
+
+class ParamChanged(_Event):
+    type: Literal["param_changed"]
+    name: str
+    old: NotRequired[Scalar]
+    new: NotRequired[Scalar]
+    control_id: NotRequired[str | None]
+
+
+class ParamRejected(_Event):
+    type: Literal["param_rejected"]
+    name: str
+    reason: str
+    control_id: NotRequired[str | None]
+
+
+class Artifact(_Event):
+    type: Literal["artifact"]
+    name: str
+    path: str
+    bytes: NotRequired[int | None]
+
+
+class Stopped(_Placed):
+    type: Literal["stopped"]
+    checkpoint: NotRequired[str | None]
+
+
+class Finished(_Event):
+    type: Literal["finished"]
+    metrics: NotRequired[dict[str, Metric]]
+    seconds: NotRequired[float | None]
+
+
+class Failed(_Event):
+    type: Literal["failed"]
+    error: str
+    traceback: NotRequired[str | None]
+
+
+_TYPES = (Started, Progress, EpochEnd, Checkpoint, Log, Heartbeat, Paused, Resumed, ParamChanged, ParamRejected,
+          Artifact, Stopped, Finished, Failed)  # fmt: skip
+assert {get_args(get_type_hints(t)["type"])[0] for t in _TYPES} == set(get_args(EventType))
+EVENT: TypeAdapter[Any] = TypeAdapter(Annotated[Union[_TYPES], Field(discriminator="type")])  # noqa: UP007  # built once
+
+
+def _checked(event: dict[str, Any], numbered: bool) -> dict[str, Any]:
+    if len(event) > MAX_FIELDS:
+        raise ProtocolError(f"more than {MAX_FIELDS} fields")
+    if numbered and not isinstance(event.get("seq"), int):
+        raise ProtocolError("event without seq")
     return event
+
+
+def check_event(event: Any, *, numbered: bool = True) -> dict[str, Any]:
+    """`event` (already decoded) as a well-typed event of a known type (with a `seq`, when
+    `numbered`); ProtocolError saying what is wrong otherwise."""
+    if not isinstance(event, dict):
+        raise ProtocolError("not a JSON object")
+    try:
+        return _checked(EVENT.validate_python(event, strict=True), numbered)
+    except ValidationError as exc:
+        raise ProtocolError(_reason(exc)) from None
+
+
+def parse_event(line: str | bytes, *, numbered: bool = True) -> dict[str, Any]:
+    """Decode and check one event line (as `check_event`); ProtocolError for anything else."""
+    if len(line) > MAX_LINE:
+        raise ProtocolError(f"line of {len(line)} bytes, longer than an event may be")
+    try:
+        return _checked(EVENT.validate_json(line, strict=True), numbered)
+    except ValidationError as exc:
+        raise ProtocolError(_reason(exc)) from None
+
+
+def _reason(exc: ValidationError) -> str:
+    """What is wrong, in one short line: the first field at fault (no value quoted)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    kind = first["type"]
+    if kind == "union_tag_invalid":
+        return f"unknown event type {_short((first.get('ctx') or {}).get('tag'))}"
+    if kind in ("union_tag_not_found", "model_type", "dict_type"):
+        return "not an event: a JSON object with a type is expected"
+    if kind == "json_invalid":
+        return f"not JSON: {first['msg'].removeprefix('Invalid JSON: ')}"[:200]
+    where = tuple(str(p) for p in first["loc"][:2])
+    if where[1:] == ("v",):
+        return "unsupported protocol version"
+    alike = [e for e in errors if tuple(str(p) for p in e["loc"][:2]) == where]
+    what = first["msg"] if len(alike) == 1 else "has the wrong type (numbers, strings, true/false or null)"
+    return f"{'.'.join(where)}: {what}"[:200]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class DropNotes:
+    """One warning per dropped event, at most `burst` per source in `window` seconds; past that
+    the drops are counted and the count said once the window turns (a flood cannot fill the log)."""
+
+    def __init__(self, burst: int = 5, window: float = 60.0) -> None:
+        self.burst, self.window = burst, window
+        self._seen: dict[str, list[float]] = {}  # source -> [window start, warned, counted]
+        self._lock = threading.Lock()
+
+    def __call__(self, source: str, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            state = self._seen.get(source)
+            if state is None or now - state[0] >= self.window:
+                if state is not None and state[2]:
+                    log.warning("%s: %d more malformed events dropped", source, int(state[2]))
+                if len(self._seen) >= 1000:
+                    self._seen.clear()
+                state = self._seen[source] = [now, 0, 0]
+            if state[1] < self.burst:
+                state[1] += 1
+                log.warning("%s: malformed event dropped: %s", source, reason)
+            else:
+                state[2] += 1
+
+
+dropped = DropNotes()
 
 
 class EventWriter:
@@ -110,11 +306,12 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def read_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+def read_events(path: Path, offset: int, source: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """Read complete event lines from byte `offset`; returns the events and the new offset.
 
-    A line still being written (no trailing newline) is left for the next call. Malformed lines
-    are skipped, never fatal: a torn write must not wedge the manager.
+    A line still being written (no trailing newline) is left for the next call. A malformed or
+    unknown event is dropped with a (rate-limited) warning naming `source` (else the job folder),
+    never fatal: a torn write or a forged line must not wedge the manager.
     """
     try:
         with open(path, "rb") as fh:
@@ -131,8 +328,8 @@ def read_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
             continue
         try:
             events.append(parse_event(raw))
-        except ProtocolError:
-            continue
+        except ProtocolError as exc:
+            dropped(source or f"job folder {path.parent}", str(exc))
     return events, offset + end + 1
 
 

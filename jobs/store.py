@@ -64,6 +64,12 @@ class Job:
     stop_requested: bool = False
     runs: int = 0
     sweep: str | None = None  # the sweep it is a member of
+    provenance: dict[str, Any] = field(default_factory=dict)  # the code it ran (jobs.provenance)
+    progress_at: float | None = None  # its last progress, epoch, start or resume (stall alerts)
+    # Since when it is announced as stalled (its last sign of progress then); None: reporting.
+    # Written only by mark_stalled / clear_stalled, never by `save`, so that a stale copy saved by
+    # another process never undoes an alert (and it is told twice).
+    stalled_at: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -109,9 +115,15 @@ _MIGRATIONS = [
         monitor TEXT NOT NULL, mode TEXT NOT NULL, created_at REAL NOT NULL, ended_at REAL
     )
     """,
+    # Which code a job ran, and stall alerts: when it last showed progress, and since when it is stalled.
+    """
+    ALTER TABLE jobs ADD COLUMN provenance TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE jobs ADD COLUMN progress_at REAL;
+    ALTER TABLE jobs ADD COLUMN stalled_at REAL
+    """,
 ]
 
-_JSON_FIELDS = ("params", "handle", "metrics")
+_JSON_FIELDS = ("params", "handle", "metrics", "provenance")
 
 
 @dataclass
@@ -133,10 +145,13 @@ class JobStore:
         self.conn = db if isinstance(db, sqlite3.Connection) else connect(db)
         migrate(self.conn, "jobs", _MIGRATIONS)
 
-    def new_id(self) -> str:
+    def new_id(self, taken: Collection[str] = ()) -> str:
+        """A short id no stored job has, nor any of `taken` (jobs about to be inserted together)."""
         for length in (3, 4, 6):
             for _ in range(20):
                 job_id = secrets.token_hex(length)[: length + 1]
+                if job_id in taken:
+                    continue
                 if not self.conn.execute("SELECT 1 FROM jobs WHERE id=?", (job_id,)).fetchone():
                     return job_id
         raise RuntimeError("could not allocate a job id")
@@ -181,12 +196,23 @@ class JobStore:
     def save(self, job: Job) -> None:
         row = self._row(job)
         job_id = row.pop("id")
+        row.pop("stalled_at")  # compare-and-set only (mark_stalled, clear_stalled)
         sets = ", ".join(f"{k}=?" for k in row)
         self.conn.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*row.values(), job_id))
 
     def claim(self, job_id: str, old: str, new: str) -> bool:
         """Compare-and-set of the state: False when another process moved the job first."""
         cur = self.conn.execute("UPDATE jobs SET state=? WHERE id=? AND state=?", (new, job_id, old))
+        return cur.rowcount == 1
+
+    def mark_stalled(self, job_id: str, since: float) -> bool:
+        """Note the job as stalled since `since`; True only for the one caller (of any process) that did."""
+        cur = self.conn.execute("UPDATE jobs SET stalled_at=? WHERE id=? AND stalled_at IS NULL", (since, job_id))
+        return cur.rowcount == 1
+
+    def clear_stalled(self, job_id: str) -> bool:
+        """The job reports again; True only for the one caller (of any process) that cleared it."""
+        cur = self.conn.execute("UPDATE jobs SET stalled_at=NULL WHERE id=? AND stalled_at IS NOT NULL", (job_id,))
         return cur.rowcount == 1
 
     def transaction(self) -> AbstractContextManager[None]:

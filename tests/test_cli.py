@@ -53,6 +53,37 @@ def test_config_file_env_override_and_errors(tmp_path: Path, monkeypatch: pytest
     assert proc.returncode == 3 and "config file not found" in proc.stderr
 
 
+SLACK = {"CHATOPS_SLACK__BOT_TOKEN": "xoxb-1-2", "CHATOPS_SLACK__LISTEN": "127.0.0.1:0"}
+
+
+@pytest.mark.parametrize(
+    ("env", "config", "problem"),
+    [
+        ({"CHATOPS_TELEGRAM__TOKEN": ""}, "", "[telegram] token: must not be empty (CHATOPS_TELEGRAM__TOKEN)"),
+        ({**SLACK, "CHATOPS_SLACK__SIGNING_SECRET": ""}, "",
+         "[slack] signing_secret: must not be empty (CHATOPS_SLACK__SIGNING_SECRET)"),
+        ({**SLACK, "CHATOPS_SLACK__SIGNING_SECRET": " \t"}, "",
+         "[slack] signing_secret: must not be empty (CHATOPS_SLACK__SIGNING_SECRET)"),
+        ({}, '[slack]\nbot_token = "xoxb-1-2"\nlisten = "127.0.0.1:0"\nsigning_secret = ""\n',
+         "[slack] signing_secret: must not be empty (CHATOPS_SLACK__SIGNING_SECRET)"),
+    ],
+    ids=["telegram-token", "slack-signing-secret", "slack-blank", "slack-in-the-file"],
+)
+def test_a_blank_secret_is_refused_at_start_with_its_key_named(
+    tmp_path: Path, env: dict[str, str], config: str, problem: str
+) -> None:
+    """Issue 22 (b): an empty secret once meant no check at all; now the bot does not start."""
+    args = []
+    if config:
+        (tmp_path / "chatops.toml").write_text(config)
+        args = ["--config", str(tmp_path / "chatops.toml")]
+    for command in ("run", "check"):
+        proc = chatops(tmp_path, *args, command, stdin="", env=env, timeout=30)
+        assert proc.returncode == 3, (command, proc.stdout, proc.stderr)
+        assert proc.stderr.strip() == f"chatops: configuration error: {problem}", command
+        assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.slow
 def test_send_wait_trains_and_lists(tmp_path: Path) -> None:
     proc = chatops(tmp_path, "send", "开始 ep 2 max_samples=300 report=0.2", "--wait")

@@ -73,10 +73,11 @@ async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(
     assert proc.returncode == 0, err.decode()
     names = [Path(line.strip()).name for line in out.decode().splitlines()]
     assert f"{jid}-best-0000.params" in names and f"{jid}-best-symbol.json" in names
-    # A checkpoint kept in a Ray cluster's storage (an fsspec URI, [jobs] ray_storage) is fetched.
+    # A checkpoint kept in a Ray cluster's storage (an fsspec URI, [jobs] ray_storage) is fetched;
+    # here the storage is the jobs folder itself, the root when no other is configured.
     pytest.importorskip("fsspec")
     best = str(job.metrics["best_checkpoint"])
-    stored = tmp_path / "cluster-store"
+    stored = Path(settings.data_dir) / "jobs" / "cluster-store"
     stored.mkdir()
     for suffix in (".params", ".export-symbol.json", ".export-0000.params"):
         Path(f"{stored / 'best'}{suffix}").write_bytes(Path(f"{best}{suffix}").read_bytes())
@@ -92,3 +93,12 @@ async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(
     bot.app.db.execute("UPDATE jobs SET metrics=?, checkpoint=NULL WHERE id=?", (json.dumps(metrics), jid))
     [none] = await bot.say(f"export {jid}")
     assert none.error and none.text == f"job {jid} has no checkpoint to export yet."
+    # Outside the job's folder and the storage, it is not read (see tests/test_admission.py).
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Path(f"{outside / 'best'}.params").write_bytes(Path(f"{best}.params").read_bytes())
+    metrics["best_checkpoint"] = f"local://{outside / 'best'}"
+    bot.app.db.execute("UPDATE jobs SET metrics=? WHERE id=?", (json.dumps(metrics), jid))
+    [refused] = await bot.say(f"export {jid}")
+    assert refused.error and refused.file is None
+    assert refused.text == f"job {jid}'s checkpoint is outside its folder; not sent."

@@ -212,6 +212,43 @@ async def test_too_long_is_answered_in_chinese_for_a_chinese_word(bot: BotHarnes
     assert bot.app.job_store.list() == []
 
 
+# ---- NUL and other control characters -------------------------------------------------------
+GUARD = " nul_guard=1"  # an unknown parameter: a `train` or `sweep` here is refused, never started
+
+
+def _placed(word: str, char: str, guard: str) -> list[str]:
+    """`char` before, inside and after the command word, alone, in a key, in and after a value, in
+    a job id and on a `key value` line."""
+    return [
+        char + word + guard, word[:1] + char + word[1:] + guard, word + char + guard, word + guard + " " + char,
+        f"{word}{guard} {char}key=1", f"{word}{guard} lr={char}", f"{word}{guard} lr=0.1{char}",
+        f"{word}{guard} 3f2a{char} x", f"{word}{guard}\n{char}\nlr 0.1{char}",
+    ]  # fmt: skip
+
+
+async def test_nul_or_a_control_character_anywhere_in_any_command_is_answered_not_crashed(bot: BotHarness) -> None:
+    registry = bot.app.registry
+    launching = {"train", "sweep"}
+    sent: list[tuple[str, str]] = []
+    for word in sorted(registry.words()):
+        guard = GUARD if registry.lookup(word).name in launching else ""  # type: ignore[union-attr]
+        for user in ("op", "admin", "op\x00", "mallory"):
+            sent += [(user, text) for text in _placed(word, "\x00", guard)]
+        for char in "\x01\x07\x1b\x7f\x85\u202e\u2028\ufeff":
+            sent += [("op", text) for text in _placed(word, char, guard)[::3]]
+    answered = 0
+    for user, text in sent:
+        replies = await bot.say(text, user=user, chat=user + "\x00" if user == "op" else None)
+        answered += bool(replies)
+        assert not any("Internal error" in r.text for r in replies), (user, text, [r.text for r in replies])
+        assert all(r.text.encode("utf-8") for r in replies)
+    assert answered > len(sent) // 2
+    assert bot.app.job_store.list() == [], "nothing started"
+    assert await bot.app.notifier.drain(timeout=30), "every answer delivered"
+    [reply] = await bot.say("whoami")
+    assert reply.text == "test:op (op): role operator"
+
+
 # ---- lone surrogates ------------------------------------------------------------------------
 def test_messages_are_valid_text_from_construction() -> None:
     incoming = Incoming(
@@ -283,11 +320,11 @@ async def test_operator_with_lone_surrogates_gets_clear_answers(bot: BotHarness)
     assert bot.app.chat_store.saved_params("test:c\ufffd", "mxnet") == {"epochs": 3, "learning_rate": 0.05}
     [reply] = await bot.say("whoami", user=user)
     assert reply.text == "test:op\ufffd (op\ufffd): role operator"
-    rows = [(r["identity"], r["action"], r["detail"], r["allowed"]) for r in reversed(_audit(bot))]
-    assert rows == [
-        ("test:op\ufffd", "train", "train lr=\ufffd", 1),
-        ("test:op\ufffd", "set", "set epochs=3 lr=0.05 \ufffd", 1),
-        ("test:op\ufffd", "set", "set epochs=3 lr=0.05", 1),
+    rows = [(r["identity"], r["action"], r["detail"], r["allowed"], r["reason"]) for r in reversed(_audit(bot))]
+    assert rows == [  # the refused ones as refused: invalid parameters of a state-changing command
+        ("test:op\ufffd", "train", "train lr=\ufffd", 0, "invalid"),
+        ("test:op\ufffd", "set", "set epochs=3 lr=0.05 \ufffd", 0, "invalid"),
+        ("test:op\ufffd", "set", "set epochs=3 lr=0.05", 1, None),
     ]
     assert await bot.app.notifier.drain(timeout=10)
     sent = [r.text for _, r, _ in bot.adapter.sent]

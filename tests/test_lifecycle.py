@@ -65,7 +65,8 @@ async def test_a_frozen_runner_is_killed_when_lost_and_a_resume_runs_exactly_one
     assert await bot.wait_state(jid, {"stopped"}, timeout=30) == "stopped"
     seqs = [e["seq"] for e in bot.app.job_store.events(jid) if "seq" in e]
     assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs), "one runner wrote the folder at a time"
-    finals = [r for _, r, _ in bot.adapter.sent if r.job_id == jid and ("lost" in r.text or "stopped" in r.text)]
+    reports = [r for _, r, edit in bot.adapter.sent if r.job_id == jid and not edit]  # the live message's end: an edit
+    finals = [r for r in reports if "lost" in r.text or "stopped" in r.text]
     assert len([r for r in finals if r.text.startswith(f"job {jid} lost")]) == 1
 
 

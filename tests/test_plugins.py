@@ -378,6 +378,54 @@ async def test_the_example_platform_and_command_run_in_chatops_run(tmp_path: Pat
     assert token not in err.decode() and "not loaded" not in err.decode()
 
 
+def test_the_example_platform_with_an_empty_token_does_not_start(tmp_path: Path, example_site: Path) -> None:
+    """Issue 22 (b): `CHATOPS_WEBHOOK__TOKEN=""` once opened the webhook to anyone, as any user."""
+    env = {**os.environ, "PYTHONPATH": str(example_site), "CHATOPS_DATA_DIR": str(tmp_path / "data"),
+           "CHATOPS_WEBHOOK__TOKEN": "", "CHATOPS_WEBHOOK__LISTEN": "127.0.0.1:0"}  # fmt: skip
+    for sub in ("run", "check"):
+        proc = subprocess.run([sys.executable, "-m", "chatops.cli", sub], env=env, input="", capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == 3, (sub, proc.stderr)
+        assert "[webhook] token: must not be empty (CHATOPS_WEBHOOK__TOKEN)" in proc.stderr, proc.stderr
+
+
+async def test_the_example_platform_given_an_empty_token_accepts_nothing(
+    tmp_path: Path, example_site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should a blank token get past the settings (built without validation, as an old loader
+    might), the request check still refuses every request: an empty token matches no header."""
+    import aiohttp
+    from pydantic import SecretStr
+
+    from chatops.adapter import AdapterContext
+    from chatops.testing import RecordingHandler
+
+    monkeypatch.syspath_prepend(str(example_site))
+    from chatops_webhook import WebhookAdapter, WebhookSettings
+
+    cfg = WebhookSettings.model_construct(token=SecretStr(""), listen="127.0.0.1:0", reply_url=None, timeout=10.0)
+    refused: list[tuple[str, str, str]] = []
+
+    async def audit(who: str, action: str, detail: str) -> None:
+        refused.append((who, action, detail))
+
+    adapter = WebhookAdapter(cfg, AdapterContext(Settings(data_dir=tmp_path / "data"), tmp_path, audit=audit))
+    handler = RecordingHandler()
+    await adapter.start(handler)
+    url = f"http://127.0.0.1:{adapter.port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer"}, {"Authorization": ""},
+                            {"Authorization": "Bearer x"}):  # fmt: skip
+                async with http.post(f"{url}/messages", json={"user": "ci", "text": "train"}, headers=headers) as resp:
+                    assert resp.status == 401, headers
+                async with http.get(f"{url}/replies", params={"chat": "ci"}, headers=headers) as resp:
+                    assert resp.status == 401, headers
+    finally:
+        await adapter.stop()
+    assert handler.items == [] and len(refused) == 10 and {a for _, a, _ in refused} == {"token_refused"}
+
+
 def test_a_plugin_both_installed_and_configured_is_loaded_once(
     example_site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,6 +40,9 @@ pytestmark = [
 
 
 _GCS: dict[str, str] = {}  # the head's GCS address (host:port), for the cluster channel
+# The head starts from a shell that has the bot's settings, as on a one-machine deployment: its
+# workers inherit them, and a job must still see none.
+HEAD_SECRET = "123456:AAE-token-in-the-ray-heads-environment"
 
 
 def _free_port() -> int:
@@ -105,7 +108,8 @@ def ray_head() -> Iterator[str]:
         # Ports that default to fixed numbers: a second head (a parallel test run) must not collide.
         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
     ]  # fmt: skip
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "CHATOPS_TELEGRAM__TOKEN": HEAD_SECRET,
+           "LEAKED_TOKEN": HEAD_SECRET}  # fmt: skip
     with open(log, "wb") as out:
         head = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
@@ -372,3 +376,32 @@ async def test_a_restarted_bot_follows_a_cluster_channel_job(cluster_settings: S
         assert seqs[: len(before)] == before
         assert all(a < b for a, b in itertools.pairwise(seqs)), f"an event applied twice or out of order: {seqs}"
         await eventually(lambda: ray_status(bot2, jid) in ("SUCCEEDED", "STOPPED"), 15, "the Ray job's end")
+
+
+# ---- the job boundary: a Ray job's environment ---------------------------------------------------
+@pytest.mark.parametrize("channel", ["shared", "cluster"])
+async def test_a_ray_job_sees_neither_the_bots_settings_nor_its_secrets(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, channel: str
+) -> None:
+    base: Settings = request.getfixturevalue("ray_settings" if channel == "shared" else "cluster_settings")
+    script = tmp_path / "print_env.py"
+    script.write_text("import os\nfor k, v in sorted(os.environ.items()):\n    print(f'ENV {k}={v}', flush=True)\n")
+    configured = Settings.model_validate({
+        **base.model_dump(), "telegram": {"token": HEAD_SECRET},
+        "jobs": {**base.jobs.model_dump(), "pass_env": ["HF_TOKEN"]},
+        "kinds": {"envdump": {"command": [sys.executable, str(script)], "env": {"GREETING": "hello"}}},
+    })  # fmt: skip
+    monkeypatch.setenv("HF_TOKEN", "hf-passed-on-purpose")  # the bot's own environment
+    monkeypatch.setenv("SOME_VAR", HEAD_SECRET)
+    async with BotHarness(configured) as bot:
+        [reply] = await bot.say("train envdump")
+        jid = job_id(reply.text)
+        assert await bot.wait_state(jid, {"succeeded", "failed"}, timeout=120) == "succeeded"
+        job = bot.app.job_store.get(jid)
+        log = (job.dir / "runner.log").read_text()
+    seen = dict(line[4:].split("=", 1) for line in log.splitlines() if line.startswith("ENV ") and "=" in line)
+    assert seen, log[-2000:]
+    protocol = {"CHATOPS_JOB_DIR", "CHATOPS_EVENTS", "CHATOPS_PARAMS_FILE"}  # the wrapper's own, for its script
+    assert not {k for k in seen if k.startswith("CHATOPS_")} - protocol
+    assert not [k for k, v in seen.items() if HEAD_SECRET in v] and "LEAKED_TOKEN" not in seen
+    assert seen["HF_TOKEN"] == "hf-passed-on-purpose" and seen["GREETING"] == "hello" and "PATH" in seen

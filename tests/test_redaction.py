@@ -39,7 +39,8 @@ async def leaky_bot(settings: Settings, tmp_path: Path) -> AsyncIterator[BotHarn
 
 
 def test_every_secret_of_the_settings_is_found(settings: Settings) -> None:
-    loaded = Settings.model_validate({**settings.model_dump(), "telegram": {"token": TOKEN}, "email": {"password": PASSWORD}})
+    given = {"telegram": {"token": TOKEN}, "email": {"password": PASSWORD}}
+    loaded = Settings.model_validate({**settings.model_dump(), **given})
     assert set(secret_values(loaded)) == {TOKEN, PASSWORD}
     mask = SecretMask.from_settings(loaded)
     assert mask.mask(f"a {TOKEN} b {PASSWORD}") == f"a {MASK} b {MASK}"
@@ -78,3 +79,15 @@ def test_log_records_are_masked(settings: Settings, caplog: pytest.LogCaptureFix
         assert TOKEN not in record.getMessage() and MASK in record.getMessage()
     finally:
         root.removeHandler(handler)
+
+
+async def test_a_message_holding_a_secret_is_not_run_and_its_audit_row_is_masked(leaky_bot: BotHarness) -> None:
+    bot = leaky_bot
+    [reply] = await bot.say(f"train leaky note={TOKEN}")
+    assert reply.error and "secrets" in reply.text and TOKEN not in reply.text
+    assert not bot.app.job_store.list(limit=5), "a job was queued with the token in its parameters"
+    [saved] = await bot.say(f"set lr={TOKEN}")
+    assert saved.error and TOKEN not in saved.text
+    rows = bot.app.chat_store.audit_entries(limit=5)
+    assert [(r.allowed, r.reason) for r in rows] == [(False, "secret")] * 2
+    assert all(TOKEN not in r.detail and MASK in r.detail for r in rows)

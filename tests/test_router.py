@@ -144,7 +144,7 @@ async def test_a_quick_answer_is_one_transaction_claim_to_reply(bot: BotHarness)
         assert replies and len(commits) == 1, (text, commits)
     db.set_trace_callback(None)
     after = db.execute("SELECT (SELECT COUNT(*) FROM audit), (SELECT COUNT(*) FROM outbox)").fetchone()
-    assert after[0] - before[0] == 2  # train lr=-1 (allowed) and the viewer's train (denied)
+    assert after[0] - before[0] == 2  # train lr=-1 (refused: invalid) and the viewer's train (refused: role)
     assert after[1] - before[1] == 4  # every reply queued
 
 
@@ -173,10 +173,13 @@ async def test_a_command_that_waits_commits_its_claim_before_waiting(bot: BotHar
     [reply] = await bot.say("slow", message_id="w1")
     await peeking
     assert reply.text == "done"
-    assert seen == {"in_transaction": False, "claimed": 1, "audited": 1}
+    # Audited after its handler (allowed: it ran), not before it waited.
+    assert seen == {"in_transaction": False, "claimed": 1, "audited": 0}
     assert await bot.say("slow", message_id="w1") == []  # and the claim holds
     queued = bot.app.db.execute("SELECT COUNT(*) FROM outbox WHERE payload LIKE '%\"text\": \"done\"%'")
-    assert queued.fetchone()[0] == 1  # its reply went to the outbox after the wait, in its own transaction
+    assert queued.fetchone()[0] == 1  # its reply went to the outbox after the wait, with its audit row
+    rows = bot.app.db.execute("SELECT allowed, reason FROM audit WHERE action='slow'").fetchall()
+    assert [tuple(r) for r in rows] == [(1, None)]
 
 
 async def test_a_waiting_command_cancelled_or_failing_leaves_no_transaction_open(bot: BotHarness) -> None:
@@ -201,6 +204,9 @@ async def test_a_waiting_command_cancelled_or_failing_leaves_no_transaction_open
     assert not bot.app.db.in_transaction
     [reply] = await bot.say("broken")
     assert reply.error and "Internal error" in reply.text and not bot.app.db.in_transaction
+    # A handler that raised is still audited: let through, failed.
+    row = bot.app.db.execute("SELECT allowed, reason FROM audit WHERE action='broken'").fetchone()
+    assert tuple(row) == (1, "error")
     assert await bot.say("hang", message_id="h1") == []  # claimed before it waited
     [reply] = await bot.say("whoami")
     assert "role operator" in reply.text

@@ -382,13 +382,13 @@ async def test_e2e_train_reply_live_progress_and_final_photo(app, api) -> None:
         lambda c: f"job {job_id} succeeded" in _text(c),
         timeout=120,
     )
+    # The live message ends in the final state (edited after the report is sent), not at "96% … ETA".
+    ended = await api.wait_call("editMessageText", lambda c: f"job {job_id} succeeded in" in _text(c), timeout=30)
+    assert "ETA" not in _text(ended)
+    assert not (ended.params.get("reply_markup") or {}).get("inline_keyboard"), "pause/stop buttons left on it"
     live = [c for c in api.sent("editMessageText") if f"job {job_id}" in _text(c)]
-    assert live, "progress was never edited in place"
     assert len({c.params["message_id"] for c in live}) == 1  # one live message per job
     assert live[0].params["chat_id"] == 42
-    # The live message ends in the final state (edited before the report is sent), not at "96% … ETA".
-    assert f"job {job_id} succeeded in" in _text(live[-1]) and "ETA" not in _text(live[-1]), _text(live[-1])
-    assert not (live[-1].params.get("reply_markup") or {}).get("inline_keyboard"), "pause/stop buttons left on it"
     assert final.method == "sendPhoto", "the final report carries no plot"
     assert final.files["photo"].startswith(b"\x89PNG")
 

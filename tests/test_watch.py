@@ -4,10 +4,15 @@ the line; `watches` lists them, `unwatch` removes them; in English and in Chines
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
+from chatops.commands.training import MAX_WATCHES
+from chatops.settings import Settings
 from chatops.testing import BotHarness, eventually
+from jobs.store import STOPPED
 from tests.test_jobs import job_id
 
 
@@ -65,3 +70,32 @@ def test_unwatch_takes_a_number_or_a_job_id_even_one_of_digits(tmp_path) -> None
     assert store.unwatch("t:1", str(first)) == 1  # its number first
     assert store.unwatch("t:1", "3184") == 1 and store.unwatch("t:1", "3184") == 0  # then as a job id
     assert [w.conversation for w in store.armed_watches("3184")] == ["t:2"]
+
+
+async def test_a_conversation_holds_at_most_fifty_watches(settings: Settings, tmp_path: Path) -> None:
+    """Issue 22 (c): a viewer once set 5,000. The job is a command kind that sleeps until stopped."""
+    script = tmp_path / "sleeper.py"
+    script.write_text("import time\nwhile True:\n    time.sleep(0.05)\n")
+    jobs = settings.jobs.model_copy(update={"default_kind": "sleeper"})
+    kinds = {"sleeper": {"command": [sys.executable, str(script)]}}
+    async with BotHarness(settings.model_copy(update={"jobs": jobs, "kinds": kinds})) as bot:
+        [started] = await bot.say("train")
+        jid = job_id(started.text)
+        try:
+            for n in range(MAX_WATCHES):
+                [armed] = await bot.say(f"watch {jid} loss<{n}", user="viewer", chat="team")
+                assert armed.text.startswith(f"Watching job {jid}"), armed.text
+            [refused] = await bot.say(f"watch {jid} loss<-1", user="viewer", chat="team")
+            assert refused.error and refused.text.startswith(
+                "This conversation has 50 watches, the most one conversation may have (50)")
+            [elsewhere] = await bot.say(f"watch {jid} loss<-1", user="viewer")  # another conversation: its own 50
+            assert not elsewhere.error
+            row = bot.app.db.execute("SELECT identity, action, allowed, reason FROM audit WHERE allowed=0").fetchall()
+            assert [tuple(r) for r in row] == [("test:viewer", "watch", 0, "quota")]
+            [removed] = await bot.say("unwatch 1", user="viewer", chat="team")
+            assert removed.text == "Removed 1 watch(es)."
+            [again] = await bot.say(f"watch {jid} loss<-1", user="viewer", chat="team")
+            assert not again.error
+        finally:
+            await bot.say(f"stop {jid} --yes")
+            assert await bot.wait_state(jid, {STOPPED}, timeout=30) == STOPPED

@@ -41,8 +41,13 @@ def people(ctx: CommandContext[Any]) -> People:
     return found
 
 
-def _refusal(ctx: CommandContext[Any], exc: LinkError) -> CommandError:
-    return CommandError(ctx.t(exc.key, who=ctx.sender.key, **exc.values))
+def _refusal(ctx: CommandContext[Any], exc: LinkError, reason: str | None = None) -> CommandError:
+    return CommandError(ctx.t(exc.key, who=ctx.sender.key, **exc.values), reason=reason)
+
+
+# Why a code was refused, for the audit: guessing too fast is `rate`; anything else about the code
+# (wrong, expired, one's own) is `link_code`.
+_LINK_REASONS = {"link.too_many": "rate", "link.locked": "rate"}
 
 
 @command("link", role="none", aliases=["关联"], args=LinkArgs, positionals=["code"],
@@ -55,7 +60,7 @@ async def cmd_link(ctx: CommandContext[LinkArgs]) -> str:
         # Asking needs a role: a stranger's code, redeemed by a member, would hand the stranger the
         # member's role. Redeeming is open: it is how a new account proves it is a known person.
         if ctx.role == Role.none:
-            raise CommandError(ctx.t("link.needs_role"))
+            raise CommandError(ctx.t("link.needs_role"), reason="role")
         said = ctx.t("link.code", code=who.new_code(ctx.sender.key))
         ctx.chats.audit(ctx.sender.key, "link code", "asked")
         private = Conversation(ctx.sender.platform, ctx.sender.user_id)
@@ -69,9 +74,8 @@ async def cmd_link(ctx: CommandContext[LinkArgs]) -> str:
         raise CommandError(ctx.t("link.bad_code"))
     try:
         other = who.redeem(ctx.sender.key, code)
-    except LinkError as exc:
-        ctx.chats.audit(ctx.sender.key, "link", f"refused: {exc.key}", allowed=False)
-        raise _refusal(ctx, exc) from None
+    except LinkError as exc:  # the router audits it, with its reason
+        raise _refusal(ctx, exc, _LINK_REASONS.get(exc.key, "link_code")) from None
     ids = who.identities_of(ctx.sender.key)
     ctx.chats.audit(ctx.sender.key, "link", f"linked with {other}: {', '.join(ids)}")
     role = who.role_of(ctx.sender)

@@ -15,16 +15,19 @@ from pydantic import Field
 
 from chatops.message import Button, Reply
 from chatops.notifier import job_buttons
+from chatops.people import quota_for
 from chatops.plugins import command
-from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
+from chatops.render import code_line, duration, metrics_text, progress_from, progress_text, state_word
 from chatops.specs import Args, CommandContext, CommandError, CommandRegistry, NoArgs, Question
 from chatops.store import COMPARE
 from chatops.sweeps import active, counts, label, mode
 from chatops.sweeps import table as sweep_table
 from jobs import storage
-from jobs.gpus import gpus_wanted
-from jobs.manager import JobError, log_tail
+from jobs.manager import JobError, QuotaExceeded, log_tail
 from jobs.params import fields_of, live_change, validate
+from jobs.provenance import FILE as PROVENANCE_FILE
+from jobs.provenance import code_label
+from jobs.quotas import Quota
 from jobs.schemas import JobParams, KindUnavailable
 from jobs.store import (
     ACTIVE_STATES,
@@ -89,36 +92,19 @@ def _control(ctx: CommandContext[Any], job_id: str, owner: str) -> None:
     """Refuse an operator another person's job (unless `[auth] operators_control = "all"`)."""
     people = ctx.services.people
     if people is not None and not people.may_control(ctx.sender, ctx.role, owner):
-        raise CommandError(ctx.t("own.refused", id=job_id, owner=people.named(owner)))
+        raise CommandError(ctx.t("own.refused", id=job_id, owner=people.named(owner)), reason="ownership")
 
 
-def _quota(ctx: CommandContext[Any], jobs: int = 1, params: dict[str, Any] | None = None) -> None:
-    """Refuse what would take the sender beyond the per-person queue or GPU limit."""
+def _quota(ctx: CommandContext[Any]) -> Quota | None:
+    """The sender's person's quota, which the job manager counts when it queues (None: no limits)."""
     people = ctx.services.people
-    if people is None:
-        return
-    quotas = people.quotas
-    need = gpus_wanted(params or {})
-    if quotas.max_gpus_per_person is not None and need > quotas.max_gpus_per_person:
-        raise CommandError(ctx.t("quota.gpus", need=need, most=quotas.max_gpus_per_person))
-    most = quotas.max_queued_per_person
-    if most is None:
-        return
-    theirs = ctx.jobs.store.list(ACTIVE_STATES | {QUEUED}, limit=10_000, owners=people.identities_of(ctx.sender.key))
-    queued = sum(j.state == QUEUED for j in theirs)
-    if queued + max(0, jobs - _free_slots(ctx)) > most:  # what would wait, with what waits already
-        raise CommandError(ctx.t("quota.queued", n=queued, running=len(theirs) - queued, most=most))
+    return quota_for(people.quotas, people, ctx.sender.key) if people is not None else None
 
 
 def _mine(ctx: CommandContext[Any], job: Job) -> bool:
     """Started by the sender, from this account or one linked to it."""
     people = ctx.services.people
     return people.same_person(job.owner, ctx.sender.key) if people is not None else job.owner == ctx.sender.key
-
-
-def _free_slots(ctx: CommandContext[Any]) -> int:
-    """Slots free now: a job that starts at once never waits in the queue."""
-    return max(0, ctx.jobs.max_parallel - len(ctx.jobs.store.list(ACTIVE_STATES | {QUEUED}, limit=10_000)))
 
 
 def find_job(ctx: CommandContext[Any], ref: str) -> Job:
@@ -171,6 +157,8 @@ def _kind_model(ctx: CommandContext[Any], kind: str | None) -> tuple[str, type[J
         raise CommandError(ctx.t("kind.unavailable", error=str(exc))) from None
     except KeyError:
         raise CommandError(ctx.t("kind.unknown", kind=kind, names=", ".join(registry.names()))) from None
+    if not job_kind.chat:  # `wrap`: its parameters are a command, the local user's to choose (docs/security.md)
+        raise CommandError(ctx.t("kind.command_line", kind=job_kind.name), reason="role")
     return job_kind.name, job_kind.params
 
 
@@ -228,7 +216,12 @@ def _job_line(ctx: CommandContext[Any], job: Job, zh: bool = False) -> str:
 
 
 def _job_error(ctx: CommandContext[Any], exc: JobError) -> CommandError:
-    """The job manager speaks English; a Chinese command gets a Chinese lead-in before it."""
+    """The job manager speaks English; a Chinese command gets a Chinese lead-in before it. A quota
+    refusal is told in the command's language, and audited as one."""
+    if isinstance(exc, QuotaExceeded) and exc.limit == "gpus":
+        return CommandError(ctx.t("quota.gpus", need=exc.need, most=exc.most), reason="quota")
+    if isinstance(exc, QuotaExceeded):
+        return CommandError(ctx.t("quota.queued", n=exc.queued, running=exc.running, most=exc.most), reason="quota")
     return CommandError(ctx.t("job.refused", error=str(exc)))
 
 
@@ -360,7 +353,7 @@ async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
         params = _validated(ctx, model, ctx.params, job.params) if ctx.params else None
         if job.state != "succeeded":
             try:
-                job = await manager.resume(job.id, params)
+                job = await manager.resume(job.id, params, quota=_quota(ctx))
             except JobError as exc:
                 raise _job_error(ctx, exc) from None
             ctx.chats.follow(job.id, conv, ctx.lang)
@@ -374,9 +367,8 @@ async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
     else:
         kind, model = _kind_model(ctx, args.kind)
         params = _validated(ctx, model, ctx.params, ctx.chats.saved_params(conv, kind))
-    _quota(ctx, 1, params)
     try:
-        job = await manager.submit(kind, params, owner=ctx.sender.key, checkpoint=checkpoint)
+        job = await manager.submit(kind, params, owner=ctx.sender.key, checkpoint=checkpoint, quota=_quota(ctx))
     except JobError as exc:  # the preflight: what would fail as soon as the runner starts
         raise _job_error(ctx, exc) from None
     ctx.chats.follow(job.id, conv, ctx.lang)
@@ -410,11 +402,10 @@ async def cmd_sweep(ctx: CommandContext[SweepArgs]) -> Reply:
     )  # a grid of a thousand is refused by its size before any member is validated
     if planned.errors:
         raise _problems(ctx, ctx.t("sweep.refused"), planned.errors)
-    _quota(ctx, len(planned.members), max(planned.members, key=gpus_wanted))
     try:
         sweep, jobs = await ctx.jobs.submit_sweep(
             kind, planned.members, owner=ctx.sender.key, varying=planned.varying,
-            monitor=ctx.args.metric or "val_acc", mode=planned.mode,
+            monitor=ctx.args.metric or "val_acc", mode=planned.mode, quota=_quota(ctx),
         )  # fmt: skip
     except JobError as exc:
         raise _job_error(ctx, exc) from None
@@ -509,7 +500,7 @@ async def cmd_resume(ctx: CommandContext[JobRef]) -> Reply:
             if pending:
                 return Reply(ctx.t("resume.pause_cancelled", id=job.id), job_id=job.id)
             return Reply(ctx.t("resume.resuming", id=job.id), job_id=job.id)
-        job = await manager.resume(job.id)
+        job = await manager.resume(job.id, quota=_quota(ctx))
     except JobError as exc:
         raise _job_error(ctx, exc) from None
     ctx.chats.follow(job.id, ctx.conversation.key, ctx.lang)
@@ -552,6 +543,9 @@ async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
     artifacts = manager.artifacts(job.id)
     if artifacts:
         lines.append(ctx.t("status.artifacts", artifacts=", ".join(a["path"] for a in artifacts)))
+    code = code_line(job.provenance, zh)
+    if code is not None:
+        lines.append(code)
     lines.append(ctx.t("status.folder", dir=job.job_dir))
     buttons = job_buttons(job.id, job.state, zh)
     return Reply("\n".join(lines), job_id=job.id, buttons=buttons)
@@ -598,7 +592,7 @@ async def cmd_plot(ctx: CommandContext[JobRef]) -> Reply:
 
 @command("export", aliases=["导出"], args=JobRef, positionals=["job"], summary_zh="导出模型",
          summary="the trained model as files: the best checkpoint (else the last) as symbol JSON and parameters"
-                 " where the network was hybridized, else its parameters",
+                 " where the network was hybridized, else its parameters; and provenance.json, the code that ran",
          examples=["export 3f2a"])  # fmt: skip
 async def cmd_export(ctx: CommandContext[JobRef]) -> list[Reply]:
     job = _pick(ctx, ctx.args.job, "export", ACTIVE_STATES, ())
@@ -606,7 +600,11 @@ async def cmd_export(ctx: CommandContext[JobRef]) -> list[Reply]:
     prefix = best if isinstance(best, str) else job.checkpoint
     which = "best" if prefix is best else "last"
     try:  # a checkpoint in a Ray cluster's storage may be an fsspec URI (s3://…): fetched from there
-        paths = await asyncio.to_thread(_exported, str(prefix or ""), f"{job.id}-{which}", job.dir / "export")
+        paths = await asyncio.to_thread(
+            _exported, str(prefix or ""), f"{job.id}-{which}", job.dir / "export", lambda p: ctx.jobs.placed(job, p)
+        )
+    except _Outside:
+        raise CommandError(ctx.t("export.outside", id=job.id), reason="outside") from None
     except (OSError, RuntimeError) as exc:
         raise CommandError(ctx.t("export.unreadable", id=job.id, error=str(exc))) from None
     if not paths:
@@ -614,30 +612,50 @@ async def cmd_export(ctx: CommandContext[JobRef]) -> list[Reply]:
     size = sum(p.stat().st_size for p in paths)
     mb = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
     fits = size <= ctx.services.file_limit(ctx.conversation.platform)
+    proof = [p for p in (job.dir / PROVENANCE_FILE,) if p.is_file()]  # which code made the model, last
+    attached = [Reply(p.name, file=p, job_id=job.id) for p in proof]
     if len(paths) == 1:
         if fits:
-            return [Reply(ctx.t("export.sent", id=job.id, which=which, size=mb), file=paths[0], job_id=job.id)]
-        return [Reply(ctx.t("export.path", id=job.id, which=which, size=mb) + f"\n{paths[0]}", job_id=job.id)]
+            return [Reply(ctx.t("export.sent", id=job.id, which=which, size=mb), file=paths[0], job_id=job.id),
+                    *attached]  # fmt: skip
+        listed = "\n".join(str(p) for p in [paths[0], *proof])
+        return [Reply(ctx.t("export.path", id=job.id, which=which, size=mb) + f"\n{listed}", job_id=job.id)]
     if fits:
         said = ctx.t("export.symbol_sent", id=job.id, which=which, size=mb, symbol=paths[1].name,
                      weights=paths[0].name)  # fmt: skip
-        return [Reply(said, file=paths[0], job_id=job.id), Reply(paths[1].name, file=paths[1], job_id=job.id)]
-    listed = "\n".join(str(p) for p in paths)
+        return [Reply(said, file=paths[0], job_id=job.id), Reply(paths[1].name, file=paths[1], job_id=job.id),
+                *attached]  # fmt: skip
+    listed = "\n".join(str(p) for p in [*paths, *proof])
     return [Reply(ctx.t("export.symbol_path", id=job.id, which=which, size=mb) + f"\n{listed}", job_id=job.id)]
 
 
-def _exported(prefix: str, name: str, folder: Path) -> list[Path]:
+class _Outside(Exception):
+    """A checkpoint file outside the job's folder and the storage (a forged event, an old row)."""
+
+
+def _exported(prefix: str, name: str, folder: Path, placed: Callable[[str], str | None]) -> list[Path]:
     """Copies of a checkpoint's model under the job's folder (stored by job, removed with it, and
     out of reach of a later checkpoint pruning while they are sent); none without a checkpoint.
     A hybridized network was also exported beside it (`net.export`): its symbol and the parameters
-    that load without the model's code; otherwise the parameters alone."""
-    if not prefix or not storage.exists(f"{prefix}.params"):
+    that load without the model's code; otherwise the parameters alone. Every file is read where
+    `placed` puts it (symlinks followed), and only there (_Outside)."""
+
+    def where(path: str) -> str:
+        place = placed(path)
+        if place is None:
+            raise _Outside(path)
+        return place
+
+    if not prefix:
         return []
-    symbol, weights = f"{prefix}.export-symbol.json", f"{prefix}.export-0000.params"
+    where(prefix)
+    if not storage.exists(where(f"{prefix}.params")):
+        return []
+    symbol, weights = where(f"{prefix}.export-symbol.json"), where(f"{prefix}.export-0000.params")
     if storage.exists(symbol) and storage.exists(weights):
         pairs = [(weights, f"{name}-0000.params"), (symbol, f"{name}-symbol.json")]
     else:
-        pairs = [(f"{prefix}.params", f"{name}.params")]
+        pairs = [(where(f"{prefix}.params"), f"{name}.params")]
     folder.mkdir(parents=True, exist_ok=True)
     for source, target in pairs:
         storage.download(source, folder / target)
@@ -667,6 +685,8 @@ async def cmd_compare(ctx: CommandContext[NoArgs]) -> Reply:
     rows: list[tuple[str, list[str]]] = [
         ("state", [state_word(j.state, ctx.lang == "zh") for j in jobs]), ("kind", [j.kind for j in jobs]),
     ]  # fmt: skip
+    if any(j.provenance for j in jobs):  # the code each ran: a difference there explains one in the metrics
+        rows.append(("code", [code_label(j.provenance) or "-" for j in jobs]))
     differing = []
     for key in sorted({k for j in jobs for k in j.params}):
         values = [_cell(j.params.get(key), metric=False) for j in jobs]
@@ -730,6 +750,7 @@ _CONDITION = re.compile(
     r"^(?:(?P<job>#?[0-9a-f]{2,12})\s+)?(?P<metric>[A-Za-z_]\w*)\s*(?P<op>>=|<=|>|<)\s*"
     r"(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$"
 )
+MAX_WATCHES = 50  # per conversation, told or not: each armed one is checked at every report of its job
 
 
 @command("watch", aliases=["监视", "提醒"], args=NoArgs, raw=True, summary_zh="指标提醒",
@@ -739,6 +760,9 @@ async def cmd_watch(ctx: CommandContext[NoArgs]) -> str:
     found = _CONDITION.match(ctx.rest.strip())
     if found is None:
         raise CommandError(ctx.t("watch.usage"))
+    held = ctx.chats.watch_count(ctx.conversation.key)
+    if held >= MAX_WATCHES:
+        raise CommandError(ctx.t("watch.too_many", n=held, most=MAX_WATCHES), reason="quota")
     job = _pick(ctx, found["job"], "watch", ACTIVE_STATES | {QUEUED})
     if job.state in TERMINAL_STATES:
         raise CommandError(ctx.t("watch.ended", id=job.id, state=state_word(job.state, ctx.lang == "zh")))

@@ -15,7 +15,11 @@ TEXTS: dict[str, str] = {
     "router.confirm_cancel": "Cancel",
     "router.reply_yes": " Reply yes to confirm.",
     "router.unreadable": "Could not read your message: {why}",
+    "router.secret": "This message holds one of the bot's secrets, so it was not run. Whoever can read this chat"
+    " has seen it: rotate that secret.",
     "router.too_long": "Message too long ({size} characters; the limit is {limit}).",
+    "router.slow_down": "Slow down: {who} sent more messages than the bot takes in a minute. Messages are not read"
+                        " for the next {seconds} s; send again after that.",
     "router.not_allowed": "Sorry, {who} is not allowed to use this bot. Ask an admin to add you.",
     "router.needs_role": "Sorry, {command} needs the {needed} role; {who} is {role}.",
     "router.duplicate": "{keys}: given more than once",
@@ -28,6 +32,8 @@ TEXTS: dict[str, str] = {
     "pick.which": "{n} jobs could be meant; which one? Send {verb} <id>:\n{jobs}",
     "pick.none": "No matching job for {verb}. Send jobs for the list.",
     "kind.unavailable": "{error}",
+    "kind.command_line": "{kind} jobs start from the command line (chatops wrap), never from chat: their "
+    "command is the local user's to choose.",
     "kind.unknown": "Unknown job kind '{kind}'. Kinds: {names}",
     "kinds.default": " (default)",
     "kinds.broken": "{name} (unavailable: {problem})",
@@ -79,6 +85,8 @@ TEXTS: dict[str, str] = {
     "status.waiting": "{error}",
     "status.gpus": "holds {gpus}",
     "status.checkpoint": "checkpoint: {checkpoint}",
+    "status.code": "code {code}",
+    "status.no_code": "code: {why}",
     "status.artifacts": "artifacts: {artifacts}",
     "status.folder": "folder: {dir} (TensorBoard: {dir}/tensorboard)",
     "jobs.none": "No jobs yet. Start one with: train epochs=5",
@@ -96,6 +104,8 @@ TEXTS: dict[str, str] = {
     # -- exit ----------------------------------------------------------------------------------------
     "exit.confirm": "Shut the bot down? {n} running job(s) train on without it.",
     "exit.done": "Shutting the bot down; running jobs train on. Start it again with: chatops run",
+    "audit.none": "No audit entries match.",
+    "audit.usage": "Usage: audit [n] [identity, person or command], n at most {most}; e.g. audit 50 stop",
     # -- job buttons: the label, and the command a press sends ---------------------------------------
     "button.pause": "Pause",
     "button.resume": "Resume",
@@ -109,6 +119,9 @@ TEXTS: dict[str, str] = {
     "event.param_changed": "job {id}: {name} {old} -> {new}",
     "event.param_rejected": "job {id}: {name} not changed: {reason}",
     "event.resuming": "job {id} resuming ({reason})",
+    "event.stall": "job {id}: no progress and no new output for {quiet}; it may be stuck. Last output line:\n{line}",
+    "event.stall_silent": "job {id}: no progress and no output at all for {quiet}; it may be stuck.",
+    "event.reporting": "job {id} is reporting again (after {quiet} without progress).",
     "final.succeeded": "job {id} {state} in {took}: {metrics}",
     "final.stopped": "job {id} {state}.",
     "final.stopped_at": "job {id} {state} at epoch {epoch}.",
@@ -116,6 +129,7 @@ TEXTS: dict[str, str] = {
     "final.ended": "job {id} {state}: {error}",
     "final.no_reason": "no reason given",
     "export.none": "job {id} has no checkpoint to export yet.",
+    "export.outside": "job {id}'s checkpoint is outside its folder; not sent.",
     "export.symbol_sent": "job {id}: the {which} checkpoint as a network that loads without its code ({size}):"
                           " gluon.SymbolBlock.imports(\"{symbol}\", [\"data\"], \"{weights}\").",
     "export.symbol_path": "job {id}: the {which} checkpoint as a network that loads without its code ({size};"
@@ -141,6 +155,8 @@ TEXTS: dict[str, str] = {
                      " your other account.",
     "link.expired": "That link code has expired (a code lasts 10 minutes). Ask for a new one.",
     "link.too_many": "Too many wrong link codes from {who}; try again in 10 minutes.",
+    "link.locked": "Too many wrong link codes were sent to this bot lately; linking is paused for up to 10 minutes."
+                   " Try again later.",
     "link.same": "That code is this account's own; send it from your other account.",
     "link.already": "{who} and {other} are linked already.",
     "link.declared": "{other} is {theirs} in the config and you are {person}; people named in the config are not"
@@ -176,6 +192,8 @@ TEXTS: dict[str, str] = {
     "sweep.best_so_far": "best so far: job {job} {metric} {value}",
     "sweep.finished": "sweep {id} ended: {counts}, in {took}",
     "sweep.best": "best of sweep {id}: job {job} ({label}) {metric} {value}\nreproduce it with:\n{command}",
+    "sweep.best_code": "best of sweep {id}: job {job} ({label}) {metric} {value}\nreproduce it with (code {code}):"
+                       "\n{command}",
     "sweep.no_best": "sweep {id}: no job reported {metric}, so there is no best to name.",
     "sweep.not_found": "No sweep {ref}. Send jobs for recent jobs.",
     "sweep.stop_confirm": "Stop sweep {id}: {counts}? The queued jobs are cancelled, the running ones stop at the"
@@ -190,6 +208,8 @@ TEXTS: dict[str, str] = {
     "watch.already": "job {id}: {metric} is {now} already ({op} {value}); nothing to wait for.",
     "watch.set": "Watching job {id}: {metric} {op} {value} (watch {n}). This conversation is told once.",
     "watch.not_reported": " job {id} has not reported {metric} yet; it reports {names}.",
+    "watch.too_many": "This conversation has {n} watches, the most one conversation may have ({most}); remove some"
+                      " with unwatch (see watches).",
     "watches.none": "No watches here. Example: watch 3f2a val_acc>=0.98",
     "watches.line": "watch {n}: job {id} {metric} {op} {value}",
     "watches.fired": " (told: {value})",

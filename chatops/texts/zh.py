@@ -16,7 +16,10 @@ TEXTS: dict[str, str] = {
     "router.confirm_cancel": "取消",
     "router.reply_yes": " 回复 是 确认。",
     "router.unreadable": "无法读取你的消息：{why}",
+    "router.secret": "这条消息含有机器人的密钥，未执行。能看到这个聊天的人都已看到它：请更换该密钥。",
     "router.too_long": "消息太长（{size} 个字符；上限是 {limit}）。",
+    "router.slow_down": "请慢一点：{who} 一分钟内发的消息超过了机器人的上限。接下来 {seconds} 秒内的消息不会被读取；"
+                        "之后再发送。",
     "router.not_allowed": "抱歉，{who} 无权使用这个机器人，请联系管理员添加。",
     "router.needs_role": "抱歉，{command} 需要 {needed} 角色；{who} 是 {role}。",
     "router.duplicate": "{keys}：重复给出",
@@ -29,6 +32,7 @@ TEXTS: dict[str, str] = {
     "pick.which": "有 {n} 个任务符合，请指明：{verb} <id>\n{jobs}",
     "pick.none": "没有符合的任务。发送 任务 查看列表。",  # leaves out {verb}
     "kind.unavailable": "任务类型不可用：{error}",
+    "kind.command_line": "{kind} 任务只能在命令行启动（chatops wrap），不能在聊天中启动或修改：命令由本机用户选择。",
     "kind.unknown": "没有任务类型 '{kind}'。可用：{names}",
     "kinds.default": "（默认）",
     "kinds.broken": "{name} （不可用：{problem}）",
@@ -78,6 +82,8 @@ TEXTS: dict[str, str] = {
     "status.waiting": "等待中：{error}",
     "status.gpus": "占用 {gpus}",
     "status.checkpoint": "检查点：{checkpoint}",
+    "status.code": "代码 {code}",
+    "status.no_code": "代码：{why}",
     "status.artifacts": "产出文件：{artifacts}",
     "status.folder": "目录：{dir}（TensorBoard：{dir}/tensorboard）",
     "jobs.none": "还没有任务。发送 开始 ep 5 开始训练。",
@@ -95,6 +101,8 @@ TEXTS: dict[str, str] = {
     # -- exit ----------------------------------------------------------------------------------------
     "exit.confirm": "关闭机器人？{n} 个训练中的任务会继续运行。",
     "exit.done": "机器人正在关闭；训练任务继续运行。重新启动：chatops run",
+    "audit.none": "没有符合条件的审计记录。",
+    "audit.usage": "用法：审计 [条数] [身份、人名或命令]，条数最多 {most}；例如 审计 50 stop",
     # -- job buttons: the label, and the command a press sends ---------------------------------------
     "button.pause": "暂停",
     "button.resume": "继续",
@@ -108,6 +116,9 @@ TEXTS: dict[str, str] = {
     "event.param_changed": "job {id}：已修改 {name} {old} -> {new}",
     "event.param_rejected": "job {id}：{name} 未修改：{reason}",
     "event.resuming": "job {id} 继续训练 ({reason})",
+    "event.stall": "job {id}：{quiet} 没有进度，也没有新的输出，可能卡住了。最后一行输出：\n{line}",
+    "event.stall_silent": "job {id}：{quiet} 没有进度，也没有任何输出，可能卡住了。",
+    "event.reporting": "job {id} 又有进度了（之前 {quiet} 没有进度）。",
     "final.succeeded": "job {id} {state}，用时 {took}：{metrics}",
     "final.stopped": "job {id} {state}。",
     "final.stopped_at": "job {id} {state}（第 {epoch} 轮）。",
@@ -115,6 +126,7 @@ TEXTS: dict[str, str] = {
     "final.ended": "job {id} {state}：{error}",
     "final.no_reason": "没有给出原因",
     "export.none": "job {id} 还没有可导出的检查点。",
+    "export.outside": "job {id} 的检查点在它的目录之外；不发送。",
     "export.symbol_sent": "job {id}：{which} 检查点，导出为不需要代码即可加载的网络（{size}）："
                           "gluon.SymbolBlock.imports(\"{symbol}\", [\"data\"], \"{weights}\")。",
     "export.symbol_path": "job {id}：{which} 检查点，导出为不需要代码即可加载的网络（{size}；"
@@ -136,6 +148,7 @@ TEXTS: dict[str, str] = {
     "link.bad_code": "关联码无效（输错了，或已用过）。请在另一个账号发送 关联 获取新码。",
     "link.expired": "关联码已过期（有效期 10 分钟）。请重新获取。",
     "link.too_many": "{who} 输错关联码的次数太多；请 10 分钟后再试。",
+    "link.locked": "最近这个机器人收到的错误关联码太多；关联暂停，最长 10 分钟。请稍后再试。",
     "link.same": "这是本账号自己的关联码；请在另一个账号发送。",
     "link.already": "{who} 和 {other} 已经关联。",
     "link.declared": "配置中 {other} 属于 {theirs}，而你属于 {person}；配置里的人员不能在聊天中合并。",
@@ -170,6 +183,7 @@ TEXTS: dict[str, str] = {
     "sweep.best_so_far": "目前最好：job {job} {metric} {value}",
     "sweep.finished": "sweep {id} 已结束：{counts}，用时 {took}",
     "sweep.best": "sweep {id} 最好的是 job {job}（{label}）{metric} {value}\n复现命令：\n{command}",
+    "sweep.best_code": "sweep {id} 最好的是 job {job}（{label}）{metric} {value}\n复现命令（代码 {code}）：\n{command}",
     "sweep.no_best": "sweep {id}：没有任务报告 {metric}，无法选出最好的。",
     "sweep.not_found": "没有 sweep {ref}。发送 任务 查看最近的任务。",
     "sweep.stop_confirm": "停止 sweep {id}：{counts}？排队的任务会取消，运行中的任务在下一个批次停止。",
@@ -182,6 +196,7 @@ TEXTS: dict[str, str] = {
     "watch.already": "job {id}：{metric} 已经是 {now}（{op} {value}），无需等待。",
     "watch.set": "已设置提醒：job {id} 的 {metric} {op} {value}（提醒 {n}），达到时在这里通知一次。",
     "watch.not_reported": "job {id} 还没有报告 {metric}；它报告的指标有 {names}。",
+    "watch.too_many": "这个对话已有 {n} 个提醒，已达每个对话的上限（{most}）；请用 取消提醒 删除一些（见 提醒列表）。",
     "watches.none": "这里没有提醒。例如：监视 3f2a val_acc>=0.98",
     "watches.line": "提醒 {n}：job {id} {metric} {op} {value}",
     "watches.fired": "（已通知：{value}）",

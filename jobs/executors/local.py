@@ -1,4 +1,10 @@
-"""Runs each job as a local process in its own session, so it outlives the bot."""
+"""Runs each job as a local process in its own session, so it outlives the bot.
+
+The process gets a minimal environment (`jobs.environment`): the allowlist, what `[jobs] pass_env`
+and the kind pass on purpose, the kind's own `env`; never a setting or a secret of the bot. The
+launch's own variables come last, so `CUDA_VISIBLE_DEVICES` (the job's GPUs, or "" for none on a
+machine with GPUs: `jobs.gpus`) is the manager's whatever the parent or the kind set.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,13 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from jobs.environment import job_environment, kind_environment
 from jobs.executors.base import ExitInfo, FileChannel
 from jobs.protocol import LOG_FILE
 
@@ -42,9 +50,20 @@ def _gpu_usage(pid: int) -> dict[str, Any]:
 
 
 class LocalExecutor(FileChannel):
-    def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        python: str | None = None,
+        env: dict[str, str] | None = None,
+        *,
+        pass_env: Iterable[str] = (),
+        secrets: Collection[str] = (),
+    ) -> None:
+        """`env`: variables every runner gets; `pass_env`: globs of the bot's environment passed on
+        purpose (`[jobs] pass_env`); `secrets`: the bot's secret values, never passed on."""
         self.python = python or sys.executable
         self.env = env or {}
+        self.pass_env = list(pass_env)
+        self.secrets = frozenset(secrets)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._gpus: int | None = None
         self._gpus_known = False
@@ -67,7 +86,12 @@ class LocalExecutor(FileChannel):
     async def launch(
         self, job_id: str, job_dir: Path, runner_module: str, env: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        env = {**os.environ, **self.env, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        kind_env, kind_pass = kind_environment(job_dir)
+        env = job_environment(
+            os.environ, pass_env=[*self.pass_env, *kind_pass], env={**self.env, **kind_env, **(env or {})},
+            secrets=self.secrets,
+        )  # fmt: skip
+        env["PYTHONUNBUFFERED"] = "1"
         # The project root on the path, so a checkout without `pip install` runs as well.
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)

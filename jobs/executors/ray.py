@@ -15,6 +15,13 @@ Two channels (`[jobs] ray_channel`, docs/scaling.md section 4):
 - `shared`: the job folder (`events.jsonl`, `control.jsonl`, `runner.log`, checkpoints) on a path
   every Ray node sees under the same name (a local head, or a shared file system; `[jobs] storage`).
 
+The runner's environment follows `jobs.environment` here too: the bot sends (in `env_vars`) only what
+it passes on purpose (`[jobs] pass_env` and the kind's `pass_env` over its own environment, never a
+secret; the kind's `env`; the configured `ray_runtime_env` variables), and on the node the runner is
+started by `jobs.executors.ray_node` with the node's allowlist plus those names alone: whatever the
+raylet itself was started with (a head started from the bot's shell has every `CHATOPS_*` setting)
+stays out.
+
 Ray is imported lazily, on first use: the bot's import stays light, and the local executor never
 needs the package. Every call to the cluster has a short timeout and never raises into the job
 manager's watch loop: an unreachable cluster means "cannot tell now", not a verdict.
@@ -32,12 +39,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from jobs import protocol, storage
+from jobs.environment import job_environment, kind_environment
 from jobs.executors import ray_node
 from jobs.executors.base import ExitInfo, FileChannel
 from jobs.protocol import LOG_FILE, PARAMS_FILE
@@ -101,12 +110,16 @@ class RayExecutor(FileChannel):
         channel: str = "shared",
         gcs_address: str | None = None,
         storage: str | None = None,
+        pass_env: Iterable[str] = (),
+        secrets: Collection[str] = (),
     ) -> None:
         if importlib.util.find_spec("ray") is None:  # cheap: Ray itself is imported on first use
             raise RuntimeError("executor = \"ray\" needs the ray extra: pip install 'chatops[ray]'")
         self.address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
         self.python = python or sys.executable
         self.runtime_env = dict(runtime_env or {})
+        self.pass_env = list(pass_env)  # globs of the bot's environment passed on purpose
+        self.secrets = frozenset(secrets)  # the bot's secret values: never passed on
         self.num_cpus = num_cpus
         self.timeout = timeout
         # Ray says PENDING for a second or two while it places the supervisor; only longer is waiting.
@@ -203,7 +216,7 @@ class RayExecutor(FileChannel):
             spec = {}
         gpus = ray_gpus(spec.get("params") or {})
         cluster = self.channel == "cluster"
-        runtime_env = self._runtime_env(env)
+        runtime_env = self._runtime_env(env, job_dir)
         if cluster:
             entrypoint = self._node_entrypoint(runner_module, "working_dir" in runtime_env)
         else:
@@ -247,22 +260,31 @@ class RayExecutor(FileChannel):
                 return run
         raise RuntimeError(f"job {job_id} was submitted to Ray 999 times")
 
-    def _runtime_env(self, extra: dict[str, str] | None = None) -> dict[str, Any]:
-        """The configured runtime_env with the runner's own variables added (config wins, except
-        PYTHONPATH, which is joined: the project root stays importable in a checkout)."""
+    def _runtime_env(self, extra: dict[str, str] | None = None, job_dir: Path | None = None) -> dict[str, Any]:
+        """The configured runtime_env with the runner's variables: what the bot passes on purpose
+        (pass_env over its own environment, secrets never), the configured ones, the kind's `env`,
+        then `extra`; PYTHONPATH is joined (the project root stays importable in a checkout). The
+        node keeps these names and its allowlist for the runner (`ray_node.ENV_KEEP`)."""
         env = dict(self.runtime_env)
         root = str(Path(__file__).resolve().parents[2])
         configured = {str(k): str(v) for k, v in (env.get("env_vars") or {}).items()}
-        variables = {"PYTHONUNBUFFERED": "1", **configured, **(extra or {})}
+        kind_env, kind_pass = kind_environment(job_dir) if job_dir is not None else ({}, [])
+        globs = [*self.pass_env, *kind_pass]
+        variables = {"PYTHONUNBUFFERED": "1", **job_environment(
+            os.environ, pass_env=globs, env={**configured, **kind_env, **(extra or {})}, secrets=self.secrets,
+            allowlist=False,
+        )}  # fmt: skip
         variables["PYTHONPATH"] = os.pathsep.join(p for p in (variables.get("PYTHONPATH"), root) if p)
+        variables[ray_node.ENV_KEEP] = json.dumps(sorted({*variables, *globs}))
         env["env_vars"] = variables
         return env
 
     def _entrypoint(self, job_dir: Path, runner_module: str, working_dir: bool) -> str:
         """A shell line (Ray runs entrypoints through `sh -c`): into the job folder, then `exec`
-        the runner with its output in runner.log, so Ray's stop signal reaches it directly."""
+        the runner (through `ray_node exec`, which gives it the job's environment alone) with its
+        output in runner.log, so Ray's stop signal reaches it directly."""
         folder = shlex.quote(str(job_dir))
-        argv = shlex.join([self.python, "-m", runner_module, "--job-dir", str(job_dir)])
+        argv = shlex.join([self.python, "-m", "jobs.executors.ray_node", "exec", runner_module, str(job_dir)])
         # A working_dir is unpacked as the entrypoint's cwd: keep its modules importable from the job folder.
         keep = 'export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" && ' if working_dir else ""
         return f"{keep}cd {folder} && exec {argv} >> {shlex.quote(LOG_FILE)} 2>&1"
@@ -331,12 +353,20 @@ class RayExecutor(FileChannel):
             offset += 1
             try:
                 entry = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
+                entry = None
+            if not isinstance(entry, dict):
+                protocol.dropped(f"Ray job {sid}", f"entry {offset - 1} is not a JSON object")
                 continue
             output.append(str(entry.get("log") or ""))
-            for event in entry.get("events") or []:
-                if isinstance(event, dict) and isinstance(event.get("seq"), int):
-                    events.append({**event, "seq": event["seq"] + base})
+            carried = entry.get("events")
+            for event in carried if isinstance(carried, list) else []:
+                try:  # typed at the boundary, as events.jsonl is
+                    event = protocol.check_event(event)
+                except protocol.ProtocolError as exc:
+                    protocol.dropped(f"Ray job {sid}", str(exc))
+                    continue
+                events.append({**event, "seq": event["seq"] + base})
         if any(output):
             with open(job.dir / LOG_FILE, "a", encoding="utf-8") as fh:
                 fh.write("".join(output))

@@ -1,7 +1,12 @@
 """The Ray job's entrypoint when the cluster shares no disk with the bot (`ray_channel = "cluster"`).
 
     python -m jobs.executors.ray_node run RUNNER_MODULE     (a job; the spec in CHATOPS_JOB_SPEC)
+    python -m jobs.executors.ray_node exec RUNNER_MODULE DIR  (a job whose folder the bot shares)
     python -m jobs.executors.ray_node cancel SUBMISSION_ID  (ends a job Ray still holds PENDING)
+
+Either way the runner gets the job's environment alone (`runner_environment`): this node's
+allowlist (`jobs.environment`) and the names the bot sent on purpose (`CHATOPS_JOB_KEEP`), never
+what else the raylet was started with, and never a `CHATOPS_*` variable.
 
 `run` makes the job folder on this node's own disk (a temp dir), writes the spec the bot sent in
 the runtime_env into it, fetches the checkpoint a resumed job starts from, and starts the runner
@@ -39,9 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from jobs import storage
+from jobs.environment import job_environment
 from jobs.protocol import CHECKPOINT_DIR, CONTROL_FILE, EVENTS_FILE, LOG_FILE, PARAMS_FILE, TENSORBOARD_DIR, read_events
 
 ENV_SPEC, ENV_CHANNEL, ENV_STORAGE = "CHATOPS_JOB_SPEC", "CHATOPS_RAY_CHANNEL", "CHATOPS_RAY_STORAGE"
+ENV_KEEP = "CHATOPS_JOB_KEEP"  # JSON list: the names (and pass_env globs) the bot gave the runner
 NAMESPACE = b"chatops"
 PUMP_SECONDS = 0.05
 TENSORBOARD_SECONDS = 15.0
@@ -59,6 +66,15 @@ def control_key(sid: str, m: int) -> bytes:
 
 def cancel_key(sid: str) -> bytes:
     return f"{sid}/cancel".encode()
+
+
+def runner_environment() -> dict[str, str]:
+    """The runner's environment on this node: the allowlist and what the bot sent, nothing else."""
+    try:
+        keep = json.loads(os.environ.get(ENV_KEEP) or "[]")
+    except ValueError:
+        keep = []
+    return job_environment(os.environ, pass_env=[str(k) for k in keep] if isinstance(keep, list) else [])
 
 
 def gcs_client(address: str | None = None) -> Any:
@@ -215,8 +231,9 @@ def run(runner: str) -> int:
     (work / PARAMS_FILE).write_text(json.dumps({**spec, "options": options}, indent=2))
     with open(work / LOG_FILE, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", runner, "--job-dir", str(work)], stdout=log, stderr=subprocess.STDOUT, cwd=work
-        )
+            [sys.executable, "-m", runner, "--job-dir", str(work)], stdout=log, stderr=subprocess.STDOUT, cwd=work,
+            env=runner_environment(),
+        )  # fmt: skip
 
     def forward(signum: int, _frame: Any) -> None:
         try:
@@ -283,7 +300,16 @@ def cancel(sid: str) -> int:
     return 0
 
 
+def exec_runner(runner: str, job_dir: str) -> int:
+    """Become the runner (same pid: Ray's stop signal reaches it), with the job's environment."""
+    argv = [sys.executable, "-m", runner, "--job-dir", job_dir]
+    os.execve(sys.executable, argv, runner_environment())
+    return 127  # not reached
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["exec"] and len(argv) == 3:
+        return exec_runner(argv[1], argv[2])
     if len(argv) != 2 or argv[0] not in ("run", "cancel"):
         print(__doc__, file=sys.stderr)
         return 2

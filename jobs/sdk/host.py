@@ -1,12 +1,14 @@
 """Running a training function: under chatops (a job folder) or on its own (`python train.py`).
 
 Under chatops the process finds its job folder in `--job-dir` or `CHATOPS_JOB_DIR`; events go to
-`events.jsonl` (or, inside a command kind, to stdout as marked lines its wrapper forwards), control
-comes from `control.jsonl`. On its own, parameters are the schema's defaults plus `key=value` /
-`--key value` arguments, progress is printed, and control is a no-op.
+`events.jsonl` (or, inside a command kind, to the pipe its wrapper opened for them, named in
+`CHATOPS_EVENTS=fd:N`: never stdout, which is only output), control comes from `control.jsonl`.
+On its own, parameters are the schema's defaults plus `key=value` / `--key value` arguments,
+progress is printed, and control is a no-op.
 
 `python -m jobs.sdk.host --job-dir DIR` runs a Python kind: the module named in the job's
-options (an importable name or a `.py` path) defines a `JobParams` subclass and `train(run)`.
+options (an importable name or a `.py` path) defines a `JobParams` subclass and `train(run)`. A kind
+with an interpreter of its own runs `<python> -m jobs.sdk.host` inside the command wrapper instead.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import inspect
 import json
 import os
 import signal
+import stat
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +35,8 @@ from jobs.schemas import JobParams
 from jobs.sdk.run import EventSink, Run, StopTraining, TrainingDiverged
 
 TrainFn = Callable[[Run[Any]], "dict[str, Any] | None"]
-MARKER = "@chatops "  # an event line on stdout, for the command-kind wrapper to forward
 ENV_JOB_DIR, ENV_EVENTS = "CHATOPS_JOB_DIR", "CHATOPS_EVENTS"
+FD_PREFIX = "fd:"  # CHATOPS_EVENTS=fd:N: the write end of the wrapper's event pipe
 
 
 class KindLoadError(Exception):
@@ -40,18 +44,44 @@ class KindLoadError(Exception):
 
 
 # ---- event sinks -----------------------------------------------------------------------------
-class StdoutEvents:
-    """Events as marked JSON lines on the process's real stdout (a script that redirects
-    `sys.stdout` keeps them flowing): the command-kind wrapper numbers and stores them. The newline
-    first ends whatever partial line the script printed."""
+class PipeEvents:
+    """Events as JSON lines on the pipe the command-kind wrapper handed this script: a channel the
+    script's output (which may echo what an operator typed) cannot write to. Each event is one
+    `os.write` under a lock, so threads never interleave; redirecting `sys.stdout` changes nothing."""
 
-    def __init__(self) -> None:
-        self._out = sys.__stdout__ or sys.stdout
+    def __init__(self, fd: int) -> None:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise OSError("not a pipe")
+        os.set_inheritable(fd, False)  # the script's own children do not speak for it
+        self.fd = fd
+        self._lock = threading.Lock()
+
+    @classmethod
+    def named(cls, value: str) -> PipeEvents:
+        """The sink `CHATOPS_EVENTS` names; OSError (one line) when it names nothing usable."""
+        number = value.removeprefix(FD_PREFIX)
+        if not value.startswith(FD_PREFIX) or not number.isdigit():
+            raise OSError(f"{ENV_EVENTS}={value!r}: expected fd:<number>")
+        try:
+            return cls(int(number))
+        except OSError as exc:
+            raise OSError(f"{ENV_EVENTS}={value}: {exc.strerror or exc}") from None
 
     def emit(self, type_: str, **fields: Any) -> None:
-        line = json.dumps({"v": VERSION, "type": type_, **fields}, default=str)
-        self._out.write(f"\n{MARKER}{line}\n")
-        self._out.flush()
+        data = (json.dumps({"v": VERSION, "type": type_, **fields}, default=str) + "\n").encode()
+        with self._lock:
+            try:
+                while data:  # one write, unless a signal cut it short
+                    data = data[os.write(self.fd, data) :]
+            except OSError:
+                pass  # the wrapper is gone (its process group is being killed): nobody to tell
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
 
 
 class ConsoleEvents:
@@ -146,8 +176,12 @@ def one_line(exc: BaseException) -> str:
 
 def run_job(job_dir: Path, train: TrainFn | None = None, params_model: type[JobParams] | None = None) -> int:
     """The process entry under chatops: read the job folder, train, report any failure."""
-    to_stdout = os.environ.get(ENV_EVENTS) == "stdout"
-    events: EventSink = StdoutEvents() if to_stdout else EventWriter.continuing(job_dir / EVENTS_FILE)
+    channel = os.environ.pop(ENV_EVENTS, None)  # read once: not for the script's own children
+    try:
+        events: EventSink = PipeEvents.named(channel) if channel else EventWriter.continuing(job_dir / EVENTS_FILE)
+    except OSError as exc:
+        print(f"chatops: no event channel: {exc}", file=sys.stderr, flush=True)
+        return 2
     try:
         spec = json.loads((job_dir / PARAMS_FILE).read_text(encoding="utf-8"))
         options = spec.get("options") or {}
@@ -159,7 +193,7 @@ def run_job(job_dir: Path, train: TrainFn | None = None, params_model: type[JobP
             sys.path[:0] = [p for p in options.get("pythonpath") or [] if p not in sys.path]
             params_model, train = kind_parts(load_module(str(options.get("module"))))
         params = params_model.model_validate(spec.get("params") or {})
-        if to_stdout:
+        if channel:
             options = {**options, "heartbeat_seconds": 0}  # the wrapper beats for the process group
         run: Run[Any] = Run(params, events, control, job_dir=job_dir, options=options)
         for signum in (signal.SIGTERM, signal.SIGINT):  # a polite kill is a graceful stop
@@ -258,5 +292,16 @@ def _hold_folder(job_dir: Path) -> int | None:
     return fd
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jobs.sdk.host --job-dir DIR`, as the executor starts a Python kind; with no arguments,
+    inside the command wrapper that runs a kind with an interpreter of its own (`[kinds.<name>]
+    python`): the wrapper holds the job folder and named it, and its pipe carries the events."""
+    args = sys.argv[1:] if argv is None else argv
+    job_dir = os.environ.get(ENV_JOB_DIR)
+    if not args and job_dir and os.environ.get(ENV_EVENTS):
+        return run_job(Path(job_dir))
+    return job_main(args, "python -m jobs.sdk.host", run_job, __doc__)
+
+
 if __name__ == "__main__":
-    sys.exit(job_main(None, "python -m jobs.sdk.host", run_job, __doc__))
+    sys.exit(main())

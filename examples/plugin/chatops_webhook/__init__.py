@@ -5,7 +5,7 @@ An example of a platform plugin: one module, its settings model beside its code,
 this package's `chatops.adapters` entry point; nothing in chatops names it.
 
     [webhook]
-    token = "…"                                   # callers send `Authorization: Bearer …`
+    token = "…"                                   # callers send `Authorization: Bearer …`; never blank
     listen = "127.0.0.1:8099"
     reply_url = "https://ci.example/chatops"      # optional
 
@@ -114,7 +114,11 @@ class WebhookAdapter(Adapter):
 
     # ---- inbound ----------------------------------------------------------------------------
     def _authorized(self, request: web.Request) -> bool:
+        """The bearer token, compared in constant time. No token configured opens nothing: the
+        settings refuse a blank one at start, and this refuses it again should it get here."""
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not self._token.strip():
+            return False
         return hmac.compare_digest(given.encode(), self._token.encode())
 
     async def _refuse(self, request: web.Request) -> web.Response:
