@@ -10,6 +10,7 @@ from typing import Any
 
 from chatops.render import duration, state_word
 from chatops.texts import lang_of, text
+from jobs.provenance import code_label
 from jobs.store import ACTIVE_STATES, QUEUED, TERMINAL_STATES, Job, Sweep
 from jobs.sweeps import lower_is_better, train_command
 
@@ -86,8 +87,8 @@ def table(sweep: Sweep, members: list[Job], zh: bool = False, leading: bool = Tr
 
 def final_texts(sweep: Sweep, members: list[Job], zh: bool = False, nullable: Collection[str] = ()) -> tuple[str, str]:
     """The report's table, and its last lines: the best member and the `train` command that
-    reproduces it (alone, so that they are the last lines wherever an image is shown after text);
-    `nullable`: the kind's fields that `none` clears."""
+    reproduces it (alone, so that they are the last lines wherever an image is shown after text),
+    with the code it ran where that is known; `nullable`: the kind's fields that `none` clears."""
     lang = lang_of(zh)
     ended = max((j.ended_at or 0.0) for j in members) if members else sweep.created_at
     head = text("sweep.finished", lang, id=sweep.id, counts=counts(members, zh),
@@ -98,8 +99,12 @@ def final_texts(sweep: Sweep, members: list[Job], zh: bool = False, nullable: Co
         return report, text("sweep.no_best", lang, id=sweep.id, metric=metric_of(sweep, members) or sweep.monitor)
     job, metric, value = leader
     command = train_command(job.kind, job.params, nullable)
-    return report, text("sweep.best", lang, id=sweep.id, job=job.id, label=label(job, sweep.varying).split(" ", 1)[1],
-                        metric=metric, value=f"{value:.4f}", command=command)  # fmt: skip
+    named = {"id": sweep.id, "job": job.id, "label": label(job, sweep.varying).split(" ", 1)[1], "metric": metric,
+             "value": f"{value:.4f}", "command": command}  # fmt: skip
+    code = code_label(job.provenance)
+    if code is None:
+        return report, text("sweep.best", lang, **named)
+    return report, text("sweep.best_code", lang, code=code, **named)
 
 
 def active(members: list[Job]) -> list[Job]:

@@ -35,10 +35,11 @@ async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(
     # The in-process platform takes no files: the paths, alone on the last lines. The built-in kind
     # hybridizes its network, so the model is its symbol and the parameters that load without code.
     [named] = await bot.say(f"export {jid}")
-    *head, weights, symbol = named.text.splitlines()
+    *head, weights, symbol, proof = named.text.splitlines()
     assert "the best checkpoint as a network that loads without its code" in head[0] and named.file is None
     folder = Path(settings.data_dir) / "jobs" / jid / "export"
     assert (weights, symbol) == (str(folder / f"{jid}-best-0000.params"), str(folder / f"{jid}-best-symbol.json"))
+    assert proof == str(folder.parent / "provenance.json")  # the code that made it (tests/test_provenance.py)
     job = bot.app.job_store.get(jid)
     assert job is not None and job.metrics["best_checkpoint"].endswith("best")
     # It loads with MXNet alone (no chatops, no model code) and gives ten class scores for a digit.
@@ -56,13 +57,14 @@ async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(
     # A platform that takes files gets the files themselves.
     bot.adapter.capabilities = replace(bot.adapter.capabilities, max_file_bytes=10**9)  # type: ignore[misc]
     sent = await bot.say(f"导出 {jid}")
-    assert [r.file.name if r.file else None for r in sent] == [f"{jid}-best-0000.params", f"{jid}-best-symbol.json"]
+    assert [r.file.name if r.file else None for r in sent] == [f"{jid}-best-0000.params", f"{jid}-best-symbol.json",
+                                                               "provenance.json"]  # fmt: skip
     assert sent[0].file is not None and sent[0].file.read_bytes() == Path(weights).read_bytes()
     assert sent[0].text.startswith(f"job {jid}：best 检查点") and f'"{jid}-best-symbol.json"' in sent[0].text
     # Over the platform's limit: the paths again.
     bot.adapter.capabilities = replace(bot.adapter.capabilities, max_file_bytes=1000)  # type: ignore[misc]
     [over] = await bot.say(f"export {jid}")
-    assert over.file is None and over.text.splitlines()[-2:] == [weights, symbol]
+    assert over.file is None and over.text.splitlines()[-3:] == [weights, symbol, proof]
     # From `chatops send` on the console: the paths on their own lines.
     env = {**os.environ, "CHATOPS_DATA_DIR": str(settings.data_dir)}
     proc = await asyncio.create_subprocess_exec(
@@ -86,7 +88,7 @@ async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(
     shutil.rmtree(folder)
     bot.adapter.capabilities = replace(bot.adapter.capabilities, max_file_bytes=10**9)  # type: ignore[misc]
     fetched = await bot.say(f"export {jid}")
-    assert [r.file.read_bytes() if r.file else None for r in fetched] == [
+    assert [r.file.read_bytes() if r.file else None for r in fetched[:2]] == [
         Path(f"{best}.export-0000.params").read_bytes(), Path(f"{best}.export-symbol.json").read_bytes()
     ]  # fmt: skip
     metrics["best_checkpoint"] = f"local://{stored / 'gone'}"

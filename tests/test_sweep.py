@@ -191,5 +191,7 @@ async def test_chatops_send_sweep_wait_ends_with_the_best_train_command(settings
     assert printed[0].startswith("sweep s") and " started: 2 jobs" in printed[0]
     assert any(" ended: 2 succeeded" in line for line in printed), printed
     assert any(line.strip().endswith(".png") for line in printed), printed
-    assert printed[-2] == "reproduce it with:" and printed[-1].startswith("train mxnet model=mlp "), printed
+    # With the code it ran where the checkout is a git work tree: "reproduce it with (code a1b2c3d):".
+    assert printed[-2].startswith("reproduce it with") and printed[-2].endswith(":"), printed
+    assert printed[-1].startswith("train mxnet model=mlp "), printed
     assert printed[-3].startswith("best of sweep s")
