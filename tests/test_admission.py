@@ -163,7 +163,8 @@ async def test_forged_checkpoints_are_not_kept_nor_exported(
     Path(f"{good}.params").write_bytes(b"weights")
     await _forged(bot, jid, {"type": "checkpoint", "path": str(good), "epoch": 1, "batch": 0})
     assert bot.app.job_store.get(jid).checkpoint == str(good)  # type: ignore[union-attr]
-    [sent] = await bot.say(f"export {jid}", user="viewer")
+    sent, provenance = await bot.say(f"export {jid}", user="viewer")
+    assert provenance.file is not None and provenance.file.name == "provenance.json"
     assert not sent.error and sent.file is not None and sent.file.read_bytes() == b"weights"
     # Outside it, through `..`, through a symlinked folder, or a URL: not kept, as last or best.
     (job.dir / "out").symlink_to(tmp_path)
