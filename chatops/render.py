@@ -6,6 +6,8 @@ from typing import Any
 
 from chatops.message import Progress
 from chatops.texts import known, lang_of, text
+from jobs.provenance import code_label
+from jobs.readers import normalise
 
 
 def state_word(state: str, zh: bool = False) -> str:
@@ -28,6 +30,21 @@ def duration(seconds: float | None) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def code_line(provenance: dict[str, Any], zh: bool = False) -> str | None:
+    """`code a1b2c3d+dirty (diff 9f8e7d6c5b4a, 2 untracked)`: the code a job ran, for `status`;
+    None when nothing was recorded (a job launched before provenance was)."""
+    if not provenance:
+        return None
+    lang = lang_of(zh)
+    label = code_label(provenance)
+    if label is None:
+        why = provenance.get("git") or provenance.get("error") or "?"
+        return text("status.no_code", lang, why=f"{why} ({provenance['folder']})" if provenance.get("folder") else why)
+    notes = [f"diff {provenance['diff']}"] if provenance.get("diff") else []
+    notes += [f"{provenance['untracked']} untracked"] if provenance.get("untracked") else []
+    return text("status.code", lang, code=label + (f" ({', '.join(notes)})" if notes else ""))
 
 
 def progress_from(job_id: str, event: dict[str, Any], metrics: dict[str, Any]) -> Progress:
@@ -72,12 +89,24 @@ def progress_text(p: Progress, metrics: dict[str, Any], state: str = "running", 
     return "  ".join(parts)
 
 
-_FIRST = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss", "lr", "learning_rate")
+_FIRST = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss", "lr")
 _BOOKKEEPING = frozenset({"epoch", "epochs", "batch", "batches", "samples_per_sec", "eta_seconds", "seconds"})
 
 
+def one_name(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Each figure once, under the name `jobs.readers.normalise` gives it (`accuracy`, `acc` and
+    `train_acc` are one figure): of two names for one figure, the one already so named wins, then
+    one that says its side (`Train-accuracy`), and a running batch figure (`accuracy`) last."""
+    ranked = sorted(metrics, key=lambda k: (normalise(k) != k, normalise(k, "progress") == k))
+    figures: dict[str, Any] = {}
+    for key in ranked:
+        figures.setdefault(normalise(key), metrics[key])
+    return figures
+
+
 def metrics_text(metrics: dict[str, Any], limit: int = 10) -> str:
-    """The usual metrics first, then whatever else a kind reports (its own names), numbers only."""
+    """The usual metrics first, then whatever else a kind reports, numbers only, each figure once."""
+    metrics = one_name(metrics)
     keys = [k for k in _FIRST if k in metrics] + sorted(k for k in metrics if k not in _FIRST and k not in _BOOKKEEPING)
     shown = [f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics[k], int | float)
              and not isinstance(metrics[k], bool)][:limit]  # fmt: skip

@@ -11,6 +11,7 @@ from typing import Any
 from chatops.render import duration, state_word
 from chatops.texts import lang_of, text
 from jobs.provenance import code_label
+from jobs.readers import normalise
 from jobs.store import ACTIVE_STATES, QUEUED, TERMINAL_STATES, Job, Sweep
 from jobs.sweeps import lower_is_better, train_command
 
@@ -23,7 +24,7 @@ _ORDER = ("running", "paused", "starting", "queued", "succeeded", "failed", "sto
 def metric_of(sweep: Sweep, members: list[Job]) -> str | None:
     """The metric that ranks the members: the sweep's, else the first usual one they report."""
     reported = {k for j in members for k, v in j.metrics.items() if _number(v)}
-    for name in (sweep.monitor, *_FALLBACK):
+    for name in (sweep.monitor, normalise(sweep.monitor), *_FALLBACK):  # `val_accuracy` is folded as val_acc
         if name in reported:
             return name
     return None

@@ -16,6 +16,8 @@ matplotlib.use("Agg")  # headless; must precede pyplot
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from jobs.readers import normalised
+
 
 def render_plot(events: Iterable[dict[str, Any]], path: Path, title: str) -> Path:
     """Draw train/validation loss, accuracy and learning rate per epoch; returns `path`.
@@ -27,7 +29,7 @@ def render_plot(events: Iterable[dict[str, Any]], path: Path, title: str) -> Pat
     progress: list[tuple[float, dict[str, Any]]] = []
     changes: list[tuple[float, dict[str, Any]]] = []
     position = 0.0
-    for ev in events:
+    for ev in map(_named, events):
         kind = ev.get("type")
         if kind == "epoch" and isinstance(ev.get("epoch"), int | float):
             epochs[int(ev["epoch"])] = ev  # a resumed run may repeat an epoch: keep the last
@@ -91,6 +93,12 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and value == value  # NaN-free
 
 
+def _named(event: dict[str, Any]) -> dict[str, Any]:
+    """An event's figures under the names the plot draws (a Keras run's `val_accuracy` is `val_acc`)."""
+    kind = event.get("type")
+    return normalised(event, kind) if kind in ("epoch", "progress") else event
+
+
 def render_compare(series: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
     """Several jobs' curves overlaid, one colour each, keyed by their legend label (the job and the
     parameters that differ): loss and accuracy per epoch, train solid and validation dashed;
@@ -99,7 +107,8 @@ def render_compare(series: dict[str, list[dict[str, Any]]], path: Path, title: s
     fig.suptitle(title)
     colours = plt.get_cmap("tab10" if len(series) <= 10 else "tab20").colors
     styles = set()
-    for i, (name, events) in enumerate(series.items()):
+    for i, (name, given) in enumerate(series.items()):
+        events = [_named(e) for e in given]
         colour = colours[i % len(colours)]
         epochs = {int(e["epoch"]): e for e in events if e.get("type") == "epoch" and _number(e.get("epoch"))}
         xs = sorted(epochs)

@@ -22,8 +22,9 @@ Conventions every reader keeps, so the events look the same whatever printed the
   them is no summary (progress, or nothing): it waits for the validation that follows.
 - Metric names are as printed (`val_accuracy`, `Validation-accuracy`, `eval_loss`), except what
   MXNet prints as prose: `Speed: … samples/sec` is `samples_per_sec`, `Time cost=` is `seconds`.
-  `normalise` maps them to the names the bot renders. Numbers are floats, `nan` / `inf` included
-  (the wrapper's NaN guard stops a diverging run); a value that is no number stays text.
+  `normalise` maps them to the names the bot renders (`normalised`: a whole dict, one name per
+  figure; `final_figures`: a run's figures at its end, each once). Numbers are floats, `nan` /
+  `inf` included (the wrapper's NaN guard stops a diverging run); a value that is no number stays text.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from __future__ import annotations
 import ast
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["progress", "epoch"]
 Metrics = dict[str, float | str]
@@ -121,6 +123,29 @@ def normalise(name: str, kind: Kind = "epoch") -> str:
             return "loss" if figure == "loss" else "accuracy"
         return f"train_{figure}"
     return f"{side}_{figure}"
+
+
+def normalised(metrics: Mapping[str, Any], kind: Kind = "epoch") -> dict[str, Any]:
+    """`normalise` over a whole dict: where two printed names make one figure (the Trainer's last
+    summary has `loss` and `train_loss`), the one printed under that very name wins, else the last."""
+    out: dict[str, Any] = {}
+    exact: set[str] = set()  # names printed as they are
+    for key, figure in metrics.items():
+        name = normalise(key, kind)
+        if name not in exact:
+            out[name] = figure
+        if key == name:
+            exact.add(name)
+    return out
+
+
+def final_figures(progress: Mapping[str, Any], epochs: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's figures at its end, each once: the latest epoch summaries' (as printed), and of the
+    progress figures only those no summary gives under any name (`lr`, the loss of a run that prints
+    no summary): a batch value never overrides an epoch value, nor sits beside it as a twin."""
+    summarised = set(normalised(epochs))
+    kept = {k: v for k, v in progress.items() if k not in epochs and normalise(k) not in summarised}
+    return {**kept, **epochs}
 
 
 def _validation(metrics: Metrics) -> bool:

@@ -146,6 +146,21 @@ def test_plain_script_prints_what_its_kind_progress_pattern_reads(tmp_path: Path
     matches = [m for m in map(re.compile(kind["progress"]).search, out.stdout.splitlines()) if m]
     assert [(m["epoch"], m["epochs"]) for m in matches] == [("1", "2"), ("2", "2")], out.stdout
     assert all(0 <= float(m["acc"]) <= 1 for m in matches)
+    # A loss gone NaN still matches, in any case the script may print it: the NaN guard sees it.
+    for bad in ("nan", "NaN", "inf", "-Infinity"):
+        diverged = re.compile(kind["progress"]).search(f"Epoch 3/5 loss {bad} acc {bad}")
+        assert diverged is not None and diverged["loss"] == bad, bad
+    assert re.compile(kind["progress"]).search(kind["progress_sample"])  # the line it documents
+
+
+def test_pytorch_loop_trains_on_its_own(tmp_path: Path) -> None:
+    """Documentation first (a kind for an interpreter of its own); run where torch is installed."""
+    pytest.importorskip("torch")
+    out = _example("pytorch_loop.py", "epochs=2", "samples=400", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    epochs = [ln for ln in out.stdout.splitlines() if ln.startswith("[epoch] ")]
+    assert len(epochs) == 2 and all("val_acc" in ln and "train_loss" in ln for ln in epochs), out.stdout
+    assert 0.5 < _finished(out.stdout)["val_acc"] <= 1
 
 
 @pytest.mark.slow

@@ -54,7 +54,9 @@ async def test_every_python_example_trains_from_chat(examples_bot: BotHarness, f
     await _succeeds(bot, "train tensorboard ep=1 n=300")
     [status] = await bot.say("status")
     assert "artifacts: " in status.text
-    await _succeeds(bot, "train ep=1 n=300")  # the default kind: the Estimator example
+    estimator = await _succeeds(bot, "train ep=1 n=300")  # the default kind: the Estimator example
+    # One figure, one name, the last epoch's: not the running `accuracy` / `loss` of a batch beside them.
+    assert {"train_acc", "train_loss", "val_acc"} <= set(estimator) and not {"accuracy", "loss"} & set(estimator)
 
 
 @pytest.mark.slow
@@ -63,7 +65,7 @@ async def test_an_unmodified_script_runs_as_a_command_kind(examples_bot: BotHarn
     [params] = await bot.say("params plain")
     assert "lr (learning_rate): float = 0.1 [>0 <=10] - learning rate" in params.text
     metrics = await _succeeds(bot, "train plain ep=2 bs=32")
-    assert metrics["epoch"] == 2 and 0 < metrics["acc"] <= 1  # type: ignore[operator]
+    assert metrics["epoch"] == 2 and 0 < metrics["train_acc"] <= 1  # type: ignore[operator]  # printed `acc`
     # Stop by signal: a long run is stopped from chat and ends `stopped`.
     [reply] = await bot.say("train plain epochs=1000 bs=8")
     jid = job_id(reply.text)

@@ -195,3 +195,15 @@ async def test_chatops_send_sweep_wait_ends_with_the_best_train_command(settings
     assert printed[-2].startswith("reproduce it with") and printed[-2].endswith(":"), printed
     assert printed[-1].startswith("train mxnet model=mlp "), printed
     assert printed[-3].startswith("best of sweep s")
+
+
+def test_a_sweep_ranks_by_the_metric_as_printed_or_as_folded() -> None:
+    """Figures are folded under one name (`val_accuracy` -> `val_acc`): a sweep asked to rank by the
+    printed name still finds it."""
+    from chatops.sweeps import metric_of
+    from jobs.store import Job, Sweep
+
+    sweep = Sweep(id="s1", kind="k", owner="o", varying=["lr"], monitor="val_accuracy", mode="grid", created_at=0.0)
+    members = [Job(id=i, kind="k", params={}, state="succeeded", owner="o", job_dir="/x", created_at=0.0,
+                   metrics={"val_acc": v, "train_acc": 0.5}) for i, v in (("a1", 0.9), ("b2", 0.8))]  # fmt: skip
+    assert metric_of(sweep, members) == "val_acc"

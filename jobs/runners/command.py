@@ -549,7 +549,7 @@ class Wrapper:
             fields = self.progress.match(segment)
             if fields is not None:
                 self._matched(fields)
-        elif self.reader is not None:
+        elif self.reader is not None and not self.expect_sdk:  # its source says the SDK will speak for it
             for reading in self.reader.feed_segment(segment):
                 self._read(reading)
 

@@ -19,11 +19,13 @@
     if __name__ == "__main__":
         raise SystemExit(run_main(train, Params))
 
-Importable without `chatops`, `adapters` or MXNet.
+Importable without `chatops`, `adapters` or MXNet: its core needs the standard library and pydantic
+only, so a kind may run it under an interpreter of its own (`[kinds.<name>] python = "…"`, a PyTorch
+venv, say); `jobs.sdk.gluon` is the optional MXNet glue.
 """
 
 from jobs.schemas import JobParams, param
 from jobs.sdk.host import run_main
-from jobs.sdk.run import Run, StopTraining, TrainingDiverged
+from jobs.sdk.run import Run, StopTraining, TrainingDiverged, UsageError
 
-__all__ = ["JobParams", "Run", "StopTraining", "TrainingDiverged", "param", "run_main"]
+__all__ = ["JobParams", "Run", "StopTraining", "TrainingDiverged", "UsageError", "param", "run_main"]

@@ -13,16 +13,18 @@ import collections
 import json
 import math
 import os
+import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from jobs.params import live_change
 from jobs.protocol import CHECKPOINT_DIR, TENSORBOARD_DIR
+from jobs.readers import Kind, final_figures, is_bad, normalise
 from jobs.schemas import JobParams
 
 P = TypeVar("P", bound=JobParams)
@@ -30,10 +32,16 @@ SaveHook = Callable[[str], "dict[str, Any] | None"]  # prefix -> extra state kep
 LoadHook = Callable[[str, "dict[str, Any]"], None]  # prefix, the checkpoint's JSON
 PAUSE_POLL_SECONDS = 0.05
 ARTIFACTS_DIR = "artifacts"
+_COUNTS = re.compile(r"epoch|iter", re.I)  # a parameter that may count epochs: `training_iters`, `num_epochs`
 
 
 class StopTraining(BaseException):  # like SystemExit: a user `except Exception` must not catch it
     """Raised by `check()` after a stop was asked for and the checkpoint is written."""
+
+
+class UsageError(RuntimeError):
+    """The training function asked the SDK for something it cannot know (how many epochs); the
+    message names the fix."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -41,9 +49,32 @@ class TrainingDiverged(RuntimeError):
     ends `failed` with this message (the NaN guard: on unless the kind sets `nan_guard = false`)."""
 
 
-# The metrics the NaN guard watches: a training loss. (A validation loss is NaN by design where
-# there is no validation data.)
+# The figures the NaN guard watches, by the names `normalise` gives them (`cross-entropy`, `Train
+# Loss`, `eval_loss` too): a training loss always; a held-out loss once it has been a number, as it
+# is NaN by design from the start where there is no validation data (the built-in kind's `val_loss`).
 GUARDED = ("loss", "train_loss")
+HELD_OUT = ("val_loss", "test_loss")
+
+
+class NanGuard:
+    """Which loss-like figure of a run went NaN or infinite, whatever the script called it."""
+
+    def __init__(self) -> None:
+        self.numbers: set[str] = set()  # held-out losses seen as numbers so far
+
+    def diverged(self, metrics: Mapping[str, Any], kind: Kind) -> str | None:
+        """The name (as given) of a loss in `metrics` that diverged, or None."""
+        found = None
+        for key, value in metrics.items():
+            name = normalise(key, kind)
+            if name not in GUARDED and name not in HELD_OUT:
+                continue
+            if is_bad(value):
+                if found is None and (name in GUARDED or name in self.numbers):
+                    found = key
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                self.numbers.add(name)
+        return found
 
 
 @dataclass
@@ -57,6 +88,7 @@ class EarlyStopping:
     best: float | None = None
     best_epoch: int = 0
     waited: int = 0
+    warned: bool = False  # said that epoch_end gave no `monitor`
 
     def update(self, epoch: int, value: Any) -> str | None:
         """"best" for a new best, "stop" when patience ran out, else None (also for no value)."""
@@ -125,6 +157,8 @@ class Run(Generic[P]):
         self.batches_per_epoch: int | None = None
         self.state = "starting"
         self.metrics: dict[str, Any] = {}  # the latest of every metric reported
+        self._progress: dict[str, Any] = {}  # the latest of each figure `report` gave
+        self._summaries: dict[str, Any] = {}  # the latest of each figure `epoch_end` gave
         self.reported = False  # anything said about progress or a result
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
         self._callbacks: dict[str, list[Callable[[Any], None]]] = {}
@@ -141,6 +175,7 @@ class Run(Generic[P]):
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
         self.nan_guard = bool(self.options.get("nan_guard", True))
+        self.guard = NanGuard()
         self.early: EarlyStopping | None = None
         self.stopped_early: dict[str, Any] | None = None  # where and why the run ended early
         patience = getattr(params, "patience", None)
@@ -205,8 +240,12 @@ class Run(Generic[P]):
             self.events.emit("heartbeat", epoch=self.epoch, batch=self.batch, state=self.state)
 
     def epochs(self, total: int | None = None) -> Iterator[int]:
-        """Epoch numbers from where a resumed run left off; control is checked between epochs."""
-        self.epochs_total = total = int(total if total is not None else self.epochs_total or 1)
+        """Epoch numbers from where a resumed run left off; control is checked between epochs.
+        Without `total` the parameters' `epochs` field says how many: no field is an error that
+        names the fix, never a silent single epoch."""
+        if total is None and self.epochs_total is None:
+            raise UsageError(self._no_epochs())
+        self.epochs_total = total = int(total if total is not None else self.epochs_total)  # type: ignore[arg-type]
         self.start()
         first = self.epoch
         for epoch in range(first, total + 1):
@@ -220,6 +259,15 @@ class Run(Generic[P]):
                 return
             if epoch < total:
                 self.check()
+
+    def _no_epochs(self) -> str:
+        """What `run.epochs()` needs, with the parameter that most likely counts epochs named."""
+        fields = type(self.params).model_fields
+        if "epochs" in fields:
+            return "run.epochs(): the parameter epochs is not set; give it a value or call run.epochs(N)"
+        counts = [n for n, f in fields.items() if f.annotation in (int, "int") and _COUNTS.search(n)]
+        call = f"run.epochs(run.params.{counts[0]})" if counts else "run.epochs(N)"
+        return f"run.epochs(): the parameters have no field named epochs; call {call} or add an epochs field"
 
     def batches(self, data: Iterable[Any], total: int | None = None) -> Iterator[Any]:
         """Each batch of `data`, control checked at every boundary; a resumed epoch skips what it did."""
@@ -271,7 +319,7 @@ class Run(Generic[P]):
         self._at_report = (self._batches_done, self._samples_done, self.paused_seconds)
         self.start()
         values = {k: _rounded(v) for k, v in metrics.items()}
-        self._guard(values)
+        self._guard(values, "progress")
         figures: dict[str, Any] = {}
         if busy > 0 and self._samples_done > samples:
             figures["samples_per_sec"] = round((self._samples_done - samples) / busy, 1)
@@ -279,6 +327,7 @@ class Run(Generic[P]):
             left = (self.epochs_total - self.epoch) * self.batches_per_epoch + self.batches_per_epoch - self.batch
             figures["eta_seconds"] = round(max(left, 0) * busy / (self._batches_done - batches), 1)
         self.metrics.update(values)
+        self._progress.update(values)
         self.reported = True
         fields = {"epoch": self.epoch, "epochs": self.epochs_total, "batch": self.batch,
                   "batches": self.batches_per_epoch, **figures, **values}  # fmt: skip
@@ -289,8 +338,9 @@ class Run(Generic[P]):
         """An epoch is done: its metrics always go out, then the per-epoch checkpoint."""
         self.start()
         values = {k: _rounded(v) for k, v in metrics.items()}
-        self._guard(values)
+        self._guard(values, "epoch")
         self.metrics.update(values)
+        self._summaries.update(values)
         self.reported = True
         self._epoch_closed = self.epoch
         self.events.emit("epoch", epoch=self.epoch, epochs=self.epochs_total, **values)
@@ -299,6 +349,14 @@ class Run(Generic[P]):
             self.save_checkpoint("epoch", f"epoch-{self.epoch}", batch=where)
             self._prune()
         if self.early is not None:
+            if self.early.monitor not in values and not self.early.warned:
+                self.early.warned = True  # said once: early stopping has nothing to watch
+                given = ", ".join(values) or "nothing"
+                self.log(
+                    f"early stopping watches {self.early.monitor}, but epoch_end() was given {given}; "
+                    f"pass {self.early.monitor}=… to epoch_end() or choose another monitor",
+                    level="warning",
+                )
             verdict = self.early.update(self.epoch, values.get(self.early.monitor))
             if verdict == "best" and self._save is not None:
                 self.save_checkpoint("best", "best", batch=where)
@@ -309,18 +367,16 @@ class Run(Generic[P]):
                 self.log(f"stopping early: {e.monitor} has not improved for {e.patience} epochs "
                          f"(best {e.best:.4g} at epoch {e.best_epoch})")  # fmt: skip
 
-    def _guard(self, values: dict[str, Any]) -> None:
-        """The NaN guard: a training loss that is NaN or infinite ends the run as failed, at once."""
-        if not self.nan_guard:
+    def _guard(self, values: dict[str, Any], kind: Kind) -> None:
+        """The NaN guard (`NanGuard`): a loss that is NaN or infinite ends the run as failed, at once."""
+        key = self.guard.diverged(values, kind)
+        if key is None or not self.nan_guard:
             return
-        for key in GUARDED:
-            value = values.get(key)
-            if isinstance(value, float) and not math.isfinite(value):
-                lr = getattr(self.params, "learning_rate", None)
-                raise TrainingDiverged(
-                    f"{key} became {value} at epoch {self.epoch}, batch {self.batch}"
-                    + (f" (learning rate {lr}): try a lower one" if lr is not None else "")
-                )
+        lr = getattr(self.params, "learning_rate", None)
+        raise TrainingDiverged(
+            f"{key} became {values[key]} at epoch {self.epoch}, batch {self.batch}"
+            + (f" (learning rate {lr}): try a lower one" if lr is not None else "")
+        )
 
     def log(self, message: str, level: str = "info", **fields: Any) -> None:
         self.events.emit("log", level=level, message=message, **fields)
@@ -341,7 +397,9 @@ class Run(Generic[P]):
         """The end of a successful run (the host calls it with what `train` returned)."""
         if result is not None and not isinstance(result, dict):
             raise TypeError(f"train() returned {type(result).__name__}; return a dict of metrics or None")
-        metrics = {**self.metrics, **{k: _rounded(v) for k, v in (result or {}).items()}}
+        # The last epoch's figures, each once (a batch value never beside or over them), then the result's.
+        result = {k: _rounded(v) for k, v in (result or {}).items()}
+        metrics = {**final_figures(self._progress, self._summaries), **result}
         if self.stopped_early is not None:
             metrics["early_stop"] = self.stopped_early
         if not self.reported and not result:
@@ -490,12 +548,13 @@ class Run(Generic[P]):
 
 
 def _batch_size(item: Any) -> int:
-    """Samples in a batch: the first array's leading dimension, where there is one."""
+    """Samples in a batch: the leading dimension of its first array (a dict batch's first value),
+    or the length of a list of samples; 0 (no throughput shown) where that is not known, rather
+    than a guess such as a dict's number of keys or a string's length."""
     first = item[0] if isinstance(item, tuple | list) and item else item
+    if isinstance(first, Mapping):
+        first = next(iter(first.values()), None)
     shape = getattr(first, "shape", None)
     if shape:
         return int(shape[0])
-    try:
-        return len(first)
-    except TypeError:
-        return 0
+    return len(first) if isinstance(first, list | tuple) else 0
