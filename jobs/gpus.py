@@ -1,7 +1,9 @@
 """Which GPUs a local job gets. The machine's devices come from nvidia-smi (or `[jobs] gpus`); a
 job asks for as many as its `context` names (`gpu` one, `gpu:0,1` two); each device serves at most
 `share` jobs at a time (1: never two jobs on one GPU). A job sees the devices it was given as
-gpu:0, gpu:1, … (CUDA_VISIBLE_DEVICES), whichever physical ones they are."""
+gpu:0, gpu:1, … (CUDA_VISIBLE_DEVICES), whichever physical ones they are; on a machine with GPUs
+(found, or `[jobs] gpus`) a job that asked for none sees none (CUDA_VISIBLE_DEVICES=""), so a
+PyTorch script never takes a device another job holds. Without GPUs the variable is left alone."""
 
 from __future__ import annotations
 

@@ -709,9 +709,9 @@ class JobManager:
         if devices is not None:  # the job sees the devices it was given as gpu:0, gpu:1, …
             params = {**params, "context": renumbered(params["context"])}
             job.error = None
-        if job.kind == WRAP:  # its own command, run as typed: no flags
-            params, command = launch_spec(params)
-            options.update(command)
+        if job.kind == WRAP:  # its own command and folder, run as typed: no flags
+            params, own = launch_spec(params)
+            options.update(own)
         await self._record(job, options)
         spec = {"job_id": job.id, "kind": job.kind, "params": params, "options": options}
         (job.dir / protocol.PARAMS_FILE).write_text(json.dumps(spec, indent=2))

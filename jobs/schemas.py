@@ -175,6 +175,7 @@ class JobKind:
     description: str = ""
     options: dict[str, Any] = field(default_factory=dict)  # for the runner, in params.json (module, command)
     source: str = "built-in"  # where it was found: built-in, config, entry point
+    chat: bool = True  # offered in chat (train, sweep, params); False: started from the command line only
 
 
 class KindUnavailable(KeyError):
@@ -212,7 +213,8 @@ class KindRegistry:
         return self._kinds[key]
 
     def names(self) -> list[str]:
-        return sorted(self._kinds)
+        """The kinds chat offers (`train <kind>`, `params`); `get` finds the others too."""
+        return sorted(name for name, kind in self._kinds.items() if kind.chat)
 
     def __contains__(self, name: object) -> bool:
         return name in self._kinds

@@ -1,6 +1,7 @@
 """GPU-aware local scheduling, with a stand-in nvidia-smi on PATH (two GPUs): each job gets the
-devices its `context` asks for through CUDA_VISIBLE_DEVICES, never one another job holds, and a
-job that finds none free waits in the queue with the reason."""
+devices its `context` asks for through CUDA_VISIBLE_DEVICES, never one another job holds (a job
+that asks for none gets none: ""), and a job that finds none free waits in the queue with the reason.
+`chatops wrap --gpus N` and command kinds are isolated the same way (tests/test_wrap.py)."""
 
 from __future__ import annotations
 
@@ -83,9 +84,11 @@ async def test_two_gpus_three_jobs(settings: Settings, tmp_path: Path, monkeypat
         assert "waiting for a free GPU (2 of 2 in use)" in status.text
         [status] = await bot.say(f"status {first}", user="op")
         assert f"holds gpu {jobs[first].handle['gpus'][0]}" in status.text  # type: ignore[union-attr]
-        # A CPU job does not wait behind it.
+        # A CPU job does not wait behind it, and sees no GPU at all (not every one, as it once did).
         [cpu] = await bot.say("train holder context=cpu", user="op")
         assert cpu.job_id is not None and await bot.wait_state(cpu.job_id, {"running"}) == "running"
+        seen = await eventually(lambda: _visible(bot, cpu.job_id), 30, "the CPU job logs its devices")  # type: ignore[arg-type]
+        assert seen == ("", "cpu")
         # The first one stops: its GPU goes to the job that waited.
         await bot.say(f"stop {first} --yes", user="op")
         assert await bot.wait_state(first, {"stopped"}) == "stopped"
@@ -101,7 +104,7 @@ async def test_two_gpus_three_jobs(settings: Settings, tmp_path: Path, monkeypat
 
 def _visible(bot: BotHarness, job_id: str) -> tuple[str, str] | None:
     for event in bot.app.job_store.events(job_id, {"log"}):
-        found = re.search(r"visible=(\S+) context=(\S+)", event.get("message", ""))
+        found = re.search(r"visible=(\S*) context=(\S+)", event.get("message", ""))
         if found:
             return found.group(1), found.group(2)
     return None
