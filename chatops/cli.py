@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
             _logging("WARNING")
             command = args.command[1:] if args.command[:1] == ["--"] else args.command
-            return asyncio.run(wrap(settings, command, gpus=args.gpus, to=args.to, name=args.name))
+            return asyncio.run(wrap(settings, command, _console(settings), gpus=args.gpus, to=args.to, name=args.name))
         return _jobs(settings)
     except (ValueError, RuntimeError, OSError) as exc:
         # Bad tokens, missing extras (chatops.app.AdapterUnavailable is a RuntimeError), busy ports:

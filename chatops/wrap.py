@@ -21,7 +21,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pydantic import ValidationError
 
@@ -34,7 +34,6 @@ from jobs.wrap import WRAP, WrapParams, wrap_params
 
 if TYPE_CHECKING:
     from chatops.app import App
-    from chatops.cli import Console
     from chatops.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_STOPPED = 0, 1, 2, 130
@@ -46,12 +45,17 @@ class Refused(Exception):
     """Why the command is not started: one line for stderr."""
 
 
-async def wrap(settings: Settings, command: list[str], *, gpus: int = 0, to: str | None = None,
+class Console(Protocol):
+    """What this uses of the console adapter the CLI hands it (an `Adapter` that prints)."""
+
+    def note(self, text: str) -> None: ...
+
+
+async def wrap(settings: Settings, command: list[str], console: Console, *, gpus: int = 0, to: str | None = None,
                name: str | None = None) -> int:  # fmt: skip
     """Start `command` as a job in the current folder, follow it to its end; the exit code says how it ended."""
     from chatops.adapter import Adapter
     from chatops.app import App
-    from chatops.cli import _console
 
     try:
         params = wrap_params(command, Path.cwd(), name=name, gpus=gpus)
@@ -61,7 +65,6 @@ async def wrap(settings: Settings, command: list[str], *, gpus: int = 0, to: str
     if settings.jobs.executor != "local":
         return _refused(f'it runs commands on this machine, and [jobs] executor is "{settings.jobs.executor}"')
     ctrl_c = _CtrlC()  # from here on: one before the job exists stops it once it does
-    console = _console(settings)
     app = App(settings, adapters=[cast(Adapter, console)])
     await app.start()
     try:

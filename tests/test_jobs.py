@@ -131,7 +131,7 @@ async def test_bot_restart_reattaches_without_duplicates(settings: Settings) -> 
         assert final.image is not None
         seqs = [e["seq"] for e in bot2.app.job_store.events(jid) if "seq" in e]
         assert len(seqs) == len(set(seqs)), "an event was stored twice"
-        finals = [r for _, r, _ in bot2.adapter.sent if r.job_id == jid and "succeeded" in r.text]
+        finals = [r for _, r, edit in bot2.adapter.sent if r.job_id == jid and not edit and "succeeded" in r.text]
         assert len(finals) == 1
     assert first_sent > 0
 
