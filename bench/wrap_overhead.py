@@ -2,8 +2,9 @@
 wrap`, alternately, side by side in one run.
 
 The script does a fixed amount of CPU work (pure-Python arithmetic, as a data loader or a loss
-would) and prints what a training loop prints: a tqdm-style bar rewritten with `\\r` at every step
-and a Keras-style summary line at every epoch end, so the wrapper reads and parses every piece.
+would) and prints what a training loop prints: a Keras/tqdm-style bar rewritten with `\\r` (at
+most every `--every` seconds, tqdm's default pace; `--every 0`: at every step, a stress case) and
+a summary line at every epoch end, so the wrapper reads and parses every piece.
 Two figures per run:
 
 - inside: the script's own time for its work and output (what the training itself feels: the pipe
@@ -11,7 +12,7 @@ Two figures per run:
 - wall:   the whole command, start to exit, which adds the fixed cost of a job (the bot's start,
   the job's launch, the final report), paid once per run whatever its length.
 
-    .venv/bin/python bench/wrap_overhead.py [--runs 5] [--steps 2000] [--epochs 5]
+    .venv/bin/python bench/wrap_overhead.py [--runs 5] [--steps 10000] [--epochs 5] [--every 0.1]
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = r'''
 import sys, time
-steps, epochs = int(sys.argv[1]), int(sys.argv[2])
-began = time.perf_counter()
+steps, epochs, every = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+began = last = time.perf_counter()
 acc = 0.0
 for epoch in range(1, epochs + 1):
     print(f"Epoch {epoch}/{epochs}", flush=True)
@@ -37,8 +38,10 @@ for epoch in range(1, epochs + 1):
         for i in range(400):
             acc += (i * step) % 7 * 1e-9
         loss = 1.0 / (epoch * step)
-        sys.stdout.write(f"\r{step}/{steps} [==============================] - 1s 1ms/step - loss: {loss:.4f}")
-        sys.stdout.flush()
+        if step == steps or time.perf_counter() - last >= every:  # tqdm's mininterval
+            last = time.perf_counter()
+            sys.stdout.write(f"\r{step}/{steps} [==============================] - 1s 1ms/step - loss: {loss:.4f}")
+            sys.stdout.flush()
     print(f" - val_loss: {loss:.4f} - val_accuracy: {0.5 + epoch / 100:.4f}", flush=True)
 print(f"INSIDE {time.perf_counter() - began:.4f}", flush=True)
 '''
@@ -55,14 +58,16 @@ def once(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--every", type=float, default=0.1,
+                        help="seconds between two redraws of the bar (tqdm's default 0.1; 0: every step)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chatops-wrap-bench-") as tmp:
         folder = Path(tmp)
         (folder / "train.py").write_text(SCRIPT)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHATOPS_")}
-        script = [sys.executable, "train.py", str(args.steps), str(args.epochs)]
+        script = [sys.executable, "train.py", str(args.steps), str(args.epochs), str(args.every)]
         chatops = [sys.executable, "-m", "chatops.cli", "--data-dir", str(folder / "data"), "wrap", "--"]
         direct: list[tuple[float, float]] = []
         wrapped: list[tuple[float, float]] = []
@@ -79,7 +84,7 @@ def main() -> int:
             wrapped.append((inside, wall))
             print(f"  run {run + 1}: direct {direct[-1][0]:.3f} s inside / {direct[-1][1]:.3f} s wall;"
                   f" wrapped {inside:.3f} s inside / {wall:.3f} s wall")  # fmt: skip
-    lines = args.steps * args.epochs
+    pace = f"{args.steps * args.epochs:,} a run" if args.every == 0 else f"one every {args.every:g} s at most"
     for label, index in (("inside", 0), ("wall", 1)):
         d = [r[index] for r in direct]
         w = [r[index] for r in wrapped]
@@ -87,7 +92,7 @@ def main() -> int:
               f" (median {statistics.median(w):.3f}): {min(w) / min(d):.3f}x best,"
               f" {statistics.median(w) / statistics.median(d):.3f}x median")  # fmt: skip
     fixed = statistics.median(r[1] - r[0] for r in wrapped) - statistics.median(r[1] - r[0] for r in direct)
-    print(f"{lines:,} progress pieces a run; a job's fixed cost (start, launch, report): {fixed:.2f} s a run")
+    print(f"progress pieces: {pace}; a job's fixed cost (start, launch, report): {fixed:.2f} s a run")
     return 0
 
 
