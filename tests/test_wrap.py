@@ -235,3 +235,63 @@ async def test_a_wrap_job_cannot_be_changed_from_chat(bot: BotHarness, tmp_path:
     assert stored is not None and stored.params == params
     [status] = await bot.say(f"status {job.id}")
     assert "quick (python -c" in status.text
+
+
+# ---- what frameworks print, through `chatops wrap` as a user runs it ------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture", ["keras2.txt", "keras3.txt", "lightning.txt", "hf_trainer.txt",
+                                     "mxnet_module_fit.txt", "plain_epochs.txt"])  # fmt: skip
+async def test_recorded_framework_output_reports_its_last_validation_figure(tmp_path: Path, fixture: str) -> None:
+    from jobs.readers import normalised
+    from tests.test_readers_wired import DATA, FINAL, REPLAY
+
+    _script(tmp_path, "replay.py", REPLAY)
+    code, out, err = await _chatops(tmp_path, "wrap", "--", "python", "replay.py", str(DATA / fixture))
+    assert code == 0, out + err
+    job_id = STARTED.search(out).group(1)  # type: ignore[union-attr]
+    report = next(line for line in out.splitlines() if line.startswith(f"job {job_id} succeeded"))
+    expected = normalised(FINAL[fixture])
+    assert f"val_acc {expected['val_acc']:.4f}" in report, report
+    assert report.count("val_acc ") == 1, "one figure, one name"
+
+
+NAN = """
+import time
+print("epoch 1/5 loss=0.6931 acc=0.51", flush=True)
+print("epoch 2/5 loss=NaN acc=0.10", flush=True)
+time.sleep(60)  # a diverged run that would go on: the guard stops it
+"""
+HANG = """
+import time
+print("epoch 1/5 loss=0.6931", flush=True)
+print("loading the next shard from the NFS mount", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+async def test_a_loss_gone_nan_fails_the_wrapped_job(tmp_path: Path) -> None:
+    _script(tmp_path, "nan.py", NAN)
+    code, out, err = await _chatops(tmp_path, "wrap", "--", "python", "nan.py")
+    assert code == 1, out + err
+    job_id = STARTED.search(out).group(1)  # type: ignore[union-attr]
+    assert re.search(rf"job {job_id} failed: .*loss became nan", out, re.IGNORECASE), out
+
+
+@pytest.mark.slow
+async def test_a_hanging_wrapped_script_gets_one_stall_alert_with_its_last_line(tmp_path: Path) -> None:
+    _script(tmp_path, "hang.py", HANG)
+    config = tmp_path / "chatops.toml"
+    config.write_text("[notify]\nstall_minutes = 0.02\n")
+    proc = await _start(tmp_path, "wrap", "--", "python", "hang.py", config=config)
+    try:
+        _, seen = await _read_until(proc, r"loading the next shard from the NFS mount")  # the alert's last line
+        assert "no progress and no new output" in seen, seen
+        proc.send_signal(signal.SIGINT)
+        out, _ = await asyncio.wait_for(proc.communicate(), WAIT)
+        assert proc.returncode == 130
+        assert "no progress" not in out.decode(), "one alert per stall"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
