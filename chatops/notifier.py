@@ -341,7 +341,8 @@ class Notifier:
         state = state_word(job.state, zh)
         if job.state == "succeeded":
             took = duration((job.ended_at or time.time()) - (job.started_at or job.created_at))
-            said = text("final.succeeded", lang, id=job.id, state=state, took=took, metrics=metrics_text(job.metrics))
+            figures = metrics_text(job.metrics) or text("final.no_figures", lang)  # a script that printed none
+            said = text("final.succeeded", lang, id=job.id, state=state, took=took, metrics=figures)
             early = job.metrics.get("early_stop")
             if isinstance(early, dict):
                 said += text("final.early_stop", lang, **{**early, "best": f"{early.get('best', 0):.4f}"})

@@ -122,6 +122,7 @@ TEXTS: dict[str, str] = {
     "event.stall": "job {id}: no progress and no new output for {quiet}; it may be stuck. Last output line:\n{line}",
     "event.stall_silent": "job {id}: no progress and no output at all for {quiet}; it may be stuck.",
     "event.reporting": "job {id} is reporting again (after {quiet} without progress).",
+    "final.no_figures": "no figures reported",
     "final.succeeded": "job {id} {state} in {took}: {metrics}",
     "final.stopped": "job {id} {state}.",
     "final.stopped_at": "job {id} {state} at epoch {epoch}.",

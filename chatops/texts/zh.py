@@ -119,6 +119,7 @@ TEXTS: dict[str, str] = {
     "event.stall": "job {id}：{quiet} 没有进度，也没有新的输出，可能卡住了。最后一行输出：\n{line}",
     "event.stall_silent": "job {id}：{quiet} 没有进度，也没有任何输出，可能卡住了。",
     "event.reporting": "job {id} 又有进度了（之前 {quiet} 没有进度）。",
+    "final.no_figures": "未报告指标",
     "final.succeeded": "job {id} {state}，用时 {took}：{metrics}",
     "final.stopped": "job {id} {state}。",
     "final.stopped_at": "job {id} {state}（第 {epoch} 轮）。",
