@@ -80,6 +80,17 @@ def _script(tmp_path: Path, name: str, source: str) -> None:
     (work / name).write_text(textwrap.dedent(source))
 
 
+async def _wrapped(tmp_path: Path, name: str, source: str, *args: str, code: int) -> tuple[str, str]:
+    """`chatops wrap -- python NAME ARGS…` on `source` as a user runs it: its exit status must be
+    `code`; its stdout and the job's id."""
+    _script(tmp_path, name, source)
+    exited, out, err = await _chatops(tmp_path, "wrap", "--", "python", name, *args)
+    assert exited == code, out + err
+    found = STARTED.search(out)
+    assert found, out
+    return out, found.group(1)
+
+
 async def _read_until(proc: Process, pattern: str) -> tuple[re.Match[str], str]:
     """Read the process's stdout up to the first line that matches `pattern`."""
     assert proc.stdout is not None
@@ -117,10 +128,7 @@ async def test_a_plain_script_runs_as_a_job_and_reports_to_the_console_and_the_f
 
 @pytest.mark.slow
 async def test_a_crash_exits_1_with_the_last_lines_of_its_output(tmp_path: Path) -> None:
-    _script(tmp_path, "crash.py", CRASH)
-    code, out, err = await _chatops(tmp_path, "wrap", "--", "python", "crash.py")
-    assert code == 1, out + err
-    job_id = STARTED.search(out).group(1)  # type: ignore[union-attr]
+    out, job_id = await _wrapped(tmp_path, "crash.py", CRASH, code=1)
     report = out[out.index(f"job {job_id} failed"):]
     assert "ValueError: boom at epoch 2" in report and "about to fail" in report
 
@@ -245,10 +253,7 @@ async def test_recorded_framework_output_reports_its_last_validation_figure(tmp_
     from jobs.readers import normalised
     from tests.test_readers_wired import DATA, FINAL, REPLAY
 
-    _script(tmp_path, "replay.py", REPLAY)
-    code, out, err = await _chatops(tmp_path, "wrap", "--", "python", "replay.py", str(DATA / fixture))
-    assert code == 0, out + err
-    job_id = STARTED.search(out).group(1)  # type: ignore[union-attr]
+    out, job_id = await _wrapped(tmp_path, "replay.py", REPLAY, str(DATA / fixture), code=0)
     report = next(line for line in out.splitlines() if line.startswith(f"job {job_id} succeeded"))
     expected = normalised(FINAL[fixture])
     assert f"val_acc {expected['val_acc']:.4f}" in report, report
@@ -271,10 +276,7 @@ time.sleep(120)
 
 @pytest.mark.slow
 async def test_a_loss_gone_nan_fails_the_wrapped_job(tmp_path: Path) -> None:
-    _script(tmp_path, "nan.py", NAN)
-    code, out, err = await _chatops(tmp_path, "wrap", "--", "python", "nan.py")
-    assert code == 1, out + err
-    job_id = STARTED.search(out).group(1)  # type: ignore[union-attr]
+    out, job_id = await _wrapped(tmp_path, "nan.py", NAN, code=1)
     assert re.search(rf"job {job_id} failed: .*loss became nan", out, re.IGNORECASE), out
 
 
