@@ -397,6 +397,12 @@ class TelegramAdapter(Adapter):
                   # A bare command word in a group: refuse strangers silently, not in public.
                   "quiet_deny": not explicit},
         )
+        # Acknowledgement: polling's offset has already moved past this update (PTB's updater asks
+        # for the next ones as soon as it has queued these), so Telegram will not send it again.
+        # What holds instead is the in-memory retry: a message that meets a locked database is kept
+        # and retried by App.handle until it is stored and answered (updates are handled one at a
+        # time, so those behind it wait in PTB's queue, in order). Only a bot that dies during the
+        # wait loses it. In webhook mode the request was answered 200 on arrival: the same holds.
         await self._dispatcher.run(incoming)
 
     async def _on_callback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -240,7 +240,14 @@ class KeyedLocks:
 class Dispatcher:
     """Hands inbound messages to the router: one conversation's messages in arrival order (`stop
     3f2a` before its `yes`), different conversations at the same time; a failing handler is logged,
-    never raised into the platform's receive loop."""
+    never raised into the platform's receive loop.
+
+    A message the handler keeps retrying (a database locked by another process: App.handle holds
+    it in memory until it is stored) keeps its conversation's lock meanwhile, so the messages
+    behind it wait and follow in order; other conversations are not held up. Every adapter
+    acknowledges a message to its platform on arrival (Telegram polling's offset, a webhook's 200,
+    Slack's socket ack, a mail marked seen), so this in-memory retry is what keeps it: only a
+    process that dies (or `close` cancels) mid-wait loses it."""
 
     def __init__(self, platform: str) -> None:
         self.platform = platform

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from chatops.adapter import Adapter, AdapterContext, CommandInfo
@@ -11,14 +13,16 @@ from chatops.auth import Authorizer, RateLimiter
 from chatops.commands import admin, team, training
 from chatops.message import Conversation, Incoming, Reply
 from chatops.notifier import Notifier
+from chatops.parser import head_word
 from chatops.people import People, admission
 from chatops.plugins import declared, load_plugins
 from chatops.redact import SecretMask, secret_values
-from chatops.router import Router
+from chatops.router import Router, _chinese
 from chatops.settings import Section, Settings, installed_platforms
 from chatops.specs import CommandRegistry, Services
 from chatops.store import ChatStore, Retention
-from jobs.db import connect
+from chatops.texts import lang_of, text
+from jobs.db import LOOP_BUSY_TIMEOUT, Backoff, connect, store_problem
 from jobs.executors.base import Executor
 from jobs.executors.local import LocalExecutor
 from jobs.gpus import GpuPool, detect_gpus
@@ -32,9 +36,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BUSY_NOTICE = 2.0  # seconds a message waits for a locked database before its sender is told
+
+
+STOP_SECONDS = 4.0  # all of `App.stop`: SIGTERM to exit within 5 s, well inside Docker's 10 s grace
+DRAIN_SECONDS = 2.0  # of it, at most this for delivering what is queued
+LOCAL_RESERVE = 1.0  # of it, kept for what closes after the adapters (outbox, retention, health, database)
+CANCEL_GRACE = 0.3  # for a step cancelled at its deadline to unwind
+MIN_STEP = 0.1  # a local step runs at least this long, even when the platforms used up the rest
+
 
 class AdapterUnavailable(RuntimeError):
     pass
+
+
+async def _within(what: str, step: Awaitable[None], seconds: float) -> None:
+    """Run one step of a shutdown for at most `seconds`; past that it is cancelled and logged
+    once. A failure is logged, never raised: the steps after it must still run."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        log.warning("stopping: %s did not finish within %.1f s; cancelled", what, seconds)
+        # A step that swallows the cancellation is left behind rather than waited for.
+        await asyncio.wait({task}, timeout=CANCEL_GRACE)
+        return
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("stopping %s failed: %s: %s", what, type(exc).__name__, exc)
 
 
 class App:
@@ -43,7 +71,9 @@ class App:
     def __init__(self, settings: Settings, adapters: list[Adapter] | None = None) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = connect(settings.db_path)
+        # A short busy wait: a write that meets another process's lock fails fast and is retried
+        # asynchronously (`handle`), never waited for on the event loop.
+        self.db = connect(settings.db_path, busy_timeout=LOOP_BUSY_TIMEOUT)
         self.job_store = JobStore(self.db)
         self.chat_store = ChatStore(self.db)
         options = {"datasets_dir": str(settings.jobs.datasets_dir) if settings.jobs.datasets_dir else None}
@@ -64,6 +94,7 @@ class App:
             gpus=_gpu_pool(settings) if isinstance(executor, LocalExecutor) else None,  # a cluster places its own
             max_sweep_jobs=settings.jobs.max_sweep_jobs,
             stall_minutes=settings.notify.stall_minutes,
+            max_log_mb=settings.jobs.max_log_mb,
         )
         self.registry = CommandRegistry()
         for module in (training, admin, team):  # the built-in commands, declared as a plugin's are
@@ -95,7 +126,7 @@ class App:
             request_exit=self.request_exit, file_limit=self._file_limit, people=self.people,
             send=self._send,
         )  # fmt: skip
-        self.retention = Retention(self.chat_store, settings.retention, self.notifier.spool)
+        self.retention = Retention(self.chat_store, settings.retention, self.notifier.spool, jobs=self.job_store)
         for adapter in adapters if adapters is not None else self._load_adapters():
             self.adapters[adapter.name] = adapter
         self.chat_store.local_platforms = {name for name, a in self.adapters.items() if a.capabilities.local}
@@ -145,13 +176,62 @@ class App:
 
     async def handle(self, incoming: Incoming) -> list[Reply]:
         """Route one message and queue its replies for delivery to the same conversation, in the
-        write transaction of its dedupe claim when the command answers without waiting."""
+        write transaction of its dedupe claim when the command answers without waiting.
+
+        A database locked by another process (`chatops send`, a second bot) fails the claim at once
+        (a short busy wait, `LOOP_BUSY_TIMEOUT`), before anything is stored or run: the message is
+        kept here and tried again after an asyncio sleep (backoff to about a second), until it is
+        stored and handled. The adapter's Dispatcher holds the conversation's lock meanwhile, so the
+        conversation's later messages follow it in order. A message that has waited over
+        `BUSY_NOTICE` seconds tells its sender once, directly through the adapter (the outbox is in
+        the locked database); the messages queued behind it in its conversation are answered right
+        after it, so in effect a conversation hears it once per locked stretch. A full disk is not
+        waited out: the sender is told directly that nothing was stored and to send again, and
+        `/healthz` names the disk until a write succeeds."""
 
         def queue(replies: list[Reply]) -> None:
             for reply in replies:
                 self.notifier.enqueue(incoming.conversation, reply)
 
-        return await self.router.handle(incoming, queue)
+        began = time.monotonic()
+        backoff = Backoff()
+        told = False
+        while True:
+            changes = self.db.total_changes
+            try:
+                replies = await self.router.handle(incoming, queue)
+            except Exception as exc:
+                problem = store_problem(exc)
+                if problem is None:
+                    raise
+                if problem == "full":
+                    self.chat_store.note_disk_full(exc)
+                    log.warning("message %s not stored: %s", incoming.message_id, self.chat_store.disk_full)
+                    said = text("store.disk_full", _lang(incoming), where=self.settings.data_dir)
+                    await self._tell_directly(incoming, said)
+                    return []
+                if not told and time.monotonic() - began > BUSY_NOTICE:
+                    told = True
+                    log.warning("message %s waits for the database (locked by another process)",
+                                incoming.message_id)  # fmt: skip
+                    await self._tell_directly(incoming, text("store.busy", _lang(incoming)))
+                await asyncio.sleep(backoff.next())
+                continue
+            if self.db.total_changes != changes:  # something was written and committed: there is space
+                self.chat_store.note_write_ok()
+            return replies
+
+    async def _tell_directly(self, incoming: Incoming, said: str) -> None:
+        """A notice sent through the adapter itself: the outbox is in the database that cannot be
+        written."""
+        adapter = self.adapters.get(incoming.conversation.platform)
+        if adapter is None:
+            return
+        try:
+            await adapter.send(incoming.conversation, Reply(said, error=True))
+        except Exception as exc:  # the platform is down too: the message itself is still retried
+            log.warning("%s: could not send a notice to %s: %s: %s", adapter.name, incoming.conversation.key,
+                        type(exc).__name__, exc)  # fmt: skip
 
     async def start(self) -> None:
         await self.manager.start()
@@ -163,20 +243,29 @@ class App:
             await adapter.start(self.handle)
             log.info("adapter %s started", adapter.name)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Stop everything within `timeout` seconds, whatever the platforms do: each step gets what
+        is left of it, and one that overruns is cancelled and logged once. Jobs run on (their
+        runners are not ours to stop) and undelivered messages stay pending in the outbox."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        def left(reserve: float = 0.0) -> float:
+            return max(MIN_STEP, deadline - reserve - loop.time())
+
         # Take in no more job events first: what happens from now on is the next start's to tell.
-        await self.manager.close()
-        # Deliver what is queued while the adapters can still send; the rest waits in the outbox.
-        await self.notifier.drain(timeout=2.0)
-        for adapter in list(self.adapters.values()):
-            try:
-                await adapter.stop()
-            except Exception:
-                log.exception("stopping adapter %s failed", adapter.name)
-        await self.notifier.close()
-        await self.retention.close()
+        await _within("the job watcher", self.manager.close(), left(LOCAL_RESERVE))
+        # Deliver what is queued while the adapters can still send, leaving them at least as long
+        # to stop in; the rest waits in the outbox.
+        await self.notifier.drain(timeout=min(DRAIN_SECONDS, left(LOCAL_RESERVE) / 2))
+        # Side by side: an unreachable platform (Telegram's last getUpdates waits out its read
+        # timeout) must not hold up the others.
+        budget = left(LOCAL_RESERVE)
+        await asyncio.gather(*(_within(f"adapter {name}", a.stop(), budget) for name, a in self.adapters.items()))
+        await _within("outbox delivery", self.notifier.close(), left())  # cancels a send still in flight
+        await _within("retention", self.retention.close(), left())
         if self.health is not None:
-            await self.health.stop()
+            await _within("the health endpoint", self.health.stop(), left())
         self.db.close()
 
     def _send(self, conversation: Conversation, reply: Reply) -> None:
@@ -200,6 +289,12 @@ class App:
     async def _audit(self, identity: str, action: str, detail: str) -> None:
         # A platform's refusal at its door: a bad signature, a wrong or missing webhook token.
         self.chat_store.audit(identity, action, detail, allowed=False, reason="credentials")
+
+
+def _lang(incoming: Incoming) -> str:
+    """The language of a message's answer, by the router's rule (its first word)."""
+    head = head_word(incoming.text)
+    return lang_of(head is not None and _chinese(head))
 
 
 def make_executor(settings: Settings) -> Executor:

@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, TextIO, cast
 
 from pydantic import ValidationError
 
@@ -34,9 +36,69 @@ class Console(Protocol):
     def note(self, text: str) -> None: ...
 
 
-def _console(settings: Settings) -> Console:
+def _console(settings: Settings, stdout: TextIO | None = None) -> Console:
     """A console that prints replies but reads nothing (`chatops send`)."""
-    return cast(Console, installed_platforms()["console"].load()(settings.console.user, read_input=False))
+    console = installed_platforms()["console"].load()(settings.console.user, read_input=False, stdout=stdout)
+    return cast(Console, console)
+
+
+class ReaderGone:
+    """Standard output for `chatops send`, whose reader may leave early (`… --wait | head -1`).
+
+    The first write or flush that meets a closed pipe points the process's stdout at /dev/null
+    (nothing more can reach the reader, and Python's own flush at exit must not fail either) and
+    sets `gone`: the command then ends at once with status 0, as `head` expects. The write counts
+    as done, so the outbox neither retries it nor logs a delivery failure."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.gone = False
+
+    def isatty(self) -> bool:
+        return self.out.isatty()
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                self.out.write(text)
+            except BrokenPipeError:
+                self._left()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.out.flush()
+            except BrokenPipeError:
+                self._left()
+
+    def check(self) -> bool:
+        """Whether the reader has left, asked of the pipe itself: `head` leaves after its line,
+        and a job may print nothing more for minutes."""
+        if not self.gone:
+            try:
+                fd = self.out.fileno()
+                if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    poll = select.poll()
+                    poll.register(fd, select.POLLOUT)  # a pipe without a reader reports POLLERR
+                    if any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0)):
+                        self._left()
+            except (OSError, ValueError):  # not a real file (a test's StringIO): writes will tell
+                pass
+        return self.gone
+
+    def _left(self) -> None:
+        self.gone = True
+        _stdout_to_devnull()
+
+
+def _stdout_to_devnull() -> None:
+    """The usual recipe for a closed pipe: what is still buffered for stdout goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_CONFIG = 0, 1, 2, 3
 BOT_LOCK = "bot.lock"
@@ -63,12 +125,17 @@ async def _run(settings: Settings) -> int:
 
     app = App(settings)
     held = _hold_data_dir(settings.data_dir)
-    await app.start()
+    # Signals are ours before anything starts: a SIGTERM while a platform is still connecting
+    # (Telegram's getMe waits out its timeout when nothing answers) stops the bot cleanly too.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    if not await _start_unless_stopped(app, stop):
+        await app.stop()
+        os.close(held)
+        return EXIT_OK
     console = app.adapters.get("console")
     names = ", ".join(app.adapters) or "none"
     logging.getLogger("chatops").info("chatops running (adapters: %s; data: %s)", names, settings.data_dir)
@@ -84,6 +151,22 @@ async def _run(settings: Settings) -> int:
     return EXIT_OK
 
 
+async def _start_unless_stopped(app: App, stop: asyncio.Event) -> bool:
+    """Start the bot; False when `stop` came first (the start is cancelled where it was). A start
+    that fails raises as before ("cannot start: …")."""
+    starting = asyncio.create_task(app.start(), name="start")
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if starting.done():
+        starting.result()  # its exception, if any
+        return True
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await starting
+    return False
+
+
 async def _after_eof(app: App, console: Console) -> None:
     """End of piped input: finish the jobs this session runs, deliver their reports, then exit."""
     await console.eof.wait()
@@ -96,13 +179,19 @@ async def _send(settings: Settings, text: str, wait: bool) -> int:
     from chatops.adapter import Adapter
     from chatops.app import App
 
-    console = _console(settings)
+    out = ReaderGone(sys.stdout)
+    console = _console(settings, cast(TextIO, out))
     app = App(settings, adapters=[cast(Adapter, console)])
+    # Print only what answers this message and the jobs it starts: what earlier sends' jobs said
+    # since (queued for a console process that is gone) stays for `chatops run`'s console.
+    app.chat_store.adopts_orphans = False
     await app.start()
     try:
         before = {j.id: (j.state, j.runs) for j in app.job_store.list(limit=200)}
         replies = await app.handle(console.incoming(text))
         await app.notifier.drain()
+        if out.check():  # nobody reads on: the jobs it started run on, reported to the next bot
+            return EXIT_OK
         if any(r.error for r in replies):
             return EXIT_REJECTED
         # Jobs this message started or queued (not every job that moved meanwhile: `whoami` starts none).
@@ -125,9 +214,12 @@ async def _send(settings: Settings, text: str, wait: bool) -> int:
             reported = all(_reported(app, i) for i in swept)
             if reported and all(j is not None and j.state in TERMINAL_STATES for j in jobs):
                 break
+            if out.check():
+                return EXIT_OK
             await asyncio.sleep(0.2)
         await app.notifier.drain()
-        return EXIT_OK if all(j is not None and j.state == SUCCEEDED for j in jobs) else EXIT_FAILED
+        succeeded = all(j is not None and j.state == SUCCEEDED for j in jobs)
+        return EXIT_OK if succeeded or out.gone else EXIT_FAILED
     finally:
         await app.stop()
 
@@ -245,10 +337,28 @@ def _check(settings: Settings) -> int:
             problems.append(f"adapter {name}: configured but not installed")
         except ImportError as exc:
             problems.append(f"adapter {name}: needs its extra: pip install 'chatops[{name}]' ({exc})")
+    problems += _check_plugins(settings)
     for problem in problems:
         print(f"FAIL  {problem}")
     print(f"{len(problems)} problem(s)" if problems else "config ok")
     return EXIT_CONFIG if problems else EXIT_OK
+
+
+def _check_plugins(settings: Settings) -> list[str]:
+    """Import every command plugin (entry points and `[plugins] modules`) beside the built-in
+    commands, as `chatops run` does; print those that load, return the problems of the rest (a
+    bot would run without them, which `check` must not call a good config)."""
+    from chatops.commands import admin, team, training
+    from chatops.plugins import check_plugins, declared
+    from chatops.specs import CommandRegistry
+
+    registry = CommandRegistry()
+    for module in (training, admin, team):
+        registry.add_all(list(declared(module)))
+    loaded, problems = check_plugins(registry, settings.plugins.modules)
+    for line in loaded:
+        print(f"ok    {line}")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,7 +396,11 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_run(settings))
         if args.cmd == "send":
             _logging("WARNING")
-            return asyncio.run(_send(settings, args.text, args.wait))
+            try:
+                return asyncio.run(_send(settings, args.text, args.wait))
+            except BrokenPipeError:  # a closed stdout anywhere else: quietly done, as for `head`
+                _stdout_to_devnull()
+                return EXIT_OK
         if args.cmd == "check":
             _logging("ERROR")
             return _check(settings)

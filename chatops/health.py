@@ -1,7 +1,8 @@
 """The operations endpoints, on `[health] listen`:
 
 - `GET /healthz`: 200 while the bot can do its work, 503 with the reasons when it cannot (database
-  gone, job watcher or outbox loop dead, deliveries stuck): restart me;
+  gone, job watcher or outbox loop dead, deliveries stuck, the disk full: `disk` names it): restart
+  me, or free space;
 - `GET /readyz`: 200 when every adapter is connected and the database and the executor answer, 503
   with the reasons otherwise: do not count on me now;
 - `GET /metrics`: the Prometheus text format (chatops.metrics)."""
@@ -83,6 +84,10 @@ class HealthServer:
             problems.append("outbox delivery is not running")
         if oldest is not None and time.time() - oldest > STUCK_SECONDS:
             problems.append(f"outbox: a message has waited {int(time.time() - oldest)} s")
+        disk = self._disk_problem()
+        body["disk"] = disk or "ok"
+        if disk:
+            problems.append(f"disk: {disk}")
         # Shown, not judged: a cluster that is away is not the bot's to be restarted for (/readyz is 503).
         body["executor"] = self._executor_problem() or "ready"
         body["status"] = "ok" if not problems else "unhealthy"
@@ -117,6 +122,15 @@ class HealthServer:
         if problems:
             body["problems"] = problems
         return not problems, body
+
+    def _disk_problem(self) -> str | None:
+        """A full disk, as the last write that met it said (the chat side's or the job manager's),
+        until a write succeeds again. Read with getattr: a stand-in app may lack either."""
+        for source in (getattr(self.app, "chat_store", None), getattr(self.app, "manager", None)):
+            full = getattr(source, "disk_full", None)
+            if full:
+                return str(full)
+        return None
 
     def _executor_problem(self) -> str | None:
         """Why the executor cannot run jobs now (a Ray cluster unreachable), if it says so."""

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from chatops.render import duration, metrics_text, progress_from, progress_text,
 from chatops.settings import NotifySettings
 from chatops.store import ChatStore, Follower, OutboxItem
 from chatops.texts import lang_of, text
+from jobs.db import WriteTrouble, retry_locked
 from jobs.params import nullable_fields
 from jobs.store import TERMINAL_STATES, Job, Sweep
 
@@ -303,9 +305,28 @@ class Notifier:
 
     def _compose(self, job_id: str, ended: str | None = None) -> None:
         """Rendered off the manager's path: a plot takes a while and must not stall it."""
-        task = asyncio.create_task(self._final(job_id, ended), name=f"final-{job_id}")
+        task = asyncio.create_task(self._final_until_queued(job_id, ended), name=f"final-{job_id}")
         self._composing.add(task)
         task.add_done_callback(self._composing.discard)
+
+    async def _final_until_queued(self, job_id: str, ended: str | None) -> None:
+        """`_final`, tried again while the database is locked or the disk full (the report stays
+        owed meanwhile: `pending_finals`); any other failure is logged here, never left unretrieved
+        in the task."""
+        trouble = WriteTrouble(f"final report of {job_id}", log)
+        while True:
+            try:
+                await self._final(job_id, ended)
+                trouble.ok()
+                return
+            except Exception as exc:
+                retry = trouble.failed(exc)
+                if retry is None:
+                    log.exception("final report of %s failed", job_id)
+                    return
+                if trouble.problem == "full":
+                    self.store.note_disk_full(exc)
+                await asyncio.sleep(retry)
 
     async def _final(self, job_id: str, ended: str | None = None) -> None:
         if job_id.startswith("s"):  # a sweep's id (job ids are hex)
@@ -410,6 +431,9 @@ class Notifier:
         return not self._composing and self.store.pending_count(self.adapters) == 0
 
     async def _deliver_forever(self) -> None:
+        # A database locked by another process or a full disk fails a pass: tried again after a
+        # backoff, logged once per stretch (WriteTrouble), and the loop lives on.
+        trouble = WriteTrouble("outbox", log)
         while True:
             # Cleared before the pass, not after: a message queued while it sends wakes the next one.
             self._wake.clear()
@@ -417,9 +441,15 @@ class Notifier:
                 sent, wait = await self.deliver_due()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("outbox delivery failed")
-                sent, wait = 0, 1.0
+            except Exception as exc:
+                retry = trouble.failed(exc)
+                if retry is None:
+                    log.exception("outbox delivery failed")
+                elif trouble.problem == "full":
+                    self.store.note_disk_full(exc)
+                sent, wait = 0, retry if retry is not None else 1.0
+            else:
+                trouble.ok()
             if sent:
                 await asyncio.sleep(0)  # a backlog drains at the platforms' pace, not ours
                 continue
@@ -459,12 +489,6 @@ class Notifier:
                 ref = await adapter.edit(MessageRef(conv, ref_id), reply)
             else:
                 ref = await adapter.send(conv, reply)
-            if item.live_key:
-                self.store.set_live_ref(item.conversation, item.live_key, ref.message_id)
-            self.store.delivered(item.id)
-            self._last_sent[item.conversation] = time.monotonic()
-            self._observe(conv.platform, "sent")
-            return True
         except DeliveryError as exc:
             give_up = exc.permanent or item.attempts + 1 >= MAX_ATTEMPTS
             delay = exc.retry_after if exc.retry_after is not None else min(60.0, 2.0**item.attempts)
@@ -474,15 +498,30 @@ class Notifier:
                 exc,
                 "giving up" if give_up else f"retry in {delay:.1f}s",
             )
-            self.store.retry_later(item.id, delay, str(exc), give_up=give_up)
+            await retry_locked(partial(self.store.retry_later, item.id, delay, str(exc), give_up=give_up))
             self._observe(conv.platform, "failed" if give_up else "retried")
+            return False
         except Exception as exc:
             give_up = item.attempts + 1 >= MAX_ATTEMPTS
             delay = min(60.0, 2.0**item.attempts)
             log.warning("delivery to %s failed: %s: %s", conv.platform, type(exc).__name__, exc)
-            self.store.retry_later(item.id, delay, f"{type(exc).__name__}: {exc}", give_up=give_up)
+            error = f"{type(exc).__name__}: {exc}"
+            await retry_locked(partial(self.store.retry_later, item.id, delay, error, give_up=give_up))
             self._observe(conv.platform, "failed" if give_up else "retried")
-        return False
+            return False
+        # Sent: recorded even if another process holds the lock now (waited for asynchronously), or
+        # the row's lease would run out and the message go a second time.
+        await retry_locked(partial(self._sent, item, ref.message_id))
+        self._last_sent[item.conversation] = time.monotonic()
+        self._observe(conv.platform, "sent")
+        return True
+
+    def _sent(self, item: OutboxItem, message_id: str) -> None:
+        with self.store.transaction():
+            if item.live_key:
+                self.store.set_live_ref(item.conversation, item.live_key, message_id)
+            self.store.delivered(item.id)
+        self.store.note_write_ok()
 
     def _observe(self, platform: str, outcome: str) -> None:
         if self.on_delivery is not None:

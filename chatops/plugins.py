@@ -170,22 +170,60 @@ def load_plugins(registry: CommandRegistry, modules: Iterable[str] = ()) -> list
     """Register the commands of every installed plugin (entry points) and configured module.
     A plugin that fails to import, or whose words are taken, is left out whole; the returned
     lines (also logged) name it and the error."""
+    problems = []
+    for label, _, error in _load_each(registry, modules):
+        if error is not None:
+            line = f"plugin {label} not loaded: {_describe(error)}"
+            log.error("%s", line)
+            problems.append(line)
+    return problems
+
+
+def check_plugins(registry: CommandRegistry, modules: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    """What `chatops check` says of the plugins: each one `chatops run` would load, as it would
+    load it (into `registry`, which holds the built-in commands), without logging. Returns the
+    lines for those that loaded ("plugin team.cmds: 2 commands") and for those that did not
+    ("plugin team.cmds cannot be imported: ModuleNotFoundError: …", or "… not loaded: …" for one
+    that imports but whose commands cannot be registered)."""
+    loaded, problems = [], []
+    for label, count, error in _load_each(registry, modules):
+        if error is None:
+            loaded.append(f"plugin {label}: {count} command{'s' if count != 1 else ''}")
+        elif count is None:
+            problems.append(f"plugin {label} cannot be imported: {_describe(error)}")
+        else:
+            problems.append(f"plugin {label} not loaded: {_describe(error)}")
+    return loaded, problems
+
+
+def _load_each(
+    registry: CommandRegistry, modules: Iterable[str]
+) -> Iterator[tuple[str, int | None, BaseException | None]]:
+    """Load each plugin in turn: (its label, how many commands it registered or None when it
+    could not be imported, the error that left it out or None)."""
     sources: list[tuple[str, Callable[[], Any]]] = [
         (f"{ep.value} (entry point {ep.name})", ep.load) for ep in entry_points(group=COMMAND_GROUP)
     ]
     sources += [(module, lambda module=module: importlib.import_module(module)) for module in modules]
-    problems = []
     seen: set[str] = set()  # a module both installed and listed in the config counts once
     for label, load in sources:
         try:
             found = load()
+        except Exception as exc:  # a plugin's bug or typo never stops the bot
+            yield label, None, exc
+            continue
+        try:
             key = found.__name__ if isinstance(found, types.ModuleType) else f"{found.__module__}.{found.__qualname__}"
             if key in seen:
                 continue
             seen.add(key)
-            registry.add_all(list(declared(found)))
-        except Exception as exc:  # a plugin's bug or typo never stops the bot
-            line = f"plugin {label} not loaded: {type(exc).__name__}: {exc}"
-            log.error("%s", line)
-            problems.append(line)
-    return problems
+            specs = list(declared(found))
+            registry.add_all(specs)
+        except Exception as exc:
+            yield label, 0, exc
+            continue
+        yield label, len(specs), None
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"

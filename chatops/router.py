@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -27,6 +28,7 @@ from chatops.redact import SecretMask
 from chatops.specs import CommandContext, CommandError, CommandRegistry, CommandSpec, Lang, Question, Services
 from chatops.store import ChatStore
 from chatops.texts import lang_of, text
+from jobs.db import is_disk_full, is_locked, retry_locked
 from jobs.params import describe, suggest
 
 if TYPE_CHECKING:
@@ -38,7 +40,7 @@ YES_WORDS = frozenset({"yes", "y", "是", "是的", "确认", "好", "ok"})
 NO_WORDS = frozenset({"no", "n", "cancel", "否", "取消", "不"})
 ANSWER_WORDS = YES_WORDS | NO_WORDS
 _CJK = re.compile("[\u4e00-\u9fff]")
-CONFIRM_TTL = 300.0
+CONFIRM_TTL = 300.0  # seconds a question awaits its yes (stored: any process of the bot may take the answer)
 # What became of the message being handled: (command, outcome), for `on_command` (metrics).
 _OUTCOME: contextvars.ContextVar[list[str]] = contextvars.ContextVar("outcome")
 CommandObserver = Callable[[str, str, str, float], None]
@@ -51,12 +53,6 @@ def _note(command: str, outcome: str) -> None:
     seen = _OUTCOME.get(None)
     if seen is not None:
         seen[:] = [command, outcome]
-
-
-@dataclass
-class _Pending:
-    text: str
-    expires: float
 
 
 @dataclass
@@ -73,7 +69,8 @@ class Router:
     on_command: CommandObserver | None = None
     throttle: RateLimiter | None = None  # messages per identity ([auth] rate_per_minute); None: no limit
     secrets: SecretMask | None = None  # the bot's secrets: a message holding one is not run
-    _pending: dict[tuple[str, str], _Pending] = field(default_factory=dict)
+    # Epoch seconds, for a question's expiry: stored, it is read by other processes (a test moves it).
+    clock: Callable[[], float] = time.time
 
     async def handle(self, incoming: Incoming, queue: Callable[[list[Reply]], object] | None = None) -> list[Reply]:
         """The replies to one message; `queue` takes them into the outbox.
@@ -82,31 +79,44 @@ class Router:
         command answers without waiting (see `WriteUnit`); a slow one commits its claim before its
         first wait, and its audit row (written after its handler, even when that raised) and its
         replies are a transaction of their own.
+
+        A database locked by another process, or a full disk, at the claim raises out of here
+        with nothing stored (the caller, `App.handle`, retries or answers); once the claim is
+        committed the message is this process's to answer: its record waits out a lock
+        asynchronously, and a lock met by the command's own later writes is answered as such.
         """
         began = time.perf_counter()
         seen = ["-", "ignored"]  # blanks, mentions only: nothing to count as a command
         token = _OUTCOME.set(seen)
-        with self.store.unit() as unit:
-            if not self.store.claim_message(incoming.conversation.platform, incoming.message_id):
-                log.info("ignoring redelivered message %s", incoming.message_id)
-                _OUTCOME.reset(token)
-                return []
-            audit: list[AuditRow] = []
-            try:
-                replies = await unit.run(self._handle(incoming, audit))
-            except Exception:
-                seen[1] = "error"
-                ref = secrets.token_hex(3)
-                log.exception("internal error handling a message (ref %s)", ref)
-                # In English: the message's language is not known wherever the error happened.
-                replies = [Reply(text("router.internal_error", "en", ref=ref), error=True)]
-            if audit or (queue is not None and replies):
-                if unit.open:  # it answered without waiting: all of it joins the claim's transaction
-                    self._record(audit, replies, queue)
-                else:
-                    with self.store.transaction():
+        try:
+            with self.store.unit() as unit:
+                if not self.store.claim_message(incoming.conversation.platform, incoming.message_id):
+                    log.info("ignoring redelivered message %s", incoming.message_id)
+                    return []
+                audit: list[AuditRow] = []
+                try:
+                    replies = await unit.run(self._handle(incoming, audit))
+                except Exception as exc:
+                    if is_disk_full(exc):
+                        raise  # nothing can be queued on a full disk: App.handle answers directly
+                    seen[1] = "error"
+                    ref = secrets.token_hex(3)
+                    if is_locked(exc):  # a write after the command's first wait (its claim is committed)
+                        log.warning("a command met a database locked by another process (ref %s)", ref)
+                        head = head_word(incoming.text)
+                        said = text("router.locked", lang_of(head is not None and _chinese(head)), ref=ref)
+                        replies = [Reply(said, error=True)]
+                    else:
+                        log.exception("internal error handling a message (ref %s)", ref)
+                        # In English: the message's language is not known wherever the error happened.
+                        replies = [Reply(text("router.internal_error", "en", ref=ref), error=True)]
+                if audit or (queue is not None and replies):
+                    if unit.open:  # it answered without waiting: all of it joins the claim's transaction
                         self._record(audit, replies, queue)
-        _OUTCOME.reset(token)
+                    else:  # the claim is committed: the answer must not be lost to another process's lock
+                        await retry_locked(partial(self._record_apart, audit, replies, queue))
+        finally:
+            _OUTCOME.reset(token)
         if self.on_command is not None:
             self.on_command(seen[0], incoming.conversation.platform, seen[1], time.perf_counter() - began)
         return replies
@@ -117,6 +127,11 @@ class Router:
             self.store.audit(*row)
         if queue is not None and replies:
             queue(replies)
+
+    def _record_apart(self, audit: list[AuditRow], replies: list[Reply],
+                      queue: Callable[[list[Reply]], object] | None) -> None:  # fmt: skip
+        with self.store.transaction():
+            self._record(audit, replies, queue)
 
     async def _handle(self, incoming: Incoming, audit: list[AuditRow]) -> list[Reply]:
         """The replies to one message; its audit rows go into `audit`, for `handle` to write.
@@ -164,17 +179,17 @@ class Router:
         zh = _chinese(parsed.word)
         command = incoming.text  # for the audit: a question's answer runs the question's command
         if parsed.word in ANSWER_WORDS and not parsed.args and not parsed.positionals:
-            pending = self._pending.pop(pending_key, None)
-            if pending is None or pending.expires < time.time():
+            # Taken as it is read (a second yes, or one to another process, finds nothing).
+            pending = self.store.take_pending(*pending_key, self.clock())
+            if pending is None:  # none asked, answered already, or asked over CONFIRM_TTL ago
                 if not role:
                     return self._deny(incoming, role, None, audit, zh)
-                # A question lives in the process that asked it (`chatops send stop` has exited).
                 return [Reply(text("router.nothing_to_confirm", lang_of(zh)), error=True)]
             if parsed.word in NO_WORDS:
                 return [Reply(text("router.cancelled", lang_of(zh)))]
-            parsed = parse(pending.text, self.param_keys) or parsed
+            parsed = parse(pending, self.param_keys) or parsed
             parsed.confirmed = True
-            command = pending.text
+            command = pending
             zh = _chinese(parsed.word)
 
         spec = self.registry.lookup(parsed.word)
@@ -210,7 +225,8 @@ class Router:
                 return _refused(exc, who, spec, command, audit)
             question = asked if isinstance(asked, Question) else Question(asked)
             line = question.command or _strip_confirm(incoming.text)
-            self._pending[pending_key] = _Pending(line, time.time() + CONFIRM_TTL)
+            now = self.clock()
+            self.store.ask(*pending_key, line, now + CONFIRM_TTL, now=now)
             _note(spec.name, "asked")
             buttons = [Button(ctx.t("router.confirm_yes"), f"{line} --yes"),
                        Button(ctx.t("router.confirm_cancel"), "cancel")]  # fmt: skip
@@ -237,7 +253,7 @@ class Router:
         spec = self.registry.lookup(word)
         if spec is not None:
             return spec.role == Role.none
-        return word in ANSWER_WORDS and pending_key in self._pending
+        return word in ANSWER_WORDS and self.store.has_pending(*pending_key, self.clock())
 
     def _slow_down(self, incoming: Incoming, role: Role, held: Held, audit: list[AuditRow]) -> list[Reply]:
         """Over the rate: the episode's first message is answered and audited, the rest dropped unread."""

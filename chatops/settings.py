@@ -141,6 +141,11 @@ class JobsSettings(Section):
         description='globs of the bot\'s environment every job gets on purpose, e.g. ["AWS_*", "HF_TOKEN"] (beyond'
         " a minimal allowlist; never a CHATOPS_* setting nor a value that is one of the bot's secrets)",
     )
+    max_log_mb: float = Field(
+        50.0, ge=0, le=1024 * 1024,
+        description="the most a job's runner.log may hold, in MB: past it the runner keeps its first half and the"
+        " latest output, with a line saying how much was dropped between (0: no cap)",
+    )  # fmt: skip
 
 
 class NotifySettings(Section):
@@ -169,6 +174,13 @@ class RetentionSettings(Section):
     audit_days: float = Field(90.0, gt=0, description="how long audit rows (who did what, every denial) are kept")
     delivered_hours: float = Field(
         24.0, ge=0, description="how long sent (or given-up) outbox messages are kept, with their spooled images"
+    )
+    # At least an hour: the final report's plot is drawn from the full events when the job ends.
+    progress_hours: float = Field(
+        24.0,
+        ge=1,
+        description="how long after a job ends its batch-level progress events are kept; then each epoch keeps"
+        " its last one (epoch summaries, checkpoints and every other event stay)",
     )
     prune_seconds: float = Field(600.0, ge=1, le=86400, description="how often old rows are deleted")
 

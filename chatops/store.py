@@ -20,7 +20,8 @@ import psutil
 
 from chatops.message import valid_text
 from chatops.settings import RetentionSettings
-from jobs.db import migrate, write_transaction
+from jobs.db import WriteTrouble, migrate, write_transaction
+from jobs.store import JobStore
 
 _MIGRATIONS = [
     """
@@ -128,6 +129,26 @@ _MIGRATIONS = [
     # Why a refusal was refused (`REASONS`); NULL for what was allowed and for rows written before.
     """
     ALTER TABLE audit ADD COLUMN reason TEXT
+    """,
+    # Questions awaiting a yes (`stop 3f2a` -> "Reply yes to confirm"), one per sender and
+    # conversation: stored, so the answer may come to the next `chatops send`, a restarted bot or
+    # another bot process. Expiry in epoch seconds: across processes there is no shared monotonic
+    # clock, and for a 5-minute window a clock step matters little.
+    """
+    CREATE TABLE pending_questions (
+        conversation TEXT NOT NULL, sender TEXT NOT NULL, command TEXT NOT NULL, expires_at REAL NOT NULL,
+        PRIMARY KEY (conversation, sender)
+    ) WITHOUT ROWID
+    """,
+    # Lists read from an index, never the whole table (tests/test_query_plans.py): a job's
+    # followers in the order they followed (the index ends in the rowid: no sort), a
+    # conversation's watches (fired ones stay, so the table only grows), and the outbox rows
+    # given up on, which retention looked for by reading every outbox row. Each is written on a
+    # follow, a watch or a give-up only (the last is partial): nothing per message.
+    """
+    CREATE INDEX followers_job ON followers(job_id);
+    CREATE INDEX watches_conversation ON watches(conversation);
+    CREATE INDEX outbox_failed ON outbox(next_at) WHERE status = 'failed'
     """,
 ]
 
@@ -377,9 +398,23 @@ class ChatStore:
         self.local_platforms: set[str] = set()
         self._alive: dict[str, tuple[bool, float]] = {}
         self.checkpointer = Checkpointer(conn)
+        # What the last write that met a full disk said (naming the data folder), None once a write
+        # succeeds again: `/healthz` reports it.
+        self.disk_full: str | None = None
+        row = conn.execute("PRAGMA database_list").fetchone()
+        self.folder = str(Path(row[2]).parent) if row is not None and row[2] else ":memory:"
 
     def owner_for(self, conversation: str) -> str | None:
         return self.me if conversation.partition(":")[0] in self.local_platforms else None
+
+    # a full disk
+    def note_disk_full(self, exc: BaseException) -> None:
+        """A write failed for want of space: say so (`/healthz`) until one succeeds."""
+        self.disk_full = f"no space left for the database in {self.folder} ({type(exc).__name__}: {exc})"
+
+    def note_write_ok(self) -> None:
+        """A write went through: whatever filled the disk has been freed."""
+        self.disk_full = None
 
     # idempotency
     def claim_message(self, platform: str, message_id: str) -> bool:
@@ -457,6 +492,46 @@ class ChatStore:
                 return cur.rowcount
         cur = self.conn.execute("DELETE FROM watches WHERE conversation=? AND job_id=?", (conversation, ref))
         return cur.rowcount
+
+    # questions awaiting a yes
+    def ask(self, conversation: str, sender: str, command: str, expires_at: float, now: float | None = None) -> None:
+        """Store the question `sender` must answer in `conversation`: `command` is what a yes runs,
+        until `expires_at` (epoch seconds). A newer question replaces an older one; questions
+        expired at `now` (default: the clock) are cleaned on the way."""
+        with self.transaction():
+            self.conn.execute(
+                "DELETE FROM pending_questions WHERE expires_at < ?", (time.time() if now is None else now,)
+            )
+            self.conn.execute(
+                "INSERT OR REPLACE INTO pending_questions VALUES (?, ?, ?, ?)",
+                (conversation, sender, valid_text(command), expires_at),
+            )
+
+    def take_pending(self, conversation: str, sender: str, now: float) -> str | None:
+        """The command a yes (or a no) answers, removed as it is read; None when there is no
+        question or it expired before `now`. Read and delete are one write transaction, so of two
+        answers (a double tap, two processes at once) exactly one gets the question. Expired rows
+        of anyone are cleaned on the way."""
+        with self.transaction():
+            row = self.conn.execute(
+                "SELECT command, expires_at FROM pending_questions WHERE conversation=? AND sender=?",
+                (conversation, sender),
+            ).fetchone()
+            self.conn.execute(
+                "DELETE FROM pending_questions WHERE (conversation=? AND sender=?) OR expires_at < ?",
+                (conversation, sender, now),
+            )
+        if row is None or row[1] < now:
+            return None
+        return str(row[0])
+
+    def has_pending(self, conversation: str, sender: str, now: float) -> bool:
+        """Whether a question not expired at `now` awaits this sender's answer here."""
+        row = self.conn.execute(
+            "SELECT 1 FROM pending_questions WHERE conversation=? AND sender=? AND expires_at >= ?",
+            (conversation, sender, now),
+        ).fetchone()
+        return row is not None
 
     # final reports owed
     def owe_final(self, job_id: str) -> None:
@@ -759,12 +834,15 @@ class Pruned(NamedTuple):
     delivered: int = 0
     failed: int = 0
     images: int = 0
+    progress: int = 0  # batch-level progress events of ended jobs, thinned (`JobStore.thin_progress`)
 
 
 class Retention:
     """Keeps the store from growing without end: handled message ids, audit rows and finished
     outbox messages older than their window (`[retention]`) are deleted, once at start and then
-    every `prune_seconds`, by a background task the App starts and stops.
+    every `prune_seconds`, by a background task the App starts and stops. With the job store
+    (`jobs`), the batch-level progress of jobs that ended `progress_hours` ago is thinned to a
+    point per epoch.
 
     A pass deletes `batch` rows per short transaction and lets the event loop run between them,
     so a large backlog (the first pass after an upgrade) never stalls message handling. Images
@@ -774,12 +852,14 @@ class Retention:
     """
 
     def __init__(
-        self, store: ChatStore, settings: RetentionSettings, spool: Path | None = None, batch: int = PRUNE_BATCH
-    ) -> None:
+        self, store: ChatStore, settings: RetentionSettings, spool: Path | None = None, batch: int = PRUNE_BATCH,
+        jobs: JobStore | None = None,
+    ) -> None:  # fmt: skip
         self.store = store
         self.settings = settings
         self.spool = spool.resolve() if spool is not None else None
         self.batch = batch
+        self.jobs = jobs
         self._task: asyncio.Task[None] | None = None
 
     def cutoffs(self, now: float) -> dict[str, float]:
@@ -791,6 +871,7 @@ class Retention:
             "audit": now - self.settings.audit_days * days,
             "delivered": done,
             "failed": done,
+            "progress": now - self.settings.progress_hours * hours,  # when the job ended
         }
 
     async def prune(self, now: float | None = None) -> Pruned:
@@ -799,7 +880,7 @@ class Retention:
         for kind, before in self.cutoffs(time.time() if now is None else now).items():
             after = None
             while True:
-                deleted, images, after = self.store.prune_batch(kind, before, self.batch, after)
+                deleted, images, after = self._batch(kind, before, after)
                 counts[kind] += deleted
                 counts["images"] += self._remove_spooled(images)
                 if after is None:
@@ -809,6 +890,16 @@ class Retention:
         if any(pruned):
             log.info("retention: deleted %s", ", ".join(f"{k} {v}" for k, v in pruned._asdict().items() if v))
         return pruned
+
+    def _batch(self, kind: str, before: float, after: Any) -> tuple[int, list[str], Any]:
+        """One short transaction of a kind's pass: (rows deleted, spooled images they named, where
+        the next batch starts or None)."""
+        if kind != "progress":
+            return self.store.prune_batch(kind, before, self.batch, after)
+        if self.jobs is None:
+            return 0, [], None
+        deleted, after = self.jobs.thin_progress(before, self.batch, after)
+        return deleted, [], after
 
     def _remove_spooled(self, images: list[str]) -> int:
         removed = 0
@@ -838,11 +929,18 @@ class Retention:
             self._task = None
 
     async def _prune_forever(self) -> None:
+        trouble = WriteTrouble("retention", log)
         while True:
+            wait = self.settings.prune_seconds
             try:
                 await self.prune()
+                trouble.ok()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a store locked by another process for long, a full disk: next time
-                log.exception("retention pass failed")
-            await asyncio.sleep(self.settings.prune_seconds)
+            except Exception as exc:
+                retry = trouble.failed(exc)  # a store locked by another process, a full disk: logged once
+                if retry is None:
+                    log.exception("retention pass failed")
+                else:  # tried again soon (a pass deletes, so it frees space too), not a whole period later
+                    wait = min(wait, max(retry, 5.0))
+            await asyncio.sleep(wait)

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
+import random
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# SQLite's busy wait is synchronous: on an event loop's connection it freezes the whole process
+# (every chat, the job watcher) for as long as another process (`chatops send`, `chatops run`)
+# holds the write lock. A bot's connection waits only this long, then the write fails with
+# "database is locked" and is retried asynchronously (`Backoff`, `retry_locked`).
+LOOP_BUSY_TIMEOUT = 0.005
+# Synchronous users (a CLI command without an event loop, migrations at start) wait this long.
+BUSY_TIMEOUT = 10.0
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
-    """Open the database for use from one thread of an asyncio process (WAL, short busy wait)."""
+def connect(path: Path | str, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+    """Open the database for use from one thread of an asyncio process (WAL). `busy_timeout`:
+    seconds a write waits for another process's lock; `LOOP_BUSY_TIMEOUT` on an event loop."""
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=10, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     _enable_wal(conn)
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -33,10 +50,13 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back already (a full disk, an I/O error): a second ROLLBACK
+        # would hide the real error behind "no transaction is active".
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str]) -> int:
@@ -47,7 +67,7 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str])
     """
     # The version is read under the write lock: two processes starting on a fresh data
     # directory (`chatops send` beside `chatops run`) must not both apply a migration.
-    conn.execute("BEGIN IMMEDIATE")
+    _begin_waiting(conn)
     try:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -67,7 +87,8 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str])
             conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (component, version, time.time()))
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     return len(migrations)
 
@@ -83,6 +104,130 @@ def _enable_wal(conn: sqlite3.Connection, attempts: int = 50) -> None:
             if "locked" not in str(exc) or attempt == attempts - 1:
                 raise
             time.sleep(0.05 + 0.01 * attempt)
+
+
+def _begin_waiting(conn: sqlite3.Connection, patience: float = BUSY_TIMEOUT) -> None:
+    """BEGIN IMMEDIATE, waiting up to `patience` seconds for another process's lock even on a
+    connection with a short busy timeout: at start-up, before anything is served, waiting is right."""
+    deadline = time.monotonic() + patience
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_locked(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(0.2, delay * 2)
+
+
+def is_locked(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite's "database is locked" (another process holds the write lock): try
+    again later, nothing was written."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` says the disk is full: SQLite's "database or disk is full", or ENOSPC/EDQUOT
+    from a file write (a spooled image, a job's folder)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF == _SQLITE_FULL:
+            return True
+        return "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def store_problem(exc: BaseException) -> str | None:
+    """Why a write failed, when the cause is outside the bot: "locked" (another process holds the
+    lock) or "full" (no space); None for anything else (a bug: let it surface)."""
+    if is_locked(exc):
+        return "locked"
+    if is_disk_full(exc):
+        return "full"
+    return None
+
+
+class Backoff:
+    """Waits between tries of a write that met a locked database: from `first` seconds, doubling to
+    `most`, each drawn with jitter so that processes retrying together spread out."""
+
+    def __init__(self, first: float = 0.01, most: float = 1.0) -> None:
+        self.first, self.most = first, most
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.most, self._next * 2)
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+async def retry_locked(write: Callable[[], T], backoff: Backoff | None = None) -> T:
+    """`write()` (synchronous, one transaction or statement), tried again after an asyncio sleep for
+    as long as the database is locked by another process; any other error is raised."""
+    backoff = backoff or Backoff()
+    while True:
+        try:
+            return write()
+        except sqlite3.OperationalError as exc:
+            if not is_locked(exc):
+                raise
+        await asyncio.sleep(backoff.next())
+
+
+class WriteTrouble:
+    """One background loop's stretches of failed writes (a locked database, a full disk), logged
+    once each: when a locked stretch has lasted `notice_after` seconds (another process writing
+    briefly is normal), at once for a full disk, and once when writes work again."""
+
+    def __init__(self, what: str, log: logging.Logger, notice_after: float = 2.0, most_full: float = 30.0) -> None:
+        self.what, self.log, self.notice_after = what, log, notice_after
+        self.problem: str | None = None  # "locked" or "full" while a stretch lasts
+        self._since = 0.0
+        self._told = False
+        self._backoff = Backoff()
+        self._most_full = most_full
+
+    def failed(self, exc: BaseException) -> float | None:
+        """Note a failure; the seconds to wait before trying again, or None when `exc` is not a
+        locked or full database (the caller's to report)."""
+        problem = store_problem(exc)
+        if problem is None:
+            return None
+        now = time.monotonic()
+        if problem != self.problem:
+            self.problem, self._since, self._told = problem, now, False
+        if not self._told and (problem == "full" or now - self._since >= self.notice_after):
+            self._told = True
+            self.log.warning("%s: %s; retrying", self.what, fault_text(exc))
+        delay = self._backoff.next()
+        # A full disk stays full for minutes: retried less often, so its retries cost nothing.
+        return max(delay, min(self._most_full, now - self._since)) if problem == "full" else delay
+
+    def ok(self) -> None:
+        """A pass went through: the stretch, if any, is over."""
+        if self.problem is not None and self._told:
+            self.log.info("%s: writing again after %.1f s", self.what, time.monotonic() - self._since)
+        self.problem = None
+        self._backoff.reset()
+
+
+def fault_text(exc: BaseException) -> str:
+    """A locked or full database in words, for a log line (no traceback: the cause is outside)."""
+    if is_locked(exc):
+        return "the database is locked by another process"
+    if is_disk_full(exc):
+        return f"the disk is full ({exc})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _statements(script: str) -> list[str]:

@@ -4,24 +4,40 @@ One asyncio task watches every active job: it reads the runner's `events.jsonl` 
 offset, persists what is new, moves the state machine, notices dead or silent runners and starts
 queued jobs when a slot is free. Because the runner's channel is its job folder, a restarted
 manager re-attaches to jobs that kept running while it was away.
+
+Two clocks, never mixed: silence (heartbeat timeout, startup grace, stall alerts, a parked job's
+retry) is measured on this process's monotonic clock from the arrival here of each event, so a
+wall-clock step (NTP, a resumed VM) neither kills nor stalls a job, and a restarted bot counts a
+job's silence from the first pass that sees it. A job's times (`started_at`, `ended_at`) are the
+runner's own: the `t` of its events, or the executor's record of its exit, never the moment a
+bot happened to notice.
+
+Events are read a bounded chunk at a time in a worker thread and stored in short transactions on
+the loop, so a backlog of any size neither freezes the bot nor fills its memory. A pass over a job
+whose store write fails (a locked database, a full disk) changes nothing and is tried again at the
+next pass; `disk_full` names a full disk meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import shutil
+import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable, Collection
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from jobs import protocol
-from jobs.executors.base import Executor
+from jobs.executors.base import Executor, ExitInfo
 from jobs.gpus import GpuPool, gpus_wanted, renumbered
 from jobs.paths import confined
 from jobs.provenance import Recorder, interpreter_of
@@ -39,6 +55,7 @@ from jobs.store import (
     STOPPED,
     SUCCEEDED,
     TERMINAL_STATES,
+    TRANSITIONS,
     Job,
     JobStore,
     Sweep,
@@ -66,6 +83,22 @@ _STIRRING = frozenset({"started", "resumed", "progress", "epoch"})
 STALL_LINE = 300  # characters of the last output line a stall alert quotes
 
 STARTUP_GRACE = 30.0  # seconds a starting runner may be silent, whatever the heartbeat timeout
+PARK_RETRY = 10.0  # seconds before a job parked for an unreachable executor (or a full disk) is launched again
+# Seconds of event work on the loop before its transaction commits and the loop serves others: a
+# chunk of events is stored in a few short transactions, not one that holds the loop (and the lock).
+BATCH_SECONDS = 0.01
+
+
+@dataclass
+class _Heard:
+    """What this process has seen of one active job, timed on its monotonic clock."""
+
+    seq: int  # the job's last event number when last looked at
+    at: float  # when that number last moved (an event arrived, here or through another bot), or first seen
+    progress: float | None  # the job's stored `progress_at` when last looked at: a change is progress
+    output: tuple[int, int] | None  # runner.log's (size, mtime_ns) when last looked at: a change is output
+    moved: float  # when it last showed progress or printed, or first seen
+    stalled: float | None = None  # `moved` when its stall was announced (or first seen announced)
 
 
 class JobError(Exception):
@@ -83,6 +116,12 @@ class QuotaExceeded(JobError):
 
 
 class JobManager:
+    """Queues, launches and watches jobs (see the module's docstring).
+
+    `disk_full`: None, or the last "disk full" a store or file write of the watch met (SQLite's
+    "database or disk is full", or ENOSPC writing a job's files), naming where; cleared as soon as
+    a write succeeds again. `/healthz` reports it."""
+
     def __init__(
         self,
         store: JobStore,
@@ -98,7 +137,12 @@ class JobManager:
         gpus: GpuPool | None = None,
         max_sweep_jobs: int = 32,
         stall_minutes: float = 30.0,
+        max_log_mb: float = 50.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` times silence (monotonic: a wall-clock step never counts as silence); `wall`
+        stamps what the bot itself decides (a submission, a cancel, a kill)."""
         self.store = store
         self.gpus = gpus  # the machine's GPUs, given out to jobs (local runners only)
         self.executor = executor
@@ -116,10 +160,22 @@ class JobManager:
         self.heartbeat_timeout = heartbeat_timeout
         self.poll_interval = poll_interval
         self.runner_options = runner_options or {}
+        self.max_log_mb = max_log_mb  # runner.log's cap, kept by the runner itself (`jobs.logcap`)
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
         self._kill_tasks: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
+        self.clock, self.wall = clock, wall
+        self._heard: dict[str, _Heard] = {}  # active job id -> what this process heard of it
+        self._retry_due: dict[str, float] = {}  # parked job id -> when (clock) to launch it again
+        # Job id -> (run, state, reason, when): an end decided but not stored yet (the write failed);
+        # the next pass stores the same verdict, not one the decision's own effects changed (a kill).
+        self._verdicts: dict[str, tuple[int, str, str, float | None]] = {}
+        self._behind = False  # a pass read events: more may be waiting, the next pass comes at once
+        self._faults: set[str] = set()  # store failures logged in this episode (until a write succeeds)
+        # The last "disk full" a store or file write met (the database's, a job folder's), None once
+        # a write succeeds again: `/healthz` reports it.
+        self.disk_full: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> None:
@@ -129,6 +185,7 @@ class JobManager:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         await self.tick()  # re-attach to whatever ran while we were away, before serving
         self._task = asyncio.create_task(self._watch(), name="job-manager")
+        self._task.add_done_callback(_retrieved)
 
     @property
     def watching(self) -> bool:
@@ -205,7 +262,7 @@ class JobManager:
             with self.store.transaction():
                 sweep = Sweep(
                     id=self.store.new_sweep_id(), kind=kind_name, owner=owner, varying=varying, monitor=monitor,
-                    mode=mode, created_at=time.time(),
+                    mode=mode, created_at=self.wall(),
                 )  # fmt: skip
                 jobs: list[Job] = []
                 for _, params in checked:
@@ -241,7 +298,7 @@ class JobManager:
         the `taken` ids of the others inserted with it: its id stays free)."""
         job_id = self.store.new_id(taken)
         # Created a moment apart: the queue starts members in the order they were planned.
-        created = max(time.time(), self._last_created + 1e-6)
+        created = max(self.wall(), self._last_created + 1e-6)
         self._last_created = created
         return Job(
             id=job_id, kind=kind, params=params, state=QUEUED, owner=owner, job_dir=str(self.jobs_dir / job_id),
@@ -385,7 +442,7 @@ class JobManager:
             self.store.save(job)
             self.executor.write_control(job, "stop")
         if job.id not in self._kill_tasks:
-            self._kill_tasks[job.id] = asyncio.create_task(self._kill_later(job.id))
+            self._kill_later_task(job.id)
         return job
 
     async def stop_sweep(self, sweep_id: str) -> list[Job]:
@@ -411,49 +468,166 @@ class JobManager:
                 raise
             except Exception:
                 log.exception("job manager tick failed")
-            await asyncio.sleep(self.poll_interval)
+            # A pass that read events may have left more (a backlog is read a chunk per pass):
+            # the next comes at once, after the loop has served everything else waiting.
+            await asyncio.sleep(0 if self._behind else self.poll_interval)
 
     async def tick(self) -> None:
-        """One pass: ingest events of active jobs, detect ends, start queued jobs."""
+        """One pass: ingest events of active jobs, detect ends, start queued jobs. A job whose
+        store write fails (a locked or full database, a full disk) is left as stored and tried
+        again at the next pass; the other jobs go on."""
         async with self._lock:
+            self._behind = False
+            watched: set[str] = set()
             for listed in self.store.list(ACTIVE_STATES | {QUEUED}, limit=10_000):
                 if listed.state == QUEUED and not _parked(listed):
                     continue
-                # Another bot process may share the database (`chatops send --wait` beside
-                # `chatops run`): under the write lock and re-read, each event is applied and
-                # announced once, and an exit is judged only after the events before it.
-                with self.store.transaction():
-                    job = self.store.get(listed.id)
-                    if job is not None and _parked(job):
-                        await self._check_parked(job)
-                        continue
-                    if job is None or job.state not in ACTIVE_STATES:
-                        continue
-                    await self._ingest(job)
-                    if job.state in ACTIVE_STATES:
-                        await self._check_health(job)
-                    if job.state == RUNNING:
-                        await self._check_stall(job)
-                    if job.stop_requested and job.state in ACTIVE_STATES and job.id not in self._kill_tasks:
-                        # Asked by a process that has gone since (`chatops send "stop …"`, a
-                        # restart): the kill after `stop_timeout` is this process's to do.
-                        self._kill_tasks[job.id] = asyncio.create_task(self._kill_later(job.id))
-            await self._schedule()
+                watched.add(listed.id)
+                await self._guarded(f"job {listed.id}", self._tend(listed))
+            for table in (self._heard, self._retry_due, self._verdicts):
+                for job_id in set(table) - watched:  # ended (here or in another process), or gone
+                    del table[job_id]
+            await self._guarded("starting queued jobs", self._schedule())
 
-    async def _ingest(self, job: Job) -> None:
-        events, offset = self.executor.read_events(job, job.events_offset)
-        if offset == job.events_offset:
+    async def _tend(self, listed: Job) -> None:
+        """One job's part of a pass. Another bot process may share the database (`chatops send
+        --wait` beside `chatops run`): under the write lock and re-read, each event is applied and
+        announced once, and an exit is judged only after the events before it."""
+        job = self.store.get(listed.id)
+        if job is not None and _parked(job):
+            with self._transaction():
+                job = self.store.get(listed.id)
+                if job is not None and _parked(job):
+                    await self._check_parked(job)
             return
-        job.events_offset = offset
-        for event in events:
-            if event["seq"] <= job.last_seq:
-                continue
-            job.last_seq = event["seq"]
-            job.last_event_at = time.time()
-            if event.get("type") in _STIRRING:
-                job.progress_at = job.last_event_at
-            await self._apply(job, event)
-        self.store.save(job)
+        if job is None or job.state not in ACTIVE_STATES:
+            return
+        # Asked before the read: every event the runner wrote before it ended is then in the file.
+        run = job.runs
+        exit_info = self.executor.poll(job.id, job.handle) if job.handle else None
+        caught_up = await self._ingest(job)
+        with self._transaction():
+            job = self.store.get(listed.id)
+            if job is None or job.state not in ACTIVE_STATES:
+                return
+            self._observe(job)
+            # An exit is judged once its events are all in (this run's: a relaunch is a new one).
+            await self._check_health(job, exit_info if caught_up and job.runs == run else None)
+            if job.state == RUNNING:
+                await self._check_stall(job)
+            if job.stop_requested and job.state in ACTIVE_STATES and job.id not in self._kill_tasks:
+                # Asked by a process that has gone since (`chatops send "stop …"`, a
+                # restart): the kill after `stop_timeout` is this process's to do.
+                self._kill_later_task(job.id)
+
+    async def _ingest(self, job: Job) -> bool:
+        """Read one bounded chunk of the runner's new events in a worker thread (the file read never
+        holds the loop) and store it on the loop (the database connection is the loop's), in short
+        transactions that yield to the loop between them. The offset advances in the transaction
+        that stores the chunk's last event, so a failed write loses nothing: the chunk is read
+        again and what was stored already is skipped by its number. True when there was nothing
+        new to read (caught up)."""
+        start = job.events_offset
+        events, end = await asyncio.to_thread(self.executor.read_events, job, start)
+        if end == start:
+            return True
+        self._behind = True
+        done = 0
+        while True:
+            with self._transaction():
+                fresh = self.store.get(job.id)
+                if fresh is None or fresh.events_offset != start:
+                    return False  # another bot process stored this chunk meanwhile
+                if fresh.runs == job.runs:
+                    for key, value in job.handle.items():  # what the read noted (Ray's `seq_base`)
+                        fresh.handle.setdefault(key, value)
+                began = time.perf_counter()
+                while done < len(events) and time.perf_counter() - began < BATCH_SECONDS:
+                    event = events[done]
+                    done += 1
+                    if event["seq"] <= fresh.last_seq:
+                        continue
+                    fresh.last_seq = event["seq"]
+                    # The runner's own time of it (the arrival is timed apart, see `_observe`).
+                    fresh.last_event_at = _stamp(event, self.wall())
+                    if event.get("type") in _STIRRING:
+                        fresh.progress_at = fresh.last_event_at
+                    await self._apply(fresh, event)
+                if done == len(events):
+                    fresh.events_offset = end
+                self.store.save(fresh)
+            if done == len(events):
+                return False
+            await asyncio.sleep(0)
+
+    def _observe(self, job: Job) -> None:
+        """Note, on the monotonic clock, what moved since the last look: a new event (read here or
+        by another bot process: its number), progress (`progress_at`), new output (runner.log). A job
+        seen for the first time (this process just started) counts as heard and moving now."""
+        now = self.clock()
+        output = _output_mark(job.dir)
+        heard = self._heard.get(job.id)
+        if heard is None:
+            self._heard[job.id] = _Heard(job.last_seq, now, job.progress_at, output, now)
+            return
+        if job.last_seq != heard.seq:
+            heard.seq, heard.at = job.last_seq, now
+        if job.progress_at != heard.progress or output != heard.output:
+            heard.progress, heard.output, heard.moved = job.progress_at, output, now
+
+    def _fresh(self, job: Job) -> None:
+        """A run starts (or a parked job was started by its executor): silence counts from now."""
+        self._heard[job.id] = _Heard(job.last_seq, self.clock(), job.progress_at, _output_mark(job.dir), self.clock())
+        self._verdicts.pop(job.id, None)
+
+    async def _guarded(self, where: str, work: Awaitable[None]) -> None:
+        """Run one part of a pass; a failure (a locked or full database, a file write on a full
+        disk, a bug) is logged once per episode and leaves the rest of the pass going."""
+        changes = self.store.conn.total_changes
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fault(where, exc)
+        else:
+            if self.store.conn.total_changes != changes:  # a write went through: the disk takes them again
+                self._faults.clear()
+                self.disk_full = None
+
+    def _fault(self, where: str, exc: Exception) -> None:
+        store = isinstance(exc, (sqlite3.OperationalError, OSError))
+        if _is_disk_full(exc):
+            self.disk_full = f"{exc} ({self._db_path()})" if isinstance(exc, sqlite3.Error) else str(exc)
+        key = f"{where}: {type(exc).__name__}: {exc}"
+        if key in self._faults:
+            return
+        self._faults.add(key)
+        if store:  # the database or the disk: retried at every pass, said once
+            log.warning("%s: %s; nothing of it was stored, tried again at the next pass", where, exc)
+        else:
+            log.error("%s failed; tried again at the next pass", where, exc_info=exc)
+
+    def _db_path(self) -> str:
+        try:
+            return str(self.store.conn.execute("PRAGMA database_list").fetchone()[2] or "the database")
+        except sqlite3.Error:
+            return "the database"
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """The store's write transaction. A COMMIT that fails (a full disk) can leave the
+        connection inside its transaction, where every later write would join it and none would
+        commit: the transaction this opened is rolled back here then."""
+        outer = self.store.conn.in_transaction
+        try:
+            with self.store.transaction():
+                yield
+        except BaseException:
+            if not outer and self.store.conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    self.store.conn.execute("ROLLBACK")
+            raise
 
     async def _apply(self, job: Job, event: dict[str, Any]) -> None:
         placed = self._confine(job, event)
@@ -480,6 +654,8 @@ class JobManager:
             if tail and tail[-1].strip() == error:
                 tail.pop()  # the exception line is the verdict already
             job.error = "\n".join([error, *tail[-6:]])
+        if kind == "started":
+            job.started_at = _stamp(event, job.started_at or self.wall())  # the runner's start, not its launch
         if kind in ("stopped", "paused") and event.get("epoch") is not None:
             # Where it stopped, as its checkpoint is named (the last progress may be a batch behind).
             job.metrics.update({k: event[k] for k in ("epoch", "batch") if event.get(k) is not None})
@@ -493,10 +669,14 @@ class JobManager:
         }.get(kind)  # fmt: skip
         if kind != "heartbeat":
             await self._publish(job, event)
-        if target is not None and target != job.state:
-            if job.state == STARTING and target == PAUSED:
-                await self._move(job, RUNNING, "runner started")
-            await self._move(job, target, kind)
+        if target is None or target == job.state or job.terminal:
+            return  # a terminal job stays as it ended, whatever a runner says after
+        if target not in TRANSITIONS[job.state] and job.state in (STARTING, PAUSED) and target in TRANSITIONS[RUNNING]:
+            # It paused (or ended) before its start was read, or ended while paused: running in between.
+            await self._move(job, RUNNING, "runner started" if job.state == STARTING else "resumed")
+        if target in TRANSITIONS[job.state]:
+            # An end is the runner's own time of it.
+            await self._move(job, target, kind, at=_stamp(event, self.wall()) if target in TERMINAL_STATES else None)
 
     def _confine(self, job: Job, event: dict[str, Any]) -> dict[str, Any] | None:
         """The event without a path outside the job's place (see `placed`): a checkpoint or an
@@ -523,7 +703,9 @@ class JobManager:
         """A parked job: started by its executor now (-> starting, watched as any other), still
         waiting (the reason refreshed), or due for another launch after the backend was away."""
         if "retry_at" in job.handle:  # never launched: the executor's backend was unreachable
-            if time.time() >= job.handle["retry_at"]:
+            # Due on this process's monotonic clock; one that did not park it (a restart) tries at once.
+            if self.clock() >= self._retry_due.setdefault(job.id, self.clock()):
+                self._retry_due.pop(job.id, None)
                 job.handle, job.error = {}, None  # a plain queued job again: `_schedule` launches it
                 self.store.save(job)
             return
@@ -535,48 +717,70 @@ class JobManager:
             return
         job.handle.pop("waiting", None)
         job.error = None
-        job.started_at = job.last_event_at = time.time()  # silence counts from here
+        job.started_at = job.last_event_at = self.wall()  # until its runner's `started` says when
+        self._fresh(job)  # silence counts from here
         await self._move(job, STARTING, "the cluster started it")
 
-    async def _check_health(self, job: Job) -> None:
+    async def _check_health(self, job: Job, exit_info: ExitInfo | None) -> None:
+        """End a job whose runner is gone (`exit_info`, judged after all its events are in) or
+        has been silent past the heartbeat timeout on this process's monotonic clock."""
         # No handle yet: another bot process is launching it; the heartbeat timeout covers a
         # launch that never completes.
-        exit_info = self.executor.poll(job.id, job.handle) if job.handle else None
-        if exit_info is None and job.state == STARTING:
+        if exit_info is None and job.state == STARTING and job.id not in self._verdicts:
             reason = self._waiting(job)
             if reason is not None:
                 await self._park(job, reason)
                 return
-        if exit_info is not None:
-            # Drain what the runner wrote just before it ended.
-            await self._ingest(job)
-            if job.terminal:
+        verdict = self._verdicts.get(job.id)
+        if verdict is None or verdict[0] != job.runs:
+            decided = self._exit_verdict(job, exit_info) if exit_info is not None else await self._silence_verdict(job)
+            if decided is None:
                 return
-            tail = log_tail(job.dir, 12)
-            if job.stop_requested:
-                await self._move(job, STOPPED, f"runner {exit_info.describe()} after stop")
-                return
-            if exit_info.code is None and exit_info.signal is None:
-                job.error = f"runner {exit_info.describe()}"
-                await self._move(job, LOST, job.error)
-                return
-            job.error = f"runner {exit_info.describe()}" + (f"\n{tail}" if tail else "")
-            await self._move(job, FAILED, job.error)
-            return
+            verdict = self._verdicts[job.id] = (job.runs, *decided)
+        _, state, reason, at = verdict
+        if state != STOPPED:
+            job.error = reason
+        await self._move(job, state, reason, at=at)
+
+    def _exit_verdict(self, job: Job, exit_info: ExitInfo) -> tuple[str, str, float | None]:
+        """How a job whose runner ended without saying so ends: (state, reason, when)."""
+        # When it ended: the executor's record of the exit, else the runner's last sign of life
+        # (its last event's `t`, or its last output line): a runner killed with -9 says nothing more.
+        at = exit_info.at if exit_info.at is not None else self._last_sign(job)
+        if job.stop_requested:
+            return STOPPED, f"runner {exit_info.describe()} after stop", at
+        if exit_info.code is None and exit_info.signal is None:
+            return LOST, f"runner {exit_info.describe()}", at
+        tail = log_tail(job.dir, 12)
+        reason = f"runner {exit_info.describe()}" + _full_disk_note(job.dir, self.disk_full)
+        return FAILED, reason + (f"\n{tail}" if tail else ""), at
+
+    async def _silence_verdict(self, job: Job) -> tuple[str, str, float | None] | None:
+        """LOST for a runner silent past its timeout (killed first if it still exists), else None."""
+        heard = self._heard.get(job.id)
+        if heard is None:  # not looked at in this pass (`_observe` runs first): it counts from now
+            return None
         # A paused runner keeps beating (its heartbeat thread runs on), so silence counts there too.
-        last = job.last_event_at or job.started_at or time.time()
         # Until it is running, a runner may still be importing (MXNet alone takes 3 s on a small
         # machine, more on a busy one) before its first heartbeat: a short timeout gets a floor.
         limit = self.heartbeat_timeout if job.state != STARTING else max(self.heartbeat_timeout, STARTUP_GRACE)
-        if time.time() - last > limit:
-            job.error = f"no sign of life from the runner for {int(time.time() - last)} s"
-            if job.handle and self.executor.alive(job.handle):
-                # Frozen or hung: a runner must not outlive its job's control (and go on training
-                # unwatched, or beside a resumed one), so it goes before the job is declared lost.
-                await self.executor.kill(job.id, job.handle, force=True)
-                await self._retire(job)  # gone (and reaped) before the job is declared lost
-                job.error += "; the runner was killed"
-            await self._move(job, LOST, job.error)
+        silent = self.clock() - heard.at
+        if silent <= limit:
+            return None
+        reason = f"no sign of life from the runner for {int(silent)} s"
+        if job.handle and self.executor.alive(job.handle):
+            # Frozen or hung: a runner must not outlive its job's control (and go on training
+            # unwatched, or beside a resumed one), so it goes before the job is declared lost.
+            await self.executor.kill(job.id, job.handle, force=True)
+            await self._retire(job)  # gone (and reaped) before the job is declared lost
+            return LOST, reason + "; the runner was killed", self.wall()  # it ended when the bot killed it
+        return LOST, reason, self._last_sign(job)
+
+    def _last_sign(self, job: Job) -> float | None:
+        """The runner's last sign of life on its own clock: its last event's `t`, or its last
+        output line (runner.log's modification time), whichever is later."""
+        signs = [t for t in (job.last_event_at, _output_at(job.dir)) if t is not None]
+        return max(signs) if signs else None
 
     async def _check_stall(self, job: Job) -> None:
         """A running job that beats (the wrapper and the SDK beat from a thread, stuck script or not)
@@ -584,25 +788,31 @@ class JobManager:
         for its kind's `stall_minutes` is announced once (`stall`, with its last output line), and
         again as soon as it moves (`unstalled`); then a new stall alerts again. A paused job never
         stalls (it is not running), and its resume restarts the count. The stall is stored on the
-        job by compare-and-set, so of several bot processes on the data dir one tells it."""
+        job by compare-and-set, so of several bot processes on the data dir one tells it. Quiet
+        time is this process's monotonic time since the last movement it saw (`_observe`)."""
         limit = self._stall_seconds(job) * 60
-        if limit <= 0:
+        heard = self._heard.get(job.id)
+        if limit <= 0 or heard is None:
             return
-        moved = max(t for t in (job.progress_at, job.started_at, _output_at(job.dir), 0.0) if t is not None)
-        now = time.time()
+        now = self.clock()
         if job.stalled_at is not None:
-            if moved > job.stalled_at and self.store.clear_stalled(job.id):
-                event = {"type": "unstalled", "quiet": round(moved - job.stalled_at, 3), "t": now}
-                job.stalled_at = None
+            if heard.stalled is None:  # announced by another process (or before a restart)
+                heard.stalled = heard.moved
+            if heard.moved > heard.stalled and self.store.clear_stalled(job.id):
+                event = {"type": "unstalled", "quiet": round(heard.moved - heard.stalled, 3), "t": self.wall()}
+                job.stalled_at = heard.stalled = None
                 self.store.add_event(job.id, event)
                 await self._publish(job, event)
             return
-        if now - moved < limit or not self.store.mark_stalled(job.id, moved):
+        heard.stalled = None
+        quiet = now - heard.moved
+        # Stored as a wall time (when it last moved), for other processes only to see that it is set.
+        if quiet < limit or not self.store.mark_stalled(job.id, self.wall() - quiet):
             return
-        job.stalled_at = moved
+        job.stalled_at, heard.stalled = self.wall() - quiet, heard.moved
         lines = [ln.strip() for ln in log_tail(job.dir, 5).splitlines() if ln.strip()]
-        event = {"type": "stall", "quiet": round(now - moved, 3), "limit": limit,
-                 "line": lines[-1][:STALL_LINE] if lines else None, "t": now}  # fmt: skip
+        event = {"type": "stall", "quiet": round(quiet, 3), "limit": limit,
+                 "line": lines[-1][:STALL_LINE] if lines else None, "t": self.wall()}  # fmt: skip
         self.store.add_event(job.id, event)
         await self._publish(job, event)
 
@@ -691,6 +901,7 @@ class JobManager:
             **self.runner_options,
             **kind.options,
             "stop_timeout": self.stop_timeout,
+            "max_log_mb": self.max_log_mb,
             "control_offset": control_file.stat().st_size if control_file.exists() else 0,
         }
         if job.checkpoint:
@@ -698,11 +909,11 @@ class JobManager:
         # Start reading where this run's events begin (a resumed job appends to the same file).
         events_file = job.dir / protocol.EVENTS_FILE
         job.events_offset = events_file.stat().st_size if events_file.exists() else 0
-        job.started_at = time.time()
-        job.last_event_at = time.time()
+        job.started_at = job.last_event_at = self.wall()  # until its runner's `started` says when
         job.runs += 1
         if not await self._move(job, STARTING, "launching runner"):
             return  # another bot process on the same database launched it
+        self._fresh(job)  # its silence counts from its launch
         params, env = job.params, None
         if self.gpus is not None:  # on a machine with GPUs a job sees its own only: none ("") if it asked for none
             env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, devices or []))}
@@ -712,22 +923,31 @@ class JobManager:
         if job.kind == WRAP:  # its own command and folder, run as typed: no flags
             params, own = launch_spec(params)
             options.update(own)
-        await self._record(job, options)
-        spec = {"job_id": job.id, "kind": job.kind, "params": params, "options": options}
-        (job.dir / protocol.PARAMS_FILE).write_text(json.dumps(spec, indent=2))
         try:
+            await self._record(job, options)
+            spec = {"job_id": job.id, "kind": job.kind, "params": params, "options": options}
+            (job.dir / protocol.PARAMS_FILE).write_text(json.dumps(spec, indent=2))
             if env is None:
                 job.handle = await self.executor.launch(job.id, job.dir, kind.runner_module)
             else:
                 job.handle = await self.executor.launch(job.id, job.dir, kind.runner_module, env=env)
                 if devices is not None:
                     job.handle["gpus"] = devices
-        except ConnectionError as exc:
-            # The executor's backend is away (a Ray cluster down): the job waits and is tried again.
+        except (ConnectionError, OSError) as exc:
+            if not isinstance(exc, ConnectionError) and not _is_disk_full(exc):
+                job.error = f"could not start the runner: {exc}"
+                await self._move(job, FAILED, job.error)
+                return
+            # The executor's backend is away (a Ray cluster down), or the disk is full (params.json
+            # could not be written): the job waits and is tried again.
+            if isinstance(exc, OSError):
+                self.disk_full = str(exc)
             job.runs -= 1
             job.handle = {}
-            await self._park(job, f"waiting for the executor: {exc}")
-            job.handle["retry_at"] = time.time() + 10.0
+            waiting = "waiting for the executor" if isinstance(exc, ConnectionError) else "waiting for disk space"
+            await self._park(job, f"{waiting}: {exc}")
+            job.handle["retry_at"] = self.wall() + PARK_RETRY  # for people to read; due on the monotonic clock
+            self._retry_due[job.id] = self.clock() + PARK_RETRY
             self.store.save(job)
             return
         except Exception as exc:
@@ -761,10 +981,16 @@ class JobManager:
             await asyncio.sleep(0.05)
         self.executor.poll(job.id, job.handle)
 
+    def _kill_later_task(self, job_id: str) -> None:
+        """The kill that backs a stop up, as a task of its own (its failure is logged, never lost)."""
+        task = asyncio.create_task(self._kill_later(job_id), name=f"kill-{job_id}")
+        task.add_done_callback(_retrieved)
+        self._kill_tasks[job_id] = task
+
     async def _kill_later(self, job_id: str) -> None:
-        asked = self.store.get(job_id)
-        run = asked.runs if asked else None  # a run resumed meanwhile is not this stop's to kill
         try:
+            asked = self.store.get(job_id)
+            run = asked.runs if asked else None  # a run resumed meanwhile is not this stop's to kill
             await asyncio.sleep(self.stop_timeout)
             job = self.store.get(job_id)
             if job and not job.terminal and job.runs == run:
@@ -777,26 +1003,32 @@ class JobManager:
         finally:
             self._kill_tasks.pop(job_id, None)
 
-    async def _move(self, job: Job, state: str, reason: str) -> bool:
-        """Change the state once across processes; False (and `job` refreshed) when another won."""
-        event = self._moved(job, state, reason)
+    async def _move(self, job: Job, state: str, reason: str, *, at: float | None = None) -> bool:
+        """Change the state once across processes; False (and `job` refreshed) when another won.
+        `at`: when an end happened by the runner's clock (else now, by the bot's)."""
+        event = self._moved(job, state, reason, at=at)
         if event is None:
             return False
         await self._publish(job, event)
         return True
 
-    def _moved(self, job: Job, state: str, reason: str) -> dict[str, Any] | None:
+    def _moved(self, job: Job, state: str, reason: str, *, at: float | None = None) -> dict[str, Any] | None:
         """`_move` up to its announcement, which it returns (None when another process won): for
         a caller that moves inside a transaction of its own, and announces after it."""
         check_transition(job.state, state)
-        event = _state_event(job.state, state, reason)
-        with self.store.transaction():
+        if state in TERMINAL_STATES:
+            at = at if at is not None else self.wall()
+            # Its start and end by two clocks (a launch stamped by the bot, an end by the runner):
+            # never a negative duration.
+            at = max(at, job.started_at) if job.started_at is not None and job.state != QUEUED else at
+        event = _state_event(job.state, state, reason, at if at is not None else self.wall())
+        with self._transaction():
             if not self.store.claim(job.id, job.state, state):
                 self._refresh(job)
                 return None
             job.state = state
             if state in TERMINAL_STATES:
-                job.ended_at = time.time()
+                job.ended_at = at
             elif state == QUEUED:
                 job.ended_at = None
             self.store.save(job)
@@ -828,8 +1060,14 @@ class _Host:
         self.gpu_count = gpu_count
 
 
-def _state_event(old: str | None, new: str, reason: str) -> dict[str, Any]:
-    return {"type": "state", "from": old, "to": new, "reason": reason, "t": time.time()}
+def _state_event(old: str | None, new: str, reason: str, at: float | None = None) -> dict[str, Any]:
+    return {"type": "state", "from": old, "to": new, "reason": reason, "t": time.time() if at is None else at}
+
+
+def _stamp(event: dict[str, Any], default: float | None) -> Any:
+    """The event's own time (the runner's clock), else `default`."""
+    t = event.get("t")
+    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else default
 
 
 def _output_at(job_dir: Path) -> float | None:
@@ -838,6 +1076,39 @@ def _output_at(job_dir: Path) -> float | None:
         return (Path(job_dir) / protocol.LOG_FILE).stat().st_mtime
     except OSError:
         return None
+
+
+def _output_mark(job_dir: Path) -> tuple[int, int] | None:
+    """runner.log's size and modification time: when either changes, the runner printed."""
+    try:
+        stat = (Path(job_dir) / protocol.LOG_FILE).stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC from a file write, or SQLite's "database or disk is full"."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+def _full_disk_note(job_dir: Path, disk_full: str | None) -> str:
+    """Why a runner may have died without a word: the disk of its folder (or the bot's) was full."""
+    try:
+        low = shutil.disk_usage(job_dir).free < 1 << 20
+    except OSError:
+        low = False
+    if low:
+        return f"; the disk of {job_dir} is full"
+    return f"; the disk was full ({disk_full})" if disk_full else ""
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """A done callback: a task's failure is logged here, once, never left unretrieved."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
 
 def log_tail(job_dir: Path, lines: int = 20) -> str:

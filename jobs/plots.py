@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # headless; must precede pyplot
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from jobs import atomic
 from jobs.readers import normalised
 
 
@@ -70,16 +71,19 @@ def render_plot(events: Iterable[dict[str, Any]], path: Path, title: str) -> Pat
 
 
 def _save(fig: Any, axes: tuple[Any, ...], path: Path, legend_size: int) -> Path:
-    """Grid and legend on every panel, then the PNG (its folder made) and the figure closed."""
+    """Grid and legend on every panel, then the PNG (its folder made) and the figure closed. The PNG
+    is drawn to a temporary name and renamed: a reader (a platform sending it) never sees half of one."""
     for ax in axes:
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=legend_size)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    try:
+        with atomic.replacing(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
     return path
 
 

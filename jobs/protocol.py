@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, NotRequired, Union, get_args, get_type_hints
+from typing import Annotated, Any, BinaryIO, Literal, NotRequired, Union, get_args, get_type_hints
 
 from pydantic import Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict  # `extra_items` (PEP 728): the extra fields' type
@@ -78,6 +78,7 @@ Scalar = bool | int | float | str | None
 Metric = Scalar | dict[str, Scalar]  # `finished.metrics.early_stop` is a small table
 MAX_FIELDS = 200  # fields of one event: a metric per key is plenty below this
 MAX_LINE = 1 << 20  # bytes of one event line; longer is not an event
+READ_CHUNK = MAX_LINE + 1  # bytes `read_events` reads per call: the longest event and its newline fit
 
 
 class _Event(TypedDict, extra_items=Scalar):
@@ -281,7 +282,7 @@ class EventWriter:
         """Open an existing events file and continue its numbering (a resumed runner)."""
         last = 0
         if path.exists():
-            for ev in read_events(path, 0)[0]:
+            for ev in read_all_events(path):
                 last = max(last, int(ev["seq"]))
         return cls(path, last)
 
@@ -306,22 +307,41 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def read_events(path: Path, offset: int, source: str | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Read complete event lines from byte `offset`; returns the events and the new offset.
+def read_events(
+    path: Path, offset: int, source: str | None = None, *, max_bytes: int | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """Read complete event lines from byte `offset`, at most `max_bytes` (`READ_CHUNK`) of them;
+    returns the events and the new offset. A backlog is read a chunk per call (call again while
+    the offset moves), so memory stays flat whatever its size.
 
-    A line still being written (no trailing newline) is left for the next call. A malformed or
-    unknown event is dropped with a (rate-limited) warning naming `source` (else the job folder),
-    never fatal: a torn write or a forged line must not wedge the manager.
+    A line still being written (no trailing newline) is left for the next call. A line longer
+    than a chunk is no event: it is skipped, a chunk per call, with one warning, never held whole.
+    A malformed or unknown event is dropped with a (rate-limited) warning naming `source` (else
+    the job folder), never fatal: a torn write or a forged line must not wedge the manager.
     """
+    size = max_bytes or READ_CHUNK
+    where = source or f"job folder {path.parent}"
     try:
         with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
+            if _inside_long_line(fh, offset, size):
+                # An earlier call skipped the start of this line: on to its end, then as usual.
+                fh.seek(offset)
+                data = fh.read(size)
+                cut = data.find(b"\n")
+                if cut < 0:
+                    return [], offset + len(data)
+                offset, data = offset + cut + 1, data[cut + 1 :]
+            else:
+                fh.seek(offset)
+                data = fh.read(size)
     except FileNotFoundError:
         return [], offset
     end = data.rfind(b"\n")
     if end < 0:
-        return [], offset
+        if len(data) < size:
+            return [], offset
+        dropped(where, f"a line longer than {size} bytes is no event: skipped")
+        return [], offset + len(data)
     events = []
     for raw in data[: end + 1].splitlines():
         if not raw.strip():
@@ -329,8 +349,33 @@ def read_events(path: Path, offset: int, source: str | None = None) -> tuple[lis
         try:
             events.append(parse_event(raw))
         except ProtocolError as exc:
-            dropped(source or f"job folder {path.parent}", str(exc))
+            dropped(where, str(exc))
     return events, offset + end + 1
+
+
+def _inside_long_line(fh: BinaryIO, offset: int, size: int) -> bool:
+    """Whether `offset` lies inside a line longer than `size` that an earlier call began to skip:
+    it follows no newline, nor does any of the `size` bytes before it. (After a short torn line,
+    a runner killed mid-write and resumed, the offset is where the new run's lines begin.)"""
+    if offset < size:
+        return False
+    fh.seek(offset - 1)
+    if fh.read(1) in (b"\n", b""):
+        return False
+    fh.seek(offset - size)
+    return b"\n" not in fh.read(size)
+
+
+def read_all_events(path: Path) -> list[dict[str, Any]]:
+    """Every event of a (small: one run's) events file, chunk after chunk."""
+    events: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        chunk, after = read_events(path, offset)
+        events += chunk
+        if after == offset:
+            return events
+        offset = after
 
 
 def control_line(cmd: str, params: dict[str, Any] | None = None) -> tuple[str, str]:

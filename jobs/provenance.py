@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs import atomic
 from jobs.environment import job_environment
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,4 @@ def _interpreter_like(arg: str) -> bool:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic.write_text(path, text)  # whole or not at all: `export` sends it beside the model

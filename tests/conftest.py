@@ -31,7 +31,8 @@ async def bot(settings: Settings) -> AsyncIterator[BotHarness]:
 
 @pytest.fixture
 async def quick_loss(settings: Settings) -> AsyncIterator[BotHarness]:
-    """A bot that declares a silent runner lost after 3 s (runs here report every 0.2 s)."""
-    jobs = settings.jobs.model_copy(update={"heartbeat_timeout": 3.0})
+    """A bot that declares a silent runner lost after 8 s (its heartbeats come every 2 s): soon, yet
+    not so soon that a healthy runner on a starved machine misses enough beats to be declared lost."""
+    jobs = settings.jobs.model_copy(update={"heartbeat_timeout": 8.0})
     async with BotHarness(settings.model_copy(update={"jobs": jobs})) as bot:
         yield bot

@@ -198,7 +198,7 @@ async def test_forged_checkpoints_are_not_kept_nor_exported(
     # A stop that names a checkpoint elsewhere stops the job, and keeps the checkpoint it had.
     kept = bot.app.job_store.get(jid).checkpoint  # type: ignore[union-attr]
     _forge(bot, jid, {"type": "stopped", "epoch": 3, "batch": 0, "checkpoint": str(secret)})
-    assert await bot.wait_state(jid, {STOPPED}, timeout=10) == STOPPED
+    assert await bot.wait_state(jid, {STOPPED}, timeout=60) == STOPPED
     assert bot.app.job_store.get(jid).checkpoint == kept  # type: ignore[union-attr]
     await _kill_runners(bot, {STOPPED})  # it stopped by its word alone: its runner goes too
     # Resuming from such a row is refused, in the job manager's words.

@@ -81,15 +81,16 @@ async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(
     best = str(job.metrics["best_checkpoint"])
     stored = Path(settings.data_dir) / "jobs" / "cluster-store"
     stored.mkdir()
+    named = Path(best).with_name(json.loads(Path(f"{best}.json").read_text())["checkpoint"])  # the `best` pointer's
     for suffix in (".params", ".export-symbol.json", ".export-0000.params"):
-        Path(f"{stored / 'best'}{suffix}").write_bytes(Path(f"{best}{suffix}").read_bytes())
+        Path(f"{stored / 'best'}{suffix}").write_bytes(Path(f"{named}{suffix}").read_bytes())
     metrics = {**job.metrics, "best_checkpoint": f"local://{stored / 'best'}"}
     bot.app.db.execute("UPDATE jobs SET metrics=? WHERE id=?", (json.dumps(metrics), jid))
     shutil.rmtree(folder)
     bot.adapter.capabilities = replace(bot.adapter.capabilities, max_file_bytes=10**9)  # type: ignore[misc]
     fetched = await bot.say(f"export {jid}")
     assert [r.file.read_bytes() if r.file else None for r in fetched[:2]] == [
-        Path(f"{best}.export-0000.params").read_bytes(), Path(f"{best}.export-symbol.json").read_bytes()
+        Path(f"{named}.export-0000.params").read_bytes(), Path(f"{named}.export-symbol.json").read_bytes()
     ]  # fmt: skip
     metrics["best_checkpoint"] = f"local://{stored / 'gone'}"
     bot.app.db.execute("UPDATE jobs SET metrics=?, checkpoint=NULL WHERE id=?", (json.dumps(metrics), jid))
@@ -98,7 +99,7 @@ async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(
     # Outside the job's folder and the storage, it is not read (see tests/test_admission.py).
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    Path(f"{outside / 'best'}.params").write_bytes(Path(f"{best}.params").read_bytes())
+    Path(f"{outside / 'best'}.params").write_bytes(Path(f"{named}.params").read_bytes())
     metrics["best_checkpoint"] = f"local://{outside / 'best'}"
     bot.app.db.execute("UPDATE jobs SET metrics=? WHERE id=?", (json.dumps(metrics), jid))
     [refused] = await bot.say(f"export {jid}")

@@ -457,7 +457,7 @@ async def test_commands_sent_to_a_runner_frozen_until_lost_die_with_it(quick_los
     try:
         asked = [*await bot.say(f"set {jid} lr=0.02"), *await bot.say(f"pause {jid}")]
         assert not any(r.error for r in asked), [r.text for r in asked]
-        assert await bot.wait_state(jid, {"lost", "paused", "failed"}, timeout=30) == "lost"
+        assert await bot.wait_state(jid, {"lost", "paused", "failed"}, timeout=60) == "lost"
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     finally:
         with suppress(ProcessLookupError):
@@ -496,7 +496,8 @@ async def test_a_paused_runner_is_not_lost_while_it_waits(quick_loss: BotHarness
     paused = await bot.wait_event(jid, "paused", timeout=30)
     try:
         # Paused for twice the heartbeat timeout, or until the bot gives up on it.
-        await eventually(lambda: store.get(jid).state != "paused" or time.time() - paused["t"] > 6, 30, "a wait")
+        twice = 2 * bot.app.manager.heartbeat_timeout
+        await eventually(lambda: store.get(jid).state != "paused" or time.time() - paused["t"] > twice, 60, "a wait")
         assert store.get(jid).state == "paused", store.get(jid).error
     finally:
         if store.get(jid).state == "paused":

@@ -38,7 +38,7 @@ async def test_a_frozen_runner_is_killed_when_lost_and_a_resume_runs_exactly_one
     pid = bot.app.job_store.get(jid).handle["pid"]
 
     os.kill(pid, signal.SIGSTOP)
-    assert await bot.wait_state(jid, {"lost"}, timeout=30) == "lost"
+    assert await bot.wait_state(jid, {"lost"}, timeout=60) == "lost"
     assert _gone(pid), "a lost runner must not outlive its job's control"
     lost = bot.app.job_store.get(jid)
     assert "killed" in (lost.error or "")

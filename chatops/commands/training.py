@@ -5,9 +5,11 @@ validation come from the declaration."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,13 +24,14 @@ from chatops.specs import Args, CommandContext, CommandError, CommandRegistry, N
 from chatops.store import COMPARE
 from chatops.sweeps import active, counts, label, mode
 from chatops.sweeps import table as sweep_table
-from jobs import storage
+from jobs import atomic, storage
 from jobs.manager import JobError, QuotaExceeded, log_tail
 from jobs.params import fields_of, live_change, validate
 from jobs.provenance import FILE as PROVENANCE_FILE
 from jobs.provenance import code_label
 from jobs.quotas import Quota
 from jobs.schemas import JobParams, KindUnavailable
+from jobs.sdk.run import CHECKPOINT_NAME
 from jobs.store import (
     ACTIVE_STATES,
     FAILED,
@@ -600,15 +603,19 @@ async def cmd_export(ctx: CommandContext[JobRef]) -> list[Reply]:
     prefix = best if isinstance(best, str) else job.checkpoint
     which = "best" if prefix is best else "last"
     try:  # a checkpoint in a Ray cluster's storage may be an fsspec URI (s3://…): fetched from there
-        paths = await asyncio.to_thread(
-            _exported, str(prefix or ""), f"{job.id}-{which}", job.dir / "export", lambda p: ctx.jobs.placed(job, p)
+        exported = await asyncio.to_thread(
+            _exported, str(prefix or ""), job.id, which, job.dir / "export", lambda p: ctx.jobs.placed(job, p)
         )
     except _Outside:
         raise CommandError(ctx.t("export.outside", id=job.id), reason="outside") from None
-    except (OSError, RuntimeError) as exc:
+    except (_Damaged, OSError, RuntimeError) as exc:
         raise CommandError(ctx.t("export.unreadable", id=job.id, error=str(exc))) from None
+    paths = exported.paths
     if not paths:
         raise CommandError(ctx.t("export.none", id=job.id))
+    which = exported.which or which
+    # A damaged checkpoint is never sent: the latest intact one is, and the reply says so first.
+    note = ctx.t("export.fallback", damage=exported.damage, which=which) + "\n" if exported.damage else ""
     size = sum(p.stat().st_size for p in paths)
     mb = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
     fits = size <= ctx.services.file_limit(ctx.conversation.platform)
@@ -616,29 +623,53 @@ async def cmd_export(ctx: CommandContext[JobRef]) -> list[Reply]:
     attached = [Reply(p.name, file=p, job_id=job.id) for p in proof]
     if len(paths) == 1:
         if fits:
-            return [Reply(ctx.t("export.sent", id=job.id, which=which, size=mb), file=paths[0], job_id=job.id),
+            return [Reply(note + ctx.t("export.sent", id=job.id, which=which, size=mb), file=paths[0], job_id=job.id),
                     *attached]  # fmt: skip
         listed = "\n".join(str(p) for p in [paths[0], *proof])
-        return [Reply(ctx.t("export.path", id=job.id, which=which, size=mb) + f"\n{listed}", job_id=job.id)]
+        return [Reply(note + ctx.t("export.path", id=job.id, which=which, size=mb) + f"\n{listed}", job_id=job.id)]
     if fits:
         said = ctx.t("export.symbol_sent", id=job.id, which=which, size=mb, symbol=paths[1].name,
                      weights=paths[0].name)  # fmt: skip
-        return [Reply(said, file=paths[0], job_id=job.id), Reply(paths[1].name, file=paths[1], job_id=job.id),
+        return [Reply(note + said, file=paths[0], job_id=job.id), Reply(paths[1].name, file=paths[1], job_id=job.id),
                 *attached]  # fmt: skip
     listed = "\n".join(str(p) for p in [*paths, *proof])
-    return [Reply(ctx.t("export.symbol_path", id=job.id, which=which, size=mb) + f"\n{listed}", job_id=job.id)]
+    return [Reply(note + ctx.t("export.symbol_path", id=job.id, which=which, size=mb) + f"\n{listed}", job_id=job.id)]
 
 
 class _Outside(Exception):
     """A checkpoint file outside the job's folder and the storage (a forged event, an old row)."""
 
 
-def _exported(prefix: str, name: str, folder: Path, placed: Callable[[str], str | None]) -> list[Path]:
+class _Damaged(Exception):
+    """A checkpoint whose files do not match the sizes and checksums recorded with them (and, raised
+    by `_exported`, no intact one to send instead); the message names the file and how it differs."""
+
+
+@dataclass
+class Exported:
+    """The copies `export` sends; where the checkpoint asked for was damaged or gone, the intact one
+    sent instead (`which`) and why (`damage`)."""
+
+    paths: list[Path]
+    which: str | None = None
+    damage: str | None = None
+
+
+_WEIGHTS, _SYMBOL = ".export-0000.params", ".export-symbol.json"  # beside a checkpoint: `net.export`'s two
+_SENT_AS = {_WEIGHTS: "-0000.params", _SYMBOL: "-symbol.json", ".params": ".params"}
+
+
+def _exported(prefix: str, job_id: str, which: str, folder: Path, placed: Callable[[str], str | None]) -> Exported:
     """Copies of a checkpoint's model under the job's folder (stored by job, removed with it, and
-    out of reach of a later checkpoint pruning while they are sent); none without a checkpoint.
-    A hybridized network was also exported beside it (`net.export`): its symbol and the parameters
-    that load without the model's code; otherwise the parameters alone. Every file is read where
-    `placed` puts it (symlinks followed), and only there (_Outside)."""
+    out of reach of a later checkpoint pruning while they are sent), named `<job>-<which>…`; none
+    without a checkpoint. A hybridized network was also exported beside it (`net.export`): its
+    symbol and the parameters that load without the model's code; otherwise the parameters alone.
+
+    `prefix` may be the `best` pointer (`best.json` naming `best-e3`): the checkpoint it names is
+    sent. Each copy is checked against the size and SHA-256 recorded in its checkpoint's JSON before
+    it takes its name; a damaged (or vanished) checkpoint is never sent: the latest intact one of
+    the same folder is, and `damage` says why, else _Damaged. Every file is read where `placed` puts
+    it (symlinks followed), and only there (_Outside)."""
 
     def where(path: str) -> str:
         place = placed(path)
@@ -647,19 +678,132 @@ def _exported(prefix: str, name: str, folder: Path, placed: Callable[[str], str 
         return place
 
     if not prefix:
-        return []
+        return Exported([])
     where(prefix)
-    if not storage.exists(where(f"{prefix}.params")):
-        return []
-    symbol, weights = where(f"{prefix}.export-symbol.json"), where(f"{prefix}.export-0000.params")
-    if storage.exists(symbol) and storage.exists(weights):
-        pairs = [(weights, f"{name}-0000.params"), (symbol, f"{name}-symbol.json")]
+    named, missing = prefix, False
+    try:
+        named = _followed(prefix, where, folder)
+        paths = _copied(named, f"{job_id}-{which}", folder, where)
+        if paths:
+            return Exported(paths)
+        missing, damage = True, f"checkpoint {_name(named)} is missing"
+    except _Damaged as exc:
+        damage = str(exc)
+    for target in _intact(prefix, where, folder):
+        if target == named:
+            continue
+        try:
+            paths = _copied(target, f"{job_id}-{_name(target)}", folder, where)
+        except (_Damaged, _Outside, OSError):
+            continue  # not intact either: the next older one
+        if paths:
+            return Exported(paths, which=_name(target), damage=damage)
+    if missing and named == prefix:
+        return Exported([])  # nothing there, nothing beside it: no checkpoint to export yet
+    raise _Damaged(f"{damage}; no intact checkpoint to send instead")
+
+
+def _name(target: str) -> str:
+    return target.rsplit("/", 1)[-1]
+
+
+def _sibling(target: str, name: str) -> str:
+    """The checkpoint `name` in the folder of `target` (a path or a URI)."""
+    return f"{target.rsplit('/', 1)[0]}/{name}"
+
+
+def _meta(target: str, where: Callable[[str], str], folder: Path) -> dict[str, Any] | None:
+    """The JSON of the checkpoint at `target` (fetched from the storage where it is a URI), or None
+    where there is none."""
+    place, name = where(f"{target}.json"), _name(target)
+    if not storage.exists(place):
+        return None
+    try:
+        if storage.is_uri(place):
+            tmp = atomic.temp_path(folder / f"{name}.json")
+            try:
+                storage.download(place, tmp)
+                text = tmp.read_text(encoding="utf-8")
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            text = Path(place).read_text(encoding="utf-8")
+        meta = json.loads(text)
+    except ValueError:  # undecodable or not JSON: written atomically, so damaged since
+        raise _Damaged(f"checkpoint {name} is damaged: {name}.json is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise _Damaged(f"checkpoint {name} is damaged: {name}.json is not a checkpoint's record")
+    return meta
+
+
+def _followed(prefix: str, where: Callable[[str], str], folder: Path) -> str:
+    """`prefix`, or the checkpoint the pointer there names (`…/best` -> `…/best-e3`)."""
+    meta = _meta(prefix, where, folder)
+    named = meta.get("checkpoint") if meta is not None else None
+    if named is None:
+        return prefix
+    if not isinstance(named, str) or not CHECKPOINT_NAME.fullmatch(named):
+        raise _Damaged(f"checkpoint {_name(prefix)} is damaged: it names {named!r}")
+    return _sibling(prefix, named)
+
+
+def _copied(target: str, name: str, folder: Path, where: Callable[[str], str]) -> list[Path]:
+    """The model files of the checkpoint at `target`, copied as `<name>…` once each matches the
+    record in its JSON (_Damaged where one does not); [] where the checkpoint has no model file."""
+    base = _name(target)
+    meta = _meta(target, where, folder)
+    files = meta.get("files") if meta is not None else None
+    records: dict[str, Any]
+    if files is None:  # no JSON, or one of the previous version, which recorded no checksums: sent unchecked
+        if not storage.exists(where(f"{target}.params")):
+            return []
+        exported = storage.exists(where(f"{target}{_SYMBOL}")) and storage.exists(where(f"{target}{_WEIGHTS}"))
+        records = dict.fromkeys((_WEIGHTS, _SYMBOL) if exported else (".params",))
+    elif not isinstance(files, dict):
+        raise _Damaged(f"checkpoint {base} is damaged: its record of files is unreadable")
+    elif f"{base}{_WEIGHTS}" in files and f"{base}{_SYMBOL}" in files:
+        records = {suffix: files[f"{base}{suffix}"] for suffix in (_WEIGHTS, _SYMBOL)}
+    elif f"{base}.params" in files:
+        records = {".params": files[f"{base}.params"]}
     else:
-        pairs = [(where(f"{prefix}.params"), f"{name}.params")]
-    folder.mkdir(parents=True, exist_ok=True)
-    for source, target in pairs:
-        storage.download(source, folder / target)
-    return [folder / target for _, target in pairs]
+        return []
+    copies = []
+    for suffix, record in records.items():
+        dest = folder / f"{name}{_SENT_AS[suffix]}"
+        with atomic.replacing(dest) as tmp:  # checked under a temporary name: a torn copy never has the real one
+            try:
+                storage.download(where(f"{target}{suffix}"), tmp)
+            except FileNotFoundError:
+                raise _Damaged(f"checkpoint {base} is damaged: {base}{suffix} is missing") from None
+            why = atomic.mismatch(tmp, record) if record is not None else None
+            if why is not None:
+                raise _Damaged(f"checkpoint {base} is damaged: {base}{suffix} {why}")
+        copies.append(dest)
+    return copies
+
+
+def _intact(prefix: str, where: Callable[[str], str], folder: Path) -> list[str]:
+    """The checkpoints beside `prefix` whose JSON records their files, the latest first: what may be
+    sent in place of a damaged one (one without a record cannot be told intact)."""
+    parent = prefix.rsplit("/", 1)[0]
+    try:
+        entries = storage.listdir(where(parent))
+    except (_Outside, OSError, RuntimeError):
+        return []
+    found: list[tuple[float, str, str]] = []
+    for entry in entries:
+        stem = entry.removesuffix(".json")
+        if stem == entry or not CHECKPOINT_NAME.fullmatch(stem):
+            continue
+        target = _sibling(prefix, stem)
+        try:
+            meta = _meta(target, where, folder)
+        except (_Damaged, _Outside, OSError):
+            continue
+        if meta is not None and isinstance(meta.get("files"), dict):
+            when = meta.get("time")
+            found.append((float(when) if isinstance(when, int | float) else 0.0, stem, target))
+    return [target for *_, target in sorted(found, reverse=True)]
 
 
 _COMPARED = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss")

@@ -137,6 +137,7 @@ TEXTS: dict[str, str] = {
                           " gluon.SymbolBlock.imports with input \"data\") stays on the server (too large, or this"
                           " platform takes no files):",
     "export.unreadable": "job {id}: its checkpoint could not be read ({error}).",
+    "export.fallback": "{damage}; exporting the latest intact checkpoint, {which}, instead.",
     "export.sent": "job {id}: the {which} checkpoint's parameters ({size}; load them with net.load_parameters).",
     "export.path": "job {id}: the {which} checkpoint's parameters ({size}) stay on the server (too large, or"
                    " this platform takes no files):",
@@ -234,4 +235,11 @@ TEXTS: dict[str, str] = {
     "state.failed": "failed",
     "state.stopped": "stopped",
     "state.lost": "lost",
+    # -- a locked database, a full disk (the busy and disk notices go directly, not through the outbox)
+    "router.locked": "The bot's database was locked by another chatops process, so this command did not finish"
+                     " (ref {ref}). Check with status, then send it again.",
+    "store.busy": "Busy, retrying: another chatops process holds the bot's database. Your message is kept and will"
+                  " be answered, in order, as soon as it is free.",
+    "store.disk_full": "The bot's disk is full ({where}): nothing was stored and your message was not handled."
+                       " Free some space there and send it again.",
 }  # fmt: skip

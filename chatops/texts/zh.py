@@ -134,6 +134,7 @@ TEXTS: dict[str, str] = {
                           "用 gluon.SymbolBlock.imports 加载，输入名 \"data\"）在服务器上"
                           "（文件太大，或这个平台不能发文件）：",
     "export.unreadable": "job {id}：无法读取它的检查点（{error}）。",
+    "export.fallback": "{damage}；改为导出最近一个完好的检查点 {which}。",
     "export.sent": "job {id}：{which} 检查点的参数（{size}；用 net.load_parameters 加载）。",
     "export.path": "job {id}：{which} 检查点的参数（{size}）在服务器上（文件太大，或这个平台不能发文件）：",
     "compare.usage": "请给出 2 到 {most} 个任务或一个 sweep：对比 3f2a 4b1c、对比 s3f2a",
@@ -221,4 +222,11 @@ TEXTS: dict[str, str] = {
     "state.failed": "失败",
     "state.stopped": "已停止",
     "state.lost": "失联",
+    # -- a locked database, a full disk (the busy and disk notices go directly, not through the outbox)
+    "router.locked": "机器人的数据库被另一个 chatops 进程锁住，这条命令没有完成（ref {ref}）。"
+                     "请先用 状态 查看，再重新发送。",
+    "store.busy": "忙碌中，正在重试：另一个 chatops 进程占用着机器人的数据库。"
+                  "你的消息已保留，数据库空闲后会按顺序回复。",
+    "store.disk_full": "机器人的磁盘已满（{where}）：什么都没有保存，你的消息没有被处理。"
+                       "请先清理那里的空间，再重新发送。",
 }  # fmt: skip

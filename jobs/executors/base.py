@@ -14,10 +14,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ExitInfo:
-    """How a runner process ended; `code` is None when it cannot be known (not our child)."""
+    """How a runner process ended; `code` is None when it cannot be known (not our child). `at`:
+    when it ended by the executor's own record (wall time), None when it has none."""
 
     code: int | None
     signal: int | None = None
+    at: float | None = None
 
     def describe(self) -> str:
         import signal as _signal
@@ -39,8 +41,9 @@ class FileChannel:
     shared disk) overrides both."""
 
     def read_events(self, job: Job, offset: int) -> tuple[list[dict[str, Any]], int]:
-        """The runner's complete events after `offset` (the job's stored `events_offset`), and the
-        offset to store with them."""
+        """The runner's complete events after `offset` (the job's stored `events_offset`), a
+        bounded chunk of them (`protocol.READ_CHUNK` bytes), and the offset to store with them.
+        Called from a worker thread: it must not touch the database."""
         return protocol.read_events(job.dir / protocol.EVENTS_FILE, offset)
 
     def write_control(self, job: Job, cmd: str, params: dict[str, Any] | None = None) -> str:
@@ -49,7 +52,10 @@ class FileChannel:
 
 
 class Executor(Protocol):
-    def read_events(self, job: Job, offset: int) -> tuple[list[dict[str, Any]], int]: ...
+    def read_events(self, job: Job, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """A bounded chunk of the events after `offset`, and the offset after them; run in a
+        worker thread (the manager stores what it returns on the loop)."""
+        ...
 
     def write_control(self, job: Job, cmd: str, params: dict[str, Any] | None = None) -> str: ...
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,10 @@ class LocalExecutor(FileChannel):
         self.pass_env = list(pass_env)
         self.secrets = frozenset(secrets)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        # Job id -> (pid, how its runner ended), kept until the job's next launch: the manager may
+        # fail to store its verdict (a locked or full database) and ask again; a child's exit status
+        # is read once, and asked again it must not read as "ended while the bot was not watching".
+        self._exits: dict[str, tuple[int, ExitInfo]] = {}
         self._gpus: int | None = None
         self._gpus_known = False
 
@@ -107,6 +112,7 @@ class LocalExecutor(FileChannel):
                 start_new_session=True,
             )
         self._children[job_id] = proc
+        self._exits.pop(job_id, None)
         try:
             created = psutil.Process(proc.pid).create_time()
         except psutil.Error:
@@ -114,13 +120,19 @@ class LocalExecutor(FileChannel):
         return {"executor": "local", "pid": proc.pid, "create_time": created, "parent": os.getpid()}
 
     def poll(self, job_id: str, handle: dict[str, Any]) -> ExitInfo | None:
+        known = self._exits.get(job_id)
+        if known is not None and known[0] == handle.get("pid"):
+            return known[1]
         proc = self._children.get(job_id)
         if proc is not None:
             code = proc.poll()
             if code is None:
                 return None
             self._children.pop(job_id, None)
-            return ExitInfo(code, -code if code < 0 else None)
+            # Seen within a poll of the exit (the manager asks at every pass): the record of when it ended.
+            info = ExitInfo(code, -code if code < 0 else None, at=time.time())
+            self._exits[job_id] = (proc.pid, info)
+            return info
         # Not our child (the bot restarted): the pid and its start time identify the runner.
         if self.alive(handle):
             return None

@@ -17,8 +17,9 @@ with the script:
 - Progress is read from each segment with `options.progress`, a regular expression searched in it.
   The groups `epoch`, `epochs`, `batch` and `batches` (integers) place it; every other named group
   is a metric (a float where it parses as one, `nan` and `inf` included, else text). A match in which
-  `batch` took part is a `progress` event (at most one per `report_seconds`, and always at
-  `batch == batches`); any other match is a whole epoch's summary (an `epoch` event). A pattern
+  `batch` took part is a `progress` event (at most one per `report_seconds`, and at
+  `batch == batches`; never more than `jobs.progress_rate` allows, 5 a second on average, however
+  fast a bar is redrawn); any other match is a whole epoch's summary (an `epoch` event, never held back). A pattern
   written for numbers only (`[0-9.]+`) still reads a `nan` / `inf` where a number stood.
 - Without a pattern the built-in readers (`jobs.readers`: Keras, tqdm, Lightning, the Hugging Face
   Trainer, MXNet's `Module.fit`, plain `epoch N/M` lines) read it into the same events, with the
@@ -63,6 +64,7 @@ import psutil
 
 from jobs.environment import job_environment
 from jobs.params import control_character
+from jobs.progress_rate import MAX_PROGRESS_PER_SECOND, PROGRESS_BURST, ProgressRate
 from jobs.protocol import (
     CONTROL_FILE,
     EVENTS_FILE,
@@ -409,6 +411,10 @@ class Wrapper:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._shown = ""  # the line under way as a terminal shows it: its last segment with text
         self._last_progress = float("-inf")
+        self._rate = ProgressRate(time.monotonic())  # read progress: the ceiling, whatever report_seconds says
+        # A script on the SDK holds itself to the ceiling; this looser one only stops a script that
+        # writes progress events to its pipe itself, as fast as it can.
+        self._sdk_rate = ProgressRate(time.monotonic(), 2 * MAX_PROGRESS_PER_SECOND, 2 * PROGRESS_BURST)
         self._open = {OUTPUT, EVENTS}  # the script's streams not yet at their end
         self._source = f"job folder {spec.job_dir} (script events)"
         self._beat_stop = threading.Event()
@@ -581,6 +587,8 @@ class Wrapper:
             self.state = "running"
         elif kind in TERMINAL_EVENTS:
             self.sdk_terminal = kind
+        if kind == "progress" and not self._sdk_rate.take(time.monotonic()):
+            return  # a flood of progress from the script: the next one says where it is
         self.events.emit(kind, **fields)
 
     def _matched(self, fields: dict[str, Any]) -> None:
@@ -608,8 +616,9 @@ class Wrapper:
             self._summary(reading.epoch or (self.epoch or 0) + 1, metrics)
 
     def _progress(self, epoch: int, batch: int | None, metrics: dict[str, Any]) -> None:
-        """Where the script is within an epoch: an event at most every `report_seconds`, and always
-        at the epoch's last batch."""
+        """Where the script is within an epoch: an event at most every `report_seconds`, and at the
+        epoch's last batch, within the ceiling of `jobs.progress_rate` (a flood's skipped redraws
+        are coalesced: the next event carries the latest place and figures, `_note` keeps them all)."""
         self._note(epoch, metrics, "progress")
         self.epoch = epoch
         if batch is not None:
@@ -617,6 +626,8 @@ class Wrapper:
         now = time.monotonic()
         last_batch = self.batches is not None and batch == self.batches
         if now - self._last_progress < self.spec.report_seconds and not last_batch:
+            return
+        if not self._rate.take(now):
             return
         self._last_progress = now
         place: dict[str, Any] = {"epoch": epoch, "epochs": self.epochs, "batch": batch}

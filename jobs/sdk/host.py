@@ -29,6 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from jobs.logcap import OutputCapture, job_cap
 from jobs.params import describe, validate
 from jobs.protocol import CONTROL_FILE, EVENTS_FILE, PARAMS_FILE, VERSION, ControlReader, EventWriter
 from jobs.schemas import JobParams
@@ -254,7 +255,9 @@ def _size(path: Path) -> int:
 
 
 def job_main(argv: list[str] | None, prog: str, entry: Callable[[Path], int], doc: str | None = None) -> int:
-    """`python -m <runner> --job-dir DIR`, as the local executor starts every runner."""
+    """`python -m <runner> --job-dir DIR`, as the local executor starts every runner. Its output,
+    where that is the job's `runner.log`, goes through `jobs.logcap` (the `max_log_mb` cap) from
+    here on, and is all in the file before this returns, however `entry` ends."""
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job-dir", required=True, type=Path, help="job folder with params.json")
     args = parser.parse_args(argv)
@@ -266,9 +269,12 @@ def job_main(argv: list[str] | None, prog: str, entry: Callable[[Path], int], do
         # The manager never launches beside a live runner; this guards against whatever else does.
         print(f"another runner holds job folder {args.job_dir}; not starting a second", file=sys.stderr)
         return EXIT_FOLDER_BUSY
+    capture = OutputCapture.start(args.job_dir, job_cap(args.job_dir))  # after the lock: one writer
     try:
         return entry(args.job_dir)
     finally:
+        if capture is not None:
+            capture.close()  # a traceback printed after this goes straight to runner.log
         os.close(lock)
 
 

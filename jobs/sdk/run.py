@@ -10,6 +10,7 @@ calls `report` every batch does not sync the device every batch.
 from __future__ import annotations
 
 import collections
+import glob
 import json
 import math
 import os
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from jobs import atomic
 from jobs.params import live_change
+from jobs.progress_rate import ProgressRate
 from jobs.protocol import CHECKPOINT_DIR, TENSORBOARD_DIR
 from jobs.readers import Kind, final_figures, is_bad, normalise
 from jobs.schemas import JobParams
@@ -33,6 +36,10 @@ LoadHook = Callable[[str, "dict[str, Any]"], None]  # prefix, the checkpoint's J
 PAUSE_POLL_SECONDS = 0.05
 ARTIFACTS_DIR = "artifacts"
 _COUNTS = re.compile(r"epoch|iter", re.I)  # a parameter that may count epochs: `training_iters`, `num_epochs`
+BEST = "best"  # `best.json`: the pointer to the best epoch's checkpoint, `best-e<epoch>`
+CHECKPOINT_NAME = re.compile(r"[\w-]+")  # a checkpoint's prefix within its folder: no dot, no slash
+_EPOCH_CHECKPOINT = re.compile(r"epoch-(\d+)(?:-(\d+))?\.json")
+_BEST_CHECKPOINT = re.compile(r"best-e\d+(?:-\d+)?")
 
 
 class StopTraining(BaseException):  # like SystemExit: a user `except Exception` must not catch it
@@ -42,6 +49,11 @@ class StopTraining(BaseException):  # like SystemExit: a user `except Exception`
 class UsageError(RuntimeError):
     """The training function asked the SDK for something it cannot know (how many epochs); the
     message names the fix."""
+
+
+class CheckpointDamaged(RuntimeError):
+    """A checkpoint whose files no longer match the sizes and checksums recorded with them; the
+    message names the file and how it differs."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -167,6 +179,9 @@ class Run(Generic[P]):
         self.paused_seconds = 0.0
         self._last_report = time.monotonic()
         self._at_report = (0, 0, 0.0)  # batches, samples, paused seconds at the last report
+        # Batch-level progress never floods events.jsonl, whatever report_seconds or force say.
+        self._rate = ProgressRate(self._last_report)
+        self._held: dict[str, Any] = {}  # figures of reports held back, unread, for the next one out
         self._batches_done = self._samples_done = 0
         self._epoch_closed = 0
         self._started = False
@@ -305,14 +320,28 @@ class Run(Generic[P]):
     # ---- reporting ---------------------------------------------------------------------------
     def due(self) -> bool:
         """Whether `report` would speak now: compute costly metrics (a device read-back) only then."""
-        return self.reporting and time.monotonic() - self._last_report >= self.report_seconds
+        now = time.monotonic()
+        return self.reporting and now - self._last_report >= self.report_seconds and self._rate.ready(now)
 
     def report(self, *, force: bool = False, **metrics: Any) -> dict[str, Any] | None:
         """Progress and metrics, at most every `report_seconds` (NDArrays are read only then);
-        returns the event it emitted (with `samples_per_sec`, `eta_seconds`), or None."""
+        returns the event it emitted (with `samples_per_sec`, `eta_seconds`), or None.
+
+        `force` skips `report_seconds`, never the ceiling of `jobs.progress_rate` (5 a second on
+        average). A report held back is coalesced: its figures ride, still unread, with the next one
+        that goes out (newer values win); a plain number among them still meets the NaN guard now."""
         now = time.monotonic()
-        if not self.reporting or (not force and now - self._last_report < self.report_seconds):
+        if not self.reporting:
             return None
+        if (not force and now - self._last_report < self.report_seconds) or not self._rate.take(now):
+            self._held.update(metrics)
+            # A plain NaN fails the run now, as if said; NDArrays wait, unread, for a report that goes out.
+            plain = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            if any(is_bad(v) for v in plain.values()):
+                self.start()
+                self._guard(plain, "progress")
+            return None
+        metrics, self._held = {**self._held, **metrics}, {}
         batches, samples, paused = self._at_report
         busy = now - self._last_report - (self.paused_seconds - paused)
         self._last_report = now
@@ -422,33 +451,86 @@ class Run(Generic[P]):
             self._restore(Path(resume), load)
 
     def save_checkpoint(self, reason: str, name: str | None = None, **where: Any) -> str | None:
+        """Save through the hook into a fresh prefix, then write its JSON, last and atomically, with
+        each file's size and SHA-256: a prefix with a JSON is a whole checkpoint, and no save ever
+        writes over one. The best epoch's checkpoint is `best-e<epoch>`; the `best.json` pointer
+        moves to it once it is whole, and only then are older bests removed, so what `best` names
+        is complete at every instant, a kill -9 mid-save included. Returns the path the event names
+        (`…/best` for the best: the pointer)."""
         if self._save is None:
             return None
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        prefix = self.checkpoint_dir / (name or f"{reason}-e{self.epoch}-b{self.batch}")
+        self._clear_temporaries()
+        best = reason == BEST
+        prefix = self._fresh(f"{BEST}-e{self.epoch}" if best else (name or f"{reason}-e{self.epoch}-b{self.batch}"))
         extra = self._save(str(prefix)) or {}
         meta = {
             "epoch": self.epoch, "batch": where.get("batch", self.batch), "batches_per_epoch": self.batches_per_epoch,
             "params": self.run_params.model_dump(mode="json"), "live": self._live_values(), "reason": reason,
-            "time": time.time(), "user": extra,
+            "time": time.time(), "user": extra, "files": self._record(prefix),
         }  # fmt: skip
-        tmp = Path(f"{prefix}.json.tmp")
-        tmp.write_text(json.dumps(meta, indent=1, default=host_value))
-        tmp.replace(f"{prefix}.json")  # the JSON last: its presence marks a whole checkpoint
-        self.events.emit("checkpoint", path=str(prefix), epoch=self.epoch, batch=meta["batch"], reason=reason)
-        return str(prefix)
+        atomic.write_text(f"{prefix}.json", json.dumps(meta, indent=1, default=host_value))
+        path = prefix
+        if best:
+            pointer = {"checkpoint": prefix.name, "epoch": self.epoch, "batch": meta["batch"], "time": meta["time"]}
+            atomic.write_text(self.checkpoint_dir / f"{BEST}.json", json.dumps(pointer, indent=1))
+            self._drop_bests(keep=prefix.name)
+            path = self.checkpoint_dir / BEST
+        self.events.emit("checkpoint", path=str(path), epoch=self.epoch, batch=meta["batch"], reason=reason)
+        return str(path)
 
     def _live_values(self) -> dict[str, Any]:
         return {name: getattr(self.params, name) for name in type(self.params).live_fields()}
 
+    def _fresh(self, name: str) -> Path:
+        """`name`, else `name-2`, `name-3`…: the first prefix no whole checkpoint uses (a resumed run
+        repeating an epoch, a second pause at one batch). What a save cut short left there (files
+        without a JSON) is removed first: nothing names it."""
+        prefix, count = self.checkpoint_dir / name, 1
+        while Path(f"{prefix}.json").exists():
+            count += 1
+            prefix = self.checkpoint_dir / f"{name}-{count}"
+        for leftover in _files_of(prefix):
+            leftover.unlink(missing_ok=True)
+        return prefix
+
+    def _record(self, prefix: Path) -> dict[str, atomic.FileRecord]:
+        """Size and SHA-256 of each file the hook wrote, each flushed to the disk first, so that the
+        JSON (written after) never vouches for data still in flight."""
+        files: dict[str, atomic.FileRecord] = {}
+        for path in _files_of(prefix):
+            atomic.sync_file(path)
+            files[path.name] = atomic.describe(path)
+        return files
+
+    def _clear_temporaries(self) -> None:
+        """Temporary files of writes a kill cut short (this process is the folder's only writer),
+        and the `.json.tmp` of the previous version."""
+        for path in self.checkpoint_dir.iterdir():
+            if atomic.is_temp(path) or path.name.endswith(".json.tmp"):
+                path.unlink(missing_ok=True)
+
+    def _drop_bests(self, keep: str) -> None:
+        """Every best but `keep` (the pointer names it now), a previous version's `best.params` and
+        leftovers of bests cut short among them."""
+        for path in sorted(self.checkpoint_dir.iterdir(), key=lambda p: not p.name.endswith(".json")):
+            owner = path.name.split(".", 1)[0]  # the prefix a file belongs to (prefixes have no dot)
+            if path.name == f"{BEST}.json" or owner == keep:
+                continue
+            if owner == BEST or _BEST_CHECKPOINT.fullmatch(owner):
+                path.unlink(missing_ok=True)  # JSONs first: a checkpoint stops being whole before its files go
+
     def _prune(self) -> None:
-        numbered = sorted(
-            (int(p.name.split("-")[1].removesuffix(".json")), Path(str(p).removesuffix(".json")))
-            for p in self.checkpoint_dir.glob("epoch-*.json")
-            if p.name.split("-")[1].removesuffix(".json").isdigit()
-        )
-        for _, prefix in numbered[: max(0, len(numbered) - self._keep)]:
-            for path in prefix.parent.glob(prefix.name + ".*"):
+        """Keep the last `keep` epoch checkpoints."""
+        numbered = []
+        for meta in self.checkpoint_dir.glob("epoch-*.json"):
+            found = _EPOCH_CHECKPOINT.fullmatch(meta.name)
+            if found:
+                numbered.append((int(found[1]), int(found[2] or 1), meta.with_suffix("")))
+        numbered.sort()
+        for *_, prefix in numbered[: max(0, len(numbered) - self._keep)]:
+            Path(f"{prefix}.json").unlink(missing_ok=True)  # first: no longer whole, before its files go
+            for path in _files_of(prefix):
                 path.unlink(missing_ok=True)
 
     def _restore(self, prefix: Path, load: LoadHook) -> None:
@@ -457,6 +539,18 @@ class Run(Generic[P]):
         if not meta_path.is_file():
             raise FileNotFoundError(f"checkpoint incomplete: {meta_path} not found")
         meta = json.loads(meta_path.read_text())
+        named = meta.get("checkpoint")
+        if isinstance(named, str):  # the `best` pointer: the checkpoint it names
+            if not CHECKPOINT_NAME.fullmatch(named):
+                raise CheckpointDamaged(f"checkpoint {prefix.name} is damaged: it names {named!r}")
+            prefix = prefix.with_name(named)
+            meta_path = Path(f"{prefix}.json")
+            if not meta_path.is_file():
+                raise FileNotFoundError(f"checkpoint incomplete: {meta_path} not found")
+            meta = json.loads(meta_path.read_text())
+        damage = checkpoint_damage(prefix, meta)
+        if damage is not None:
+            raise CheckpointDamaged(damage)
         load(str(prefix), meta)
         epoch, batch = int(meta["epoch"]), int(meta["batch"])
         per_epoch = meta.get("batches_per_epoch")
@@ -545,6 +639,28 @@ class Run(Generic[P]):
             self.events.emit("param_changed", name=name, old=old, new=new, control_id=control_id)
         for name, reason in change.refusals:
             self.events.emit("param_rejected", name=name, reason=reason, control_id=control_id)
+
+
+def _files_of(prefix: Path) -> list[Path]:
+    """The files a save hook wrote for `prefix` (`<prefix>.params`, `.states`, `.export-…`), not
+    its JSON; temporary files are hidden (`.…tmp`) and never match."""
+    found = prefix.parent.glob(glob.escape(prefix.name) + ".*")
+    return sorted(p for p in found if p.name != f"{prefix.name}.json" and p.is_file())
+
+
+def checkpoint_damage(prefix: Path, meta: Mapping[str, Any]) -> str | None:
+    """How a checkpoint's files differ from what its JSON recorded ("checkpoint best-e3 is damaged:
+    best-e3.params is 262144 bytes, 10485760 recorded"), or None when they match."""
+    files = meta.get("files")
+    if files is None:
+        return None  # written by the previous version, which recorded no checksums: loaded unverified
+    if not isinstance(files, dict):
+        return f"checkpoint {prefix.name} is damaged: its record of files is unreadable"
+    for name, record in sorted(files.items()):
+        why = atomic.mismatch(prefix.parent / name, record) if "/" not in name else "is not a plain file name"
+        if why is not None:
+            return f"checkpoint {prefix.name} is damaged: {name} {why}"
+    return None
 
 
 def _batch_size(item: Any) -> int:
