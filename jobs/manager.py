@@ -28,8 +28,7 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -495,7 +494,7 @@ class JobManager:
         announced once, and an exit is judged only after the events before it."""
         job = self.store.get(listed.id)
         if job is not None and _parked(job):
-            with self._transaction():
+            with self.store.transaction():
                 job = self.store.get(listed.id)
                 if job is not None and _parked(job):
                     await self._check_parked(job)
@@ -506,7 +505,7 @@ class JobManager:
         run = job.runs
         exit_info = self.executor.poll(job.id, job.handle) if job.handle else None
         caught_up = await self._ingest(job)
-        with self._transaction():
+        with self.store.transaction():
             job = self.store.get(listed.id)
             if job is None or job.state not in ACTIVE_STATES:
                 return
@@ -534,7 +533,7 @@ class JobManager:
         self._behind = True
         done = 0
         while True:
-            with self._transaction():
+            with self.store.transaction():
                 fresh = self.store.get(job.id)
                 if fresh is None or fresh.events_offset != start:
                     return False  # another bot process stored this chunk meanwhile
@@ -613,21 +612,6 @@ class JobManager:
             return str(self.store.conn.execute("PRAGMA database_list").fetchone()[2] or "the database")
         except sqlite3.Error:
             return "the database"
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """The store's write transaction. A COMMIT that fails (a full disk) can leave the
-        connection inside its transaction, where every later write would join it and none would
-        commit: the transaction this opened is rolled back here then."""
-        outer = self.store.conn.in_transaction
-        try:
-            with self.store.transaction():
-                yield
-        except BaseException:
-            if not outer and self.store.conn.in_transaction:
-                with suppress(sqlite3.Error):
-                    self.store.conn.execute("ROLLBACK")
-            raise
 
     async def _apply(self, job: Job, event: dict[str, Any]) -> None:
         placed = self._confine(job, event)
@@ -1022,7 +1006,7 @@ class JobManager:
             # never a negative duration.
             at = max(at, job.started_at) if job.started_at is not None and job.state != QUEUED else at
         event = _state_event(job.state, state, reason, at if at is not None else self.wall())
-        with self._transaction():
+        with self.store.transaction():
             if not self.store.claim(job.id, job.state, state):
                 self._refresh(job)
                 return None
