@@ -396,6 +396,10 @@ class ChatStore:
         # Platforms whose conversations live in this process (the console): their messages are
         # this process's to print, never another's.
         self.local_platforms: set[str] = set()
+        # Whether this process also delivers what a gone process left queued for a local
+        # conversation ("whoever prints there now"): `chatops run` does; `chatops send` prints only
+        # its own message's answers and its jobs' (issue 24, item 9).
+        self.adopts_orphans = True
         self._alive: dict[str, tuple[bool, float]] = {}
         self.checkpointer = Checkpointer(conn)
         # What the last write that met a full disk said (naming the data folder), None once a write
@@ -444,6 +448,11 @@ class ChatStore:
         cur = self.conn.execute(
             "INSERT OR IGNORE INTO followers VALUES (?, ?, ?, ?)", (job_id, conversation, lang, owner)
         )
+        if cur.rowcount == 0 and owner is not None:
+            # A local conversation (`chatops send`) following again from a new process takes the
+            # job's messages over: the earlier process is gone, and `send` adopts no orphans.
+            self.conn.execute("UPDATE followers SET owner=? WHERE job_id=? AND conversation=?",
+                              (owner, job_id, conversation))  # fmt: skip
         return cur.rowcount == 1
 
     def unfollow(self, job_id: str, conversation: str) -> bool:
@@ -657,6 +666,8 @@ class ChatStore:
         return query, (*(p for name in platforms for p in (name, name)), *owners, *platforms)
 
     def _dead_owners(self, platforms: list[str]) -> list[str]:
+        if not self.adopts_orphans:
+            return []
         marks = ", ".join("?" for _ in platforms)
         return self._dead(
             self.conn.execute(

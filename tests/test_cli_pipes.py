@@ -92,8 +92,6 @@ def test_a_closed_stdout_before_anything_is_printed_is_status_0(tmp_path: Path) 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs ChatStore to let `chatops send` leave a gone console's rows alone "
-                   "(ChatStore.adopts_orphans; see the issue 24 note)")  # fmt: skip
 def test_a_second_send_prints_nothing_of_the_first_sends_job(tmp_path: Path, no_stray_runners: None) -> None:
     first = _chatops(tmp_path, "send", "train epochs=1 max_samples=200")
     assert first.returncode == 0 and "started" in first.stdout, first.stdout + first.stderr
