@@ -7,7 +7,6 @@ import json
 import logging
 import operator
 import sqlite3
-import threading
 import time
 import types
 from collections.abc import Callable, Coroutine, Generator, Iterable
@@ -20,7 +19,7 @@ import psutil
 
 from chatops.message import valid_text
 from chatops.settings import RetentionSettings
-from jobs.db import WriteTrouble, migrate, write_transaction
+from jobs.db import Checkpointer, WriteTrouble, migrate, write_transaction
 from jobs.store import JobStore
 
 _MIGRATIONS = [
@@ -238,69 +237,6 @@ class OutboxItem:
     attempts: int
 
 
-class Checkpointer:
-    """Runs the WAL's checkpoints on a thread of its own, off the event loop.
-
-    A checkpoint copies the WAL's pages into the database file and syncs both files (two
-    fdatasyncs, milliseconds each on a real disk). SQLite's automatic one runs inside whichever
-    COMMIT crosses `wal_autocheckpoint` pages, so every few hundred messages one of them paid for
-    it: about half of a message's commit, spread out. Here the writer's own automatic checkpoint
-    is pushed out to `BACKSTOP_PAGES` (it still runs there, should this thread fall behind or be
-    gone) and a thread with its own connection checkpoints, PASSIVE (it never blocks a writer),
-    every `EVERY` commits. What a commit writes and syncs is unchanged: durability is the same
-    (WAL, synchronous=NORMAL); only where the checkpoint's wait falls moves. The thread starts on
-    demand and ends after `IDLE_SECONDS` without commits, so a stopped bot leaves none behind.
-    """
-
-    EVERY = 100  # commits between checkpoints: a few hundred WAL pages
-    BACKSTOP_PAGES = 4000  # the writer's own automatic checkpoint, for when this thread falls behind
-    IDLE_SECONDS = 2.0
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute("PRAGMA database_list").fetchone()
-        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-        self.path: str | None = row[2] if row is not None and row[2] and str(mode).lower() == "wal" else None
-        self._commits = 0
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        if self.path is not None:
-            conn.execute(f"PRAGMA wal_autocheckpoint={self.BACKSTOP_PAGES}")
-
-    def committed(self) -> None:
-        """Count one commit; every `EVERY`, wake (or start) the thread."""
-        self._commits += 1
-        if self._commits < self.EVERY or self.path is None:
-            return
-        self._commits = 0
-        self._wake.set()
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(target=self._loop, name="chatops-checkpoint", daemon=True)
-                    self._thread.start()
-
-    def _loop(self) -> None:
-        assert self.path is not None
-        try:
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            log.debug("checkpoint thread: cannot open %s: %s", self.path, exc)
-            return
-        try:
-            while self._wake.wait(self.IDLE_SECONDS):
-                self._wake.clear()
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error as exc:  # the file is gone (a test's folder), a full disk: the writer's own takes over
-            log.debug("checkpoint thread: %s", exc)
-        finally:
-            with self._lock:
-                if self._thread is threading.current_thread():
-                    self._thread = None
-            conn.close()
-
-
 class WriteUnit:
     """One write transaction around the synchronous stretch of a coroutine.
 
@@ -401,7 +337,7 @@ class ChatStore:
         # its own message's answers and its jobs' (issue 24, item 9).
         self.adopts_orphans = True
         self._alive: dict[str, tuple[bool, float]] = {}
-        self.checkpointer = Checkpointer(conn)
+        self.checkpointer = getattr(conn, "checkpointer", None) or Checkpointer(conn)
         # What the last write that met a full disk said (naming the data folder), None once a write
         # succeeds again: `/healthz` reports it.
         self.disk_full: str | None = None

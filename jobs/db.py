@@ -7,6 +7,7 @@ import errno
 import logging
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # SQLite's busy wait is synchronous: on an event loop's connection it freezes the whole process
 # (every chat, the job watcher) for as long as another process (`chatops send`, `chatops run`)
@@ -25,16 +27,93 @@ BUSY_TIMEOUT = 10.0
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 
 
+class Checkpointer:
+    """Runs the WAL's checkpoints on a thread of its own, off the event loop.
+
+    A checkpoint copies the WAL's pages into the database file and syncs both files (two
+    fdatasyncs, milliseconds each on a real disk). SQLite's automatic one runs inside whichever
+    COMMIT crosses `wal_autocheckpoint` pages, so every few hundred messages one of them paid for
+    it: about half of a message's commit, spread out. Here the writer's own automatic checkpoint
+    is pushed out to `BACKSTOP_PAGES` (it still runs there, should this thread fall behind or be
+    gone) and a thread with its own connection checkpoints, PASSIVE (it never blocks a writer),
+    every `EVERY` commits. What a commit writes and syncs is unchanged: durability is the same
+    (WAL, synchronous=NORMAL); only where the checkpoint's wait falls moves. The thread starts on
+    demand and ends after `IDLE_SECONDS` without commits, so a stopped bot leaves none behind.
+    """
+
+    EVERY = 100  # commits between checkpoints: a few hundred WAL pages
+    BACKSTOP_PAGES = 4000  # the writer's own automatic checkpoint, for when this thread falls behind
+    IDLE_SECONDS = 2.0
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("PRAGMA database_list").fetchone()
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        self.path: str | None = row[2] if row is not None and row[2] and str(mode).lower() == "wal" else None
+        self._commits = 0
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        if self.path is not None:
+            conn.execute(f"PRAGMA wal_autocheckpoint={self.BACKSTOP_PAGES}")
+
+    def committed(self) -> None:
+        """Count one commit; every `EVERY`, wake (or start) the thread."""
+        self._commits += 1
+        if self._commits < self.EVERY or self.path is None:
+            return
+        self._commits = 0
+        self._wake.set()
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._loop, name="chatops-checkpoint", daemon=True)
+                    self._thread.start()
+
+    def _loop(self) -> None:
+        assert self.path is not None
+        try:
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.debug("checkpoint thread: cannot open %s: %s", self.path, exc)
+            return
+        try:
+            while self._wake.wait(self.IDLE_SECONDS):
+                self._wake.clear()
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # the file is gone (a test's folder), a full disk: the writer's own takes over
+            log.debug("checkpoint thread: %s", exc)
+        finally:
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+            conn.close()
+
+
+class Connection(sqlite3.Connection):
+    """A connection that counts its commits for its `Checkpointer`: the job store's commits as well as
+    the chat store's, so neither store's writes reach the automatic checkpoint on the event loop."""
+
+    checkpointer: Checkpointer | None = None
+
+    def committed(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.committed()
+
+
 def connect(path: Path | str, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
     """Open the database for use from one thread of an asyncio process (WAL). `busy_timeout`:
     seconds a write waits for another process's lock; `LOOP_BUSY_TIMEOUT` on an event loop."""
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(
+        str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False, factory=Connection
+    )
     conn.row_factory = sqlite3.Row
     _enable_wal(conn)
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
+    conn.checkpointer = Checkpointer(conn)
     return conn
 
 
@@ -57,6 +136,8 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    if isinstance(conn, Connection):
+        conn.committed()
 
 
 def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str]) -> int:

@@ -128,9 +128,7 @@ async def test_a_200_mb_backlog_is_read_with_flat_memory_and_no_loop_stall(tmp_p
         assert job.state == "succeeded" and job.last_seq == count
         assert stored == count, "every event stored once"
         assert growth < 100, f"RSS grew {growth:.0f} MB"
-        # The issue asks for 100 ms; on a loaded 2-core machine the worst stall measured 227-291 ms, inside
-        # SQLite COMMIT (the WAL checkpoint on the loop). Held here to 1 s until that moves off the loop.
-        assert probe.worst < 1.0, f"the event loop stalled {probe.worst * 1000:.0f} ms"
+        assert probe.worst < 0.1, f"the event loop stalled {probe.worst * 1000:.0f} ms"
     finally:
         runner.kill()
         runner.wait()
