@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
@@ -125,10 +127,12 @@ class HealthServer:
 
     def _disk_problem(self) -> str | None:
         """A full disk, as the last write that met it said (the chat side's or the job manager's),
-        until a write succeeds again. Read with getattr: a stand-in app may lack either."""
-        for source in (getattr(self.app, "chat_store", None), getattr(self.app, "manager", None)):
-            full = getattr(source, "disk_full", None)
-            if full:
+        until a write succeeds again or its folder has room again (a quiet bot writes nothing that
+        would clear it). Read with getattr: a stand-in app may lack either."""
+        for source, folder in (("chat_store", "folder"), ("manager", "jobs_dir")):
+            obj = getattr(self.app, source, None)
+            full = getattr(obj, "disk_full", None)
+            if full and not _has_room(getattr(obj, folder, None)):
                 return str(full)
         return None
 
@@ -153,3 +157,13 @@ class HealthServer:
             return web.Response(status=404, text="metrics are off\n")
         data, content_type = self.app.metrics.render()
         return web.Response(body=data, headers={"Content-Type": content_type})
+
+
+def _has_room(folder: object, need: int = 1 << 20) -> bool:
+    """Whether `folder` has `need` bytes free now; False when it cannot be told."""
+    if not isinstance(folder, (str, Path)) or str(folder) == ":memory:":
+        return False
+    try:
+        return shutil.disk_usage(folder).free >= need
+    except OSError:
+        return False

@@ -81,6 +81,8 @@ async def test_a_full_disk_is_named_and_the_bot_resumes_when_space_returns(
         assert f"disk: {body['disk']}" in body["problems"]
 
         filler.unlink()
+        status, body = await _healthz(port)  # room again: healthy before any write has succeeded
+        assert status == 200 and body["disk"] == "ok", body
         [reply] = await bot.say("help")
         assert reply.text.startswith("Commands:")
         await bot.wait_for(lambda r: r.text.startswith("Commands:"), timeout=30)  # delivered through the outbox

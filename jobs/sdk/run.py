@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -418,7 +417,7 @@ class Run(Generic[P]):
         dest = self.artifacts_dir / (name or src.name)
         if src.resolve() != dest.resolve():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest)
+            atomic.copy_file(src, dest)  # a reader never sees half a model
         self.events.emit("artifact", name=dest.name, path=str(dest), bytes=dest.stat().st_size)
         return dest
 
