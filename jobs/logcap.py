@@ -83,7 +83,7 @@ class CappedLog:
         self.path = path
         self.max_bytes = max_bytes
         self.mb = f"{max_bytes / (1024 * 1024):g}"
-        self.compacting = True  # off once the owner lets go: then plain appends only
+        self.compacting = max_bytes > 0  # off once the owner lets go (or no cap): then plain appends only
         self.lost = 0  # bytes that could not be written since the last successful write
         self.lost_why = ""
         self._lock = threading.Lock()
@@ -302,3 +302,64 @@ def _flush_std() -> None:
         with contextlib.suppress(Exception):
             if stream is not None:
                 stream.flush()
+
+
+class LogFollower:
+    """Reads a capped `runner.log` as one stream of the runner's output, across compactions.
+
+    A reader that keeps a byte offset (the Ray node relaying output to the bot) is lost when the
+    file is rewritten as head + marker + tail: the offset points past the new end, or into other
+    text. So the follower counts `at` in the runner's output as written (what the marker says was
+    dropped included) and maps it onto whichever file is there now: before the marker, the same
+    offset; past the dropped stretch, the marker's end plus the rest. Output dropped before it
+    was read is skipped, and the marker line is passed on in its place so the reader sees why.
+    """
+
+    def __init__(self, path: Path, cap: int) -> None:
+        self.path, self.cap = path, cap
+        self.at = 0  # bytes of the runner's output read so far, dropped ones included
+        self._inode: int | None = None
+        self._marker: tuple[int, int, int] | None = None  # (start, end, bytes dropped) in this file
+
+    def read(self, most: int) -> bytes:
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return b""
+        with fh:
+            pos = self._position(fh)
+            if pos is None:  # dropped before it was read: the marker line says so instead
+                start, end, dropped = self._marker or (0, 0, 0)
+                fh.seek(start)
+                self.at = start + dropped
+                return fh.read(end - start)
+            stop = self._marker[0] if self._marker is not None and pos < self._marker[0] else None
+            fh.seek(pos)
+            data = fh.read(most if stop is None else min(most, stop - pos))
+        self.at += len(data)
+        return data
+
+    def unread(self) -> bool:
+        """Whether the file holds output after what was read (a last read may be due)."""
+        try:
+            with open(self.path, "rb") as fh:
+                pos = self._position(fh)
+                return pos is None or pos < os.fstat(fh.fileno()).st_size
+        except FileNotFoundError:
+            return False
+
+    def _position(self, fh: IO[bytes]) -> int | None:
+        """Where `at` lies in this file; None inside a dropped stretch (the marker is next)."""
+        inode = os.fstat(fh.fileno()).st_ino
+        if inode != self._inode:  # a compaction renames a new file into place
+            self._inode, self._marker = inode, self._find_marker(fh)
+        if self._marker is None or self.at < self._marker[0]:
+            return self.at
+        start, end, dropped = self._marker
+        return None if self.at < start + dropped else end + self.at - start - dropped
+
+    def _find_marker(self, fh: IO[bytes]) -> tuple[int, int, int] | None:
+        if not self.cap:
+            return None
+        head, length, dropped = _head(fh, int(self.cap * HEAD_SHARE))
+        return (head, head + length, dropped) if length else None

@@ -23,7 +23,7 @@ import pytest
 
 from chatops.settings import Settings, load_settings
 from chatops.testing import BotHarness
-from jobs.logcap import DEFAULT_MAX_LOG_MB, MIN_CAP_BYTES, CappedLog, OutputCapture, cap_bytes
+from jobs.logcap import DEFAULT_MAX_LOG_MB, MIN_CAP_BYTES, CappedLog, LogFollower, OutputCapture, cap_bytes
 from jobs.manager import log_tail
 from tests import test_command_kind as wrapper
 from tests.test_command_kind import PY, ROOT, events_of, finish, make_job, terminal, write_script
@@ -102,6 +102,34 @@ def test_the_file_keeps_its_head_a_marker_and_the_latest_output(tmp_path: Path) 
     data, _ = check_shape(path, cap, written)
     assert data.startswith(b"line 0000000 \n") and data.endswith(numbered(59_999, 1))
     assert not list(tmp_path.glob(".*tmp"))  # the temporary file was renamed, not left behind
+
+
+def test_a_follower_reads_the_whole_stream_across_compactions_and_says_what_it_missed(tmp_path: Path) -> None:
+    """The Ray node relays runner.log by reading it as it grows (`LogFollower`): a reader that keeps
+    up gets every byte once although the file is rewritten under it; one that falls behind gets the
+    marker line in place of what was dropped, then the rest in order."""
+    path, cap = tmp_path / "runner.log", 128 * 1024
+    written = numbered(0, 40_000)  # ~1.3 MB: about ten compactions
+    log, keeping_up = CappedLog(path, cap), LogFollower(path, cap)
+    relayed = bytearray()
+    for n in range(0, len(written), 3000):
+        log.write(written[n : n + 3000])
+        while chunk := keeping_up.read(4096):
+            relayed += chunk
+    assert bytes(relayed) == written and not keeping_up.unread()
+
+    behind = LogFollower(path, cap)
+    late = bytearray(behind.read(1000))  # the head, then nothing until the runner is far ahead
+    log.write(numbered(40_000, 10_000))
+    log.close()
+    assert behind.unread()
+    while chunk := behind.read(4096):
+        late += chunk
+    assert late.startswith(written[:1000]) and late.endswith(numbered(49_999, 1))
+    text = late.decode()
+    assert len(MARKER.findall(text)) == 1 and text.index("line 0049999") > text.index("bytes dropped here")
+    lines = [line for line in text.splitlines() if line.startswith("line ")]
+    assert lines == sorted(lines) and len(lines) == len(set(lines)), "in order, none twice"
 
 
 def test_a_resumed_run_appends_and_the_marker_counts_every_run(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ from jobs import protocol, storage
 from jobs.environment import job_environment, kind_environment
 from jobs.executors import ray_node
 from jobs.executors.base import ExitInfo, FileChannel
+from jobs.logcap import CappedLog, job_cap
 from jobs.protocol import LOG_FILE, PARAMS_FILE
 from jobs.schemas import parse_contexts
 
@@ -367,9 +368,12 @@ class RayExecutor(FileChannel):
                     protocol.dropped(f"Ray job {sid}", str(exc))
                     continue
                 events.append({**event, "seq": event["seq"] + base})
-        if any(output):
-            with open(job.dir / LOG_FILE, "a", encoding="utf-8") as fh:
-                fh.write("".join(output))
+        if any(output):  # the bot's copy is capped as the runner's own is
+            copy = CappedLog(job.dir / LOG_FILE, job_cap(job.dir))
+            try:
+                copy.write("".join(output).encode())
+            finally:
+                copy.close()
         return events, offset
 
     def write_control(self, job: Any, cmd: str, params: dict[str, Any] | None = None) -> str:

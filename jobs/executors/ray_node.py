@@ -45,6 +45,7 @@ from typing import Any
 
 from jobs import storage
 from jobs.environment import job_environment
+from jobs.logcap import LogFollower, job_cap
 from jobs.protocol import CHECKPOINT_DIR, CONTROL_FILE, EVENTS_FILE, LOG_FILE, PARAMS_FILE, TENSORBOARD_DIR, read_events
 
 ENV_SPEC, ENV_CHANNEL, ENV_STORAGE = "CHATOPS_JOB_SPEC", "CHATOPS_RAY_CHANNEL", "CHATOPS_RAY_STORAGE"
@@ -96,7 +97,8 @@ class Relay:
     def __init__(self, kv: Any, sid: str, work: Path, store: str) -> None:
         self.kv, self.sid, self.work, self.store = kv, sid, work, store
         self.n = self.m = 0
-        self.events_offset = self.log_offset = 0
+        self.events_offset = 0
+        self.follower: LogFollower | None = None
         self.uploaded: dict[str, str] = {}  # local checkpoint file -> its stored copy
         self.board: dict[str, tuple[int, int]] = {}  # TensorBoard file -> (size, mtime) copied
         self.board_at = time.monotonic()
@@ -120,14 +122,13 @@ class Relay:
             self.sync_folder(TENSORBOARD_DIR)
         self.control()
 
+    def output_unread(self) -> bool:
+        return self.follower is not None and self.follower.unread()
+
     def _output(self) -> str:
-        try:
-            with open(self.work / LOG_FILE, "rb") as fh:
-                fh.seek(self.log_offset)
-                data = fh.read(LOG_CHUNK)
-        except FileNotFoundError:
-            return ""
-        self.log_offset += len(data)
+        if self.follower is None:  # params.json (and so the runner's cap) is in place by the first pump
+            self.follower = LogFollower(self.work / LOG_FILE, job_cap(self.work))
+        data = self.follower.read(LOG_CHUNK)  # across the runner's compactions of its capped log
         return data.decode("utf-8", "replace")
 
     def stored(self, local: str) -> str:
@@ -253,7 +254,7 @@ def run(runner: str) -> int:
     for _ in range(20):  # the last events and output must reach the bot
         try:
             relay.pump(final=True)
-            if relay.events_offset >= _size(work / EVENTS_FILE) and relay.log_offset >= _size(work / LOG_FILE):
+            if relay.events_offset >= _size(work / EVENTS_FILE) and not relay.output_unread():
                 break
         except Exception as exc:
             print(f"relay: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
