@@ -124,7 +124,7 @@ class App:
         self.router.services = Services(
             jobs=self.manager, chats=self.chat_store, commands=self.registry, plot=self.notifier.plot,
             request_exit=self.request_exit, file_limit=self._file_limit, people=self.people,
-            send=self._send,
+            send=self._send, config_file=str(settings.config_file.resolve()) if settings.config_file else "",
         )  # fmt: skip
         self.retention = Retention(self.chat_store, settings.retention, self.notifier.spool, jobs=self.job_store)
         for adapter in adapters if adapters is not None else self._load_adapters():

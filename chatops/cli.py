@@ -123,6 +123,7 @@ def _logging(level: str) -> None:
 async def _run(settings: Settings) -> int:
     from chatops.app import App
 
+    logging.getLogger("chatops").info("config %s", _config_in_use(settings))
     app = App(settings)
     held = _hold_data_dir(settings.data_dir)
     # Signals are ours before anything starts: a SIGTERM while a platform is still connecting
@@ -315,6 +316,7 @@ def _check(settings: Settings) -> int:
     from jobs.runners.command import sample_reading
 
     problems: list[str] = []
+    print(f"config {_config_in_use(settings)}")
     registry = load_registry(
         settings.kinds, base_dir=settings.config_dir, python=settings.jobs.python,
         default=settings.jobs.default_kind, cache_dir=settings.data_dir / "cache",
@@ -344,6 +346,13 @@ def _check(settings: Settings) -> int:
     return EXIT_CONFIG if problems else EXIT_OK
 
 
+def _config_in_use(settings: Settings) -> str:
+    """Which file the settings came from, for `check` and the start-up line."""
+    if settings.config_file is None:
+        return "file: none (defaults and CHATOPS_* environment variables; see README, Configuration)"
+    return f"file: {settings.config_file.resolve()}"
+
+
 def _check_plugins(settings: Settings) -> list[str]:
     """Import every command plugin (entry points and `[plugins] modules`) beside the built-in
     commands, as `chatops run` does; print those that load, return the problems of the rest (a
@@ -363,19 +372,27 @@ def _check_plugins(settings: Settings) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chatops", description=__doc__)
-    parser.add_argument("--config", type=Path, help="TOML config file (or CHATOPS_CONFIG)")
-    parser.add_argument("--data-dir", type=Path, help="data directory (or CHATOPS_DATA_DIR)")
+    # --config and --data-dir are accepted before the sub-command and after it (`chatops check --config x`).
+    options = argparse.ArgumentParser(add_help=False)
+    config_help = "TOML config file (or CHATOPS_CONFIG; else ./chatops.toml, else ~/.config/chatops/chatops.toml)"
+    for where, default in ((parser, None), (options, argparse.SUPPRESS)):
+        where.add_argument("--config", type=Path, default=default, help=config_help)
+        where.add_argument("--data-dir", type=Path, default=default, help="data directory (or CHATOPS_DATA_DIR)")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("run", help="run the bot with the configured adapters (the console by default)")
-    send = sub.add_parser("send", help="send one message as the console user and print the replies")
+    sub.add_parser("run", parents=[options], help="run the bot with the configured adapters (the console by default)")
+    send = sub.add_parser("send", parents=[options], help="send one message as the console user and print the replies")
     send.add_argument("text")
     send.add_argument("--wait", action="store_true", help="print progress until the started jobs end")
-    sub.add_parser("jobs", help="list jobs from the store")
-    audit = sub.add_parser("audit", help="who did what: the audit log's latest entries, oldest first (times in UTC)")
+    sub.add_parser("jobs", parents=[options], help="list jobs from the store")
+    audit = sub.add_parser(
+        "audit", parents=[options], help="who did what: the audit log's latest entries, oldest first (times in UTC)"
+    )
     audit.add_argument("--last", type=int, default=20, metavar="N", help="how many entries (default 20)")
     audit.add_argument("--who", metavar="ID", help="only those of an identity (telegram:42) or a person's name")
-    sub.add_parser("check", help="validate the config and every job kind without starting the bot")
-    wrap = sub.add_parser("wrap", help="run any command as a job here, with its progress and report: wrap -- CMD …")
+    sub.add_parser("check", parents=[options], help="validate the config and every job kind without starting the bot")
+    wrap = sub.add_parser(
+        "wrap", parents=[options], help="run any command as a job here, with its progress and report: wrap -- CMD …"
+    )
     wrap.add_argument("--gpus", type=int, default=0, metavar="N", help="GPUs it needs (it waits until N are free)")
     wrap.add_argument("--to", metavar="CONVERSATION", help="a chat that follows it too, e.g. telegram:12345")
     wrap.add_argument("--name", help="what jobs and status call it (default: the command's name)")
@@ -413,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
             command = args.command[1:] if args.command[:1] == ["--"] else args.command
             return asyncio.run(wrap(settings, command, _console(settings), gpus=args.gpus, to=args.to, name=args.name))
         return _jobs(settings)
+    except BrokenPipeError:  # `chatops check | head -3`: the reader left, quietly done
+        _stdout_to_devnull()
+        return EXIT_OK
     except (ValueError, RuntimeError, OSError) as exc:
         # Bad tokens, missing extras (chatops.app.AdapterUnavailable is a RuntimeError), busy ports:
         # one line, never a traceback.

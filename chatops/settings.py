@@ -289,11 +289,33 @@ class Settings(BaseSettings):
         return self.data_dir / "jobs"
 
 
+LOCAL_CONFIG = "chatops.toml"  # read from the current folder when no config is named
+
+
+def user_config() -> Path:
+    """The user's own config file, read when neither a config is named nor `./chatops.toml` exists."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "chatops" / LOCAL_CONFIG
+
+
+def find_config(config: Path | str | None = None) -> Path | None:
+    """The config file in use: `--config`, else CHATOPS_CONFIG, else `./chatops.toml`, else the
+    user's (`~/.config/chatops/chatops.toml`); None: defaults and the environment only. A named
+    file must exist; the others are read only where present."""
+    named = config or os.environ.get("CHATOPS_CONFIG")
+    if named:
+        if not Path(named).is_file():
+            raise FileNotFoundError(f"config file not found: {named}")
+        return Path(named)
+    for candidate in (Path(LOCAL_CONFIG), user_config()):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load_settings(config: Path | str | None = None, data_dir: Path | str | None = None) -> Settings:
-    """Read settings: init arguments > environment > TOML file > defaults."""
-    path = config or os.environ.get("CHATOPS_CONFIG")
-    if path is not None and not Path(path).is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+    """Read settings: init arguments > environment > TOML file (`find_config`) > defaults."""
+    path = find_config(config)
 
     class _FromFile(Settings):
         @classmethod
@@ -370,6 +392,8 @@ def unknown_keys(path: Path) -> list[str]:
             continue
         model = fields[key].annotation
         if isinstance(value, dict) and isinstance(model, type) and issubclass(model, BaseModel):
+            if model.model_config.get("extra") == "forbid":
+                continue  # validation refuses its unknown keys, in the same words (`config_problems`)
             problems += [_unknown(f"key {k!r} in [{key}]", k, model.model_fields) for k in value
                          if k not in model.model_fields]  # fmt: skip
     return problems
@@ -387,11 +411,22 @@ def config_problems(
         if err.get("type") == "extra_forbidden" and model is not None and len(err["loc"]) == 1:
             lines.append(prefix + _unknown(f"key {loc!r}", loc, model.model_fields))
             continue
+        section = _section_model(err["loc"][0]) if len(err["loc"]) == 2 and model is None else None
+        if err.get("type") == "extra_forbidden" and section is not None:
+            key = str(err["loc"][1])
+            lines.append(prefix + _unknown(f"key {key!r} in [{err['loc'][0]}]", key, section.model_fields))
+            continue
         msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
         if env and err.get("type") == BLANK_SECRET:
             msg += f" ({env}{'__'.join(str(p) for p in err['loc']).upper()})"
         lines.append(f"{prefix}{loc}: {msg}" if loc else prefix + msg)
     return lines
+
+
+def _section_model(name: object) -> type[BaseModel] | None:
+    field = Settings.model_fields.get(str(name))
+    model = field.annotation if field is not None else None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
 def _unknown(what: str, name: str, known: Any) -> str:

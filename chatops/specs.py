@@ -70,6 +70,7 @@ class Services:
     file_limit: Callable[[str], int] = lambda platform: 0  # largest file a platform takes (0: none)
     people: People | None = None  # who is who across platforms; notification preferences
     send: Callable[[Conversation, Reply], None] = lambda conversation, reply: None  # queue to another chat
+    config_file: str = ""  # the config file in use ("": none), named where a kind is not found
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,6 +10,12 @@ import pytest
 
 from chatops.settings import AuthSettings, JobsSettings, NotifySettings, Settings
 from chatops.testing import BotHarness
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_user_config(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A developer's own ~/.config/chatops/chatops.toml must not steer the tests (nor their subprocesses)."""
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg-config"))
 
 
 @pytest.fixture

@@ -159,7 +159,8 @@ def _kind_model(ctx: CommandContext[Any], kind: str | None) -> tuple[str, type[J
     except KindUnavailable as exc:
         raise CommandError(ctx.t("kind.unavailable", error=str(exc))) from None
     except KeyError:
-        raise CommandError(ctx.t("kind.unknown", kind=kind, names=", ".join(registry.names()))) from None
+        config = ctx.services.config_file or ctx.t("kind.no_config")
+        raise CommandError(ctx.t("kind.unknown", kind=kind, names=", ".join(registry.names()), config=config)) from None
     if not job_kind.chat:  # `wrap`: its parameters are a command, the local user's to choose (docs/security.md)
         raise CommandError(ctx.t("kind.command_line", kind=job_kind.name), reason="role")
     return job_kind.name, job_kind.params
@@ -271,7 +272,17 @@ async def cmd_help(ctx: CommandContext[HelpArgs]) -> str:
          summary="parameters of a job kind: types, bounds, defaults, saved values", summary_zh="参数说明",
          examples=["params"])  # fmt: skip
 async def cmd_params(ctx: CommandContext[ParamsArgs]) -> str:
-    kind, model = _kind_model(ctx, ctx.args.kind)
+    ref = ctx.args.kind
+    if ref and ref not in ctx.jobs.registry.names():  # `params 3f2a`: that job's values, not a kind's
+        try:
+            job = ctx.jobs.require(ref.lower().removeprefix("#"))
+        except JobError:
+            job = None
+        if job is not None:
+            lines = [ctx.t("params.job", job=job.id, kind=job.kind)]
+            lines += [f"  {name} = {value}" for name, value in sorted(job.params.items())]
+            return "\n".join(lines)
+    kind, model = _kind_model(ctx, ref)
     saved = ctx.chats.saved_params(ctx.conversation.key, kind)
     lines = [ctx.t("params.header", kind=kind)]
     for f in fields_of(model):

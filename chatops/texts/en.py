@@ -34,12 +34,14 @@ TEXTS: dict[str, str] = {
     "kind.unavailable": "{error}",
     "kind.command_line": "{kind} jobs start from the command line (chatops wrap), never from chat: their "
     "command is the local user's to choose.",
-    "kind.unknown": "Unknown job kind '{kind}'. Kinds: {names}",
+    "kind.unknown": "Unknown job kind '{kind}'. Kinds: {names} (kinds come from {config})",
+    "kind.no_config": "the built-in defaults: no config file was found (--config, CHATOPS_CONFIG or ./chatops.toml)",
     "kinds.default": " (default)",
     "kinds.broken": "{name} (unavailable: {problem})",
     "params.invalid": "",
     "params.more": "... and {n} more",
     "params.header": "Parameters of {kind} (saved values marked *, live = changeable while running):",
+    "params.job": "Parameters of job {job} ({kind}):",
     "params.other_kinds": "other kinds: {kinds} (params <kind>)",
     # -- help ----------------------------------------------------------------------------------------
     "help.header": "Commands:",

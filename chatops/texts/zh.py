@@ -33,12 +33,14 @@ TEXTS: dict[str, str] = {
     "pick.none": "没有符合的任务。发送 任务 查看列表。",  # leaves out {verb}
     "kind.unavailable": "任务类型不可用：{error}",
     "kind.command_line": "{kind} 任务只能在命令行启动（chatops wrap），不能在聊天中启动或修改：命令由本机用户选择。",
-    "kind.unknown": "没有任务类型 '{kind}'。可用：{names}",
+    "kind.unknown": "没有任务类型 '{kind}'。可用：{names}（任务类型来自 {config}）",
+    "kind.no_config": "内置默认值：没有找到配置文件（--config、CHATOPS_CONFIG 或 ./chatops.toml）",
     "kinds.default": "（默认）",
     "kinds.broken": "{name} （不可用：{problem}）",
     "params.invalid": "参数有误（发送 参数 查看说明）：",
     "params.more": "……还有 {n} 处",
     "params.header": "参数 ({kind})：* 为本会话保存的值，live 表示训练中可修改",
+    "params.job": "任务 {job} 的参数（{kind}）：",
     "params.other_kinds": "其他任务类型：{kinds}（参数 <类型>）",
     # -- help ----------------------------------------------------------------------------------------
     "help.header": "命令 (commands):",
