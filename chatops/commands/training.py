@@ -26,7 +26,7 @@ from chatops.sweeps import active, counts, label, mode
 from chatops.sweeps import table as sweep_table
 from jobs import atomic, storage
 from jobs.manager import JobError, QuotaExceeded, log_tail
-from jobs.params import fields_of, live_change, validate
+from jobs.params import fields_of, live_change, suggest, validate
 from jobs.provenance import FILE as PROVENANCE_FILE
 from jobs.provenance import code_label
 from jobs.quotas import Quota
@@ -304,7 +304,8 @@ async def cmd_params(ctx: CommandContext[ParamsArgs]) -> str:
 
 @command("set", role="operator", aliases=["设置"], args=JobRef, positionals=["job"], job_params=True,
          summary="save defaults for the next train here; with a job id, change a live parameter of a running job",
-         summary_zh="设置参数", examples=["set lr=0.01 bs=64", "set 3f2a lr=0.001"])  # fmt: skip
+         summary_zh="设置参数",
+         examples=["set lr=0.01 bs=64", "set 3f2a lr=0.001", "unset lr", "unset all"])  # fmt: skip
 async def cmd_set(ctx: CommandContext[JobRef]) -> Reply:
     ref = ctx.args.job
     if not ctx.params:
@@ -346,6 +347,31 @@ async def cmd_set(ctx: CommandContext[JobRef]) -> Reply:
     command = f"set {job.id} " + " ".join(f"{k}={v}" for k, v in given.items())
     text += ctx.t("set.running_hint", id=job.id, command=command)
     return Reply(text, buttons=[Button(command, command)], job_id=job.id)
+
+
+@command("unset", role="operator", aliases=["清除", "取消设置"], args=NoArgs, raw=True,
+         summary="forget values saved here with set: unset lr bs, or unset all", summary_zh="清除保存的参数",
+         examples=["unset lr", "unset all"])  # fmt: skip
+async def cmd_unset(ctx: CommandContext[NoArgs]) -> str:
+    words = ctx.rest.replace(",", " ").replace("，", " ").split()
+    if not words:
+        raise CommandError(ctx.t("unset.nothing"))
+    kind, model = _kind_model(ctx, None)
+    names = {alias.lower(): f.name for f in fields_of(model) for alias in (f.name, *f.aliases)}
+    everything = {word.lower() for word in words} & {"all", "全部"}
+    unknown = [word for word in words if word.lower() not in names and not everything]
+    if unknown:
+        hints = [f"{word} ({ctx.t('unset.did_you_mean', name=close)})" if (close := suggest(word, names)) else word
+                 for word in unknown]  # fmt: skip
+        raise CommandError(ctx.t("unset.unknown", names=", ".join(hints)))
+    conv = ctx.conversation.key
+    saved = ctx.chats.saved_params(conv, kind)
+    chosen = set(saved) if everything else {names[word.lower()] for word in words}
+    forgotten = sorted(name for name in chosen if name in saved)
+    if not forgotten:
+        return ctx.t("unset.none_saved", names=", ".join(sorted(chosen)) or "-")
+    ctx.chats.save_params(conv, kind, {k: v for k, v in saved.items() if k not in forgotten})
+    return ctx.t("unset.done", names=", ".join(forgotten))
 
 
 @command("train", role="operator", aliases=["开始", "start", "run"], args=TrainArgs, positionals=["kind"],

@@ -60,6 +60,11 @@ TEXTS: dict[str, str] = {
     "set.none_live": "none",
     "set.asked": "job {id}: asked to set {values}; it applies at the next batch.",
     "set.saved": "Saved for the next train here: {values}",
+    "unset.nothing": "Nothing to forget. Example: unset lr (or unset all)",
+    "unset.unknown": "Not a parameter: {names}. Send params to see them.",
+    "unset.did_you_mean": "did you mean {name}?",
+    "unset.none_saved": "Nothing saved here for {names}: the defaults apply already.",
+    "unset.done": "Forgotten here: {names}. The next train uses the defaults for them.",
     "set.running_hint": "\njob {id} is training: to change it now, send {command}",
     "train.wrong_kind": "job {id} is a {kind} job; resume it as one.",
     "train.give_changes": "job {id} succeeded; to train on from its last checkpoint give what changes, e.g. "
