@@ -161,7 +161,7 @@ class Notifier:
                 said = text("event.param_rejected", lang, id=job.id, name=event.get("name"), reason=event.get("reason"))
                 self.enqueue(conv_key, Reply(said, job_id=job.id, error=True), owner)
             elif kind == "state" and event["to"] == "starting" and job.runs > 1:
-                said = text("event.resuming", lang, id=job.id, reason=event.get("reason"))
+                said = text("event.resuming", lang, id=job.id, run=job.runs)  # not the reason: the manager's English
                 self.enqueue(conv_key, Reply(said, job_id=job.id), owner)
 
     def _stall(self, job: Job, event: dict[str, Any], followers: list[Follower]) -> None:

@@ -29,7 +29,7 @@ from dataclasses import replace
 from importlib.metadata import entry_points
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from chatops.auth import Role
 from chatops.message import Conversation, Identity, Incoming, Reply
@@ -103,6 +103,7 @@ def spec_of(fn: Callable[..., Any], name: str, role: Role, aliases: tuple[str, .
     if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
         raise TypeError(f"command {name!r}: {where} takes the handler context as its first parameter")
     fields: dict[str, Any] = {}
+    described = _argument_docs(inspect.getdoc(fn) or "")
     injected: dict[str, Callable[[CommandContext[Any]], Any]] = {}
     for p in params[1:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -114,7 +115,7 @@ def spec_of(fn: Callable[..., Any], name: str, role: Role, aliases: tuple[str, .
         if hint is p.empty or p.default is p.empty:
             raise TypeError(f"command {name!r}: argument {p.name!r} of {where} needs a type hint and a default"
                             f" (or, for a dependency, one of the types {', '.join(sorted(_BY_NAME))})")  # fmt: skip
-        fields[p.name.lower()] = (hint, p.default)
+        fields[p.name.lower()] = (hint, Field(p.default, description=described.get(p.name)))
     if args is not None and fields:
         raise TypeError(f"command {name!r}: {where} declares its arguments twice (parameters and args=)")
     names = {p.name.lower(): p.name for p in params[1:]}
@@ -135,6 +136,30 @@ def spec_of(fn: Callable[..., Any], name: str, role: Role, aliases: tuple[str, .
         positionals=tuple(fields) if positionals is None else positionals, role=role,
         examples=examples or (name,),
     )  # fmt: skip
+
+
+def _argument_docs(doc: str) -> dict[str, str]:
+    """Each argument's description from the docstring's `Args:` section (Google style), for `help`:
+
+        Args:
+            index: one GPU by its number (default: those in use)
+    """
+    found: dict[str, str] = {}
+    inside, name = False, ""
+    for line in doc.splitlines():
+        stripped = line.strip()
+        if not inside:
+            inside = stripped in ("Args:", "Arguments:")
+            continue
+        if not stripped or (not line.startswith(" ") and stripped.endswith(":")):
+            break  # the section ends at a blank line or the next heading
+        key, colon, rest = stripped.partition(":")
+        key = key.split("(")[0].strip()
+        if colon and key.isidentifier() and line.startswith(" " * 4) and not line.startswith(" " * 8):
+            name, found[key] = key, rest.strip()
+        elif name:
+            found[name] = f"{found[name]} {stripped}".strip()  # a description's next line
+    return found
 
 
 def _resolve(annotation: Any, fn: Callable[..., Any]) -> Any:

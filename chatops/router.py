@@ -318,7 +318,8 @@ class Router:
         try:
             return spec.args.model_validate(values), params
         except ValidationError as exc:
-            raise CommandError("\n".join(describe(exc))) from None
+            header = text("router.invalid_args", lang, command=spec.name)  # in Chinese; English needs none
+            raise CommandError(header + "\n".join(describe(exc))) from None
 
 
 def _refused(exc: CommandError, who: str, spec: CommandSpec, command: str, audit: list[AuditRow]) -> list[Reply]:

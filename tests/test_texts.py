@@ -27,6 +27,7 @@ ONE_SIDED: dict[str, tuple[set[str], set[str]]] = {
     "job.not_found": ({"error"}, {"ref"}),
     "pick.none": ({"verb"}, set()),
     "help.confirm": ({"example"}, set()),
+    "router.invalid_args": (set(), {"command"}),  # English needs no header before a field's error
 }
 
 

@@ -252,7 +252,9 @@ async def cmd_help(ctx: CommandContext[HelpArgs]) -> str:
         if spec.confirm is not None:
             lines.append(ctx.t("help.confirm", example=spec.examples[0] if spec.examples else spec.name))
         for field_name, info in spec.args.model_fields.items():
-            lines.append(f"  {field_name}: {info.description or ''}".rstrip())
+            # Undescribed (a plugin's bare parameter): its type and default say what it takes.
+            kind = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("NoneType", "None")
+            lines.append(f"  {field_name}: {info.description or f'{kind} = {info.default}'}")
         if spec.job_params:
             lines.append(ctx.t("help.parameters"))
             lines.append(ctx.t("help.kinds", kinds=_kinds_line(ctx)))

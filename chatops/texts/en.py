@@ -24,6 +24,7 @@ TEXTS: dict[str, str] = {
     "router.needs_role": "Sorry, {command} needs the {needed} role; {who} is {role}.",
     "router.duplicate": "{keys}: given more than once",
     "router.no_parameter": "{command} takes no parameter '{key}'",
+    "router.invalid_args": "",
     "router.no_parameter_hint": " (did you mean {hint}?)",
     "router.unexpected": "{command}: unexpected '{extra}'. Usage: {usage}",
     # -- finding a job, kinds, parameters ------------------------------------------------------------
@@ -125,7 +126,7 @@ TEXTS: dict[str, str] = {
     "event.resumed": "job {id} resumed (epoch {epoch})",
     "event.param_changed": "job {id}: {name} {old} -> {new}",
     "event.param_rejected": "job {id}: {name} not changed: {reason}",
-    "event.resuming": "job {id} resuming ({reason})",
+    "event.resuming": "job {id} starting again (run {run})",
     "event.stall": "job {id}: no progress and no new output for {quiet}; it may be stuck. Last output line:\n{line}",
     "event.stall_silent": "job {id}: no progress and no output at all for {quiet}; it may be stuck.",
     "event.reporting": "job {id} is reporting again (after {quiet} without progress).",

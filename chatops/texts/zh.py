@@ -24,6 +24,7 @@ TEXTS: dict[str, str] = {
     "router.needs_role": "抱歉，{command} 需要 {needed} 角色；{who} 是 {role}。",
     "router.duplicate": "{keys}：重复给出",
     "router.no_parameter": "{command} 没有参数 '{key}'",
+    "router.invalid_args": "参数有误（发送 帮助 {command} 查看说明）：\n",
     "router.no_parameter_hint": "（你是想写 {hint} 吗？）",
     "router.unexpected": "{command}：多余的 '{extra}'。用法：{usage}",
     # -- finding a job, kinds, parameters ------------------------------------------------------------
@@ -122,7 +123,7 @@ TEXTS: dict[str, str] = {
     "event.resumed": "job {id} 已继续（第 {epoch} 轮）",
     "event.param_changed": "job {id}：已修改 {name} {old} -> {new}",
     "event.param_rejected": "job {id}：{name} 未修改：{reason}",
-    "event.resuming": "job {id} 继续训练 ({reason})",
+    "event.resuming": "job {id} 再次启动（第 {run} 次运行）",
     "event.stall": "job {id}：{quiet} 没有进度，也没有新的输出，可能卡住了。最后一行输出：\n{line}",
     "event.stall_silent": "job {id}：{quiet} 没有进度，也没有任何输出，可能卡住了。",
     "event.reporting": "job {id} 又有进度了（之前 {quiet} 没有进度）。",

@@ -97,6 +97,9 @@ class _Training:
             batches_per_epoch=self.batches, samples=self.samples, batch_size=self.batch_size,
             context=",".join(str(c) for c in self.ctxs), val_samples=len(data.x_val), test_samples=len(data.x_test),
         )  # fmt: skip
+        # runner.log is what `logs` shows: a line per stage, as any training script prints.
+        print(f"{p.model} on {p.dataset}: {self.samples} samples, {self.batches} batches of {self.batch_size} "
+              f"per epoch, on {','.join(str(c) for c in self.ctxs)}", flush=True)  # fmt: skip
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -105,6 +108,7 @@ class _Training:
             for _ in run.epochs(run.params.epochs):
                 self._epoch()
             test_loss, test_acc = self._evaluate(self.data.x_test, self.data.y_test)
+            print(f"test: loss {test_loss:.4f}, accuracy {test_acc:.4f}", flush=True)
             self.board.scalars(run.params.epochs * self.batches, {"test/loss": test_loss, "test/accuracy": test_acc})
             return {"test_loss": test_loss, "test_acc": test_acc}
         finally:
@@ -204,6 +208,8 @@ class _Training:
                 {k[2:]: v for k, v in binned.items() if k.startswith("g/")},
                 params[first_name].data(self.ctx).asnumpy() if first_name else None,
             )  # fmt: skip
+        print(f"epoch {run.epoch}/{run.params.epochs}: train loss {train_loss:.4f}, accuracy {train_acc:.4f}; "
+              f"val loss {val_loss:.4f}, accuracy {val_acc:.4f}; lr {lr:g}; {seconds:.1f} s", flush=True)  # fmt: skip
         run.epoch_end(train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc, lr=lr,
                       seconds=round(seconds, 3))  # fmt: skip
 

@@ -24,8 +24,19 @@ only, so a kind may run it under an interpreter of its own (`[kinds.<name>] pyth
 venv, say); `jobs.sdk.gluon` is the optional MXNet glue.
 """
 
+from typing import Any
+
 from jobs.schemas import JobParams, param
-from jobs.sdk.host import run_main
 from jobs.sdk.run import Run, StopTraining, TrainingDiverged, UsageError
+
+
+def __getattr__(name: str) -> Any:
+    """`run_main` on first use: every Python kind starts as `python -m jobs.sdk.host`, and a package
+    that imported `host` first makes runpy open each runner.log with a RuntimeWarning."""
+    if name == "run_main":
+        from jobs.sdk.host import run_main
+
+        return run_main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["JobParams", "Run", "StopTraining", "TrainingDiverged", "UsageError", "param", "run_main"]

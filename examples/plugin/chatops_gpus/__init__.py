@@ -16,7 +16,12 @@ QUERY = "index,name,utilization.gpu,memory.used,memory.total"
 
 @command("gpus", aliases=["显卡"], examples=["gpus", "gpus 0", "gpus all=true"])
 async def gpus(ctx: CommandContext, lang: Lang, index: int | None = None, all: bool = False) -> str:
-    """What the training host's GPUs are doing (nvidia-smi)."""
+    """What the training host's GPUs are doing (nvidia-smi).
+
+    Args:
+        index: one GPU by its number (default: every GPU in use)
+        all: list idle GPUs too
+    """
     zh = lang == "zh"  # a dependency: the language the command was typed in
     smi = shutil.which("nvidia-smi")
     if smi is None:
