@@ -88,6 +88,8 @@ class ConsoleAdapter(Adapter):
         text = reply.text
         if reply.image is not None:
             text += f"\n  plot: {reply.image}"
+        if reply.file is not None:
+            text = f"{text}\n  file: {reply.file}" if text else f"  file: {reply.file}"
         if reply.live_key and self.tty:
             # Redraw the live line in place while it is the last thing on screen.
             if self._live_line is not None and self._live_line != message_id:

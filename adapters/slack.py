@@ -427,7 +427,8 @@ class SlackAdapter(Adapter):
             file_id = await self._upload(conversation, reply.image, comment=text)
             return MessageRef(conversation, f"file:{file_id}")
         image = reply.image
-        parts = [partial(self._post, conversation, text, blocks)]
+        alone = reply.file is not None and image is None and not reply.text.strip() and not reply.buttons
+        parts = [] if alone else [partial(self._post, conversation, text, blocks)]  # a file on its own: no text
         if image is not None:  # the text, then the plot: a retry after a failed upload uploads only
             parts.append(partial(self._upload, conversation, image, comment=None))
         if reply.file is not None:

@@ -467,7 +467,8 @@ class TelegramAdapter(Adapter):
                                                 message_thread_id=thread, reply_markup=markup,
                                                 filename="plot.png"))
         else:
-            chunks = split_text(reply.text, MAX_TEXT, utf16_len) or ["…"]
+            # No text message before a file sent on its own (the second file of `export`).
+            chunks = split_text(reply.text, MAX_TEXT, utf16_len) or ([] if reply.file is not None else ["…"])
             for i, chunk in enumerate(chunks):
                 last = i == len(chunks) - 1 and photo is None
                 parts.append(lambda c=chunk, m=markup if last else None: bot.send_message(

@@ -59,6 +59,7 @@ async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(
     sent = await bot.say(f"导出 {jid}")
     assert [r.file.name if r.file else None for r in sent] == [f"{jid}-best-0000.params", f"{jid}-best-symbol.json",
                                                                "provenance.json"]  # fmt: skip
+    assert [r.text for r in sent[1:]] == ["", ""], "the files after the first come without a stray message"
     assert sent[0].file is not None and sent[0].file.read_bytes() == Path(weights).read_bytes()
     assert sent[0].text.startswith(f"job {jid}：best 检查点") and f'"{jid}-best-symbol.json"' in sent[0].text
     # Over the platform's limit: the paths again.

@@ -451,3 +451,6 @@ async def test_a_file_goes_as_a_document_after_the_text(running, api, tmp_path: 
     await adapter.send(Conversation("telegram", "42"), Reply("job 3f2a: the best checkpoint", file=model))
     assert [c.method for c in api.calls if c.ok][-2:] == ["sendMessage", "sendDocument"]
     assert api.documents == [model.read_bytes()]
+    before = len([c for c in api.calls if c.ok])
+    await adapter.send(Conversation("telegram", "42"), Reply("", file=model))  # a file on its own: no text first
+    assert [c.method for c in api.calls if c.ok][before:] == ["sendDocument"]

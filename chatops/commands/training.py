@@ -491,7 +491,7 @@ def _confirm_stop(ctx: CommandContext[JobRef]) -> Question:
 
 
 @command("stop", role="operator", aliases=["停止"], args=JobRef, positionals=["job"], confirm=_confirm_stop,
-         summary="stop a job (or every job of a sweep) at the next batch (checkpoint kept)", summary_zh="停止训练",
+         summary="stop a job (or every job of a sweep) at the next batch (its checkpoint kept)", summary_zh="停止训练",
          examples=["stop 3f2a", "stop s3f2a"])  # fmt: skip
 async def cmd_stop(ctx: CommandContext[JobRef]) -> Reply:
     sweep = _sweep(ctx, ctx.args.job)
@@ -511,7 +511,14 @@ async def cmd_stop(ctx: CommandContext[JobRef]) -> Reply:
         raise _job_error(ctx, exc) from None
     if job.state == "stopped":
         return Reply(ctx.t("stop.cancelled", id=job.id), job_id=job.id)
-    return Reply(ctx.t("stop.stopping", id=job.id), job_id=job.id)
+    # A checkpoint is promised only where there is one: saved already, or the built-in runner's,
+    # which saves at every stop. A script of a command kind may keep none.
+    try:
+        builtin = ctx.jobs.registry.get(job.kind).runner_module == "jobs.runners.mxnet"
+    except KeyError:
+        builtin = False
+    keeps = job.checkpoint is not None or builtin
+    return Reply(ctx.t("stop.stopping" if keeps else "stop.stopping_bare", id=job.id), job_id=job.id)
 
 
 @command("pause", role="operator", aliases=["暂停"], args=JobRef, positionals=["job"],
@@ -659,7 +666,7 @@ async def cmd_export(ctx: CommandContext[JobRef]) -> list[Reply]:
     mb = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
     fits = size <= ctx.services.file_limit(ctx.conversation.platform)
     proof = [p for p in (job.dir / PROVENANCE_FILE,) if p.is_file()]  # which code made the model, last
-    attached = [Reply(p.name, file=p, job_id=job.id) for p in proof]
+    attached = [Reply("", file=p, job_id=job.id) for p in proof]
     if len(paths) == 1:
         if fits:
             return [Reply(note + ctx.t("export.sent", id=job.id, which=which, size=mb), file=paths[0], job_id=job.id),
@@ -669,7 +676,8 @@ async def cmd_export(ctx: CommandContext[JobRef]) -> list[Reply]:
     if fits:
         said = ctx.t("export.symbol_sent", id=job.id, which=which, size=mb, symbol=paths[1].name,
                      weights=paths[0].name)  # fmt: skip
-        return [Reply(note + said, file=paths[0], job_id=job.id), Reply(paths[1].name, file=paths[1], job_id=job.id),
+        # The second file on its own: the first reply's text names both.
+        return [Reply(note + said, file=paths[0], job_id=job.id), Reply("", file=paths[1], job_id=job.id),
                 *attached]  # fmt: skip
     listed = "\n".join(str(p) for p in [*paths, *proof])
     return [Reply(note + ctx.t("export.symbol_path", id=job.id, which=which, size=mb) + f"\n{listed}", job_id=job.id)]

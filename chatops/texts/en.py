@@ -80,6 +80,7 @@ TEXTS: dict[str, str] = {
     "stop.confirm": "Stop job {id} ({state}, {summary})?",
     "stop.cancelled": "job {id} cancelled before it started.",
     "stop.stopping": "job {id} stopping at the next batch; a checkpoint is kept.",
+    "stop.stopping_bare": "job {id} stopping.",
     "pause.pausing": "job {id} pausing at the next batch.",
     "resume.pause_cancelled": "job {id}: the pause it had not reached yet is cancelled; it trains on.",
     "resume.resuming": "job {id} resuming.",

@@ -77,6 +77,7 @@ TEXTS: dict[str, str] = {
     "stop.confirm": "停止 job {id}（{state}，{summary}）？",
     "stop.cancelled": "job {id} 已取消",
     "stop.stopping": "job {id} 将在下一个批次停止，并保存检查点。",
+    "stop.stopping_bare": "job {id} 正在停止。",
     "pause.pausing": "job {id} 将在下一个批次暂停。",
     "resume.pause_cancelled": "job {id}：尚未生效的暂停已取消，继续训练。",
     "resume.resuming": "job {id} 继续训练。",
