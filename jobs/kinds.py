@@ -171,13 +171,12 @@ def load_registry(
             registry.register(_command_kind(name, cfg, base, python))
         except KindDefinitionError as exc:
             registry.broken(name, f"[kinds.{name}] {exc}")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        described = dict(zip(
-            python_kinds,
-            pool.map(lambda n: describe_kind(python_kinds[n][0], base, interpreters.get(n, python), cache_dir),
-                     python_kinds),
-            strict=True,
-        ))  # fmt: skip
+    by_interpreter: dict[str, list[str]] = {}
+    for name, (ref, _, _) in python_kinds.items():
+        by_interpreter.setdefault(interpreters.get(name, python), []).append(ref)
+    found = {(py, ref): result for py, refs in by_interpreter.items()
+             for ref, result in describe_kinds(refs, base, py, cache_dir).items()}  # fmt: skip
+    described = {name: found[(interpreters.get(name, python), ref)] for name, (ref, _, _) in python_kinds.items()}
     for name, (ref, source, description) in python_kinds.items():
         result = described[name]
         if not result.get("ok"):
@@ -256,27 +255,77 @@ def _interpreter(value: str, base: Path) -> str:
     return found
 
 
+def describe_kinds(refs: list[str], base: Path, python: str, cache_dir: Path | None = None) -> dict[str, Any]:
+    """The parameter specs of Python kinds run by one interpreter: cached ones from the cache, the
+    rest from ONE child process (a first `chatops check` imported MXNet once per kind, side by side
+    on a machine's cores); should that child fail as a whole (a module that crashes the interpreter
+    or hangs), each is described alone, so one bad module never takes the others down."""
+    results = {ref: cached for ref in refs if (cached := _cached(ref, base, python, cache_dir)) is not None}
+    todo = [ref for ref in dict.fromkeys(refs) if ref not in results]
+    if len(todo) > 1:
+        together = _describe(todo, base, python)
+        if isinstance(together, dict) and all(isinstance(together.get(ref), dict) for ref in todo):
+            for ref in todo:
+                results[ref] = _store(ref, base, python, cache_dir, together[ref])
+            todo = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        alone = pool.map(lambda ref: describe_kind(ref, base, python, cache_dir), todo)
+        results.update(zip(todo, alone, strict=True))
+    return results
+
+
 def describe_kind(ref: str, base: Path, python: str, cache_dir: Path | None = None) -> dict[str, Any]:
     """The parameter specs of a Python kind, from a child process (cached while the file is unchanged)."""
+    cached = _cached(ref, base, python, cache_dir)
+    if cached is not None:
+        return cached
+    result = _describe([ref], base, python)
+    if not isinstance(result, dict) or "ok" not in result:
+        return {"ok": False, "error": str(result) if isinstance(result, str) else f"{ref} could not be described"}
+    return _store(ref, base, python, cache_dir, result)
+
+
+def _cache_file(ref: str, base: Path, python: str, cache_dir: Path | None) -> Path | None:
     key = _cache_key(ref, base, python)
-    cache = cache_dir / f"kind-{key}.json" if cache_dir and key else None
+    return cache_dir / f"kind-{key}.json" if cache_dir and key else None
+
+
+def _cached(ref: str, base: Path, python: str, cache_dir: Path | None) -> dict[str, Any] | None:
+    cache = _cache_file(ref, base, python, cache_dir)
     if cache is not None and cache.is_file():
         try:
-            return json.loads(cache.read_text())
+            found = json.loads(cache.read_text())
+            return found if isinstance(found, dict) else None
         except (OSError, json.JSONDecodeError):
             pass
+    return None
+
+
+def _store(ref: str, base: Path, python: str, cache_dir: Path | None, result: dict[str, Any]) -> dict[str, Any]:
+    cache = _cache_file(ref, base, python, cache_dir)
+    if result.get("ok") and cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(cache)
+    return result
+
+
+def _describe(refs: list[str], base: Path, python: str) -> dict[str, Any] | str:
+    """What `python -m jobs.sdk.describe REF…` printed last (a dict), else why there is nothing."""
     paths = (str(ROOT), str(base), os.environ.get("PYTHONPATH"))
     # The module is imported to read its parameters only: it never sees the bot's settings either.
     env = {**job_environment(os.environ, pass_env=("*",)), "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    named = refs[0] if len(refs) == 1 else ", ".join(refs)
     try:
         proc = subprocess.run(
-            [python, "-m", "jobs.sdk.describe", ref], capture_output=True, text=True, cwd=base, env=env,
+            [python, "-m", "jobs.sdk.describe", *refs], capture_output=True, text=True, cwd=base, env=env,
             timeout=DESCRIBE_TIMEOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"{ref} took over {DESCRIBE_TIMEOUT:.0f} s to import"}
+        return f"{named} took over {DESCRIBE_TIMEOUT:.0f} s to import"
     except OSError as exc:
-        return {"ok": False, "error": f"cannot run {python}: {exc}"}
+        return f"cannot run {python}: {exc}"
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     try:
         result = json.loads(lines[-1]) if lines else None
@@ -284,12 +333,7 @@ def describe_kind(ref: str, base: Path, python: str, cache_dir: Path | None = No
         result = None
     if not isinstance(result, dict):
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"ok": False, "error": f"{ref} could not be described: {tail}"}
-    if result.get("ok") and cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(cache)
+        return f"{named} could not be described: {tail}"
     return result
 
 

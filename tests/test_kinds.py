@@ -13,6 +13,7 @@ import pytest
 
 from chatops.settings import Settings
 from chatops.testing import BotHarness, eventually
+from jobs.kinds import load_registry
 from tests.test_jobs import job_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,6 +187,29 @@ async def test_bad_kinds_answer_one_line_and_leave_the_others_working(kinds_bot:
 
 
 @pytest.mark.slow
+def test_kinds_are_described_by_one_process_and_a_crashing_module_takes_no_other_down(tmp_path: Path) -> None:
+    """A first `chatops check` described each Python kind in a process of its own, each importing
+    MXNet; now one process describes them all. A module that kills that process at import (or hangs)
+    is then described alone, and the others still load."""
+    pids = tmp_path / "pids"
+    for name in ("first", "second"):  # each notes the process that imports it, and prints (before our line)
+        note = f"open({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+        (tmp_path / f"{name}_kind.py").write_text(TINY_KIND + f"\nimport os\nprint('importing {name}')\n" + note)
+    good = load_registry({n: {"module": f"{n}_kind.py"} for n in ("first", "second")}, base_dir=tmp_path,
+                         python=sys.executable, default="first")  # fmt: skip
+    assert set(good.names()) >= {"first", "second"} and not good.problems
+    assert len(set(pids.read_text().split())) == 1, "both described by one process"
+    (tmp_path / "killer_kind.py").write_text("import os\nos._exit(9)\n")
+    kinds = {n: {"module": f"{n}_kind.py"} for n in ("first", "killer", "second")}
+    registry = load_registry(kinds, base_dir=tmp_path, python=sys.executable, default="first",
+                             cache_dir=tmp_path / "cache")  # fmt: skip
+    assert {"first", "second"} <= set(registry.names())
+    assert list(registry.problems) == ["killer"]
+    assert "killer_kind.py could not be described" in registry.problems["killer"]
+    cached = sorted(p.name for p in (tmp_path / "cache").glob("kind-*.json"))
+    assert len(cached) == 2, "the two good descriptions are cached, the failure is not"
+
+
 def test_chatops_check_lists_every_problem(tmp_path: Path) -> None:
     (tmp_path / "ok_kind.py").write_text(TINY_KIND)
     (tmp_path / "chatops.toml").write_text(textwrap.dedent("""

@@ -1,4 +1,4 @@
-"""`python -m jobs.sdk.describe MODULE`: a Python kind's parameters as JSON, for the bot process.
+"""`python -m jobs.sdk.describe MODULE …`: a Python kind's parameters as JSON, for the bot process.
 
 The bot never imports a user's training module (it imports MXNet, and may crash or hang); it runs
 this in a child process and rebuilds the model from the printed specs (`jobs.params`).
@@ -22,14 +22,17 @@ def describe_module(ref: str) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """One module: its result. Several: `{module: result}`, from one process, so MXNet (most of a
+    description's second) is imported once for all the kinds of a config."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m jobs.sdk.describe MODULE_OR_PATH", file=sys.stderr)
+    if not args:
+        print("usage: python -m jobs.sdk.describe MODULE_OR_PATH [MODULE_OR_PATH …]", file=sys.stderr)
         return 2
-    result = describe_module(args[0])
-    # The last line is ours: whatever the module printed while importing comes before it.
-    sys.stdout.write("\n" + json.dumps(result, default=str) + "\n")
-    return 0 if result["ok"] else 1
+    results = {ref: describe_module(ref) for ref in dict.fromkeys(args)}
+    out: object = results[args[0]] if len(args) == 1 else results
+    # The last line is ours: whatever the modules printed while importing comes before it.
+    sys.stdout.write("\n" + json.dumps(out, default=str) + "\n")
+    return 0 if all(r["ok"] for r in results.values()) else 1
 
 
 if __name__ == "__main__":
