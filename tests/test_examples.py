@@ -32,9 +32,12 @@ def _env() -> dict[str, str]:
 
 
 def _example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`python examples/<name> args…` in `cwd` (standalone runs keep checkpoints in ./chatops-run)."""
+    """`python examples/<name> args…` in `cwd`; standalone runs keep checkpoints in a temporary folder
+    (under `cwd/tmp` here, through TMPDIR), which they name on stderr."""
     argv = [sys.executable, str(EXAMPLES / name), *args]
-    return subprocess.run(argv, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=WAIT_SECONDS)
+    (cwd / "tmp").mkdir(exist_ok=True)
+    env = {**_env(), "TMPDIR": str(cwd / "tmp")}
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=WAIT_SECONDS)
 
 
 def _finished(stdout: str) -> dict[str, float]:
@@ -98,7 +101,10 @@ def test_fashion_cnn_learns_with_the_wechat_keys(tmp_path: Path, fashion_dir: Pa
     assert [ln.split()[2] for ln in epochs] == ["1", "2"], out.stdout
     assert all("val_acc" in ln for ln in epochs)
     assert _finished(out.stdout)["test_acc"] > 0.3  # ten classes: chance is 0.1
-    assert (tmp_path / "chatops-run" / "checkpoints" / "epoch-2.params").is_file()
+    [said] = [ln for ln in out.stderr.splitlines() if "checkpoints, TensorBoard files and artifacts" in ln]
+    folder = Path(said.rsplit(": ", 1)[1])
+    assert folder.parent == tmp_path / "tmp" and (folder / "checkpoints" / "epoch-2.params").is_file()
+    assert not (tmp_path / "chatops-run").exists(), "nothing left in the current folder"
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ import os
 import signal
 import stat
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable
@@ -225,7 +226,12 @@ def run_main(train: TrainFn, params_model: type[JobParams], argv: list[str] | No
         print("\n".join(checked.errors), file=sys.stderr)
         return 2
     events = ConsoleEvents()
-    run: Run[Any] = Run(params_model.model_validate(checked.values), events, None, options={"heartbeat_seconds": 0})
+    # On its own, a run keeps its checkpoints, TensorBoard files and artifacts in a fresh temporary
+    # folder (never in the caller's current one), and says where.
+    folder = Path(tempfile.mkdtemp(prefix="chatops-run-"))
+    print(f"[chatops] checkpoints, TensorBoard files and artifacts of this run: {folder}", file=sys.stderr)
+    params = params_model.model_validate(checked.values)
+    run: Run[Any] = Run(params, events, None, options={"heartbeat_seconds": 0}, folder=folder)
     return execute(run, train, events)
 
 

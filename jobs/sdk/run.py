@@ -149,6 +149,7 @@ class Run(Generic[P]):
         *,
         job_dir: Path | None = None,
         options: dict[str, Any] | None = None,
+        folder: Path | None = None,
     ) -> None:
         self.params = params
         self.run_params = params.model_copy()  # as given to this run: what a checkpoint records
@@ -156,7 +157,7 @@ class Run(Generic[P]):
         self.control = control
         self.job_dir = job_dir
         self.options = options or {}
-        base = job_dir or Path.cwd() / "chatops-run"
+        base = job_dir or folder or Path.cwd() / "chatops-run"  # folder: a run on its own (`run_main`)
         self.tensorboard_dir = base / TENSORBOARD_DIR
         self.checkpoint_dir = base / CHECKPOINT_DIR
         self.artifacts_dir = base / ARTIFACTS_DIR
