@@ -71,3 +71,35 @@ def test_no_runner_starts_with_a_runtime_warning(module: str) -> None:
     proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", module, "--help"],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0 and "RuntimeWarning" not in proc.stderr, proc.stderr
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, object]]] = []
+
+    def emit(self, type_: str, **fields: object) -> None:
+        self.seen.append((type_, fields))
+
+
+def test_the_first_eta_does_not_count_the_start_up(tmp_path: Path) -> None:
+    """A run that took long to start (data, model, a checkpoint restored: `train resume=` at 88%) said
+    "20:03 left" at its first report: the start-up was counted as if spent on its first batches."""
+    import threading
+
+    from jobs.sdk import JobParams, Run, param
+
+    class Params(JobParams):
+        epochs: int = param(10, ge=1)
+
+    events = _Events()
+    run = Run(Params(), events, job_dir=tmp_path, options={"report_seconds": 0})
+    run.batches_per_epoch = 10
+    threading.Event().wait(1.5)  # the start-up: loading, restoring
+    run.start()
+    for _ in run.epochs():
+        for _ in run.batches(range(10)):
+            pass
+        if run.epoch == 1:
+            said = run.report(force=True, loss=0.5)
+            assert said is not None and said["eta_seconds"] < 1.5, said  # 90 no-op batches left, not 90 x 0.15 s
+            break

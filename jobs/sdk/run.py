@@ -231,6 +231,8 @@ class Run(Generic[P]):
             return
         self._started = True
         self.state = "running"
+        if not self.reported:  # speed and ETA count from here: not the start-up (data, model, a restore)
+            self._last_report = time.monotonic()
         self.events.emit(
             "started", pid=os.getpid(), params=self.params.model_dump(mode="json"), epochs=self.epochs_total,
             start_epoch=self.epoch, start_batch=self.batch, **info,
