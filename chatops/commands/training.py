@@ -518,7 +518,8 @@ async def cmd_stop(ctx: CommandContext[JobRef]) -> Reply:
     except KeyError:
         builtin = False
     keeps = job.checkpoint is not None or builtin
-    return Reply(ctx.t("stop.stopping" if keeps else "stop.stopping_bare", id=job.id), job_id=job.id)
+    said = ctx.t("stop.stopping", id=job.id) if keeps else ctx.t("stop.stopping_bare", id=job.id)
+    return Reply(said, job_id=job.id)
 
 
 @command("pause", role="operator", aliases=["暂停"], args=JobRef, positionals=["job"],
