@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chatops.settings import AuthSettings, JobsSettings, NotifySettings, Settings
 from chatops.testing import BotHarness
+from jobs.executors.ray import RaySettings
 
 BATCH = 8
 TRAIN = f"train epochs=200 bs={BATCH} report=0.2"
@@ -98,11 +99,12 @@ async def measure(modes: dict[str, Settings], runs: int) -> dict[str, list[tuple
     return results
 
 
-def settings_for(data: Path, **jobs: object) -> Settings:
+def settings_for(data: Path, executor: str = "local", **sections: object) -> Settings:
+    """Settings on `data` with `executor`; `sections`: its own section (`ray=RaySettings(…)`)."""
     return Settings(
         data_dir=data, auth=AuthSettings(operators=["test:op"]),
         notify=NotifySettings(progress_seconds=0.2, digest_seconds=1),
-        jobs=JobsSettings(max_parallel=1, heartbeat_timeout=60, **jobs),  # type: ignore[arg-type]
+        jobs=JobsSettings(max_parallel=1, heartbeat_timeout=60, executor=executor), **sections,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -156,10 +158,10 @@ def main() -> None:
         try:
             modes = {
                 "local": settings_for(tmp / "local"),
-                "ray": settings_for(tmp / "ray", executor="ray", ray_address=address),
+                "ray": settings_for(tmp / "ray", "ray", ray=RaySettings(address=address)),
                 "ray kv": settings_for(
-                    tmp / "ray-kv", executor="ray", ray_address=address, ray_channel="cluster",
-                    ray_gcs_address=gcs, ray_storage=str(tmp / "ray-storage"),
+                    tmp / "ray-kv", "ray", ray=RaySettings(address=address, channel="cluster", gcs_address=gcs,
+                                                           storage=str(tmp / "ray-storage")),
                 ),
             }  # fmt: skip
             results = asyncio.run(measure(modes, args.runs))
@@ -169,7 +171,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{args.runs} measured jobs per mode after one warm-up each, round by round: mxnet kind, MLP on digits,")
     print(f"batch {BATCH}, reports every 0.2 s; median (min-max), and the median's difference to local")
-    print("ray: the shared-folder channel; ray kv: ray_channel = cluster (GCS key-value store, no shared disk)")
+    print("ray: the shared-folder channel; ray kv: [ray] channel = cluster (GCS key-value store, no shared disk)")
     names = ("submit -> first progress", "control round trip", "stop -> stopped")
     local = results["local"]
     for i, name in enumerate(names):

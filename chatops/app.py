@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chatops.adapter import Adapter, AdapterContext, CommandInfo
@@ -23,8 +24,8 @@ from chatops.specs import CommandRegistry, Services
 from chatops.store import ChatStore, Retention
 from chatops.texts import lang_of, text
 from jobs.db import LOOP_BUSY_TIMEOUT, Backoff, connect, store_problem
-from jobs.executors.base import Executor
-from jobs.executors.local import LocalExecutor
+from jobs.executors import load_executor
+from jobs.executors.base import Executor, ExecutorPlugin, ExecutorSetup
 from jobs.gpus import GpuPool, detect_gpus
 from jobs.kinds import load_registry
 from jobs.manager import JobManager
@@ -81,17 +82,17 @@ class App:
             settings.kinds, base_dir=settings.config_dir, python=settings.jobs.python,
             default=settings.jobs.default_kind, cache_dir=settings.data_dir / "cache",
         )  # fmt: skip
-        executor = make_executor(settings)
+        executor, plugin = make_executor(settings)
         self.manager = JobManager(
             self.job_store,
             executor,
-            settings.jobs.storage or settings.jobs_dir,
+            getattr(executor, "jobs_dir", None) or settings.jobs.storage or settings.jobs_dir,
             registry=kinds,
             max_parallel=settings.jobs.max_parallel,
             stop_timeout=settings.jobs.stop_timeout,
             heartbeat_timeout=settings.jobs.heartbeat_timeout,
             runner_options=options,
-            gpus=_gpu_pool(settings) if isinstance(executor, LocalExecutor) else None,  # a cluster places its own
+            gpus=_gpu_pool(settings) if plugin.places_gpus else None,  # a cluster places its own
             max_sweep_jobs=settings.jobs.max_sweep_jobs,
             stall_minutes=settings.notify.stall_minutes,
             max_log_mb=settings.jobs.max_log_mb,
@@ -297,19 +298,16 @@ def _lang(incoming: Incoming) -> str:
     return lang_of(head is not None and _chinese(head))
 
 
-def make_executor(settings: Settings) -> Executor:
-    """Local processes, or jobs on a Ray cluster (its module imports Ray only when first used)."""
-    jobs = settings.jobs
-    secrets = secret_values(settings)  # never into a job's environment, whatever pass_env says
-    if jobs.executor == "ray":
-        from jobs.executors.ray import RayExecutor
-
-        return RayExecutor(
-            jobs.ray_address, python=jobs.python, runtime_env=jobs.ray_runtime_env, num_cpus=jobs.ray_num_cpus,
-            channel=jobs.ray_channel, gcs_address=jobs.ray_gcs_address,
-            storage=jobs.ray_storage or str(jobs.storage or settings.jobs_dir), pass_env=jobs.pass_env, secrets=secrets,
-        )  # fmt: skip
-    return LocalExecutor(python=jobs.python, pass_env=jobs.pass_env, secrets=secrets)
+def make_executor(settings: Settings) -> tuple[Executor, ExecutorPlugin]:
+    """The executor `[jobs] executor` names, found by its entry point and built from its own section
+    (its module imports what it needs, Ray say, only when first used)."""
+    plugin = load_executor(settings.jobs.executor)
+    setup = ExecutorSetup(
+        jobs_dir=Path(settings.jobs.storage or settings.jobs_dir), python=settings.jobs.python,
+        pass_env=tuple(settings.jobs.pass_env),
+        secrets=tuple(secret_values(settings)),  # never into a job's environment, whatever pass_env says
+    )  # fmt: skip
+    return plugin.create(setup, settings.executor_settings(plugin.name, plugin.settings)), plugin
 
 
 def _gpu_pool(settings: Settings) -> GpuPool | None:

@@ -339,6 +339,13 @@ def _check(settings: Settings) -> int:
             problems.append(f"adapter {name}: configured but not installed")
         except ImportError as exc:
             problems.append(f"adapter {name}: needs its extra: pip install 'chatops[{name}]' ({exc})")
+    try:
+        from chatops.app import make_executor
+
+        make_executor(settings)  # its module loads, its section holds, what it needs is installed
+        print(f"ok    executor {settings.jobs.executor}")
+    except (ValueError, RuntimeError, ImportError) as exc:
+        problems.append(f"executor {settings.jobs.executor}: {exc}")
     problems += _check_plugins(settings)
     for problem in problems:
         print(f"FAIL  {problem}")

@@ -61,6 +61,15 @@ class Section(BaseModel):
 S = TypeVar("S", bound=Section)
 
 
+DEPRECATED_RAY = ("ray_address", "ray_runtime_env", "ray_num_cpus", "ray_channel", "ray_gcs_address", "ray_storage")
+
+
+def _executor_names() -> set[str]:
+    from jobs.executors import installed_executors
+
+    return set(installed_executors())
+
+
 def installed_platforms() -> dict[str, EntryPoint]:
     """The adapters installed in this environment, by platform name (not imported)."""
     return {ep.name: ep for ep in entry_points(group=ADAPTERS_GROUP)}
@@ -109,33 +118,20 @@ class JobsSettings(Section):
     )
     gpu_share: int = Field(1, ge=1, le=64, description="jobs one GPU may serve at a time")
     max_sweep_jobs: int = Field(32, ge=1, le=1000, description="the most jobs one `sweep` may start")
-    executor: Literal["local", "ray"] = Field(
-        "local", description="where runners run: local processes, or jobs on a Ray cluster (the `ray` extra)"
+    executor: str = Field(
+        "local", description="where runners run: an installed executor plugin by name (entry-point group"
+        " chatops.executors): local processes, ray, slurm; its settings are its own section ([ray], [slurm])"
     )
-    ray_address: str | None = Field(
-        None, description="the Ray dashboard's address, e.g. http://127.0.0.1:8265 (unset: RAY_ADDRESS)"
-    )
-    ray_runtime_env: dict[str, Any] = Field(
-        default_factory=dict, description="extends each Ray job's runtime_env (working_dir, pip, env_vars)"
-    )
-    ray_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved on the Ray cluster for each runner")
     storage: Path | None = Field(
-        None, description="folder of the job folders; with executor=ray and ray_channel=shared every Ray node must"
-        " see it at this path"
+        None, description="folder of the job folders; with a cluster's executor every node must see it at this path"
     )
-    ray_channel: Literal["shared", "cluster"] = Field(
-        "shared",
-        description="how Ray runners talk to the bot: through the job folder on a shared path (storage), or through"
-        " the cluster's own key-value store (no shared disk; checkpoints go to ray_storage)",
-    )
-    ray_gcs_address: str | None = Field(
-        None, description="ray_channel=cluster: the cluster's GCS, host:port (unset: the dashboard's host, port 6379)"
-    )
-    ray_storage: str | None = Field(
-        None,
-        description="ray_channel=cluster: where runners copy checkpoints, TensorBoard files and artifacts, a folder"
-        " or an fsspec URI such as s3://bucket/chatops (unset: the job folders' folder, for a one-machine cluster)",
-    )
+    # Deprecated for one release: the [ray] section holds these now (read there, with a warning).
+    ray_address: str | None = Field(None, description="deprecated: [ray] address")
+    ray_runtime_env: dict[str, Any] | None = Field(None, description="deprecated: [ray] runtime_env")
+    ray_num_cpus: float | None = Field(None, ge=0, description="deprecated: [ray] num_cpus")
+    ray_channel: Literal["shared", "cluster"] | None = Field(None, description="deprecated: [ray] channel")
+    ray_gcs_address: str | None = Field(None, description="deprecated: [ray] gcs_address")
+    ray_storage: str | None = Field(None, description="deprecated: [ray] storage")
     pass_env: list[str] = Field(
         default_factory=list,
         description='globs of the bot\'s environment every job gets on purpose, e.g. ["AWS_*", "HF_TOKEN"] (beyond'
@@ -243,6 +239,53 @@ class Settings(BaseSettings):
         return init_settings, env_settings, PlatformEnv(settings_cls), dotenv_settings, file_secret_settings
 
     @model_validator(mode="after")
+    def _executor_section(self) -> Settings:
+        """`[jobs] executor` names an installed executor; its section (`[ray]`, `[slurm]`) is validated
+        by the model its plugin declares; the old `[jobs] ray_*` keys still reach `[ray]`, each with a
+        warning naming its new key."""
+        from jobs.executors import installed_executors, load_executor
+
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        old = {key: value for key in DEPRECATED_RAY if (value := getattr(self.jobs, key)) is not None}
+        if old:
+            section = extra.get("ray")
+            moved = dict(section) if isinstance(section, dict) else {}
+            if isinstance(section, BaseModel):
+                moved = section.model_dump(exclude_unset=True)
+            for key, value in old.items():
+                new_key = key.removeprefix("ray_")
+                log.warning("[jobs] %s is deprecated: use [ray] %s", key, new_key)
+                moved.setdefault(new_key, value)
+            extra["ray"] = moved
+            self.jobs = self.jobs.model_copy(update=dict.fromkeys(old))  # moved: said once, read from [ray]
+        found = installed_executors()
+        if self.jobs.executor not in found:
+            raise ValueError(f"[jobs] executor {self.jobs.executor!r} is not installed (installed: "
+                             f"{', '.join(sorted(found)) or 'none'})")  # fmt: skip
+        for name, value in extra.items():
+            if name not in found or not isinstance(value, dict):
+                continue
+            try:
+                model = load_executor(name).settings
+            except ValueError:
+                continue  # only the executor in use must load; `make_executor` says why it cannot
+            if model is None:
+                continue
+            try:
+                extra[name] = model.model_validate(value)
+            except ValidationError as exc:
+                problems = config_problems(exc, model, prefix=f"[{name}] ", env=f"CHATOPS_{name.upper()}__")
+                raise ValueError("; ".join(problems)) from None
+        return self
+
+    def executor_settings(self, name: str, model: type[BaseModel] | None) -> BaseModel | None:
+        """The executor's own section as its model (its defaults when the config has none)."""
+        if model is None:
+            return None
+        value = (self.__pydantic_extra__ or {}).get(name)
+        return value if isinstance(value, model) else model.model_validate(value or {})
+
+    @model_validator(mode="after")
     def _platform_sections(self) -> Settings:
         """Validate each platform section with the model its installed adapter declares; a section
         whose adapter cannot be imported (its extra is missing) stays raw, for the app to explain."""
@@ -269,7 +312,9 @@ class Settings(BaseSettings):
     def platforms(self) -> dict[str, Section | dict[str, Any]]:
         """The platform sections given (beyond the console): validated, or raw where the adapter
         could not be imported."""
-        return {k: v for k, v in (self.__pydantic_extra__ or {}).items() if isinstance(v, Section | dict)}
+        executors = _executor_names()
+        return {k: v for k, v in (self.__pydantic_extra__ or {}).items()
+                if isinstance(v, Section | dict) and k not in executors}  # fmt: skip
 
     def section(self, name: str, model: type[S]) -> S:
         """A platform's section as its model (its defaults when the config has none)."""
@@ -365,7 +410,7 @@ class PlatformEnv(PydanticBaseSettingsSource):
             else:
                 node[path[-1]] = value
         if found:
-            known = installed_platforms()
+            known = {**installed_platforms(), **dict.fromkeys(_executor_names())}
             for name in sorted(set(found) - set(known)):
                 log.warning("environment: %s", _unknown(f"section CHATOPS_{name.upper()}__… is ignored", name,
                                                          [*core, *known]))  # fmt: skip
@@ -382,10 +427,10 @@ def unknown_keys(path: Path) -> list[str]:
         return []  # reading the settings reports it
     problems = []
     fields = Settings.model_fields
-    platforms = installed_platforms()
+    platforms = {**installed_platforms(), **dict.fromkeys(_executor_names())}
     for key, value in data.items():
         if key in platforms and key not in fields:
-            continue  # its adapter's model forbids unknown keys when it is validated
+            continue  # its adapter's (or executor's) model forbids unknown keys when it is validated
         if key not in fields:
             what = f"section [{key}]" if isinstance(value, dict) else f"key {key!r}"
             problems.append(_unknown(f"{what} is ignored", key, [*fields, *platforms]))

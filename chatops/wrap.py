@@ -114,7 +114,7 @@ def _follower(key: str) -> Conversation:
 async def _submit(app: App, params: dict[str, Any], gpus: int, follower: Conversation | None) -> Job:
     """Queue the job as the console identity, within its quota; the console (and `follower`) follow it."""
     from chatops.people import quota_for
-    from jobs.manager import JobError
+    from jobs.errors import JobError
 
     user = app.settings.console.user
     me, here = Identity("console", user, user), Conversation("console", user)
@@ -162,7 +162,7 @@ async def _follow(app: App, job: Job, console: Console, ctrl_c: _CtrlC) -> int:
 
 
 async def _interrupt(app: App, job: Job, console: Console, *, force: bool) -> None:
-    from jobs.manager import JobError
+    from jobs.errors import JobError
 
     if job.terminal:
         return

@@ -36,6 +36,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from jobs import protocol
+from jobs.errors import JobError, QuotaExceeded
 from jobs.executors.base import Executor, ExitInfo
 from jobs.gpus import GpuPool, gpus_wanted, renumbered
 from jobs.paths import confined
@@ -98,20 +99,6 @@ class _Heard:
     output: tuple[int, int] | None  # runner.log's (size, mtime_ns) when last looked at: a change is output
     moved: float  # when it last showed progress or printed, or first seen
     stalled: float | None = None  # `moved` when its stall was announced (or first seen announced)
-
-
-class JobError(Exception):
-    """A request the manager refuses; the message is meant for the user."""
-
-
-class QuotaExceeded(JobError):
-    """Refused by its owner's quota. `limit` is "queued" (with the person's `running` and `queued`
-    jobs now) or "gpus" (with the GPUs the job `need`s); `most` is what the quota allows."""
-
-    def __init__(self, message: str, *, limit: str, most: int, running: int = 0, queued: int = 0, need: int = 0):
-        super().__init__(message)
-        self.limit, self.most = limit, most
-        self.running, self.queued, self.need = running, queued, need
 
 
 class JobManager:

@@ -76,7 +76,7 @@ async def test_a_model_is_sent_where_it_fits_and_named_where_it_does_not(
     assert proc.returncode == 0, err.decode()
     names = [Path(line.strip()).name for line in out.decode().splitlines()]
     assert f"{jid}-best-0000.params" in names and f"{jid}-best-symbol.json" in names
-    # A checkpoint kept in a Ray cluster's storage (an fsspec URI, [jobs] ray_storage) is fetched;
+    # A checkpoint kept in a Ray cluster's storage (an fsspec URI, [ray] storage) is fetched;
     # here the storage is the jobs folder itself, the root when no other is configured.
     pytest.importorskip("fsspec")
     best = str(job.metrics["best_checkpoint"])

@@ -32,6 +32,7 @@ import pytest
 from chatops.settings import HealthSettings, JobsSettings, Settings
 from chatops.testing import BotHarness, eventually
 from jobs.executors import ray_node
+from jobs.executors.ray import RaySettings
 from tests.test_jobs import TINY, job_id
 
 pytestmark = [
@@ -136,8 +137,8 @@ def ray_head() -> Iterator[str]:
 def ray_settings(settings: Settings, ray_head: str) -> Settings:
     # A starved runner misses beats a quiet machine would send, and reaches a stop late: neither the
     # silence nor the kill after a stop is what these tests check (the runner stopping itself is).
-    jobs = JobsSettings(executor="ray", ray_address=ray_head, max_parallel=2, stop_timeout=30, heartbeat_timeout=180)
-    return settings.model_copy(update={"jobs": jobs})
+    jobs = JobsSettings(executor="ray", max_parallel=2, stop_timeout=30, heartbeat_timeout=180)
+    return settings.model_copy(update={"jobs": jobs, "ray": RaySettings(address=ray_head)})
 
 
 @pytest.fixture
@@ -270,9 +271,9 @@ async def test_a_job_asking_for_a_gpu_waits_queued_with_the_reason(rbot: BotHarn
 
 
 async def test_an_unreachable_cluster_keeps_the_job_queued(settings: Settings) -> None:
-    jobs = JobsSettings(executor="ray", ray_address=f"http://127.0.0.1:{_free_port()}")
+    jobs, ray = JobsSettings(executor="ray"), RaySettings(address=f"http://127.0.0.1:{_free_port()}")
     health = HealthSettings(listen="127.0.0.1:0")
-    async with BotHarness(settings.model_copy(update={"jobs": jobs, "health": health})) as bot:
+    async with BotHarness(settings.model_copy(update={"jobs": jobs, "health": health, "ray": ray})) as bot:
         [reply] = await bot.say(f"train epochs=1 {TINY}")
         jid = job_id(reply.text)
         await bot.wait_state(jid, {"queued"}, timeout=REACT)
@@ -293,15 +294,20 @@ async def test_an_unreachable_cluster_keeps_the_job_queued(settings: Settings) -
 @pytest.fixture
 def cluster_settings(settings: Settings, ray_head: str, tmp_path: Path) -> Settings:
     """Runners keep their job folder on the node's disk; the bot's job folders are never theirs."""
-    jobs = JobsSettings(
-        executor="ray", ray_address=ray_head, ray_channel="cluster", ray_gcs_address=_GCS[ray_head],
-        ray_storage=str(tmp_path / "cluster-storage"), max_parallel=2, stop_timeout=30, heartbeat_timeout=180,
-    )  # fmt: skip
-    return settings.model_copy(update={"jobs": jobs})
+    jobs = JobsSettings(executor="ray", max_parallel=2, stop_timeout=30, heartbeat_timeout=180)
+    ray = RaySettings(address=ray_head, channel="cluster", gcs_address=_GCS[ray_head],
+                      storage=str(tmp_path / "cluster-storage"))  # fmt: skip
+    return settings.model_copy(update={"jobs": jobs, "ray": ray})
+
+
+def _ray(settings: Settings) -> RaySettings:
+    found = settings.executor_settings("ray", RaySettings)
+    assert isinstance(found, RaySettings)
+    return found
 
 
 async def test_the_cluster_channel_carries_events_control_and_checkpoints(cluster_settings: Settings) -> None:
-    storage = Path(cluster_settings.jobs.ray_storage or "")
+    storage = Path(_ray(cluster_settings).storage or "")
     async with BotHarness(cluster_settings) as bot:
         [tiny] = await bot.say("train epochs=2 max_samples=200 report=0.2")
         [long] = await bot.say("train epochs=300 max_samples=200 report=0.2")
@@ -403,7 +409,7 @@ async def test_a_restarted_bot_follows_a_cluster_channel_job(cluster_settings: S
     # new bot starts once there is one the old bot never read.
     from ray._raylet import GcsClient
 
-    gcs, unread = GcsClient(address=cluster_settings.jobs.ray_gcs_address), _stored_offset(cluster_settings, jid)
+    gcs, unread = GcsClient(address=_ray(cluster_settings).gcs_address), _stored_offset(cluster_settings, jid)
     await eventually(lambda: _relayed(gcs, sid, unread), REACT, "an entry relayed while no bot ran")
     async with BotHarness(cluster_settings) as bot2:
         job = bot2.app.job_store.get(jid)

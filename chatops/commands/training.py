@@ -25,7 +25,8 @@ from chatops.store import COMPARE
 from chatops.sweeps import active, counts, label, mode
 from chatops.sweeps import table as sweep_table
 from jobs import atomic, storage
-from jobs.manager import JobError, QuotaExceeded, log_tail
+from jobs.errors import JobError, QuotaExceeded
+from jobs.manager import log_tail
 from jobs.params import fields_of, live_change, suggest, validate
 from jobs.provenance import FILE as PROVENANCE_FILE
 from jobs.provenance import code_label

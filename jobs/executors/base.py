@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel
 
 from jobs import protocol
 
@@ -85,3 +88,28 @@ class Executor(Protocol):
     def resources(self, handle: dict[str, Any]) -> dict[str, Any]:
         """Best-effort CPU/memory figures of a live runner."""
         ...
+
+
+@dataclass(frozen=True)
+class ExecutorSetup:
+    """What every executor gets from the bot's config, whatever its kind."""
+
+    jobs_dir: Path  # where job folders live by default ([jobs] storage, else the data dir's jobs/)
+    python: str | None = None  # [jobs] python: the runners' interpreter
+    pass_env: tuple[str, ...] = ()  # [jobs] pass_env: globs of the bot's environment passed on purpose
+    secrets: tuple[str, ...] = ()  # the bot's secret values: never into a job, whatever pass_env says
+
+
+@dataclass(frozen=True)
+class ExecutorPlugin:
+    """An executor as an installable plugin: the object its module names in the entry-point group
+    `chatops.executors` (`slurm = "mypkg.slurm:PLUGIN"`). `[jobs] executor = "<name>"` picks it, and
+    its own config section `[<name>]` (env `CHATOPS_<NAME>__<KEY>`) is validated by `settings`.
+
+    An executor may also have `jobs_dir`, a folder the job folders must live in (a cluster's shared
+    file system), and `describe(handle)`, a line for `status` (where a job waits or runs)."""
+
+    name: str
+    create: Callable[[ExecutorSetup, BaseModel | None], Executor]  # its section's settings, or None
+    settings: type[BaseModel] | None = None
+    places_gpus: bool = False  # True: the bot gives out this machine's GPUs; a cluster places its own

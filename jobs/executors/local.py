@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 
 from jobs.environment import job_environment, kind_environment
-from jobs.executors.base import ExitInfo, FileChannel
+from jobs.executors.base import ExecutorPlugin, ExecutorSetup, ExitInfo, FileChannel
 from jobs.protocol import LOG_FILE
 
 
@@ -180,3 +180,10 @@ class LocalExecutor(FileChannel):
             return created is None or abs(proc.create_time() - created) < 1.0
         except psutil.Error:
             return False
+
+
+def _create(setup: ExecutorSetup, _section: object) -> LocalExecutor:
+    return LocalExecutor(python=setup.python, pass_env=setup.pass_env, secrets=setup.secrets)
+
+
+PLUGIN = ExecutorPlugin("local", create=_create, places_gpus=True)

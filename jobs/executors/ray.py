@@ -42,13 +42,15 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from jobs import protocol, storage
 from jobs.environment import job_environment, kind_environment
 from jobs.executors import ray_node
-from jobs.executors.base import ExitInfo, FileChannel
+from jobs.executors.base import ExecutorPlugin, ExecutorSetup, ExitInfo, FileChannel
 from jobs.logcap import CappedLog, job_cap
 from jobs.protocol import LOG_FILE, PARAMS_FILE
 from jobs.schemas import parse_contexts
@@ -393,7 +395,7 @@ class RayExecutor(FileChannel):
         try:
             self._kv("control", put)
         except ConnectionError as exc:
-            from jobs.manager import JobError
+            from jobs.errors import JobError
 
             raise JobError(f"cannot reach job {job.id}'s runner: {exc}") from None
         return protocol.write_control(job.dir, cmd, params, line=line)
@@ -531,3 +533,42 @@ def _client_class() -> Any:
             return super()._do_request(method, endpoint, **kwargs)
 
     return Client
+
+
+class RaySettings(BaseModel):
+    """`[ray]`: the cluster and how runners talk to the bot (env `CHATOPS_RAY__<KEY>`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(
+        None, description="the Ray dashboard's address, e.g. http://127.0.0.1:8265 (unset: RAY_ADDRESS)"
+    )
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict, description="extends each Ray job's runtime_env (working_dir, pip, env_vars)"
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved on the Ray cluster for each runner")
+    channel: Literal["shared", "cluster"] = Field(
+        "shared",
+        description="how Ray runners talk to the bot: through the job folder on a shared path ([jobs] storage), or"
+        " through the cluster's own key-value store (no shared disk; checkpoints go to storage)",
+    )
+    gcs_address: str | None = Field(
+        None, description="channel=cluster: the cluster's GCS, host:port (unset: the dashboard's host, port 6379)"
+    )
+    storage: str | None = Field(
+        None,
+        description="channel=cluster: where runners copy checkpoints, TensorBoard files and artifacts, a folder"
+        " or an fsspec URI such as s3://bucket/chatops (unset: the job folders' folder, for a one-machine cluster)",
+    )
+
+
+def _create(setup: ExecutorSetup, section: BaseModel | None) -> RayExecutor:
+    ray = section if isinstance(section, RaySettings) else RaySettings()
+    return RayExecutor(
+        ray.address, python=setup.python, runtime_env=ray.runtime_env, num_cpus=ray.num_cpus, channel=ray.channel,
+        gcs_address=ray.gcs_address, storage=ray.storage or str(setup.jobs_dir), pass_env=setup.pass_env,
+        secrets=setup.secrets,
+    )  # fmt: skip
+
+
+PLUGIN = ExecutorPlugin("ray", create=_create, settings=RaySettings)
