@@ -27,6 +27,7 @@ demo: $(DEMO_STAMP)
 
 test: $(STAMP)
 	bash tests/ensure_dovecot.sh
+	bash tests/ensure_slurm.sh
 	$(BIN)/ruff check chatops adapters jobs tests bench examples
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 

@@ -44,6 +44,7 @@ from jobs.provenance import Recorder, interpreter_of
 from jobs.quotas import Quota
 from jobs.readers import normalise, normalised
 from jobs.schemas import KindRegistry, KindUnavailable, default_registry
+from jobs.service import JobService
 from jobs.store import (
     ACTIVE_STATES,
     FAILED,
@@ -110,7 +111,7 @@ class JobManager:
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobStore | JobService,
         executor: Executor,
         jobs_dir: Path,
         *,
@@ -128,8 +129,10 @@ class JobManager:
         wall: Callable[[], float] = time.time,
     ) -> None:
         """`clock` times silence (monotonic: a wall-clock step never counts as silence); `wall`
-        stamps what the bot itself decides (a submission, a cancel, a kill)."""
-        self.store = store
+        stamps what the bot itself decides (a submission, a cancel, a kill). `store`: the job store,
+        or the service over it that chat is given (`self.service` either way)."""
+        self.service = store if isinstance(store, JobService) else JobService(store)
+        self.store = self.service.store
         self.gpus = gpus  # the machine's GPUs, given out to jobs (local runners only)
         self.executor = executor
         self.jobs_dir = Path(jobs_dir)
@@ -646,8 +649,26 @@ class JobManager:
             # It paused (or ended) before its start was read, or ended while paused: running in between.
             await self._move(job, RUNNING, "runner started" if job.state == STARTING else "resumed")
         if target in TRANSITIONS[job.state]:
+            reason = kind
+            if kind == "stopped" and not event.get("control_id") and not job.stop_requested:
+                reason = await self._outside_stop(job)
             # An end is the runner's own time of it.
-            await self._move(job, target, kind, at=_stamp(event, self.wall()) if target in TERMINAL_STATES else None)
+            await self._move(job, target, reason, at=_stamp(event, self.wall()) if target in TERMINAL_STATES else None)
+
+    async def _outside_stop(self, job: Job) -> str:
+        """Why a runner stopped that nobody asked through chatops: a SIGTERM from outside (`scancel`,
+        `kill`), with what the executor says of the job (Slurm's CANCELLED) where it can."""
+        reason = "stopped from outside chatops (a SIGTERM to its runner)"
+        where = getattr(self.executor, "describe", None)
+        if callable(where) and job.handle:
+            try:
+                said = await asyncio.to_thread(where, job.handle)
+            except Exception as exc:  # an executor's probe: never a reason to lose the stop
+                log.debug("describe %s: %s", job.id, exc)
+                said = None
+            if said:
+                reason += f": {said}"
+        return reason
 
     def _confine(self, job: Job, event: dict[str, Any]) -> dict[str, Any] | None:
         """The event without a path outside the job's place (see `placed`): a checkpoint or an
@@ -720,7 +741,9 @@ class JobManager:
         at = exit_info.at if exit_info.at is not None else self._last_sign(job)
         if job.stop_requested:
             return STOPPED, f"runner {exit_info.describe()} after stop", at
-        if exit_info.code is None and exit_info.signal is None:
+        if exit_info.stopped:
+            return STOPPED, exit_info.describe(), at
+        if exit_info.code is None and exit_info.signal is None and exit_info.note is None:
             return LOST, f"runner {exit_info.describe()}", at
         tail = log_tail(job.dir, 12)
         reason = f"runner {exit_info.describe()}" + _full_disk_note(job.dir, self.disk_full)

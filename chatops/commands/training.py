@@ -581,6 +581,11 @@ async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
             lines.append(ctx.t("status.runner", resources=", ".join(f"{k} {v}" for k, v in res.items())))
     elif job.metrics:
         lines.append(metrics_text(job.metrics))
+    where = getattr(manager.executor, "describe", None)  # a cluster's executor: its job id and node
+    if job.state in ACTIVE_STATES | {QUEUED} and job.handle and callable(where):
+        said = await asyncio.to_thread(where, job.handle)
+        if said:
+            lines.append(ctx.t("status.where", where=said))
     if job.state in ACTIVE_STATES and job.handle.get("gpus"):
         lines.append(ctx.t("status.gpus", gpus=", ".join(f"gpu {g}" for g in job.handle["gpus"])))
     if job.state == QUEUED:

@@ -89,6 +89,7 @@ TEXTS: dict[str, str] = {
     "status.head": "job {id}: {state}  {kind}: {summary}",
     "status.owner": "owner {owner}",
     "status.runner": "runner: {resources}",
+    "status.where": "on the cluster: {where}",
     "status.queue_position": "queue position {n}",
     "status.error": "error: {error}",
     "status.waiting": "{error}",

@@ -86,6 +86,7 @@ TEXTS: dict[str, str] = {
     "status.head": "job {id}: {state}  {kind}: {summary}",
     "status.owner": "发起人 {owner}",
     "status.runner": "训练进程：{resources}",
+    "status.where": "集群：{where}",
     "status.queue_position": "排队第 {n} 位",
     "status.error": "错误：{error}",
     "status.waiting": "等待中：{error}",

@@ -23,9 +23,14 @@ class ExitInfo:
     code: int | None
     signal: int | None = None
     at: float | None = None
+    note: str | None = None  # the executor's own words for how it ended (a Slurm state), said instead
+    stopped: bool = False  # stopped from outside chatops (`scancel`): it ends `stopped`, not `failed`
 
     def describe(self) -> str:
         import signal as _signal
+
+        if self.note:
+            return self.note
 
         if self.signal is not None:
             try:
