@@ -1,4 +1,4 @@
-"""Local processes vs a Ray cluster, side by side in one run, through the real bot (BotHarness, an
+"""Local processes vs a Ray cluster vs Slurm, side by side in one run, through the real bot (BotHarness, an
 in-process platform): what a user waits for.
 
 - submit -> first progress: from `train` being handled to the first `progress` event the bot
@@ -10,7 +10,9 @@ in-process platform): what a user waits for.
 
 Every figure is the median of `--runs` jobs (the built-in mxnet kind, an MLP on digits, batch 8,
 reports every 0.2 s). The Ray side starts its own single-node head on loopback (2 CPUs, no GPU),
-so it measures the Job Submission API and its scheduling, not a network.
+so it measures the Job Submission API and its scheduling, not a network. As root with Slurm installed
+(tests/ensure_slurm.sh) a single-node Slurm joins them (slurmctld, slurmd, munge on loopback, the
+job folders on a local "shared" folder): sbatch, Slurm's scheduling and the batch step.
 
 The comparison is of steady states: the three bots (local, Ray with the shared folder, Ray with
 the cluster's key-value store) run side by side, each first runs one throwaway job that is not
@@ -42,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from chatops.settings import AuthSettings, JobsSettings, NotifySettings, Settings
 from chatops.testing import BotHarness
 from jobs.executors.ray import RaySettings
+from jobs.executors.slurm import SlurmSettings
+from tests.slurm_cluster import single_node_slurm, slurm_installed
 
 BATCH = 8
 TRAIN = f"train epochs=200 bs={BATCH} report=0.2"
@@ -153,8 +157,13 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="chatops-exec-"))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    slurm = contextlib.ExitStack()
     try:
         head, address, gcs = start_head(tmp)
+        if os.geteuid() == 0 and slurm_installed():  # a real single-node Slurm, as the tests start it
+            slurm.enter_context(single_node_slurm())
+        else:
+            print("slurm: not measured (needs root and Slurm: tests/ensure_slurm.sh)", flush=True)
         try:
             modes = {
                 "local": settings_for(tmp / "local"),
@@ -164,9 +173,12 @@ def main() -> None:
                                                            storage=str(tmp / "ray-storage")),
                 ),
             }  # fmt: skip
+            if os.environ.get("SLURM_CONF"):
+                modes["slurm"] = settings_for(tmp / "slurm", "slurm", slurm=SlurmSettings(shared_dir=tmp / "shared"))
             results = asyncio.run(measure(modes, args.runs))
         finally:
             stop_head(head)
+            slurm.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{args.runs} measured jobs per mode after one warm-up each, round by round: mxnet kind, MLP on digits,")
@@ -181,7 +193,7 @@ def main() -> None:
             diff = (statistics.median(values) - statistics.median([r[i] for r in local])) * 1000
             print(f"  {mode:<8}{ms(values):>26}" + (f"{diff:>+10,.0f} ms vs local" if mode != "local" else ""))
     print("\ngoals")
-    for mode in ("ray", "ray kv"):
+    for mode in [m for m in results if m != "local"]:
         figures = results[mode]
         batch = statistics.median([r[3] for r in figures])
         control = statistics.median([r[1] for r in figures])

@@ -9,13 +9,8 @@ proctrack/linuxproc`, `TaskPlugin=task/none`: what runs where a lab's cluster wo
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,10 +19,10 @@ import pytest
 from chatops.settings import JobsSettings, Settings
 from chatops.testing import BotHarness, eventually
 from jobs.executors.slurm import SlurmExecutor, SlurmSettings
+from tests.slurm_cluster import single_node_slurm, slurm_installed
 from tests.test_jobs import TINY, job_id
 
 ROOT = Path(__file__).resolve().parents[1]
-NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -38,87 +33,16 @@ REACT = 120.0
 RUN = 300.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(what: str, ok: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(ok) and ok():
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"the test cluster: {what} did not happen within {timeout:.0f} s")
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Path]:
-    """A running single-node Slurm (2 partitions: `debug`, the default, and `busy` on the same node);
-    yields its slurm.conf, exported as SLURM_CONF for the bot and the tools."""
+    """A running single-node Slurm; its slurm.conf is exported as SLURM_CONF for the bot and the tools."""
     if os.geteuid() != 0:
         pytest.skip("the Slurm daemons run as root here")
     subprocess.run(["sh", str(ROOT / "tests" / "ensure_slurm.sh")], check=False, timeout=600)
-    if any(shutil.which(tool) is None and not Path("/usr/sbin", tool).exists() for tool in NEEDED):
+    if not slurm_installed():
         pytest.skip("Slurm could not be installed (tests/ensure_slurm.sh)")
-    temp = Path(tempfile.mkdtemp(prefix="chatops-slurm-"))
-    for sub in ("state", "spool"):
-        (temp / sub).mkdir()
-    key = temp / "munge.key"
-    key.write_bytes(os.urandom(1024))
-    key.chmod(0o400)
-    sock = temp / "munge.sock"
-    munged = shutil.which("munged") or "/usr/sbin/munged"
-    subprocess.run([munged, "-f", f"--key-file={key}", f"--socket={sock}", f"--pid-file={temp / 'munged.pid'}",
-                    f"--log-file={temp / 'munged.log'}", f"--seed-file={temp / 'munged.seed'}"],
-                   check=True, timeout=30)  # fmt: skip
-    cpus = 2  # the node offers two CPUs whatever the machine has: a 2-CPU job fills it
-    conf = temp / "slurm.conf"
-    conf.write_text("\n".join([
-        "ClusterName=chatops", "SlurmctldHost=localhost", f"SlurmctldPort={_free_port()}",
-        f"SlurmdPort={_free_port()}", "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge",
-        f"AuthInfo=socket={sock}", "CredType=cred/munge", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-        "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core", "SchedulerType=sched/backfill",
-        "SchedulerParameters=sched_interval=1", "MpiDefault=none", f"StateSaveLocation={temp / 'state'}",
-        f"SlurmdSpoolDir={temp / 'spool'}", f"SlurmctldPidFile={temp / 'slurmctld.pid'}",
-        f"SlurmdPidFile={temp / 'slurmd.pid'}", f"SlurmctldLogFile={temp / 'slurmctld.log'}",
-        f"SlurmdLogFile={temp / 'slurmd.log'}", "ReturnToService=2", "JobCompType=jobcomp/none",
-        "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none", "MinJobAge=600",
-        "KillWait=5", f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN",
-        "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
-        "PartitionName=busy Nodes=localhost MaxTime=INFINITE State=UP",
-    ]) + "\n")  # fmt: skip
-    before = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(conf)
-    ctld = shutil.which("slurmctld") or "/usr/sbin/slurmctld"
-    slurmd = shutil.which("slurmd") or "/usr/sbin/slurmd"
-    daemons = [
-        subprocess.Popen([ctld, "-D", "-i", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]
-    try:
-        _wait("slurmctld answering", lambda: subprocess.run(["scontrol", "ping"], capture_output=True, text=True,
-                                                            timeout=10).stdout.count("UP") > 0)  # fmt: skip
-        daemons.append(subprocess.Popen([slurmd, "-D", "-N", "localhost", "-f", str(conf)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
-        _wait("the node idle", lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True,
-                                                                text=True, timeout=10).stdout)  # fmt: skip
+    with single_node_slurm() as conf:
         yield conf
-    finally:
-        subprocess.run(["scancel", "--user=root"], capture_output=True, timeout=30)
-        for proc in reversed(daemons):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        subprocess.run(["pkill", "-f", f"slurmstepd.*{temp}"], capture_output=True)
-        subprocess.run([munged, f"--socket={sock}", "--stop"], capture_output=True, timeout=30)
-        if before is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = before
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -181,8 +105,8 @@ async def test_pause_set_resume_and_stop_on_slurm(sbot: BotHarness) -> None:
 
 async def test_a_pending_job_shows_slurms_reason_and_scancel_from_outside_ends_it_stopped(sbot: BotHarness) -> None:
     # Both CPUs of the node taken by someone else's job: ours waits, and Slurm says why.
-    blocker = subprocess.run(["sbatch", "--parsable", "-p", "busy", "-c", "2", "--wrap", "sleep 600"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout.strip()  # fmt: skip
+    argv = ["sbatch", "--parsable", "-p", "busy", "-c", "2", "-o", "/dev/null", "--wrap", "sleep 600"]
+    blocker = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
     try:
         await eventually(lambda: slurm_state(blocker) == "RUNNING", REACT, "the blocker running")
         [reply] = await sbot.say(f"train epochs=300 {TINY}")
