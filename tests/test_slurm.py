@@ -8,6 +8,7 @@ proctrack/linuxproc`, `TaskPlugin=task/none`: what runs where a lab's cluster wo
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,11 +16,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from chatops.settings import JobsSettings, Settings
 from chatops.testing import BotHarness, eventually
-from jobs.executors.slurm import SlurmExecutor, SlurmSettings
+from jobs.executors.slurm import SlurmExecutor, SlurmSettings, gres_gpus
 from tests.slurm_cluster import single_node_slurm, slurm_installed
+from tests.test_job_boundary import DUMP, TOKEN, _assert_no_bot_secret, _bots_environment
 from tests.test_jobs import TINY, job_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,3 +151,48 @@ async def test_a_crash_on_slurm_ends_failed_with_its_tail(sbot: BotHarness) -> N
     assert await sbot.wait_state(jid, {"failed", "succeeded", "lost"}, timeout=RUN) == "failed"
     job = sbot.app.job_store.get(jid)
     assert "about to fail" in (job.error or ""), job.error
+
+
+async def test_a_slurm_job_gets_the_jobs_environment_and_nothing_of_the_bots(
+    settings: Settings, cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configured = Settings.model_validate({
+        **settings.model_dump(), "telegram": {"token": TOKEN},
+        "jobs": {"executor": "slurm", "max_parallel": 2, "stop_timeout": 30, "heartbeat_timeout": 180,
+                 "pass_env": ["HF_TOKEN"]},
+        "slurm": {"shared_dir": str(tmp_path / "shared")},
+        "kinds": {"dump": {"command": [sys.executable, "-c", DUMP], "env": {"GREETING": "hello"}}},
+    })  # fmt: skip
+    _bots_environment(monkeypatch)  # the bot's process environment: sbatch must not carry it to the node
+    async with BotHarness(configured) as bot:
+        [reply] = await bot.say("train dump")
+        jid = job_id(reply.text)
+        assert await bot.wait_state(jid, {"succeeded", "failed", "lost"}, timeout=RUN) == "succeeded"
+        job = bot.app.job_store.get(jid)
+        env = json.loads((job.dir / "env.json").read_text())
+    _assert_no_bot_secret(env)
+    assert env["HF_TOKEN"] == "hf-passed-on-purpose" and env["GREETING"] == "hello"
+    assert env["SLURM_JOB_ID"] == job.handle["slurm_job_id"], "it ran as the batch job"
+    assert "UNLISTED_VAR" not in env
+
+
+async def test_a_gpu_job_asks_slurm_for_gpus_and_a_cluster_without_them_says_so(sbot: BotHarness) -> None:
+    [reply] = await sbot.say(f"train context=gpu:1 {TINY}")
+    jid = job_id(reply.text)
+    assert await sbot.wait_state(jid, {"failed", "succeeded", "lost"}, timeout=REACT) == "failed"
+    error = sbot.app.job_store.get(jid).error or ""
+    # sbatch --gres=gpu:2 on a node with no GPUs: Slurm's own refusal, said in one line.
+    assert error.startswith("could not start the runner: sbatch") and "gres" in error.lower(), error
+    [status] = await sbot.say(f"status {jid}")
+    assert "Traceback" not in status.text and "gres" in status.text.lower(), status.text
+
+
+def test_slurm_settings_refuse_what_would_reach_sbatch_as_more_than_one_option() -> None:
+    assert gres_gpus({"context": "gpu:0,1"}) == 2 and gres_gpus({"context": "gpu:3"}) == 4
+    assert gres_gpus({"context": "cpu"}) == 0 and gres_gpus({}) == 0
+    for bad in ({"partition": "a b"}, {"account": "x,y"}, {"qos": ""}, {"time_limit": "1;reboot"},
+                {"extra_args": ["--mem=1G", "rm -rf /"]}, {"extra_args": ["--comment=a\nb"]}):  # fmt: skip
+        with pytest.raises(ValidationError):
+            SlurmSettings.model_validate(bad)
+    ok = SlurmSettings.model_validate({"partition": "gpu", "time_limit": "4:00:00", "extra_args": ["--mem=16G"]})
+    assert ok.extra_args == ["--mem=16G"]

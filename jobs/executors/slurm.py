@@ -109,7 +109,7 @@ class SlurmExecutor(FileChannel):
         self.settings = settings or SlurmSettings()
         missing = [tool for tool in ("sbatch", "scontrol", "scancel") if shutil.which(tool) is None]
         if missing:
-            raise RuntimeError(f"executor = \"slurm\" needs Slurm's {', '.join(missing)} on PATH")
+            raise RuntimeError(f'executor = "slurm" needs Slurm\'s {", ".join(missing)} on PATH')
         self.python = python or sys.executable
         self.pass_env = list(pass_env)
         self.secrets = frozenset(secrets)
