@@ -19,7 +19,7 @@ $(DEMO_STAMP): pyproject.toml
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[telegram,slack,email,wechat,ray,test]" "numpy<1.24"
+	$(BIN)/python -m pip install -q -e ".[telegram,slack,discord,matrix,email,wechat,ray,test]" "numpy<1.24"
 	touch $(STAMP) $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)
@@ -28,6 +28,7 @@ demo: $(DEMO_STAMP)
 test: $(STAMP)
 	bash tests/ensure_dovecot.sh
 	bash tests/ensure_slurm.sh
+	bash tests/ensure_synapse.sh
 	$(BIN)/ruff check chatops adapters jobs tests bench examples
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
@@ -42,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/delivery.py
 	$(BIN)/python bench/fuzz.py
 	$(BIN)/python bench/executor_latency.py
+	$(BIN)/python bench/many_jobs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

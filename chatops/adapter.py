@@ -59,6 +59,12 @@ class CommandInfo:
     summary: str
     words: tuple[str, ...]  # the name and its aliases
     confirm: bool = False
+    # Its typed arguments (a pydantic model), those bare words fill in order, and whether it also
+    # takes job parameters or reads its line itself: a platform with typed options (Discord) shows them.
+    args: type[Any] | None = None
+    positionals: tuple[str, ...] = ()
+    job_params: bool = False
+    raw: bool = False
 
 
 @dataclass

@@ -65,6 +65,8 @@ def secret_values(settings: BaseModel) -> list[str]:
                 walk(item, str(name))
         elif isinstance(value, list | tuple):
             for item in value:
+                if key == "targets" and isinstance(item, str):  # Apprise URLs ([notify], [people.*])
+                    found.extend(url_secrets(item))
                 walk(item, key)
         elif isinstance(value, str) and any(word in key.lower() for word in _SECRET_WORDS):
             found.append(value)
@@ -106,3 +108,97 @@ class SecretMask:
 
     def __bool__(self) -> bool:
         return self._pattern is not None
+
+
+# ---- Apprise URLs (send-only notification targets) ------------------------------------------------
+# An Apprise URL carries its credentials in its user, password, host-side path and query
+# (`pover://user@token`, `ntfy://user:pass@host/topic`, `json://host/path?token=…`): it is shown as
+# `scheme://…/<last path segment>` and every part of it but the scheme and that segment is a secret.
+NOTIFY_LEVELS = ("final", "alerts", "all")
+_TARGET = re.compile(r"^([a-z][a-z0-9+.-]*)://(.+)$", re.IGNORECASE)
+_EVERY_TEXT = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h)?$")
+
+
+def shown_url(url: str) -> str:
+    """`ntfy://…/lab-gpu`: the scheme and the last path segment, never a token."""
+    found = _TARGET.match(url.strip())
+    if found is None:
+        return "…"
+    rest = found[2].split("?", 1)[0].rstrip("/")
+    last = rest.rsplit("/", 1)[1] if "/" in rest else ""
+    if len(last) >= 16 or any(word in last.lower() for word in _SECRET_WORDS):
+        last = ""  # a long last segment is more likely a token than a topic
+    return f"{found[1].lower()}://…/{last}" if last else f"{found[1].lower()}://…"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of an Apprise URL a reply or a log must not show: the URL itself, its user and
+    password, its host and path segments but the shown one, its query values."""
+    found = _TARGET.match(url.strip())
+    if found is None:
+        return [url] if len(url) >= MIN_SECRET else []
+    rest, _, query = found[2].partition("?")
+    parts = [url.strip(), found[2]]
+    auth, _, path = rest.rpartition("@") if "@" in rest.split("/", 1)[0] else ("", "", rest)
+    parts += [p for p in re.split(r"[:@]", auth) if p]
+    shown = shown_url(url).rsplit("/", 1)[-1]
+    host, *segments = path.split("/")
+    if "." not in host and not host.startswith(("localhost", "[")):
+        parts.append(host)  # `pover://user@TOKEN`: a dotless "host" is a credential; ntfy.sh is a host
+    parts += [p for p in segments if p and p != shown and p != "…"]
+    parts += [v for kv in query.split("&") for v in [kv.partition("=")[2]] if v]
+    return [p for p in parts if len(p) >= MIN_SECRET]
+
+
+def split_target(url: str) -> tuple[str, str, float | None]:
+    """An Apprise URL with its chatops options taken out: (the URL for Apprise, level, digest
+    seconds). `?chatops_level=final|alerts|all&chatops_digest=10m`; ValueError names the target
+    redacted."""
+    found = _TARGET.match(url.strip())
+    if found is None:
+        raise ValueError(f"notify target {shown_url(url)}: not an Apprise URL (scheme://…)")
+    base, _, query = url.strip().partition("?")
+    kept, level, digest = [], "final", None
+    for pair in query.split("&") if query else []:
+        key, _, value = pair.partition("=")
+        if key == "chatops_level":
+            if value not in NOTIFY_LEVELS:
+                levels = ", ".join(NOTIFY_LEVELS)
+                raise ValueError(f"notify target {shown_url(url)}: chatops_level must be one of {levels}")
+            level = value
+        elif key == "chatops_digest":
+            every = _EVERY_TEXT.match(value.lower())
+            seconds = float(every[1]) * {"h": 3600, "m": 60}.get(every[2] or "m", 1) if every else 0.0
+            if not 10 <= seconds <= 86400:
+                raise ValueError(f"notify target {shown_url(url)}: chatops_digest must be 10s to 24h, e.g. 10m")
+            digest = seconds
+        elif pair:
+            kept.append(pair)
+    if level == "all" and digest is None:
+        digest = 600.0
+    return base + ("?" + "&".join(kept) if kept else ""), level, digest
+
+
+def notify_target_problem(url: str) -> str | None:
+    """Why an Apprise URL cannot be a target (its form, its chatops options, or Apprise does not take
+    it), or None. Apprise's own complaint quotes the URL whole: it is kept out of the log."""
+    try:
+        plain = split_target(url)[0]
+    except ValueError as exc:
+        return str(exc)
+    try:
+        import apprise
+    except ImportError:  # checked again where it is sent
+        return None
+    logger, silence = logging.getLogger("apprise"), _Silence()
+    logger.addFilter(silence)
+    try:
+        taken = apprise.Apprise.instantiate(plain) is not None
+    finally:
+        logger.removeFilter(silence)
+    return None if taken else f"notify target {shown_url(url)}: Apprise does not take this URL (see docs/notify.md)"
+
+
+class _Silence(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
