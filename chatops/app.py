@@ -29,7 +29,7 @@ from jobs.executors.base import Executor, ExecutorPlugin, ExecutorSetup
 from jobs.gpus import GpuPool, detect_gpus
 from jobs.kinds import load_registry
 from jobs.manager import JobManager
-from jobs.store import JobStore
+from jobs.service import JobService
 
 if TYPE_CHECKING:
     from chatops.health import HealthServer
@@ -70,33 +70,23 @@ class App:
     """One bot process. Build it, `await start()`, `await stop()`; no global state."""
 
     def __init__(self, settings: Settings, adapters: list[Adapter] | None = None) -> None:
+        """Built in one pass, in the order the parts need each other: each is made with all it
+        uses (the chat store learns which platforms are local once the adapters exist). The one
+        cycle, the notifier sending through the adapters that report through it, goes through
+        `adapters` (the dict the notifier holds, filled once the adapters exist) and the app's own
+        methods (`notify_admins`, `request_exit`), which are only called once the bot runs."""
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything can log a secret: the bot's own (tokens, passwords) are masked in its logs.
+        self.secrets = SecretMask.from_settings(settings)
+        self.secrets.guard_logging()
         # A short busy wait: a write that meets another process's lock fails fast and is retried
         # asynchronously (`handle`), never waited for on the event loop.
         self.db = connect(settings.db_path, busy_timeout=LOOP_BUSY_TIMEOUT)
-        self.job_store = JobStore(self.db)
+        # Chat reads jobs through the service; `job_store` is the store under it, for tests and tools.
+        self.job_service = JobService.open(self.db)
+        self.job_store = self.job_service.store
         self.chat_store = ChatStore(self.db)
-        options = {"datasets_dir": str(settings.jobs.datasets_dir) if settings.jobs.datasets_dir else None}
-        kinds = load_registry(
-            settings.kinds, base_dir=settings.config_dir, python=settings.jobs.python,
-            default=settings.jobs.default_kind, cache_dir=settings.data_dir / "cache",
-        )  # fmt: skip
-        executor, plugin = make_executor(settings)
-        self.manager = JobManager(
-            self.job_store,
-            executor,
-            getattr(executor, "jobs_dir", None) or settings.jobs.storage or settings.jobs_dir,
-            registry=kinds,
-            max_parallel=settings.jobs.max_parallel,
-            stop_timeout=settings.jobs.stop_timeout,
-            heartbeat_timeout=settings.jobs.heartbeat_timeout,
-            runner_options=options,
-            gpus=_gpu_pool(settings) if plugin.places_gpus else None,  # a cluster places its own
-            max_sweep_jobs=settings.jobs.max_sweep_jobs,
-            stall_minutes=settings.notify.stall_minutes,
-            max_log_mb=settings.jobs.max_log_mb,
-        )
         self.registry = CommandRegistry()
         for module in (training, admin, team):  # the built-in commands, declared as a plugin's are
             self.registry.add_all(list(declared(module)))
@@ -108,30 +98,8 @@ class App:
             self.db, settings.people, self.authorizer.role_for,
             operators_control=settings.auth.operators_control, quotas=settings.quotas,
         )  # fmt: skip
-        self.router = Router(self.registry, self.chat_store, self.people,
-                             throttle=RateLimiter(settings.auth.rate_per_minute))  # fmt: skip
-        self.manager.admit = admission(settings.quotas, self.people)
-        for kind in self.manager.registry.names():
-            self.router.param_keys |= set(self.manager.registry.get(kind).params.field_aliases())
-        self.adapters: dict[str, Adapter] = {}
-        self.notifier = Notifier(
-            self.chat_store, self.manager, self.adapters, settings.notify, settings.data_dir / "spool"
-        )
-        self.notifier.people = self.people
-        self.secrets = SecretMask.from_settings(settings)
-        self.notifier.mask = self.router.secrets = self.secrets
-        self.secrets.guard_logging()
-        self.manager.subscribe(self.notifier.on_job_event)
-        self.router.services = Services(
-            jobs=self.manager, chats=self.chat_store, commands=self.registry, plot=self.notifier.plot,
-            request_exit=self.request_exit, file_limit=self._file_limit, people=self.people,
-            send=self._send, config_file=str(settings.config_file.resolve()) if settings.config_file else "",
-        )  # fmt: skip
-        self.retention = Retention(self.chat_store, settings.retention, self.notifier.spool, jobs=self.job_store)
-        for adapter in adapters if adapters is not None else self._load_adapters():
-            self.adapters[adapter.name] = adapter
-        self.chat_store.local_platforms = {name for name, a in self.adapters.items() if a.capabilities.local}
-        self.router.max_inbound_by_platform = {name: a.capabilities.max_inbound for name, a in self.adapters.items()}
+        self.manager = _job_manager(settings, self.job_service, self.people)
+        self.adapters: dict[str, Adapter] = {}  # filled below, once the notifier they report through exists
         self.health: HealthServer | None = None
         self.metrics: Metrics | None = None
         if settings.health.listen:
@@ -139,11 +107,41 @@ class App:
             from chatops.health import HealthServer
             from chatops.metrics import Metrics
 
-            self.metrics = Metrics(self.job_store, self.chat_store, self.adapters)
-            self.router.on_command = self.metrics.on_command
-            self.notifier.on_delivery = self.metrics.on_delivery
-            self.manager.subscribe(self.metrics.on_job_event)
+            self.metrics = Metrics(self.job_service, self.chat_store, self.adapters)
+        self.notifier = Notifier(
+            self.chat_store, self.manager, self.adapters, settings.notify, settings.data_dir / "spool",
+            people=self.people, mask=self.secrets,
+            on_delivery=self.metrics.on_delivery if self.metrics is not None else None,
+        )  # fmt: skip
+        self.retention = Retention(self.chat_store, settings.retention, self.notifier.spool, jobs=self.job_service)
+        self.adapters.update(
+            (adapter.name, adapter) for adapter in (adapters if adapters is not None else self._load_adapters())
+        )
+        if adapters is not None:  # `chatops send`, `wrap`, a test's platform: send-only targets still get their jobs
+            for adapter in self._load_adapters(send_only_platforms(settings)):
+                self.adapters.setdefault(adapter.name, adapter)
+        if settings.health.listen:
             self.health = HealthServer(self, settings.health.listen)
+        self.router = Router(
+            self.registry, self.chat_store, self.people,
+            services=Services(
+                jobs=self.manager, chats=self.chat_store, commands=self.registry, plot=self.notifier.plot,
+                request_exit=self.request_exit, file_limit=self._file_limit, people=self.people, send=self._send,
+                config_file=str(settings.config_file.resolve()) if settings.config_file else "",
+            ),
+            param_keys={key for kind in self.manager.registry.names()
+                        for key in self.manager.registry.get(kind).params.field_aliases()},
+            max_inbound_by_platform={name: a.capabilities.max_inbound for name, a in self.adapters.items()},
+            on_command=self.metrics.on_command if self.metrics is not None else None,
+            throttle=RateLimiter(settings.auth.rate_per_minute),
+            secrets=self.secrets,
+        )  # fmt: skip
+        # Which conversations live in this process (the console's): known once the adapters are.
+        self.chat_store.local_platforms = {name for name, a in self.adapters.items() if a.capabilities.local}
+        # Subscriptions, in the order events are told: chat first, then the counters.
+        self.manager.subscribe(self.notifier.on_job_event)
+        if self.metrics is not None:
+            self.manager.subscribe(self.metrics.on_job_event)
 
     def context(self) -> AdapterContext:
         return AdapterContext(
@@ -152,14 +150,17 @@ class App:
             notify_admins=self.notify_admins,
             audit=self._audit,
             commands=[
-                CommandInfo(s.name, s.summary, (s.name, *s.aliases), s.confirm is not None)
+                CommandInfo(
+                    s.name, s.summary, (s.name, *s.aliases), s.confirm is not None, s.args, s.positionals,
+                    s.job_params, s.raw,
+                )
                 for s in self.registry.specs()
             ],
         )
 
-    def _load_adapters(self) -> list[Adapter]:
+    def _load_adapters(self, names: list[str] | None = None) -> list[Adapter]:
         found = installed_platforms()
-        wanted = configured_platforms(self.settings)
+        wanted = configured_platforms(self.settings) if names is None else names
         adapters: list[Adapter] = []
         for name in wanted:
             if name not in found:
@@ -310,6 +311,30 @@ def make_executor(settings: Settings) -> tuple[Executor, ExecutorPlugin]:
     return plugin.create(setup, settings.executor_settings(plugin.name, plugin.settings)), plugin
 
 
+def _job_manager(settings: Settings, service: JobService, people: People) -> JobManager:
+    """The job manager on the configured executor, its job folders where that executor needs them."""
+    kinds = load_registry(
+        settings.kinds, base_dir=settings.config_dir, python=settings.jobs.python,
+        default=settings.jobs.default_kind, cache_dir=settings.data_dir / "cache",
+    )  # fmt: skip
+    executor, plugin = make_executor(settings)
+    return JobManager(
+        service,
+        executor,
+        getattr(executor, "jobs_dir", None) or settings.jobs.storage or settings.jobs_dir,
+        registry=kinds,
+        max_parallel=settings.jobs.max_parallel,
+        stop_timeout=settings.jobs.stop_timeout,
+        heartbeat_timeout=settings.jobs.heartbeat_timeout,
+        runner_options={"datasets_dir": str(settings.jobs.datasets_dir) if settings.jobs.datasets_dir else None},
+        gpus=_gpu_pool(settings) if plugin.places_gpus else None,  # a cluster places its own
+        max_sweep_jobs=settings.jobs.max_sweep_jobs,
+        stall_minutes=settings.notify.stall_minutes,
+        max_log_mb=settings.jobs.max_log_mb,
+        admit=admission(settings.quotas, people),
+    )  # fmt: skip
+
+
 def _gpu_pool(settings: Settings) -> GpuPool | None:
     """The machine's GPUs to give out (config, else nvidia-smi); none: nothing to schedule."""
     devices = settings.jobs.gpus if settings.jobs.gpus is not None else detect_gpus()
@@ -324,4 +349,13 @@ def configured_platforms(settings: Settings) -> list[str]:
     console = settings.console.enabled
     if console or (console is None and not wanted):
         wanted.insert(0, "console")
+    # After the console's turn: a push target never stands in for a chat.
+    wanted += [name for name in send_only_platforms(settings) if name not in wanted]
     return wanted
+
+
+def send_only_platforms(settings: Settings) -> list[str]:
+    """Installed adapters named after a core section ([notify]: Apprise targets) that is configured:
+    they only send, so every process that runs jobs (`chatops send`, `wrap`) may start them too."""
+    return [name for name in installed_platforms() if name in Settings.model_fields
+            and isinstance(section := getattr(settings, name), Section) and section.configured]  # fmt: skip

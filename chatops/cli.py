@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol, TextIO, cast
 from pydantic import ValidationError
 
 from chatops.settings import Settings, config_problems, installed_platforms, load_settings
-from jobs.store import ACTIVE_STATES, QUEUED, SUCCEEDED, TERMINAL_STATES, Job
+from jobs.records import ACTIVE_STATES, QUEUED, SUCCEEDED, TERMINAL_STATES, Job
 
 if TYPE_CHECKING:  # the bot's wiring is imported by the commands that run it (not `jobs`, `--help`)
     from chatops.app import App
@@ -171,7 +171,7 @@ async def _start_unless_stopped(app: App, stop: asyncio.Event) -> bool:
 async def _after_eof(app: App, console: Console) -> None:
     """End of piped input: finish the jobs this session runs, deliver their reports, then exit."""
     await console.eof.wait()
-    while app.job_store.list(ACTIVE_STATES | {QUEUED}, limit=1):
+    while app.job_service.jobs(ACTIVE_STATES | {QUEUED}, limit=1):
         await asyncio.sleep(0.2)
     await app.notifier.drain()
 
@@ -188,7 +188,7 @@ async def _send(settings: Settings, text: str, wait: bool) -> int:
     app.chat_store.adopts_orphans = False
     await app.start()
     try:
-        before = {j.id: (j.state, j.runs) for j in app.job_store.list(limit=200)}
+        before = {j.id: (j.state, j.runs) for j in app.job_service.jobs(limit=200)}
         replies = await app.handle(console.incoming(text))
         await app.notifier.drain()
         if out.check():  # nobody reads on: the jobs it started run on, reported to the next bot
@@ -199,9 +199,9 @@ async def _send(settings: Settings, text: str, wait: bool) -> int:
         named = dict.fromkeys(r.job_id for r in replies if r.job_id)
         swept = [r.sweep_id for r in replies if r.sweep_id]
         for sweep_id in swept:
-            named.update(dict.fromkeys(j.id for j in app.job_store.members(sweep_id)))
+            named.update(dict.fromkeys(j.id for j in app.job_service.members(sweep_id)))
         started = [
-            job for job in (app.job_store.get(i) for i in named)
+            job for job in (app.job_service.get(i) for i in named)
             if job and job.state in ACTIVE_STATES | {QUEUED} and before.get(job.id) != (job.state, job.runs)
         ]  # fmt: skip
         if not wait or not started:
@@ -210,7 +210,7 @@ async def _send(settings: Settings, text: str, wait: bool) -> int:
             return EXIT_OK
         ids = [j.id for j in started]
         while True:
-            jobs = [app.job_store.get(i) for i in ids]
+            jobs = [app.job_service.get(i) for i in ids]
             # A sweep's report (its table, then the best member's `train` command) comes last.
             reported = all(_reported(app, i) for i in swept)
             if reported and all(j is not None and j.state in TERMINAL_STATES for j in jobs):
@@ -227,7 +227,7 @@ async def _send(settings: Settings, text: str, wait: bool) -> int:
 
 def _reported(app: App, sweep_id: str) -> bool:
     """The sweep has ended and its report is queued (by this process or another)."""
-    sweep = app.job_store.get_sweep(sweep_id)
+    sweep = app.job_service.sweep(sweep_id)
     return sweep is None or (sweep.ended_at is not None and not app.chat_store.final_owed(sweep_id))
 
 
@@ -274,10 +274,9 @@ def _hold_data_dir(data_dir: Path) -> int:
 
 def _jobs(settings: Settings) -> int:
     from jobs.db import connect
-    from jobs.store import JobStore
+    from jobs.service import JobService
 
-    store = JobStore(connect(settings.db_path))
-    jobs = store.list(limit=100)
+    jobs = JobService.open(connect(settings.db_path)).jobs(limit=100)
     if not jobs:
         print("no jobs")
     for j in jobs:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from chatops.adapter import listen_address
-from jobs.store import ACTIVE_STATES, QUEUED
 
 if TYPE_CHECKING:
     from chatops.adapter import Adapter
@@ -27,14 +26,14 @@ if TYPE_CHECKING:
     from chatops.notifier import Notifier
     from chatops.store import ChatStore
     from jobs.manager import JobManager
-    from jobs.store import JobStore
+    from jobs.service import JobService
 
 
 class Observed(Protocol):
     """What the endpoint looks at (the app, without importing it)."""
 
     adapters: Mapping[str, Adapter]
-    job_store: JobStore
+    job_service: JobService
     chat_store: ChatStore
     manager: JobManager
     notifier: Notifier
@@ -72,9 +71,8 @@ class HealthServer:
         problems: list[str] = []
         body: dict[str, Any] = {"adapters": sorted(self.app.adapters)}
         try:
-            store = self.app.job_store
-            body["jobs"] = {"active": len(store.list(ACTIVE_STATES, limit=10_000)),
-                            "queued": len(store.list({QUEUED}, limit=10_000))}  # fmt: skip
+            jobs = self.app.job_service
+            body["jobs"] = {"active": len(jobs.active()), "queued": len(jobs.queued())}
             oldest = self.app.chat_store.oldest_pending(self.app.adapters)
             body["outbox_pending"] = self.app.chat_store.pending_count(self.app.adapters)
         except Exception as exc:
@@ -111,7 +109,7 @@ class HealthServer:
             if why:
                 problems.append(f"{name}: {why}")
         try:
-            self.app.job_store.conn.execute("SELECT 1").fetchone()
+            self.app.job_service.ping()
             database = "ready"
         except Exception as exc:
             database = f"{type(exc).__name__}: {exc}"

@@ -12,19 +12,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from jobs.store import ACTIVE_STATES
-
 if TYPE_CHECKING:
     from chatops.adapter import Adapter
     from chatops.store import ChatStore
-    from jobs.store import Job, JobStore
+    from jobs.records import Job
+    from jobs.service import JobService
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 WAIT_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0)
 
 
 class Metrics:
-    def __init__(self, jobs: JobStore, chats: ChatStore, adapters: Mapping[str, Adapter]) -> None:
+    def __init__(self, jobs: JobService, chats: ChatStore, adapters: Mapping[str, Adapter]) -> None:
         self.registry = CollectorRegistry()
         self.commands = Counter(
             "chatops_commands", "Messages handled, by command (its name; unknown or - otherwise), platform and"
@@ -63,7 +62,7 @@ class Metrics:
 class _Stores(Collector):
     """Gauges read at scrape time: jobs by state and kind, the outbox, the runners' speed."""
 
-    def __init__(self, jobs: JobStore, chats: ChatStore, adapters: Mapping[str, Adapter]) -> None:
+    def __init__(self, jobs: JobService, chats: ChatStore, adapters: Mapping[str, Adapter]) -> None:
         self.jobs, self.chats, self.adapters = jobs, chats, adapters
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -76,7 +75,7 @@ class _Stores(Collector):
         yield depth
         speed = GaugeMetricFamily("chatops_runner_samples_per_second", "Training throughput of each active job",
                                   labels=["job", "kind"])  # fmt: skip
-        for job in self.jobs.list(ACTIVE_STATES, limit=1000):
+        for job in self.jobs.active(limit=1000):
             value = job.metrics.get("samples_per_sec")
             if isinstance(value, int | float):
                 speed.add_metric([job.id, job.kind], float(value))

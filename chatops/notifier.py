@@ -27,10 +27,11 @@ from chatops.redact import SecretMask
 from chatops.render import duration, metrics_text, progress_from, progress_text, state_word
 from chatops.settings import NotifySettings
 from chatops.store import ChatStore, Follower, OutboxItem
-from chatops.texts import lang_of, text
+from chatops.texts import text
 from jobs.db import WriteTrouble, retry_locked
+from jobs.lang import Lang
 from jobs.params import nullable_fields
-from jobs.store import TERMINAL_STATES, Job, Sweep
+from jobs.records import TERMINAL_STATES, Job, Sweep
 
 if TYPE_CHECKING:
     from chatops.people import People
@@ -76,9 +77,8 @@ def payload_to_reply(payload: dict[str, Any]) -> Reply:
     )
 
 
-def job_buttons(job_id: str, state: str, zh: bool = False) -> list[Button]:
+def job_buttons(job_id: str, state: str, lang: Lang = Lang.EN) -> list[Button]:
     """Buttons in the language of the conversation; a press sends that language's command."""
-    lang = lang_of(zh)
     actions = {"paused": ("resume", "stop"), "running": ("pause", "stop"), "starting": ("pause", "stop")}
     return [
         Button(text(f"button.{a}", lang), text(f"command.{a}", lang) + f" {job_id}") for a in actions.get(state, ())
@@ -93,20 +93,25 @@ class Notifier:
         adapters: dict[str, Adapter],
         settings: NotifySettings,
         spool: Path,
+        *,
+        people: People | None = None,
+        mask: SecretMask | None = None,
+        on_delivery: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.manager = manager
         self.adapters = adapters
         self.settings = settings
         self.spool = spool
-        self.on_delivery: Callable[[str, str], None] | None = None  # (platform, sent|retried|failed): metrics
+        self.on_delivery = on_delivery  # (platform, sent|retried|failed): metrics
         self._last_push: dict[tuple[str, str], float] = {}
         self._last_sent: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._composing: set[asyncio.Task[None]] = set()  # final reports being rendered (plots)
         self._task: asyncio.Task[None] | None = None
-        self.people: People | None = None  # notification preferences (`notify`, `mute`), when the app has them
-        self.mask: SecretMask | None = None  # the bot's secrets, masked in everything queued
+        self.people = people  # notification preferences (`notify`, `mute`), when the app has them
+        self.mask = mask  # the bot's secrets, masked in everything queued
+        self._targets_asked: set[str] = set()  # jobs whose send-only targets (adapters' `follows`) follow them
 
     # -- producing -------------------------------------------------------------------------
     def enqueue(
@@ -125,6 +130,8 @@ class Notifier:
 
     async def on_job_event(self, job: Job, event: dict[str, Any]) -> None:
         kind = event["type"]
+        if job.id not in self._targets_asked:
+            self._follow_targets(job)
         followers = self.store.followers(job.id)
         if job.sweep is not None and kind in ("state", "progress", "epoch"):
             self._sweep_event(job.sweep, event)
@@ -140,19 +147,18 @@ class Notifier:
             self._stall(job, event, followers)
             return
         for conv_key, lang, owner in followers:
-            zh = lang == "zh"
             pref = self._pref(conv_key)
-            if pref.mode == "quiet" or (self.people is not None and self.people.muted(job.id, conv_key)):
+            if pref.mode in ("quiet", "final") or (self.people is not None and self.people.muted(job.id, conv_key)):
                 continue  # final reports only (they are composed above), and what a watch asked for
             if kind in ("progress", "epoch"):
-                self._progress(job, event, conv_key, zh, owner, pref.seconds if pref.mode == "digest" else None)
+                self._progress(job, event, conv_key, lang, owner, pref.seconds if pref.mode == "digest" else None)
             elif kind in ("paused", "resumed"):
                 epoch = event.get("epoch", "?")
                 if kind == "paused":
                     said = text("event.paused", lang, id=job.id, epoch=epoch)
                 else:
                     said = text("event.resumed", lang, id=job.id, epoch=epoch)
-                self.enqueue(conv_key, Reply(said, job_id=job.id, buttons=job_buttons(job.id, job.state, zh)), owner)
+                self.enqueue(conv_key, Reply(said, job_id=job.id, buttons=job_buttons(job.id, job.state, lang)), owner)
             elif kind == "param_changed":
                 said = text("event.param_changed", lang, id=job.id, name=event.get("name"), old=event.get("old"),
                             new=event.get("new"))  # fmt: skip
@@ -174,6 +180,8 @@ class Notifier:
         for conv_key, lang, owner in followers:
             if conv_key in told or (self.people is not None and self.people.muted(job.id, conv_key)):
                 continue
+            if self._pref(conv_key).mode == "final":
+                continue  # a push target that asked for final reports only
             told.add(conv_key)
             if event["type"] == "unstalled":
                 said = text("event.reporting", lang, id=job.id, quiet=quiet)
@@ -187,13 +195,13 @@ class Notifier:
         """A member moved: the sweep's table is edited (state changes at once, progress at the
         live pace; a digest where messages cannot be edited), and the last member's end is
         reported once, by whichever process sees it (the sweep's `ended_at` is claimed)."""
-        jobs = self.manager.store
-        sweep = jobs.get_sweep(sweep_id)
+        jobs = self.manager.service
+        sweep = jobs.sweep(sweep_id)
         if sweep is None or sweep.ended_at is not None:
             return
         members = jobs.members(sweep_id)
         if event["type"] == "state" and event["to"] in TERMINAL_STATES and sweeps.ended(members):
-            if jobs.end_sweep(sweep_id):
+            if jobs.claim_sweep_end(sweep_id):
                 self.store.owe_final(sweep_id)
                 self._compose(sweep_id)
             return
@@ -203,13 +211,13 @@ class Notifier:
         for conv_key, lang, owner in self.store.followers(sweep.id):
             adapter = self.adapters.get(Conversation.from_key(conv_key).platform)
             pref = self._pref(conv_key)
-            if adapter is None or pref.mode == "quiet":
+            if adapter is None or pref.mode in ("quiet", "final"):
                 continue
             live = adapter.capabilities.edit and pref.mode != "digest"
             every = pref.seconds if pref.mode == "digest" and pref.seconds else adapter.capabilities.digest_seconds
             if not self._due(conv_key, sweep.id, live, every, force=live and changed, exact=pref.mode == "digest"):
                 continue
-            said = sweeps.table(sweep, members, lang == "zh")
+            said = sweeps.table(sweep, members, lang)
             self.enqueue(conv_key, Reply(said, live_key=f"sweep:{sweep.id}" if live else None), owner)
 
     def _due(
@@ -229,12 +237,12 @@ class Notifier:
     async def _sweep_final(self, sweep_id: str) -> None:
         """The table, the comparison plot (one curve per member, named by what varies), and last
         the best member with the `train` command that reproduces it."""
-        jobs = self.manager.store
-        sweep = jobs.get_sweep(sweep_id)
+        jobs = self.manager.service
+        sweep = jobs.sweep(sweep_id)
         members = jobs.members(sweep_id) if sweep is not None else []
         image = None
         if sweep is not None and members:
-            series = {sweeps.label(j, sweep.varying): jobs.events(j.id, {"epoch", "progress"}) for j in members}
+            series = {sweeps.label(j, sweep.varying): jobs.progress(j.id) for j in members}
             if any(series.values()):
                 try:
                     from jobs.plots import render_compare
@@ -254,7 +262,7 @@ class Notifier:
         with jobs.transaction():
             if sweep is not None:
                 for conv_key, lang, owner in self.store.followers(sweep.id):
-                    report, best = sweeps.final_texts(sweep, members, lang == "zh", nullable)
+                    report, best = sweeps.final_texts(sweep, members, lang, nullable)
                     failed = any(j.state != "succeeded" for j in members)
                     self.enqueue(conv_key, Reply(report, image=image, error=failed), owner)
                     self.enqueue(conv_key, Reply(best), owner)
@@ -262,7 +270,31 @@ class Notifier:
             self.store.final_sent(sweep_id)
 
     def _pref(self, conversation: str) -> NotifyPref:
+        # A send-only target's level is its own (adapters/apprise.py: `pref`), not a chat setting.
+        own = getattr(self.adapters.get(conversation.partition(":")[0]), "pref", None)
+        if own is not None:
+            return own(conversation)
         return self.people.notify(conversation) if self.people is not None else NotifyPref()
+
+    def _follow_targets(self, job: Job) -> None:
+        """Send-only adapters (notification targets) follow the jobs they are told of: every job, or
+        the jobs of one person (`follows(owner, person_of)` -> conversation keys); asked once per job
+        in this process, and following twice is a no-op in the store."""
+        self._targets_asked.add(job.id)
+        if job.sweep is not None:
+            return  # a sweep's member: its sweep reports
+        person_of = self.people.person_of if self.people is not None else str
+        for adapter in list(self.adapters.values()):
+            follows = getattr(adapter, "follows", None)
+            if follows is None:
+                continue
+            try:
+                keys = list(follows(job.owner, person_of))
+            except Exception:
+                log.exception("notification targets of job %s", job.id)
+                continue
+            for conv_key in keys:
+                self.store.follow(job.id, conv_key, "en")
 
     def _check_watches(self, job: Job, event: dict[str, Any]) -> None:
         """`watch 3f2a val_acc>=0.98`: the first reported value across the line is told, once."""
@@ -277,7 +309,7 @@ class Notifier:
                 self.enqueue(watch.conversation, Reply(said, job_id=job.id), watch.owner)
 
     def _progress(
-        self, job: Job, event: dict[str, Any], conv_key: str, zh: bool, owner: str | None, digest: float | None = None
+        self, job: Job, event: dict[str, Any], conv_key: str, lang: Lang, owner: str | None, digest: float | None = None
     ) -> None:
         """`digest`: the conversation asked for a digest (`notify digest 10m`): new messages at that
         pace, never edits."""
@@ -290,14 +322,14 @@ class Notifier:
         if not self._due(conv_key, job.id, live, every, exact=digest is not None):
             return
         progress = progress_from(job.id, event, job.metrics)
-        text = progress_text(progress, job.metrics, job.state, zh)
+        text = progress_text(progress, job.metrics, job.state, lang)
         self.enqueue(
             conv_key,
             Reply(
                 text,
                 progress=progress,
                 job_id=job.id,
-                buttons=job_buttons(job.id, job.state, zh),
+                buttons=job_buttons(job.id, job.state, lang),
                 live_key=f"job:{job.id}" if live else None,
             ),
             owner,
@@ -332,7 +364,7 @@ class Notifier:
         if job_id.startswith("s"):  # a sweep's id (job ids are hex)
             await self._sweep_final(job_id)
             return
-        job = self.manager.store.get(job_id)
+        job = self.manager.service.get(job_id)
         if job is None:
             self.store.final_sent(job_id)
             return
@@ -341,9 +373,9 @@ class Notifier:
             job = copy.copy(job)
             job.state = ended
         image = await self.plot(job)
-        with self.manager.store.transaction():  # the report is queued and no longer owed, at once
+        with self.manager.service.transaction():  # the report is queued and no longer owed, at once
             for conv_key, lang, owner in self.store.followers(job.id):
-                report = self._final_reply(job, lang == "zh", image)
+                report = self._final_reply(job, lang, image)
                 self.enqueue(conv_key, report, owner)
                 live_key = f"job:{job.id}"
                 adapter = self.adapters.get(Conversation.from_key(conv_key).platform)
@@ -357,9 +389,8 @@ class Notifier:
                 self._last_push.pop((conv_key, job.id), None)
             self.store.final_sent(job.id)
 
-    def _final_reply(self, job: Job, zh: bool, image: Path | None) -> Reply:
-        lang = lang_of(zh)
-        state = state_word(job.state, zh)
+    def _final_reply(self, job: Job, lang: Lang, image: Path | None) -> Reply:
+        state = state_word(job.state, lang)
         if job.state == "succeeded":
             took = duration((job.ended_at or time.time()) - (job.started_at or job.created_at))
             figures = metrics_text(job.metrics) or text("final.no_figures", lang)  # a script that printed none
@@ -383,7 +414,7 @@ class Notifier:
 
     async def plot(self, job: Job) -> Path | None:
         """Render the job's curves to its folder (off the event loop); None if there is nothing."""
-        events = self.manager.store.events(job.id)
+        events = self.manager.service.events(job.id)
         if not any(e["type"] in ("epoch", "progress") for e in events):
             return None
         try:

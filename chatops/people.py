@@ -20,7 +20,9 @@ from chatops.message import Identity
 from chatops.settings import PersonSettings, QuotaSettings
 from jobs.db import migrate, write_transaction
 from jobs.quotas import Quota
-from jobs.store import Job
+from jobs.records import Job
+from jobs.service import Limits, Person, may_control, quota
+from jobs.service import admission as service_admission
 
 CODE_SECONDS = 600.0  # a link code is good for ten minutes, once
 MAX_FAILURES = 5  # wrong codes one identity may send in CODE_SECONDS
@@ -54,7 +56,9 @@ class LinkError(Exception):
 
 @dataclass(frozen=True)
 class NotifyPref:
-    mode: str = "all"  # all | quiet (final reports only) | digest (progress every `seconds`)
+    # all | quiet (final reports and alerts) | digest (progress every `seconds`) | final (final reports
+    # only: a push target's default level, adapters/apprise.py)
+    mode: str = "all"
     seconds: float | None = None
 
 
@@ -129,9 +133,10 @@ class People:
 
     def may_control(self, identity: Identity, role: Role, owner: str) -> bool:
         """Whether `identity` may pause, change or stop a job `owner` started."""
-        if role >= Role.admin or (role >= Role.operator and self.operators_control == "all"):
-            return True
-        return role >= Role.operator and self.same_person(identity.key, owner)
+        return may_control(
+            admin=role >= Role.admin, operator=role >= Role.operator,
+            operators_control_all=self.operators_control == "all", own=lambda: self.same_person(identity.key, owner),
+        )  # fmt: skip
 
     def named(self, identity: str) -> str:
         """`slack:U1 (alice)`: an identity, with its person where that says more."""
@@ -238,22 +243,22 @@ class People:
         return row.fetchone() is not None
 
 
+def limits_of(quotas: QuotaSettings) -> Limits:
+    """The config's per-person limits, as the job service applies them."""
+    return Limits(quotas.max_running_per_person, quotas.max_queued_per_person, quotas.max_gpus_per_person)
+
+
+def person(people: People, identity: str) -> Person:
+    """Who `identity` is, as the job service counts a quota: all their identities, and their name."""
+    return people.identities_of(identity), people.person_of(identity)
+
+
 def quota_for(quotas: QuotaSettings, people: People, identity: str) -> Quota:
-    """The limits of `identity`'s person, over all their identities, as the job manager counts them."""
-    owners = frozenset(i.lower() for i in people.identities_of(identity))
-    return Quota(
-        owners=owners, name=people.person_of(identity), max_running=quotas.max_running_per_person,
-        max_queued=quotas.max_queued_per_person, max_gpus=quotas.max_gpus_per_person,
-    )  # fmt: skip
+    """The limits of `identity`'s person (the rule is the job service's: `jobs.service.quota`)."""
+    return quota(limits_of(quotas), person(people, identity))
 
 
 def admission(quotas: QuotaSettings, people: People) -> Callable[[Job, list[Job]], str | None] | None:
-    """What the job manager asks before it starts a queued job: why it must wait for its owner's
-    running jobs (their number, their GPUs), or None. None when no such quota is set."""
-    if quotas.max_running_per_person is None and quotas.max_gpus_per_person is None:
-        return None
-
-    def admit(job: Job, running: list[Job]) -> str | None:
-        return quota_for(quotas, people, job.owner).waits(job, running)
-
-    return admit
+    """What the job manager asks before it starts a queued job (`jobs.service.admission`), with
+    chat's knowledge of who is one person."""
+    return service_admission(limits_of(quotas), lambda owner: person(people, owner))

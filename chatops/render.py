@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from chatops.message import Progress
-from chatops.texts import known, lang_of, text
+from chatops.texts import known, text
+from jobs.lang import Lang
 from jobs.provenance import code_label
 from jobs.readers import normalise
 
 
-def state_word(state: str, zh: bool = False) -> str:
+def state_word(state: str, lang: Lang = Lang.EN) -> str:
     """The state in the reply language; one the catalog does not name (a newer store's) as it is."""
     if not known(f"state.{state}"):
         return state
-    return text(f"state.{state}", lang_of(zh))
+    return text(f"state.{state}", lang)
 
 
 def bar(fraction: float, width: int = 20) -> str:
@@ -32,12 +33,11 @@ def duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def code_line(provenance: dict[str, Any], zh: bool = False) -> str | None:
+def code_line(provenance: dict[str, Any], lang: Lang = Lang.EN) -> str | None:
     """`code a1b2c3d+dirty (diff 9f8e7d6c5b4a, 2 untracked)`: the code a job ran, for `status`;
     None when nothing was recorded (a job launched before provenance was)."""
     if not provenance:
         return None
-    lang = lang_of(zh)
     label = code_label(provenance)
     if label is None:
         why = provenance.get("git") or provenance.get("error") or "?"
@@ -70,9 +70,8 @@ def progress_from(job_id: str, event: dict[str, Any], metrics: dict[str, Any]) -
     )
 
 
-def progress_text(p: Progress, metrics: dict[str, Any], state: str = "running", zh: bool = False) -> str:
-    lang = lang_of(zh)
-    parts = [text("progress.head", lang, id=p.job_id, state=state_word(state, zh)), bar(p.fraction)]
+def progress_text(p: Progress, metrics: dict[str, Any], state: str = "running", lang: Lang = Lang.EN) -> str:
+    parts = [text("progress.head", lang, id=p.job_id, state=state_word(state, lang)), bar(p.fraction)]
     parts.append(text("progress.epoch", lang, epoch=p.epoch, epochs=p.epochs))
     if p.batches and p.batch < p.batches:
         parts.append(text("progress.batch", lang, batch=p.batch, batches=p.batches))

@@ -27,7 +27,7 @@ from chatops.parser import Parsed, head_word, parse
 from chatops.redact import SecretMask
 from chatops.specs import CommandContext, CommandError, CommandRegistry, CommandSpec, Lang, Question, Services
 from chatops.store import ChatStore
-from chatops.texts import lang_of, text
+from chatops.texts import text
 from jobs.db import is_disk_full, is_locked, retry_locked
 from jobs.params import describe, suggest
 
@@ -53,6 +53,22 @@ def _note(command: str, outcome: str) -> None:
     seen = _OUTCOME.get(None)
     if seen is not None:
         seen[:] = [command, outcome]
+
+
+@dataclass
+class _Turn:
+    """One message on its way through the router's steps: who sent it, what it says (after a yes,
+    the question's command) and, once looked up, the command it names."""
+
+    incoming: Incoming
+    audit: list[AuditRow]
+    role: Role
+    who: str
+    pending_key: tuple[str, str]
+    parsed: Parsed
+    command: str  # for the audit: a question's answer runs the question's command
+    lang: Lang  # of the command word as typed (`lr 0.02` read as `set lr=0.02` keeps it)
+    spec: CommandSpec = field(init=False)
 
 
 @dataclass
@@ -103,8 +119,7 @@ class Router:
                     ref = secrets.token_hex(3)
                     if is_locked(exc):  # a write after the command's first wait (its claim is committed)
                         log.warning("a command met a database locked by another process (ref %s)", ref)
-                        head = head_word(incoming.text)
-                        said = text("router.locked", lang_of(head is not None and _chinese(head)), ref=ref)
+                        said = text("router.locked", _lang(head_word(incoming.text)), ref=ref)
                         replies = [Reply(said, error=True)]
                     else:
                         log.exception("internal error handling a message (ref %s)", ref)
@@ -136,10 +151,27 @@ class Router:
     async def _handle(self, incoming: Incoming, audit: list[AuditRow]) -> list[Reply]:
         """The replies to one message; its audit rows go into `audit`, for `handle` to write.
 
-        Who asks comes first, what they ask second: a sender over their rate is not read at all;
+        Four steps, each of which may answer in its place: the gate (who asks, before what they
+        ask is read), the answer to a question asked before (yes/no), binding the command's
+        arguments (and asking its question, if it has one), and running it."""
+        turn = self._gate(incoming, audit)
+        if isinstance(turn, list):
+            return turn
+        answered = self._confirm(turn)
+        if answered is not None:
+            return answered
+        ctx = self._bind_command(turn)
+        if isinstance(ctx, list):
+            return ctx
+        if turn.spec.confirm is not None and not turn.parsed.confirmed:
+            return self._ask(turn, ctx)
+        return await self._dispatch(turn, ctx)
+
+    def _gate(self, incoming: Incoming, audit: list[AuditRow]) -> _Turn | list[Reply]:
+        """Who asks comes first, what they ask second: a sender over their rate is not read at all;
         a stranger's text is never parsed (only its first characters are read, for the language
         of the refusal) unless it names a command open to anyone, and no text is parsed beyond
-        the platform's length limit."""
+        the platform's length limit. Past the gate, the message parsed once."""
         role = self.auth.role_of(incoming.sender)
         who = incoming.sender.key
         if self.throttle is not None:
@@ -152,86 +184,107 @@ class Router:
             if head is None:
                 return []  # nothing but blanks and mentions
             if incoming.meta.get("quiet_deny") or not self._open_to_strangers(head, pending_key):
-                return self._deny(incoming, role, None, audit, _chinese(head))
+                return self._deny(incoming, role, None, audit, _lang(head))
+        refused = self._unfit(incoming, audit)
+        if refused is not None:
+            return refused
+        # Parsed once (head_word, a second parse, only where a refusal needs a language).
+        parsed = parse(incoming.text, self.param_keys)
+        if parsed is None:
+            return []  # nothing but blanks and mentions
+        return _Turn(incoming, audit, role, who, pending_key, parsed, incoming.text, _lang(parsed.word))
+
+    def _unfit(self, incoming: Incoming, audit: list[AuditRow]) -> list[Reply] | None:
+        """A known sender's message that is not read: unreadable, too long, or holding a secret."""
         unreadable = incoming.meta.get("unreadable")
         if unreadable:  # the platform could not read the message (a mail's body): say why, to a known sender
-            head = head_word(incoming.text)
-            return [Reply(text("router.unreadable", lang_of(head is not None and _chinese(head)), why=unreadable),
-                          error=True)]  # fmt: skip
+            return [Reply(text("router.unreadable", _lang(head_word(incoming.text)), why=unreadable), error=True)]
         limit = self.max_inbound_by_platform.get(incoming.conversation.platform, self.max_inbound)
         if len(incoming.text) > limit:
             head = head_word(incoming.text)  # the language of the refusal, from the first characters only
             if head is None:
                 return []
-            return self._too_long(incoming, limit, audit, _chinese(head))
+            return self._too_long(incoming, limit, audit, _lang(head))
         if self.secrets and self.secrets.holds(incoming.text):
             # A secret typed into chat must not travel on into a job's parameters, a saved default or
             # a reply; the message is not run and its audit row is masked.
-            head = head_word(incoming.text)
             _note("-", "refused")
-            audit.append((who, "message", _detail(self.secrets.mask(incoming.text)), False, "secret"))
-            return [Reply(text("router.secret", lang_of(head is not None and _chinese(head))), error=True)]
-        # Within the limit: parsed once (head_word, a second parse, only where a refusal needs a language).
-        parsed = parse(incoming.text, self.param_keys)
-        if parsed is None:
-            return []  # nothing but blanks and mentions
+            audit.append((incoming.sender.key, "message", _detail(self.secrets.mask(incoming.text)), False, "secret"))
+            return [Reply(text("router.secret", _lang(head_word(incoming.text))), error=True)]
+        return None
 
-        zh = _chinese(parsed.word)
-        command = incoming.text  # for the audit: a question's answer runs the question's command
+    def _confirm(self, turn: _Turn) -> list[Reply] | None:
+        """A yes or no answers the question asked in this conversation: a yes runs the question's
+        command (in `turn`, from here on), a no cancels it. Other messages go on as they are."""
+        parsed = turn.parsed
         if parsed.word in ANSWER_WORDS and not parsed.args and not parsed.positionals:
             # Taken as it is read (a second yes, or one to another process, finds nothing).
-            pending = self.store.take_pending(*pending_key, self.clock())
+            pending = self.store.take_pending(*turn.pending_key, self.clock())
             if pending is None:  # none asked, answered already, or asked over CONFIRM_TTL ago
-                if not role:
-                    return self._deny(incoming, role, None, audit, zh)
-                return [Reply(text("router.nothing_to_confirm", lang_of(zh)), error=True)]
+                if not turn.role:
+                    return self._deny(turn.incoming, turn.role, None, turn.audit, turn.lang)
+                return [Reply(text("router.nothing_to_confirm", turn.lang), error=True)]
             if parsed.word in NO_WORDS:
-                return [Reply(text("router.cancelled", lang_of(zh)))]
-            parsed = parse(pending, self.param_keys) or parsed
-            parsed.confirmed = True
-            command = pending
-            zh = _chinese(parsed.word)
+                return [Reply(text("router.cancelled", turn.lang))]
+            turn.parsed = parse(pending, self.param_keys) or parsed
+            turn.parsed.confirmed = True
+            turn.command = pending  # for the audit: the answer runs the question's command
+            turn.lang = _lang(turn.parsed.word)
+        return None
 
+    def _bind_command(self, turn: _Turn) -> CommandContext[Any] | list[Reply]:
+        """The command named, allowed to this sender, with its arguments bound: its context."""
+        parsed = turn.parsed
         spec = self.registry.lookup(parsed.word)
         if spec is None and parsed.word in self.param_keys and len(parsed.positionals) == 1:
             # The habit of `lr 0.02` as a whole message: a parameter and its value mean `set lr=0.02`.
-            parsed = Parsed("set", {parsed.word: parsed.positionals[0], **parsed.args}, confirmed=parsed.confirmed)
+            parsed = turn.parsed = Parsed("set", {parsed.word: parsed.positionals[0], **parsed.args},
+                                          confirmed=parsed.confirmed)  # fmt: skip
             spec = self.registry.lookup("set")
-        lang = Lang(lang_of(zh))
         if spec is None:
-            if role == Role.none:
-                return self._deny(incoming, role, None, audit, zh)
-            _note("unknown", "unknown")
-            hint = suggest(parsed.word, self.registry.words())
-            said = text("router.unknown_command", lang, word=parsed.word)
-            said += text("router.did_you_mean", lang, hint=hint) if hint else text("router.send_help", lang)
-            return [Reply(said, error=True)]
-        if role < spec.role:
-            return self._deny(incoming, role, spec, audit, zh)
-
+            return self._unknown(turn)
+        if turn.role < spec.role:
+            return self._deny(turn.incoming, turn.role, spec, turn.audit, turn.lang)
+        turn.spec = spec
         _note(spec.name, "refused")  # until it gets further
         try:
-            args, params = (spec.args.model_validate({}), {}) if spec.raw else self._bind(spec, parsed, zh)
+            args, params = (spec.args.model_validate({}), {}) if spec.raw else self._bind(spec, parsed, turn.lang)
         except CommandError as exc:
-            return _refused(exc, who, spec, command, audit)
+            return _refused(exc, turn.who, spec, turn.command, turn.audit)
         assert self.services is not None, "Router.services is set before the first message"
-        ctx = CommandContext(self.services, incoming, spec, role, args, params, lang,
-                             _after_word(incoming.text, parsed.word) if spec.raw else "")  # fmt: skip
+        raw = _after_word(turn.incoming.text, parsed.word) if spec.raw else ""
+        return CommandContext(self.services, turn.incoming, spec, turn.role, args, params, turn.lang, raw)
 
-        if spec.confirm is not None and not parsed.confirmed:
-            try:
-                asked = spec.confirm(ctx)
-            except CommandError as exc:
-                return _refused(exc, who, spec, command, audit)
-            question = asked if isinstance(asked, Question) else Question(asked)
-            line = question.command or _strip_confirm(incoming.text)
-            now = self.clock()
-            self.store.ask(*pending_key, line, now + CONFIRM_TTL, now=now)
-            _note(spec.name, "asked")
-            buttons = [Button(ctx.t("router.confirm_yes"), f"{line} --yes"),
-                       Button(ctx.t("router.confirm_cancel"), "cancel")]  # fmt: skip
-            return [Reply(question.text + ctx.t("router.reply_yes"), buttons=buttons)]
+    def _unknown(self, turn: _Turn) -> list[Reply]:
+        if turn.role == Role.none:
+            return self._deny(turn.incoming, turn.role, None, turn.audit, turn.lang)
+        _note("unknown", "unknown")
+        word = turn.parsed.word
+        hint = suggest(word, self.registry.words())
+        said = text("router.unknown_command", turn.lang, word=word)
+        said += text("router.did_you_mean", turn.lang, hint=hint) if hint else text("router.send_help", turn.lang)
+        return [Reply(said, error=True)]
 
+    def _ask(self, turn: _Turn, ctx: CommandContext[Any]) -> list[Reply]:
+        """A command that asks first: its question, stored for this conversation's next yes."""
+        spec = turn.spec
+        assert spec.confirm is not None
+        try:
+            asked = spec.confirm(ctx)
+        except CommandError as exc:
+            return _refused(exc, turn.who, spec, turn.command, turn.audit)
+        question = asked if isinstance(asked, Question) else Question(asked)
+        line = question.command or _strip_confirm(turn.incoming.text)
+        now = self.clock()
+        self.store.ask(*turn.pending_key, line, now + CONFIRM_TTL, now=now)
+        _note(spec.name, "asked")
+        buttons = [Button(ctx.t("router.confirm_yes"), f"{line} --yes"),
+                   Button(ctx.t("router.confirm_cancel"), "cancel")]  # fmt: skip
+        return [Reply(question.text + ctx.t("router.reply_yes"), buttons=buttons)]
+
+    async def _dispatch(self, turn: _Turn, ctx: CommandContext[Any]) -> list[Reply]:
+        """Run the command's handler; a state-changing command leaves its audit row either way."""
+        spec, who, command, audit = turn.spec, turn.who, turn.command, turn.audit
         try:
             result = await spec.handler(ctx)
         except CommandError as exc:
@@ -263,20 +316,19 @@ class Router:
         audit.append((incoming.sender.key, "message", _detail(incoming.text), False, "rate"))
         if incoming.meta.get("quiet_deny") and role == Role.none:
             return []
-        head = head_word(incoming.text)
-        said = text("router.slow_down", lang_of(head is not None and _chinese(head)), who=incoming.sender.key,
+        said = text("router.slow_down", _lang(head_word(incoming.text)), who=incoming.sender.key,
                     seconds=math.ceil(held.wait))  # fmt: skip
         return [Reply(said, error=True)]
 
-    def _too_long(self, incoming: Incoming, limit: int, audit: list[AuditRow], zh: bool) -> list[Reply]:
+    def _too_long(self, incoming: Incoming, limit: int, audit: list[AuditRow], lang: Lang) -> list[Reply]:
         size = len(incoming.text)
         _note("-", "too_long")
         audit.append((incoming.sender.key, "message_too_long", f"{size} characters: {incoming.text[:200]}", False,
                       "too_long"))  # fmt: skip
-        return [Reply(text("router.too_long", lang_of(zh), size=size, limit=limit), error=True)]
+        return [Reply(text("router.too_long", lang, size=size, limit=limit), error=True)]
 
     def _deny(self, incoming: Incoming, role: Role, spec: CommandSpec | None, audit: list[AuditRow],
-              zh: bool = False) -> list[Reply]:  # fmt: skip
+              lang: Lang = Lang.EN) -> list[Reply]:  # fmt: skip
         who = incoming.sender.key
         action = spec.name if spec else "message"
         _note(spec.name if spec else "-", "denied")
@@ -284,13 +336,12 @@ class Router:
         if incoming.meta.get("quiet_deny") and role == Role.none:
             return []
         if role == Role.none:
-            return [Reply(text("router.not_allowed", lang_of(zh), who=who), error=True)]
+            return [Reply(text("router.not_allowed", lang, who=who), error=True)]
         assert spec is not None
-        said = text("router.needs_role", lang_of(zh), command=spec.name, needed=spec.role.name, who=who, role=role.name)
+        said = text("router.needs_role", lang, command=spec.name, needed=spec.role.name, who=who, role=role.name)
         return [Reply(said, error=True)]
 
-    def _bind(self, spec: CommandSpec, parsed: Parsed, zh: bool = False) -> tuple[BaseModel, dict[str, str]]:
-        lang = lang_of(zh)
+    def _bind(self, spec: CommandSpec, parsed: Parsed, lang: Lang = Lang.EN) -> tuple[BaseModel, dict[str, str]]:
         if parsed.duplicates:
             raise CommandError(text("router.duplicate", lang, keys=", ".join(sorted(set(parsed.duplicates)))))
         fields = spec.args.model_fields
@@ -336,8 +387,13 @@ def _detail(said: str) -> str:
     return said.strip()[:500]
 
 
-def _chinese(word: str) -> bool:
+def _lang(word: str | None) -> Lang:
     """A command typed in Chinese gets its answer in Chinese (CJK ideographs in the word)."""
+    return Lang.ZH if word is not None and _chinese(word) else Lang.EN
+
+
+def _chinese(word: str) -> bool:
+    """Whether the word holds CJK ideographs (`chatops.app` asks it too)."""
     return _CJK.search(word) is not None
 
 

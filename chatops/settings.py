@@ -17,7 +17,16 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
@@ -58,7 +67,7 @@ class Section(BaseModel):
         return False
 
 
-S = TypeVar("S", bound=Section)
+S = TypeVar("S", bound=BaseModel)  # a plugin section's model: an adapter's Section, an executor's
 
 
 DEPRECATED_RAY = ("ray_address", "ray_runtime_env", "ray_num_cpus", "ray_channel", "ray_gcs_address", "ray_storage")
@@ -96,6 +105,11 @@ class PersonSettings(Section):
     """`[people.alice] ids = ["telegram:7", "slack:U1"]`: one person on several platforms."""
 
     ids: list[str] = Field(min_length=1, description="the person's identities, exactly (no globs)")
+    targets: list[str] = Field(
+        default_factory=list, description="Apprise URLs told of the jobs this person starts (docs/notify.md)"
+    )
+
+    _targets = field_validator("targets")(lambda cls, v: _notify_targets(v))
 
 
 class QuotaSettings(Section):
@@ -144,7 +158,22 @@ class JobsSettings(Section):
     )  # fmt: skip
 
 
+def _notify_targets(urls: list[str]) -> list[str]:
+    """Apprise URLs (send-only targets): each must look like one, and its chatops_* options be known
+    values; the error names the target redacted, never its token. The adapter checks the rest."""
+    from chatops.redact import notify_target_problem
+
+    for url in urls:
+        problem = notify_target_problem(url)
+        if problem:
+            raise ValueError(problem)
+    return urls
+
+
 class NotifySettings(Section):
+    targets: list[str] = Field(
+        default_factory=list, description="Apprise URLs told of every job (ntfy://, json://, pover://; docs/notify.md)"
+    )
     progress_seconds: float = Field(2.0, ge=0.2, description="minimum gap between live edits")
     digest_seconds: float = Field(60.0, ge=1, description="digest interval where edits are impossible")
     retry_max_seconds: float = Field(300.0, gt=0)
@@ -155,6 +184,14 @@ class NotifySettings(Section):
         30.0, ge=0, description="a running job with no progress and no new output line for this long is announced"
         " as stalled, once, and again when it reports; 0 turns it off ([kinds.<name>] stall_minutes: per kind)"
     )
+
+    _targets = field_validator("targets")(lambda cls, v: _notify_targets(v))
+    _people_targets: bool = PrivateAttr(False)  # set by Settings: a person has targets of their own
+
+    @property
+    def configured(self) -> bool:
+        """The send-only targets' adapter starts when any target is given (here or a person's)."""
+        return bool(self.targets) or self._people_targets
 
 
 class RetentionSettings(Section):
@@ -269,21 +306,18 @@ class Settings(BaseSettings):
                 model = load_executor(name).settings
             except ValueError:
                 continue  # only the executor in use must load; `make_executor` says why it cannot
-            if model is None:
-                continue
-            try:
-                extra[name] = model.model_validate(value)
-            except ValidationError as exc:
-                problems = config_problems(exc, model, prefix=f"[{name}] ", env=f"CHATOPS_{name.upper()}__")
-                raise ValueError("; ".join(problems)) from None
+            if model is not None:
+                extra[name] = _section_as(name, value, model)
         return self
 
     def executor_settings(self, name: str, model: type[BaseModel] | None) -> BaseModel | None:
         """The executor's own section as its model (its defaults when the config has none)."""
-        if model is None:
-            return None
-        value = (self.__pydantic_extra__ or {}).get(name)
-        return value if isinstance(value, model) else model.model_validate(value or {})
+        return self.section(name, model) if model is not None else None
+
+    @model_validator(mode="after")
+    def _people_targets(self) -> Settings:
+        self.notify._people_targets = any(p.targets for p in self.people.values())
+        return self
 
     @model_validator(mode="after")
     def _platform_sections(self) -> Settings:
@@ -300,13 +334,8 @@ class Settings(BaseSettings):
                 model = getattr(found[name].load(), "settings_model", None)
             except ImportError:
                 continue
-            if model is None:
-                continue
-            try:
-                extra[name] = model.model_validate(value)
-            except ValidationError as exc:
-                problems = config_problems(exc, model, prefix=f"[{name}] ", env=f"CHATOPS_{name.upper()}__")
-                raise ValueError("; ".join(problems)) from None
+            if model is not None:
+                extra[name] = _section_as(name, value, model)
         return self
 
     def platforms(self) -> dict[str, Section | dict[str, Any]]:
@@ -317,7 +346,7 @@ class Settings(BaseSettings):
                 if isinstance(v, Section | dict) and k not in executors}  # fmt: skip
 
     def section(self, name: str, model: type[S]) -> S:
-        """A platform's section as its model (its defaults when the config has none)."""
+        """A platform's or an executor's section as its model (its defaults when the config has none)."""
         value = (self.__pydantic_extra__ or {}).get(name)
         return value if isinstance(value, model) else model.model_validate(value or {})
 
@@ -466,6 +495,15 @@ def config_problems(
             msg += f" ({env}{'__'.join(str(p) for p in err['loc']).upper()})"
         lines.append(f"{prefix}{loc}: {msg}" if loc else prefix + msg)
     return lines
+
+
+def _section_as(name: str, value: dict[str, Any], model: type[S]) -> S:
+    """A plugin's section (`[telegram]`, `[slurm]`) validated by its model; one line per problem."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        problems = config_problems(exc, model, prefix=f"[{name}] ", env=f"CHATOPS_{name.upper()}__")
+        raise ValueError("; ".join(problems)) from None
 
 
 def _section_model(name: object) -> type[BaseModel] | None:

@@ -6,24 +6,23 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, NewType, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from chatops.auth import Role
 from chatops.message import Button, Conversation, Identity, Incoming, Reply
 from chatops.texts import text
+from jobs.lang import Lang  # re-exported: the one language type of chat and jobs
 
 if TYPE_CHECKING:
     from chatops.people import People
     from chatops.store import ChatStore
     from jobs.manager import JobManager
-    from jobs.store import Job
+    from jobs.records import Job
 
 HandlerResult = Reply | list[Reply] | str
 Handler = Callable[["CommandContext[Any]"], Awaitable[HandlerResult]]
-Lang = NewType("Lang", str)
-"""The reply language, "en" or "zh": the language the command word was typed in."""
 A = TypeVar("A", bound=BaseModel)
 
 
@@ -84,7 +83,7 @@ class CommandContext(Generic[A]):
     role: Role
     args: A
     params: dict[str, str]  # job parameters, for commands that take them (`job_params`)
-    lang: Lang = Lang("en")
+    lang: Lang = Lang.EN
     rest: str = ""  # the text after the command word, for `raw` commands
 
     @property

@@ -13,14 +13,16 @@ from collections.abc import Callable, Coroutine, Generator, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import psutil
 
 from chatops.message import valid_text
 from chatops.settings import RetentionSettings
 from jobs.db import Checkpointer, WriteTrouble, migrate, write_transaction
-from jobs.store import JobStore
+
+if TYPE_CHECKING:
+    from jobs.service import JobService
 
 _MIGRATIONS = [
     """
@@ -781,7 +783,7 @@ class Pruned(NamedTuple):
     delivered: int = 0
     failed: int = 0
     images: int = 0
-    progress: int = 0  # batch-level progress events of ended jobs, thinned (`JobStore.thin_progress`)
+    progress: int = 0  # batch-level progress events of ended jobs, thinned (`JobService.thin_progress`)
 
 
 class Retention:
@@ -800,7 +802,7 @@ class Retention:
 
     def __init__(
         self, store: ChatStore, settings: RetentionSettings, spool: Path | None = None, batch: int = PRUNE_BATCH,
-        jobs: JobStore | None = None,
+        jobs: JobService | None = None,
     ) -> None:  # fmt: skip
         self.store = store
         self.settings = settings

@@ -9,10 +9,11 @@ from collections.abc import Collection
 from typing import Any
 
 from chatops.render import duration, state_word
-from chatops.texts import lang_of, text
+from chatops.texts import text
+from jobs.lang import Lang
 from jobs.provenance import code_label
 from jobs.readers import normalise
-from jobs.store import ACTIVE_STATES, QUEUED, TERMINAL_STATES, Job, Sweep
+from jobs.records import ACTIVE_STATES, QUEUED, TERMINAL_STATES, Job, Sweep
 from jobs.sweeps import lower_is_better, train_command
 
 # Metrics tried, in order, when the one asked for is not reported by any member (a user kind's own).
@@ -52,19 +53,17 @@ def mode(sweep: Sweep, lang: str) -> str:
     return text("sweep.random", lang) if sweep.mode == "random" else text("sweep.grid", lang)
 
 
-def counts(members: list[Job], zh: bool) -> str:
+def counts(members: list[Job], lang: Lang) -> str:
     by_state = Counter(j.state for j in members)
-    lang = lang_of(zh)
-    parts = [text("sweep.count", lang, n=by_state[s], state=state_word(s, zh)) for s in _ORDER if by_state[s]]
+    parts = [text("sweep.count", lang, n=by_state[s], state=state_word(s, lang)) for s in _ORDER if by_state[s]]
     return ", ".join(parts)
 
 
-def table(sweep: Sweep, members: list[Job], zh: bool = False, leading: bool = True) -> str:
+def table(sweep: Sweep, members: list[Job], lang: Lang = Lang.EN, leading: bool = True) -> str:
     """The head line, one row per member, and (`leading`) the best so far."""
-    lang = lang_of(zh)
     metric = metric_of(sweep, members) or sweep.monitor
     head = text("sweep.head", lang, id=sweep.id, kind=sweep.kind, mode=mode(sweep, lang),
-                n=len(members), counts=counts(members, zh))  # fmt: skip
+                n=len(members), counts=counts(members, lang))  # fmt: skip
     columns = ["job", *sweep.varying, "state", "epoch", metric]
     rows = [columns]
     leader = best(sweep, members)
@@ -74,7 +73,7 @@ def table(sweep: Sweep, members: list[Job], zh: bool = False, leading: bool = Tr
         rows.append([
             job.id + (" *" if leader and leader[0].id == job.id else ""),
             *(_cell(job.params.get(k)) for k in sweep.varying),
-            state_word(job.state, zh),
+            state_word(job.state, lang),
             f"{epoch}/{epochs}" if epoch is not None and epochs else "-" if epoch is None else str(epoch),
             f"{job.metrics[metric]:.4f}" if _number(job.metrics.get(metric)) else "-",
         ])  # fmt: skip
@@ -86,15 +85,16 @@ def table(sweep: Sweep, members: list[Job], zh: bool = False, leading: bool = Tr
     return "\n".join(lines)
 
 
-def final_texts(sweep: Sweep, members: list[Job], zh: bool = False, nullable: Collection[str] = ()) -> tuple[str, str]:
+def final_texts(
+    sweep: Sweep, members: list[Job], lang: Lang = Lang.EN, nullable: Collection[str] = ()
+) -> tuple[str, str]:
     """The report's table, and its last lines: the best member and the `train` command that
     reproduces it (alone, so that they are the last lines wherever an image is shown after text),
     with the code it ran where that is known; `nullable`: the kind's fields that `none` clears."""
-    lang = lang_of(zh)
     ended = max((j.ended_at or 0.0) for j in members) if members else sweep.created_at
-    head = text("sweep.finished", lang, id=sweep.id, counts=counts(members, zh),
+    head = text("sweep.finished", lang, id=sweep.id, counts=counts(members, lang),
                 took=duration(ended - sweep.created_at))  # fmt: skip
-    report = head + "\n" + table(sweep, members, zh, leading=False).split("\n", 1)[1]
+    report = head + "\n" + table(sweep, members, lang, leading=False).split("\n", 1)[1]
     leader = best(sweep, members)
     if leader is None:
         return report, text("sweep.no_best", lang, id=sweep.id, metric=metric_of(sweep, members) or sweep.monitor)

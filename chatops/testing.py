@@ -99,7 +99,7 @@ class BotHarness:
 
     async def wait_state(self, job_id: str, states: set[str], timeout: float = 60.0) -> str:
         """The job's state once it is one of `states`."""
-        store = self.app.job_store
+        store = self.app.job_service
 
         def state() -> str | None:
             job = store.get(job_id)
@@ -111,7 +111,7 @@ class BotHarness:
         """The job's latest stored event of this type, once there is one."""
 
         def latest() -> dict[str, Any] | None:
-            found = [e for e in self.app.job_store.events(job_id) if e["type"] == kind]
+            found = [e for e in self.app.job_service.events(job_id) if e["type"] == kind]
             return found[-1] if found else None
 
         return await eventually(latest, timeout, f"a {kind} event of job {job_id}")

@@ -29,7 +29,7 @@ from chatops.auth import Role
 from chatops.message import Conversation, Identity, Reply
 from chatops.texts import text
 from jobs.params import describe
-from jobs.store import STOPPED, SUCCEEDED, Job
+from jobs.records import STOPPED, SUCCEEDED, Job
 from jobs.wrap import WRAP, WrapParams, wrap_params
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ async def _follow(app: App, job: Job, console: Console, ctrl_c: _CtrlC) -> int:
     deliver what is ours; Ctrl-C stops the job, a second one kills it."""
     handled = 0
     while True:
-        current = app.job_store.get(job.id) or job
+        current = app.job_service.get(job.id) or job
         if current.terminal and not app.chat_store.final_owed(job.id):
             break
         if ctrl_c.asked > handled:

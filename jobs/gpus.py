@@ -40,6 +40,20 @@ def gpus_wanted(params: dict[str, Any]) -> int:
         return 0
 
 
+def cluster_gpus(params: dict[str, Any]) -> int:
+    """GPUs a cluster job asks for (Ray, Slurm): `gpu:0,1` -> 2, `gpu:3` -> 4. The cluster grants
+    devices and sets CUDA_VISIBLE_DEVICES to them, which the runner sees as gpu:0, gpu:1, …, so the
+    highest index counts (the local pool renumbers the context instead, `renumbered`)."""
+    context = params.get("context")
+    if not isinstance(context, str):
+        return 0
+    try:
+        indexes = [index for device, index in parse_contexts(context) if device == "gpu"]
+    except ValueError:
+        return 0
+    return max(indexes) + 1 if indexes else 0
+
+
 def renumbered(context: str) -> str:
     """The context as the job sees it through CUDA_VISIBLE_DEVICES: its GPUs counted from 0."""
     gpus = iter(range(64))

@@ -43,7 +43,7 @@ from jobs.paths import confined
 from jobs.provenance import Recorder, interpreter_of
 from jobs.quotas import Quota
 from jobs.readers import normalise, normalised
-from jobs.schemas import KindRegistry, KindUnavailable, default_registry
+from jobs.schemas import JobParams, KindRegistry, KindUnavailable, default_registry
 from jobs.service import JobService
 from jobs.store import (
     ACTIVE_STATES,
@@ -127,6 +127,7 @@ class JobManager:
         max_log_mb: float = 50.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        admit: Callable[[Job, list[Job]], str | None] | None = None,
     ) -> None:
         """`clock` times silence (monotonic: a wall-clock step never counts as silence); `wall`
         stamps what the bot itself decides (a submission, a cancel, a kill). `store`: the job store,
@@ -143,7 +144,7 @@ class JobManager:
         self.stall_minutes = stall_minutes
         self.provenance = Recorder()  # which code each job runs; `pip freeze` cached per interpreter
         # Whether a queued job may start beside the running ones (a person's quota): None, or why it waits.
-        self.admit: Callable[[Job, list[Job]], str | None] | None = None
+        self.admit = admit
         self._last_created = 0.0
         self.stop_timeout = stop_timeout
         self.heartbeat_timeout = heartbeat_timeout
@@ -194,28 +195,37 @@ class JobManager:
         self._task = None
 
     # -- requests --------------------------------------------------------------------------
-    def validate(self, kind: str | None, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def validate(self, kind: str | None, params: dict[str, Any] | JobParams) -> tuple[str, dict[str, Any]]:
         """Validate parameters for a kind; raises KeyError or pydantic's ValidationError."""
+        kind_name, model = self.checked(kind, params)
+        return kind_name, model.model_dump(mode="json")
+
+    def checked(self, kind: str | None, params: dict[str, Any] | JobParams) -> tuple[str, JobParams]:
+        """The kind's name and its parameters as its model: one validated by chat already (the
+        kind's own model class) is taken as it is, never validated a second time."""
         job_kind = self.registry.get(kind)
-        model = job_kind.params.model_validate(params)
-        return job_kind.name, model.model_dump(mode="json")
+        if isinstance(params, job_kind.params):
+            return job_kind.name, params
+        return job_kind.name, job_kind.params.model_validate(params)
 
     async def submit(
         self,
         kind: str | None,
-        params: dict[str, Any],
+        params: dict[str, Any] | JobParams,
         *,
         owner: str,
         checkpoint: str | None = None,
         quota: Quota | None = None,
     ) -> Job:
         """Queue a job; with `checkpoint`, it starts from there (training on from another job); with
-        `quota`, only within its owner's (QuotaExceeded)."""
-        kind_name, clean = self.validate(kind, params)
+        `quota`, only within its owner's (QuotaExceeded). `params`: raw values, or the kind's model
+        validated by the caller (used as it is)."""
+        kind_name, model = self.checked(kind, params)
+        clean = model.model_dump(mode="json")
         if checkpoint is not None and self.placed(None, checkpoint) is None:
             raise JobError(f"checkpoint {checkpoint} is outside the jobs' folders; not used")
         self._fits(quota, [clean])
-        await self.preflight(kind_name, clean)
+        await self.preflight(kind_name, clean, model)
         async with self._lock:
             with self.store.transaction():  # counted and inserted at once, across processes
                 job = self._new(kind_name, clean, owner, checkpoint=checkpoint)
@@ -317,12 +327,14 @@ class JobManager:
                 limit="queued", most=quota.max_queued, running=running, queued=queued,
             )  # fmt: skip
 
-    async def preflight(self, kind: str, params: dict[str, Any]) -> None:
-        """Refuse now what would fail as soon as the runner starts (JobError, one line per problem)."""
+    async def preflight(self, kind: str, params: dict[str, Any], model: JobParams | None = None) -> None:
+        """Refuse now what would fail as soon as the runner starts (JobError, one line per problem);
+        `model`: `params` validated already (else validated here)."""
         job_kind = self.registry.get(kind)
         options = {**self.runner_options, **job_kind.options}
         host = _Host(options.get("datasets_dir"), self._gpu_count)
-        problems = await asyncio.to_thread(job_kind.params.model_validate(params).preflight, host)
+        checked = model if model is not None else job_kind.params.model_validate(params)
+        problems = await asyncio.to_thread(checked.preflight, host)
         need = gpus_wanted(params)
         if self.gpus is not None and need > len(self.gpus.devices) and not problems:
             problems = [f"context={params['context']}: asks for {need} GPUs; this machine has {len(self.gpus.devices)}"]
@@ -343,7 +355,9 @@ class JobManager:
             log.warning("job %s: refused %r: outside its folder and the storage", job.id if job else "-", target)
         return place
 
-    async def resume(self, job_id: str, params: dict[str, Any] | None = None, *, quota: Quota | None = None) -> Job:
+    async def resume(
+        self, job_id: str, params: dict[str, Any] | JobParams | None = None, *, quota: Quota | None = None
+    ) -> Job:
         """Queue a stopped, failed or lost job again; it continues from its last checkpoint, with
         `params` (validated whole) in place of its own when given (`epochs` raised, say). With
         `quota`, only within its owner's, counted as a new job (QuotaExceeded)."""
@@ -356,11 +370,12 @@ class JobManager:
                 raise JobError(f"job {job.id} has no checkpoint to resume from")
             if self.placed(job, job.checkpoint) is None:
                 raise JobError(f"job {job.id}'s checkpoint is outside its folder; not resumed")
-            if params is not None:
-                job.params = self.validate(job.kind, params)[1]
+            model = self.checked(job.kind, params)[1] if params is not None else None
+            if model is not None:
+                job.params = model.model_dump(mode="json")
             self._fits(quota, [job.params])
-            if params is not None:
-                await self.preflight(job.kind, job.params)
+            if model is not None:
+                await self.preflight(job.kind, job.params, model)
             # The launch waits until the previous runner is gone (`_launch`); one folder, one runner.
             job.stop_requested = False
             job.error = None

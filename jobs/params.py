@@ -180,6 +180,8 @@ class Validated:
     values: dict[str, Any] | None
     errors: list[str] = field(default_factory=list)
     given: list[str] = field(default_factory=list)
+    # The validated model itself: it travels on to the job manager, which then validates nothing again.
+    model: JobParams | None = None
 
     @property
     def ok(self) -> bool:
@@ -243,13 +245,14 @@ def validate(model: type[JobParams], raw: Mapping[str, Any], base: Mapping[str, 
         if isinstance(value, str) and value.strip().lower() in NONE_WORDS:
             mapped[name] = None
     try:
-        clean = model.model_validate({**(base or {}), **mapped}).model_dump(mode="json")
+        checked = model.model_validate({**(base or {}), **mapped})
     except ValidationError as exc:
         return Validated(None, describe(exc, aliases), list(mapped))
+    clean = checked.model_dump(mode="json")
     refused = _control_errors(clean)
     if refused:
         return Validated(None, refused, list(mapped))
-    return Validated(clean, [], list(mapped))
+    return Validated(clean, [], list(mapped), checked)
 
 
 @dataclass

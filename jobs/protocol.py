@@ -12,10 +12,12 @@ A job folder holds the whole channel, so it outlives the bot process:
 Every event is `{"v": 1, "seq": n, "t": unix_time, "type": ..., ...}` with `seq` counting from 1,
 so a manager that restarts re-attaches by reading from its last stored `seq`.
 
-Events are typed (`EVENT`, a union discriminated on `type`) and checked wherever they enter the bot:
+Events are typed (`Event`, a union discriminated on `type`) and checked wherever they enter the bot:
 here when `events.jsonl` is read, in the command wrapper for a script's SDK events, in the Ray
 channel. A line that is not a well-typed event of a known type is dropped, with a rate-limited
-warning naming where it came from: never trusted, never a crash.
+warning naming where it came from: never trusted, never a crash. Control commands are typed the
+same way (`Control`, discriminated on `cmd`): checked as the manager writes them and again as a
+runner reads them. The wire format is the one JSON line each has always been.
 """
 
 from __future__ import annotations
@@ -35,27 +37,6 @@ from typing_extensions import TypedDict  # `extra_items` (PEP 728): the extra fi
 log = logging.getLogger(__name__)
 
 VERSION = 1
-
-EventType = Literal[
-    "started",  # runner is up: {"pid", "epochs", "batches_per_epoch", "samples"}
-    "progress",  # report point: {"epoch", "batch", "batches", "loss", "accuracy", "samples_per_sec", "lr"}
-    "epoch",  # epoch end: {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
-    "checkpoint",  # {"path", "epoch", "batch", "reason"}
-    "log",  # {"level", "message"}
-    "heartbeat",  # liveness while nothing else is said: {"epoch", "batch"}
-    "paused",  # {"epoch", "batch"}
-    "resumed",  # {"epoch", "batch"}
-    "param_changed",  # {"name", "old", "new", "control_id"}
-    "param_rejected",  # {"name", "reason", "control_id"}
-    "artifact",  # a file the run attached: {"name", "path", "bytes"}
-    "stopped",  # graceful stop done, checkpoint kept: {"epoch", "batch", "checkpoint"}
-    "finished",  # {"metrics": {...}, "seconds"}
-    "failed",  # {"error", "traceback"}
-]
-TERMINAL_EVENTS = frozenset({"stopped", "finished", "failed"})
-
-ControlCmd = Literal["stop", "pause", "resume", "set"]
-CONTROL_CMDS = frozenset({"stop", "pause", "resume", "set"})
 
 PARAMS_FILE = "params.json"
 EVENTS_FILE = "events.jsonl"
@@ -182,8 +163,47 @@ class Failed(_Event):
 
 _TYPES = (Started, Progress, EpochEnd, Checkpoint, Log, Heartbeat, Paused, Resumed, ParamChanged, ParamRejected,
           Artifact, Stopped, Finished, Failed)  # fmt: skip
-assert {get_args(get_type_hints(t)["type"])[0] for t in _TYPES} == set(get_args(EventType))
-EVENT: TypeAdapter[Any] = TypeAdapter(Annotated[Union[_TYPES], Field(discriminator="type")])  # noqa: UP007  # built once
+Event = Union[_TYPES]  # noqa: UP007  # one of the event types above
+EVENT: TypeAdapter[Any] = TypeAdapter(Annotated[Event, Field(discriminator="type")])  # built once
+EVENT_TYPES = frozenset(get_args(get_type_hints(t)["type"])[0] for t in _TYPES)
+TERMINAL_EVENTS = frozenset({"stopped", "finished", "failed"})
+assert TERMINAL_EVENTS <= EVENT_TYPES
+
+
+# ---- control commands, typed: what the manager asks of a runner ---------------------------------
+# `{"cmd": ..., "params": {...}, "id": "<hex>", "t": unix_time}`, one per line of `control.jsonl`.
+# The manager writes them through `control_line` (checked there), a runner reads them through
+# `ControlReader` (checked again: the file is in a job folder anyone with the folder may append to).
+class _Control(TypedDict):
+    id: str
+    t: NotRequired[float | None]
+    params: NotRequired[dict[str, Scalar | list[Scalar]]]
+
+
+class Stop(_Control):
+    """Stop at the next batch boundary, keeping a checkpoint."""
+
+    cmd: Literal["stop"]
+
+
+class Pause(_Control):
+    cmd: Literal["pause"]
+
+
+class Resume(_Control):
+    cmd: Literal["resume"]
+
+
+class Set(_Control):
+    """Change live parameters: `params` names them with their new values."""
+
+    cmd: Literal["set"]
+
+
+_CONTROLS = (Stop, Pause, Resume, Set)
+Control = Union[_CONTROLS]  # noqa: UP007  # one of the control commands above
+CONTROL: TypeAdapter[Any] = TypeAdapter(Annotated[Control, Field(discriminator="cmd")])
+CONTROL_CMDS = frozenset(get_args(get_type_hints(t)["cmd"])[0] for t in _CONTROLS)
 
 
 def _checked(event: dict[str, Any], numbered: bool) -> dict[str, Any]:
@@ -378,12 +398,26 @@ def read_all_events(path: Path) -> list[dict[str, Any]]:
         offset = after
 
 
+def parse_control(line: str | bytes) -> Control:
+    """One control line as a typed command; ProtocolError saying what is wrong otherwise."""
+    try:
+        return CONTROL.validate_json(line, strict=True)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if errors[0]["type"] == "union_tag_invalid":
+            raise ProtocolError(f"unknown control command {_short((errors[0].get('ctx') or {}).get('tag'))}") from None
+        raise ProtocolError(f"not a control command: {errors[0]['msg']}"[:200]) from None
+
+
 def control_line(cmd: str, params: dict[str, Any] | None = None) -> tuple[str, str]:
-    """One control command as its id and its JSON line (without the newline)."""
+    """One control command as its id and its JSON line (without the newline), checked as a runner
+    will check it: an unknown command or a parameter value that is no JSON scalar is refused here."""
     if cmd not in CONTROL_CMDS:
         raise ProtocolError(f"unknown control command {cmd!r}")
     control_id = f"{time.time_ns():x}"
-    return control_id, json.dumps({"cmd": cmd, "params": params or {}, "id": control_id, "t": time.time()})
+    line = json.dumps({"cmd": cmd, "params": params or {}, "id": control_id, "t": time.time()}, default=_jsonable)
+    parse_control(line)
+    return control_id, line
 
 
 def write_control(job_dir: Path, cmd: str, params: dict[str, Any] | None = None, *, line: str | None = None) -> str:
@@ -418,7 +452,7 @@ class ControlReader:
     path: Path
     offset: int = 0
 
-    def poll(self) -> list[dict[str, Any]]:
+    def poll(self) -> list[Control]:
         try:
             size = os.stat(self.path).st_size
         except FileNotFoundError:
@@ -434,10 +468,10 @@ class ControlReader:
         self.offset += end + 1
         commands = []
         for raw in data[: end + 1].splitlines():
-            try:
-                cmd = json.loads(raw)
-            except json.JSONDecodeError:
+            if not raw.strip():
                 continue
-            if isinstance(cmd, dict) and cmd.get("cmd") in CONTROL_CMDS:
-                commands.append(cmd)
+            try:
+                commands.append(parse_control(raw))
+            except ProtocolError as exc:  # a torn or forged line: skipped, said once in a while
+                dropped(f"control file {self.path}", str(exc))
         return commands

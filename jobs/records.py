@@ -5,11 +5,28 @@ re-exports every name for jobs' own code."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-QUEUED, STARTING, RUNNING, PAUSED = "queued", "starting", "running", "paused"
-SUCCEEDED, FAILED, STOPPED, LOST = "succeeded", "failed", "stopped", "lost"
+
+class JobState(StrEnum):
+    """A job's state. A `str` enum: stored as its value, equal to it (`JobState.RUNNING == "running"`),
+    so states read back from the store as plain strings compare as before."""
+
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    LOST = "lost"
+
+
+# The names jobs' code has always used, kept as aliases of the members.
+QUEUED, STARTING, RUNNING, PAUSED = JobState.QUEUED, JobState.STARTING, JobState.RUNNING, JobState.PAUSED
+SUCCEEDED, FAILED, STOPPED, LOST = JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.LOST
 ACTIVE_STATES = frozenset({STARTING, RUNNING, PAUSED})
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, STOPPED, LOST})
 

@@ -7,11 +7,14 @@ job may change. Validation is the only gate between chat text and a training pro
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+from jobs.lang import Lang
 
 
 def param(default: Any, *aliases: str, live: bool = False, zh: str = "", **kwargs: Any) -> Any:
@@ -63,7 +66,7 @@ class JobParams(BaseModel):
         is not there), one line each: `train` answers with these instead of "started"."""
         return []
 
-    def summary(self, zh: bool = False) -> str:
+    def summary(self, lang: Lang = Lang.EN) -> str:
         """A short line for chat (`job 3f2a started: <summary>`); kinds override it to pick fields."""
         shown = [f"{k}={v}" for k, v in self.model_dump(mode="json").items() if v is not None]
         return ", ".join(shown[:6]) + (", ..." if len(shown) > 6 else "")
@@ -81,19 +84,30 @@ class JobParams(BaseModel):
 CONTEXT_PATTERN = r"^(cpu|gpu)(:\d{1,2})?(,((cpu|gpu)(:\d{1,2})?|\d{1,2}))*$"
 
 
-def parse_contexts(spec: str) -> list[tuple[str, int]]:
-    """`gpu:0,1` -> [("gpu", 0), ("gpu", 1)]; a bare number takes the device type before it."""
-    out: list[tuple[str, int]] = []
+class Device(NamedTuple):
+    """One device of a job's `context`: `gpu:1` is Device("gpu", 1)."""
+
+    kind: str  # cpu | gpu
+    index: int
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_contexts(spec: str) -> tuple[Device, ...]:
+    """`gpu:0,1` -> (Device("gpu", 0), Device("gpu", 1)); a bare number takes the device type
+    before it. Parsed once per spec in a process (the validator parses it; the GPU queue, quotas,
+    executors and runners read the same typed tuple); a spec that names a device twice is refused
+    each time it is asked (ValueError)."""
+    out: list[Device] = []
     device = "cpu"
     for token in spec.replace(" ", "").split(","):
         if token.isdigit():
-            out.append((device, int(token)))
+            out.append(Device(device, int(token)))
             continue
         device, _, index = token.partition(":")
-        out.append((device, int(index or 0)))
+        out.append(Device(device, int(index or 0)))
     if len(set(out)) != len(out):
         raise ValueError(f"context {spec!r} names a device twice")
-    return out
+    return tuple(out)
 
 
 class MXNetParams(JobParams):
@@ -142,6 +156,11 @@ class MXNetParams(JobParams):
         parse_contexts(value)
         return value
 
+    @property
+    def devices(self) -> tuple[Device, ...]:
+        """The `context` as typed devices (parsed when validated; this is that parse)."""
+        return parse_contexts(self.context)
+
     def preflight(self, host: Host) -> list[str]:
         problems = []
         if self.dataset != "digits":
@@ -150,7 +169,7 @@ class MXNetParams(JobParams):
             missing = missing_idx(self.dataset, host.datasets_dir)
             if missing:
                 problems.append(missing)
-        wanted = [index for device, index in parse_contexts(self.context) if device == "gpu"]
+        wanted = [index for device, index in self.devices if device == "gpu"]
         if wanted:
             have = host.gpu_count()
             if have is not None and max(wanted) >= have:
@@ -160,7 +179,8 @@ class MXNetParams(JobParams):
                 )
         return problems
 
-    def summary(self, zh: bool = False) -> str:
+    def summary(self, lang: Lang = Lang.EN) -> str:
+        zh = lang == Lang.ZH
         epochs = f"{self.epochs} 轮" if zh else f"{self.epochs} epoch" + ("" if self.epochs == 1 else "s")
         batch = f"批大小 {self.batch_size}" if zh else f"batch {self.batch_size}"
         lr = f"lr {self.learning_rate} ({self.optimizer})"

@@ -89,6 +89,15 @@ def continuation(job: Job, changed: bool) -> Continue:
     return Continue.TRAIN_ON
 
 
+def may_control(*, admin: bool, operator: bool, operators_control_all: bool, own: Callable[[], bool]) -> bool:
+    """Whether someone may pause, change, stop or resume a job: an admin always; an operator
+    anyone's where `[auth] operators_control = "all"`, else their own person's (`own`, asked only
+    then: chat knows who is one person). Chat supplies the facts; this decides."""
+    if admin or (operator and operators_control_all):
+        return True
+    return operator and own()
+
+
 def needs_control(job: Job) -> bool:
     """Whether continuing `job` acts on it (its owner's, or an operator's who may control it): a
     resume does; training on from a succeeded job leaves that job as it was."""

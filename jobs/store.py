@@ -8,77 +8,35 @@ import sqlite3
 import time
 from collections.abc import Collection
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jobs.db import connect, migrate, write_transaction
+from jobs.records import (  # re-exported: jobs' own code imports them from here as before
+    ACTIVE_STATES,
+    FAILED,
+    LOST,
+    PAUSED,
+    QUEUED,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    SUCCEEDED,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    InvalidTransition,
+    Job,
+    JobState,
+    Sweep,
+    check_transition,
+)
 
-QUEUED, STARTING, RUNNING, PAUSED = "queued", "starting", "running", "paused"
-SUCCEEDED, FAILED, STOPPED, LOST = "succeeded", "failed", "stopped", "lost"
-ACTIVE_STATES = frozenset({STARTING, RUNNING, PAUSED})
-TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, STOPPED, LOST})
-
-TRANSITIONS: dict[str, frozenset[str]] = {
-    QUEUED: frozenset({STARTING, STOPPED}),
-    # starting -> queued: the executor holds the job back (a Ray job waiting for cluster resources).
-    STARTING: frozenset({QUEUED, RUNNING, FAILED, STOPPED, LOST}),
-    RUNNING: frozenset({PAUSED, SUCCEEDED, FAILED, STOPPED, LOST}),
-    PAUSED: frozenset({RUNNING, FAILED, STOPPED, LOST}),
-    # A lost job's runner is killed as it is declared lost, so it never speaks again; a stopped,
-    # failed or lost job may be resumed from its checkpoint.
-    LOST: frozenset({QUEUED}),
-    STOPPED: frozenset({QUEUED}),
-    FAILED: frozenset({QUEUED}),
-    SUCCEEDED: frozenset(),
-}
-
-
-class InvalidTransition(ValueError):
-    pass
-
-
-def check_transition(old: str, new: str) -> None:
-    if new not in TRANSITIONS[old]:
-        raise InvalidTransition(f"job cannot go from {old} to {new}")
-
-
-@dataclass
-class Job:
-    id: str
-    kind: str
-    params: dict[str, Any]
-    state: str
-    owner: str
-    job_dir: str
-    created_at: float
-    started_at: float | None = None
-    ended_at: float | None = None
-    handle: dict[str, Any] = field(default_factory=dict)
-    events_offset: int = 0
-    last_seq: int = 0
-    last_event_at: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str | None = None
-    error: str | None = None
-    stop_requested: bool = False
-    runs: int = 0
-    sweep: str | None = None  # the sweep it is a member of
-    provenance: dict[str, Any] = field(default_factory=dict)  # the code it ran (jobs.provenance)
-    progress_at: float | None = None  # its last progress, epoch, start or resume (stall alerts)
-    # Since when it is announced as stalled (its last sign of progress then); None: reporting.
-    # Written only by mark_stalled / clear_stalled, never by `save`, so that a stale copy saved by
-    # another process never undoes an alert (and it is told twice).
-    stalled_at: float | None = None
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    @property
-    def dir(self) -> Path:
-        return Path(self.job_dir)
-
+__all__ = [
+    "ACTIVE_STATES", "FAILED", "LOST", "PAUSED", "QUEUED", "RUNNING", "STARTING", "STOPPED", "SUCCEEDED",
+    "TERMINAL_STATES", "TRANSITIONS", "InvalidTransition", "Job", "JobState", "JobStore", "Sweep", "ThinCursor",
+    "check_transition", "owner_key",
+]  # fmt: skip
 
 _MIGRATIONS = [
     """
@@ -142,18 +100,6 @@ _MIGRATIONS = [
 _STORE_COLUMNS = ("owner_key", "progress_thinned")
 
 _JSON_FIELDS = ("params", "handle", "metrics", "provenance")
-
-
-@dataclass
-class Sweep:
-    id: str
-    kind: str
-    owner: str
-    varying: list[str]  # the parameters whose values differ between members
-    monitor: str  # the metric that ranks the members
-    mode: str  # grid | random
-    created_at: float
-    ended_at: float | None = None  # set once, by the process that reports the end
 
 
 class JobStore:
@@ -275,6 +221,19 @@ class JobStore:
                 (job_id, *kinds),
             )
         return [json.loads(r[0]) for r in rows.fetchall()]
+
+    def events_after(
+        self, job_id: str, after_id: int = 0, types: Collection[str] | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The job's events stored after row `after_id` (of `types` when given), and the row id to
+        ask after next: a cursor that thinning (which only deletes rows) never shifts."""
+        kinds = sorted(types) if types is not None else None
+        where = f" AND type IN ({', '.join('?' for _ in kinds)})" if kinds is not None else ""
+        rows = self.conn.execute(
+            f"SELECT id, data FROM job_events WHERE job_id=? AND id>?{where} ORDER BY id",
+            (job_id, after_id, *(kinds or ())),
+        ).fetchall()
+        return [json.loads(r[1]) for r in rows], (rows[-1][0] if rows else after_id)
 
     def thin_progress(
         self, before: float, limit: int = 5000, after: ThinCursor | None = None

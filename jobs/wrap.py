@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from jobs.gpus import gpus_wanted
+from jobs.lang import Lang
 from jobs.params import control_character
 from jobs.schemas import CONTEXT_PATTERN, Host, JobKind, JobParams
 
@@ -73,7 +74,7 @@ class WrapParams(JobParams):
             problems.append(f"--gpus {need}: this machine has {have} GPU(s)")
         return problems
 
-    def summary(self, zh: bool = False) -> str:
+    def summary(self, lang: Lang = Lang.EN) -> str:
         shown = shlex.join([Path(self.command[0]).name, *self.command[1:]])
         if len(shown) > SHOWN_CHARS:
             shown = shown[: SHOWN_CHARS - 1] + "…"

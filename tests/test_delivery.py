@@ -108,7 +108,8 @@ async def test_two_bots_on_one_database_send_each_message_once_in_order(settings
         await asyncio.sleep(0.2)  # room for a duplicate to show (none may)
         sent = [r.text for _, r, _ in first.sent + second.sent]
         assert sorted(sent) == sorted(f"c{i} #{n}" for i in range(30) for n in range(5))
-        assert first.sent and second.sent, "both processes deliver"
+        # Which bot sends what depends on the machine's load (a starved one may send nothing at all):
+        # what must hold whatever the share is each message once, each conversation in order.
         # Each conversation in order, whoever sent each of its messages.
         rows = one.app.chat_store.conn.execute(
             "SELECT conversation, delivered_at FROM outbox WHERE status='delivered' ORDER BY id"

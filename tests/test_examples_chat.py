@@ -71,7 +71,7 @@ async def test_an_unmodified_script_runs_as_a_command_kind(examples_bot: BotHarn
     jid = job_id(reply.text)
     await bot.wait_event(jid, "epoch", timeout=60)
     [refused] = await bot.say(f"set {jid} lr=0.01")
-    assert refused.error and "lr cannot change while job" in refused.text
+    assert refused.error and "its parameters cannot change while it runs" in refused.text  # said by the bot
     [stopping] = await bot.say(f"stop {jid} --yes")
     assert stopping.text == f"job {jid} stopping.", "a plain script keeps no checkpoint: none is promised"
     await bot.wait_state(jid, {"stopped"}, timeout=30)

@@ -96,3 +96,58 @@ def test_no_import_circle_inside_chatops() -> None:
     for module in sorted(graph):
         visit(module, [module])
     assert circles == []
+
+
+# Attributes that hold the job store itself: chat reaching through one of them (`ctx.jobs.store.list`,
+# `app.job_store.get`, `manager.store.events`) decides or queries jobs behind the job service's back.
+JOB_STORE_HOLDERS = {("jobs", "store"), ("manager", "store"), ("service", "store"), ("job_service", "store")}
+
+
+def _store_reaches(tree: object) -> list[str]:
+    """Where a module reads the job store object: `<x>.jobs.store`, `<x>.manager.store`,
+    `<x>.job_service.store` or any use of `<x>.job_store` other than the App's own wiring of it."""
+    import ast
+
+    assert isinstance(tree, ast.AST)
+    # The one allowed: the App hands its store to tests and tools as `app.job_store` (the wiring).
+    wiring = {id(n) for a in ast.walk(tree) if isinstance(a, ast.Assign)
+              and [ast.unparse(t) for t in a.targets] == ["self.job_store"] for n in ast.walk(a)}  # fmt: skip
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or id(node) in wiring:
+            continue
+        owner = node.value
+        holder = owner.attr if isinstance(owner, ast.Attribute) else owner.id if isinstance(owner, ast.Name) else ""
+        if (holder, node.attr) in JOB_STORE_HOLDERS or holder == "job_store":
+            found.append(f"{ast.unparse(node)} (line {node.lineno})")
+    return found
+
+
+def test_chat_never_opens_the_job_store() -> None:
+    """Chat talks to `jobs.service` and reads records from `jobs.records`: no module of `chatops/`
+    imports `jobs.store` (anywhere, TYPE_CHECKING too), nor reaches the store object through the
+    manager, the service or the app to call it."""
+    import ast
+
+    graph = _import_graph()
+    importers = sorted(a for a, deps in graph.items() if a.startswith("chatops") and "jobs.store" in deps)
+    assert importers == []
+    reaches = {}
+    for path in sorted((ROOT / "chatops").rglob("*.py")):
+        found = _store_reaches(ast.parse(path.read_text(encoding="utf-8")))
+        if found:
+            reaches[str(path.relative_to(ROOT))] = found
+    assert reaches == {}
+
+
+def test_the_store_check_sees_what_it_forbids() -> None:
+    """The check above is not vacuous: it catches each way chat used to reach the store."""
+    import ast
+
+    code = (
+        "from jobs.store import JobStore\n"
+        "ctx.jobs.store.list()\nself.manager.store.get('1')\napp.job_store.events('1')\nx = y.job_service.store\n"
+    )
+    assert len(_store_reaches(ast.parse(code))) == 4
+    allowed = "ctx.jobs.service.jobs()\nself.chat_store.audit()\nself.store.followers(1)\nself.job_store = s.store\n"
+    assert _store_reaches(ast.parse(allowed)) == []

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 
 from chatops.settings import JobsSettings, Settings
 from chatops.testing import BotHarness, eventually
-from jobs.executors.slurm import SlurmExecutor, SlurmSettings, gres_gpus
+from jobs.executors.slurm import SlurmExecutor, SlurmSettings
+from jobs.gpus import cluster_gpus
 from tests.slurm_cluster import single_node_slurm, slurm_installed
 from tests.test_job_boundary import DUMP, TOKEN, _assert_no_bot_secret, _bots_environment
 from tests.test_jobs import TINY, job_id
@@ -188,8 +189,8 @@ async def test_a_gpu_job_asks_slurm_for_gpus_and_a_cluster_without_them_says_so(
 
 
 def test_slurm_settings_refuse_what_would_reach_sbatch_as_more_than_one_option() -> None:
-    assert gres_gpus({"context": "gpu:0,1"}) == 2 and gres_gpus({"context": "gpu:3"}) == 4
-    assert gres_gpus({"context": "cpu"}) == 0 and gres_gpus({}) == 0
+    assert cluster_gpus({"context": "gpu:0,1"}) == 2 and cluster_gpus({"context": "gpu:3"}) == 4
+    assert cluster_gpus({"context": "cpu"}) == 0 and cluster_gpus({}) == 0
     for bad in ({"partition": "a b"}, {"account": "x,y"}, {"qos": ""}, {"time_limit": "1;reboot"},
                 {"extra_args": ["--mem=1G", "rm -rf /"]}, {"extra_args": ["--comment=a\nb"]}):  # fmt: skip
         with pytest.raises(ValidationError):

@@ -13,6 +13,7 @@ from chatops.message import Progress
 from chatops.render import progress_text, state_word
 from chatops.testing import BotHarness
 from chatops.texts import CATALOGS, en, known, text, zh
+from jobs.lang import Lang
 
 ROOT = Path(__file__).resolve().parent.parent / "chatops"
 # `text("key", ...)`, `ctx.t("key", ...)`, and families looked up by a runtime value: `text(f"state.{state}", ...)`.
@@ -98,13 +99,13 @@ def test_lookup() -> None:
     with pytest.raises(KeyError):
         text("no.such_key", "en")
     assert known("state.running") and not known("state.weird")
-    assert state_word("running", True) == "训练中" and state_word("running") == "running"
-    assert state_word("weird", True) == "weird"
+    assert state_word("running", Lang.ZH) == "训练中" and state_word("running") == "running"
+    assert state_word("weird", Lang.ZH) == "weird"
     p = Progress(job_id="ab1", fraction=0.5, epoch=1, epochs=2, batch=5, batches=10, samples_per_sec=1234.5,
                  eta_seconds=75)  # fmt: skip
     assert progress_text(p, {}, "running") == "job ab1 running  [##########----------]  50%  epoch 1/2  batch 5/10" \
                                               "  1,234 samples/s  ETA 1:15"  # fmt: skip
-    assert progress_text(p, {}, "running", zh=True) == "job ab1 训练中  [##########----------]  50%  第 1/2 轮" \
+    assert progress_text(p, {}, "running", Lang.ZH) == "job ab1 训练中  [##########----------]  50%  第 1/2 轮" \
                                                        "  批次 5/10  1,234 样本/秒  剩余 1:15"  # fmt: skip
 
 

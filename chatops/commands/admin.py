@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from chatops.plugins import command
 from chatops.specs import CommandContext, CommandError, NoArgs, Question
-from jobs.store import ACTIVE_STATES
 
 if TYPE_CHECKING:
     from chatops.people import People
@@ -20,7 +19,7 @@ LINE_TEXT = 120  # characters of a command's text on its audit line
 
 
 def _confirm_exit(ctx: CommandContext[NoArgs]) -> Question:
-    running = len(ctx.jobs.store.list(ACTIVE_STATES, limit=100))
+    running = len(ctx.jobs.service.active(limit=100))
     return Question(ctx.t("exit.confirm", n=running))
 
 

@@ -26,14 +26,13 @@ from chatops.sweeps import active, counts, label, mode
 from chatops.sweeps import table as sweep_table
 from jobs import atomic, storage
 from jobs.errors import JobError, QuotaExceeded
+from jobs.lang import Lang
 from jobs.manager import log_tail
 from jobs.params import fields_of, live_change, suggest, validate
 from jobs.provenance import FILE as PROVENANCE_FILE
 from jobs.provenance import code_label
 from jobs.quotas import Quota
-from jobs.schemas import JobParams, KindUnavailable
-from jobs.sdk.run import CHECKPOINT_NAME
-from jobs.store import (
+from jobs.records import (
     ACTIVE_STATES,
     FAILED,
     LOST,
@@ -46,6 +45,10 @@ from jobs.store import (
     Job,
     Sweep,
 )
+from jobs.runners.command import live_changes_refused
+from jobs.schemas import JobParams, KindUnavailable
+from jobs.sdk.run import CHECKPOINT_NAME
+from jobs.service import Continue, NeedsChanges, NoCheckpoint, continuation, needs_control
 from jobs.sweeps import plan, split
 
 
@@ -86,7 +89,7 @@ def _sweep(ctx: CommandContext[Any], ref: str | None) -> Sweep | None:
     if not ref or not ref.lower().removeprefix("#").startswith("s"):
         return None
     ref = ref.lower().removeprefix("#")
-    sweep = ctx.jobs.store.get_sweep(ref)
+    sweep = ctx.jobs.service.sweep(ref)
     if sweep is None:
         raise CommandError(ctx.t("sweep.not_found", ref=ref))
     return sweep
@@ -133,20 +136,20 @@ def _pick(
     the running job must not cancel a queued one."""
     if ref:
         return find_job(ctx, ref)
-    store = ctx.jobs.store
-    candidates = [j for j in store.list(set(states), limit=50) if accept(j)]
+    jobs = ctx.jobs.service
+    candidates = [j for j in jobs.jobs(states, limit=50) if accept(j)]
     pool = [j for j in candidates if _mine(ctx, j)] or candidates
     if len(pool) == 1:
         return pool[0]
     if pool:
         shown = pool[:6]
-        listing = "\n".join(_job_line(ctx, j, ctx.lang == "zh") for j in shown)
+        listing = "\n".join(_job_line(ctx, j, ctx.lang) for j in shown)
         raise CommandError(
             ctx.t("pick.which", n=len(pool), verb=verb, jobs=listing),
             [Button(f"{verb} {j.id}", f"{verb} {j.id}") for j in shown],
         )
     if fallback is not None:
-        older = store.list(set(fallback) or None, limit=50)
+        older = jobs.jobs(set(fallback) or None, limit=50)
         mine = [j for j in older if _mine(ctx, j)] or older
         if mine:
             return mine[0]
@@ -181,11 +184,12 @@ def _kinds_line(ctx: CommandContext[Any]) -> str:
 
 def _validated(
     ctx: CommandContext[Any], model: type[JobParams], raw: dict[str, Any], base: dict[str, Any]
-) -> dict[str, Any]:
+) -> JobParams:
+    """The parameters validated once, here: the model itself goes on to the job manager."""
     checked = validate(model, raw, base)
-    if checked.values is None:
+    if checked.model is None:
         raise _params_error(ctx, checked.errors)
-    return checked.values
+    return checked.model
 
 
 MAX_PROBLEMS = 10  # lines of a refusal; a message with a thousand bad keys gets these and a count
@@ -202,22 +206,23 @@ def _params_error(ctx: CommandContext[Any], errors: list[str]) -> CommandError:
     return _problems(ctx, ctx.t("params.invalid"), errors)
 
 
-def _summary(ctx: CommandContext[Any], job: Job, zh: bool = False) -> str:
+def _summary(ctx: CommandContext[Any], job: Job, lang: Lang = Lang.EN) -> str:
     """The kind's own summary of the job's parameters; chat does not know their names."""
     try:
-        return ctx.jobs.registry.get(job.kind).params.model_validate(job.params).summary(zh)
+        return ctx.jobs.registry.get(job.kind).params.model_validate(job.params).summary(lang)
     except (KeyError, ValueError):  # a kind since removed from the config, or changed
         return ", ".join(f"{k}={v}" for k, v in list(job.params.items())[:5])
 
 
-def _job_line(ctx: CommandContext[Any], job: Job, zh: bool = False) -> str:
+def _job_line(ctx: CommandContext[Any], job: Job, lang: Lang = Lang.EN) -> str:
     extra = ""
     if job.state in ACTIVE_STATES and job.metrics.get("epoch"):
         extra = ctx.t("jobs.line_epoch", done=f"{job.metrics.get('epoch')}/{job.metrics.get('epochs') or '?'}")
     elif job.terminal and job.metrics:
         extra = " " + metrics_text({k: v for k, v in job.metrics.items() if k in ("test_acc", "val_acc")})
-    return ctx.t("jobs.line", id=job.id, state=state_word(job.state, zh), kind=job.kind, summary=_summary(ctx, job, zh),
-                 extra=extra, age=duration(time.time() - job.created_at), owner=job.owner)  # fmt: skip
+    return ctx.t("jobs.line", id=job.id, state=state_word(job.state, lang), kind=job.kind,
+                 summary=_summary(ctx, job, lang), extra=extra, age=duration(time.time() - job.created_at),
+                 owner=job.owner)  # fmt: skip
 
 
 def _job_error(ctx: CommandContext[Any], exc: JobError) -> CommandError:
@@ -231,7 +236,7 @@ def _job_error(ctx: CommandContext[Any], exc: JobError) -> CommandError:
 
 
 def _resumed(ctx: CommandContext[Any], job: Job) -> Reply:
-    return Reply(ctx.t("resume.from_checkpoint", id=job.id, state=state_word(job.state, ctx.lang == "zh")),
+    return Reply(ctx.t("resume.from_checkpoint", id=job.id, state=state_word(job.state, ctx.lang)),
                  job_id=job.id)  # fmt: skip
 
 
@@ -317,6 +322,9 @@ async def cmd_set(ctx: CommandContext[JobRef]) -> Reply:
         job = find_job(ctx, ref)
         _control(ctx, job.id, job.owner)
         _, model = _kind_model(ctx, job.kind)
+        job_kind = ctx.jobs.registry.get(job.kind)
+        if live_changes_refused(job_kind.runner_module, job_kind.options):  # the runner would only refuse it
+            raise CommandError(ctx.t("set.no_sdk", id=job.id, kind=job.kind))
         change = live_change(model, job.params, ctx.params)  # the rules the runner applies too
         if change.not_live:
             live = ", ".join(sorted(change.live)) or ctx.t("set.none_live")
@@ -341,7 +349,7 @@ async def cmd_set(ctx: CommandContext[JobRef]) -> Reply:
     ctx.chats.save_params(conv, kind, saved)
     pretty = ", ".join(f"{k}={v}" for k, v in saved.items())
     text = ctx.t("set.saved", values=pretty)
-    running = [j for j in ctx.jobs.store.list({RUNNING, PAUSED}, limit=20) if _mine(ctx, j)]
+    running = [j for j in ctx.jobs.service.jobs({RUNNING, PAUSED}, limit=20) if _mine(ctx, j)]
     if not running:
         return Reply(text)
     # Whoever sends `set lr=0.02` (or the bare `lr 0.02`) while their job trains may well mean that
@@ -388,13 +396,19 @@ async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
     if args.resume:
         # The job's own parameters, with what is given changed (`train resume=3f2a epochs=20`).
         job = find_job(ctx, args.resume)
-        if job.state != "succeeded":
+        if needs_control(job):
             _control(ctx, job.id, job.owner)
         if args.kind and args.kind != job.kind:
             raise CommandError(ctx.t("train.wrong_kind", id=job.id, kind=job.kind))
         kind, model = _kind_model(ctx, job.kind)
         params = _validated(ctx, model, ctx.params, job.params) if ctx.params else None
-        if job.state != "succeeded":
+        try:
+            how = continuation(job, changed=params is not None)
+        except NoCheckpoint:
+            raise CommandError(ctx.t("train.no_checkpoint", id=job.id)) from None
+        except NeedsChanges:
+            raise CommandError(ctx.t("train.give_changes", id=job.id)) from None
+        if how is Continue.RESUME:
             try:
                 job = await manager.resume(job.id, params, quota=_quota(ctx))
             except JobError as exc:
@@ -402,10 +416,6 @@ async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
             ctx.chats.follow(job.id, conv, ctx.lang)
             return _resumed(ctx, job)
         # A finished run trains on as a new job from its last checkpoint; its own record stays.
-        if params is None or not job.checkpoint:
-            if job.checkpoint:
-                raise CommandError(ctx.t("train.give_changes", id=job.id))
-            raise CommandError(ctx.t("train.no_checkpoint", id=job.id))
         checkpoint, source = job.checkpoint, job.id
     else:
         kind, model = _kind_model(ctx, args.kind)
@@ -416,16 +426,16 @@ async def cmd_train(ctx: CommandContext[TrainArgs]) -> Reply:
         raise _job_error(ctx, exc) from None
     ctx.chats.follow(job.id, conv, ctx.lang)
     if job.state == QUEUED:
-        running = [j.id for j in manager.store.list(ACTIVE_STATES, limit=5)]
+        running = [j.id for j in manager.service.active(limit=5)]
         pos = manager.queue_position(job.id)
         text = ctx.t("train.queued", id=job.id, pos=pos, running=", ".join(f"job {r}" for r in running) or "-")
         if job.error:  # why it waits beyond the queue: a free GPU, its owner's quota
             text += "\n" + ctx.t("status.waiting", error=job.error)
     else:
-        text = ctx.t("train.started", id=job.id, summary=_summary(ctx, job, ctx.lang == "zh"))
+        text = ctx.t("train.started", id=job.id, summary=_summary(ctx, job, ctx.lang))
     if checkpoint:
         text += ctx.t("train.from_checkpoint", source=source, checkpoint=Path(checkpoint).name)
-    return Reply(text, job_id=job.id, buttons=job_buttons(job.id, "running", ctx.lang == "zh"))
+    return Reply(text, job_id=job.id, buttons=job_buttons(job.id, "running", ctx.lang))
 
 
 @command("sweep", role="operator", aliases=["扫参", "sweeps"], args=SweepArgs, positionals=["kind"], job_params=True,
@@ -454,7 +464,7 @@ async def cmd_sweep(ctx: CommandContext[SweepArgs]) -> Reply:
         raise _job_error(ctx, exc) from None
     ctx.chats.follow(sweep.id, conv, ctx.lang)
     said = ctx.t("sweep.started", id=sweep.id, n=len(jobs), kind=kind, mode=mode(sweep, ctx.lang),
-                 varying=", ".join(sweep.varying), counts=counts(jobs, ctx.lang == "zh"))  # fmt: skip
+                 varying=", ".join(sweep.varying), counts=counts(jobs, ctx.lang))  # fmt: skip
     return Reply(said, sweep_id=sweep.id)
 
 
@@ -472,21 +482,21 @@ def _stop_target(ctx: CommandContext[JobRef]) -> Job:
 
 
 def _confirm_stop(ctx: CommandContext[JobRef]) -> Question:
-    zh = ctx.lang == "zh"
+    lang = ctx.lang
     sweep = _sweep(ctx, ctx.args.job)
     if sweep is not None:
         _control(ctx, sweep.id, sweep.owner)
-        members = ctx.jobs.store.members(sweep.id)
+        members = ctx.jobs.service.members(sweep.id)
         going = active(members)
         if not going:
-            raise CommandError(ctx.t("sweep.ended", id=sweep.id, counts=counts(members, zh)))
-        return Question(ctx.t("sweep.stop_confirm", id=sweep.id, counts=counts(going, zh)),
+            raise CommandError(ctx.t("sweep.ended", id=sweep.id, counts=counts(members, lang)))
+        return Question(ctx.t("sweep.stop_confirm", id=sweep.id, counts=counts(going, lang)),
                         command=ctx.t("command.stop") + f" {sweep.id}")  # fmt: skip
     job = _stop_target(ctx)
     if job.terminal:
-        raise CommandError(ctx.t("stop.ended", id=job.id, state=state_word(job.state, zh)))
+        raise CommandError(ctx.t("stop.ended", id=job.id, state=state_word(job.state, lang)))
     _control(ctx, job.id, job.owner)
-    text = ctx.t("stop.confirm", id=job.id, state=state_word(job.state, zh), summary=_summary(ctx, job, zh))
+    text = ctx.t("stop.confirm", id=job.id, state=state_word(job.state, lang), summary=_summary(ctx, job, lang))
     # A yes stops this job, whatever starts meanwhile; the reply keeps the language asked in.
     return Question(text, command=ctx.t("command.stop") + f" {job.id}")
 
@@ -500,8 +510,8 @@ async def cmd_stop(ctx: CommandContext[JobRef]) -> Reply:
         _control(ctx, sweep.id, sweep.owner)
         stopped = await ctx.jobs.stop_sweep(sweep.id)
         if not stopped:
-            raise CommandError(ctx.t("sweep.ended", id=sweep.id, counts=counts(ctx.jobs.store.members(sweep.id),
-                                                                                ctx.lang == "zh")))  # fmt: skip
+            raise CommandError(ctx.t("sweep.ended", id=sweep.id, counts=counts(ctx.jobs.service.members(sweep.id),
+                                                                                ctx.lang)))  # fmt: skip
         ids = ", ".join(f"job {j.id}" for j in stopped)
         return Reply(ctx.t("sweep.stopping", id=sweep.id, n=len(stopped), ids=ids))
     job = _stop_target(ctx)
@@ -566,16 +576,17 @@ async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
     manager = ctx.jobs
     sweep = _sweep(ctx, ref)
     if sweep is not None:
-        return Reply(sweep_table(sweep, manager.store.members(sweep.id), ctx.lang == "zh"))
+        return Reply(sweep_table(sweep, manager.service.members(sweep.id), ctx.lang))
     job = _pick(ctx, ref, "status", ACTIVE_STATES, ())
-    zh = ctx.lang == "zh"
+    lang = ctx.lang
     lines = [
-        ctx.t("status.head", id=job.id, state=state_word(job.state, zh), kind=job.kind, summary=_summary(ctx, job, zh)),
+        ctx.t("status.head", id=job.id, state=state_word(job.state, lang), kind=job.kind,
+              summary=_summary(ctx, job, lang)),
         ctx.t("status.owner", owner=job.owner),
     ]
     if job.state in ACTIVE_STATES and job.metrics:
         progress = progress_from(job.id, {"type": "progress", **job.metrics}, job.metrics)
-        lines.append(progress_text(progress, job.metrics, job.state, zh))
+        lines.append(progress_text(progress, job.metrics, job.state, lang))
         res = await asyncio.to_thread(manager.executor.resources, job.handle)  # samples CPU for 0.2 s
         if res:
             lines.append(ctx.t("status.runner", resources=", ".join(f"{k} {v}" for k, v in res.items())))
@@ -599,11 +610,11 @@ async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
     artifacts = manager.artifacts(job.id)
     if artifacts:
         lines.append(ctx.t("status.artifacts", artifacts=", ".join(a["path"] for a in artifacts)))
-    code = code_line(job.provenance, zh)
+    code = code_line(job.provenance, lang)
     if code is not None:
         lines.append(code)
     lines.append(ctx.t("status.folder", dir=job.job_dir))
-    buttons = job_buttons(job.id, job.state, zh)
+    buttons = job_buttons(job.id, job.state, lang)
     return Reply("\n".join(lines), job_id=job.id, buttons=buttons)
 
 
@@ -617,14 +628,14 @@ async def cmd_jobs(ctx: CommandContext[JobsArgs]) -> str:
     people = ctx.services.people
     if ctx.args.which == "mine":
         ids = people.identities_of(ctx.sender.key) if people is not None else [ctx.sender.key]
-        jobs = ctx.jobs.store.list(limit=15, owners=ids)
+        jobs = ctx.jobs.service.of_person(ids, limit=15)
         if not jobs:
             return ctx.t("jobs.none_mine")
     else:
-        jobs = ctx.jobs.store.list(limit=15)
+        jobs = ctx.jobs.service.jobs(limit=15)
     if not jobs:
         return ctx.t("jobs.none")
-    return "\n".join(_job_line(ctx, j, ctx.lang == "zh") for j in jobs)
+    return "\n".join(_job_line(ctx, j, ctx.lang) for j in jobs)
 
 
 @command("logs", aliases=["日志", "log"], args=LogsArgs, positionals=["job", "n"],
@@ -874,14 +885,14 @@ async def cmd_compare(ctx: CommandContext[NoArgs]) -> Reply:
     jobs: list[Job] = []
     for ref in refs:  # a sweep stands for its jobs
         sweep = _sweep(ctx, ref)
-        jobs += ctx.jobs.store.members(sweep.id) if sweep is not None else [find_job(ctx, ref)]
+        jobs += ctx.jobs.service.members(sweep.id) if sweep is not None else [find_job(ctx, ref)]
     jobs = list({j.id: j for j in jobs}.values())
     most = MAX_COMPARED if len(jobs) == len(refs) else ctx.jobs.max_sweep_jobs
     if not 2 <= len(jobs) <= most:
         raise CommandError(ctx.t("compare.usage", most=MAX_COMPARED))
     ids = [j.id for j in jobs]
     rows: list[tuple[str, list[str]]] = [
-        ("state", [state_word(j.state, ctx.lang == "zh") for j in jobs]), ("kind", [j.kind for j in jobs]),
+        ("state", [state_word(j.state, ctx.lang) for j in jobs]), ("kind", [j.kind for j in jobs]),
     ]  # fmt: skip
     if any(j.provenance for j in jobs):  # the code each ran: a difference there explains one in the metrics
         rows.append(("code", [code_label(j.provenance) or "-" for j in jobs]))
@@ -901,7 +912,7 @@ async def cmd_compare(ctx: CommandContext[NoArgs]) -> Reply:
     lines += [name.ljust(width) + "  " + "  ".join(c.ljust(w) for c, w in zip(cells, columns, strict=True))
               for name, cells in rows]  # fmt: skip
     path = await asyncio.to_thread(
-        _render_compare, {label(j, differing): ctx.jobs.store.events(j.id, {"epoch", "progress"}) for j in jobs},
+        _render_compare, {label(j, differing): ctx.jobs.service.progress(j.id) for j in jobs},
         ctx.jobs.jobs_dir / "compare" / f"{'-'.join(ids)[:100]}.png", "compare " + " ".join(refs),
     )  # fmt: skip
     head = ctx.t("compare.head", ids=", ".join(f"job {i}" for i in ids))
@@ -963,7 +974,7 @@ async def cmd_watch(ctx: CommandContext[NoArgs]) -> str:
         raise CommandError(ctx.t("watch.too_many", n=held, most=MAX_WATCHES), reason="quota")
     job = _pick(ctx, found["job"], "watch", ACTIVE_STATES | {QUEUED})
     if job.state in TERMINAL_STATES:
-        raise CommandError(ctx.t("watch.ended", id=job.id, state=state_word(job.state, ctx.lang == "zh")))
+        raise CommandError(ctx.t("watch.ended", id=job.id, state=state_word(job.state, ctx.lang)))
     metric, op, value = found["metric"], found["op"], float(found["value"])
     now = job.metrics.get(metric)
     if isinstance(now, int | float) and not isinstance(now, bool) and COMPARE[op](now, value):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from chatops.texts import en, zh
+from jobs.lang import Lang
 
 CATALOGS: dict[str, dict[str, str]] = {"en": en.TEXTS, "zh": zh.TEXTS}
 LANGUAGES = tuple(CATALOGS)
@@ -28,9 +29,9 @@ def known(key: str) -> bool:
     return key in en.TEXTS
 
 
-def lang_of(zh: bool) -> str:
-    """The language code for the `zh` flag that renderers take (their signatures predate the catalog)."""
-    return "zh" if zh else "en"
+def lang_of(zh: bool) -> Lang:
+    """The language for a `zh` flag (where a Chinese word was seen)."""
+    return Lang.ZH if zh else Lang.EN
 
 
 __all__ = ["CATALOGS", "LANGUAGES", "known", "lang_of", "text"]

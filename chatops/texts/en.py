@@ -57,6 +57,8 @@ TEXTS: dict[str, str] = {
     "help.examples": "examples: {examples}",
     # -- set, train ----------------------------------------------------------------------------------
     "set.nothing": "Nothing to set. Example: set lr=0.01",
+    "set.no_sdk": "Job {id} runs its script as a command (kind {kind}): its parameters cannot change while it "
+                  "runs. A script that calls jobs.sdk.run_main can take set.",
     "set.not_live": "{fields} cannot change while job {id} runs (live: {live}).",
     "set.none_live": "none",
     "set.asked": "job {id}: asked to set {values}; it applies at the next batch.",

@@ -55,6 +55,8 @@ TEXTS: dict[str, str] = {
     "help.examples": "示例：{examples}",
     # -- set, train ----------------------------------------------------------------------------------
     "set.nothing": "没有要修改的参数。例如：set lr 0.01",
+    "set.no_sdk": "job {id} 以命令方式运行脚本（{kind}）：训练中不能修改参数。"
+                  "调用 jobs.sdk.run_main 的脚本才支持 set。",
     "set.not_live": "job {id} 训练中不能修改 {fields}（可修改：{live}）。",
     "set.none_live": "none",
     "set.asked": "job {id}：将在下一个批次设置 {values}",

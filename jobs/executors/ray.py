@@ -51,9 +51,9 @@ from jobs import protocol, storage
 from jobs.environment import job_environment, kind_environment
 from jobs.executors import ray_node
 from jobs.executors.base import ExecutorPlugin, ExecutorSetup, ExitInfo, FileChannel
+from jobs.gpus import cluster_gpus
 from jobs.logcap import CappedLog, job_cap
 from jobs.protocol import LOG_FILE, PARAMS_FILE
-from jobs.schemas import parse_contexts
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +83,6 @@ def _message_digest(message: str, lines: int = 3) -> str:
     head = text[0].split(", last available logs")[0]
     quoted = [ln for ln in text[1:] if not ln.startswith("Running entrypoint for job") and " INFO " not in ln]
     return "\n".join([head, *quoted[-lines:]])
-
-
-def ray_gpus(params: dict[str, Any]) -> int:
-    """GPUs a Ray job asks for: `gpu:0,1` -> 2, `gpu:3` -> 4 (MXNet's index counts the granted
-    devices; the local pool renumbers instead, jobs.gpus)."""
-    context = params.get("context")
-    if not isinstance(context, str):
-        return 0
-    try:
-        indexes = [index for device, index in parse_contexts(context) if device == "gpu"]
-    except ValueError:
-        return 0
-    return max(indexes) + 1 if indexes else 0
 
 
 class RayExecutor(FileChannel):
@@ -217,7 +204,7 @@ class RayExecutor(FileChannel):
             spec = json.loads((job_dir / PARAMS_FILE).read_text())
         except (OSError, ValueError):
             spec = {}
-        gpus = ray_gpus(spec.get("params") or {})
+        gpus = cluster_gpus(spec.get("params") or {})
         cluster = self.channel == "cluster"
         runtime_env = self._runtime_env(env, job_dir)
         if cluster:

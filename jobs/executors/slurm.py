@@ -34,8 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jobs.environment import job_environment, kind_environment
 from jobs.executors.base import ExecutorPlugin, ExecutorSetup, ExitInfo, FileChannel
+from jobs.gpus import cluster_gpus
 from jobs.protocol import LOG_FILE, PARAMS_FILE
-from jobs.schemas import parse_contexts
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +77,6 @@ class SlurmSettings(BaseModel):
             if not arg.startswith("-") or "\n" in arg or "\0" in arg:
                 raise ValueError(f"{arg!r} is not an sbatch option (each item one option, like --mem=16G)")
         return value
-
-
-def gres_gpus(params: dict[str, Any]) -> int:
-    """GPUs to ask Slurm for: `gpu:0,1` -> 2, `gpu:3` -> 4. Slurm sets CUDA_VISIBLE_DEVICES to the
-    devices it grants, which the runner sees as gpu:0, gpu:1, …, so the highest index counts."""
-    context = params.get("context")
-    if not isinstance(context, str):
-        return 0
-    try:
-        indexes = [index for device, index in parse_contexts(context) if device == "gpu"]
-    except ValueError:
-        return 0
-    return max(indexes) + 1 if indexes else 0
 
 
 class SlurmError(RuntimeError):
@@ -193,7 +180,7 @@ class SlurmExecutor(FileChannel):
         s = self.settings
         argv += [f"--{flag}={value}" for flag, value in (("partition", s.partition), ("account", s.account),
                                                           ("qos", s.qos), ("time", s.time_limit)) if value]  # fmt: skip
-        gpus = gres_gpus(spec.get("params") or {})
+        gpus = cluster_gpus(spec.get("params") or {})
         if gpus:
             argv.append(f"--gres=gpu:{gpus}")
         argv += [*s.extra_args, str(script)]

@@ -71,6 +71,7 @@ from jobs.protocol import (
     MAX_LINE,
     PARAMS_FILE,
     TERMINAL_EVENTS,
+    Control,
     ControlReader,
     EventWriter,
     ProtocolError,
@@ -197,6 +198,16 @@ def flag_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def live_changes_refused(runner_module: str, options: dict[str, Any]) -> str | None:
+    """Why a job of this kind cannot take `set` while it runs, else None: a command kind whose script
+    does not speak the SDK would only answer `param_rejected`, so the bot refuses `set` up front."""
+    if runner_module != "jobs.runners.command" or options.get("module"):  # the SDK host, or not a command
+        return None
+    command = [str(arg) for arg in options.get("command") or []]
+    cwd = Path(str(options.get("cwd") or "."))
+    return None if looks_like_sdk(command, cwd) else REJECTED
 
 
 def looks_like_sdk(argv: list[str], cwd: Path) -> bool:
@@ -402,7 +413,7 @@ class Wrapper:
         self.reported = False  # a progress or epoch event seen
         self.sdk = False  # an event came on the script's event pipe: it speaks the SDK
         self.expect_sdk = spec.sdk or looks_like_sdk(spec.argv, spec.cwd)
-        self.held: list[dict[str, Any]] = []  # control held back until the script says what it is
+        self.held: list[Control] = []  # control held back until the script says what it is
         self.sdk_terminal: str | None = None
         self.paused = False
         self.stop: _Stop | None = None
@@ -657,7 +668,7 @@ class Wrapper:
             self._stop(None, backstop=False)
 
     # ---- control ------------------------------------------------------------------------------
-    def _command(self, cmd: dict[str, Any]) -> None:
+    def _command(self, cmd: Control) -> None:
         kind, control_id = cmd.get("cmd"), cmd.get("id")
         if self.sdk:
             if kind == "stop":  # the script stops itself; signals only if it does not

@@ -25,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from jobs import atomic
 from jobs.params import live_change
 from jobs.progress_rate import ProgressRate
-from jobs.protocol import CHECKPOINT_DIR, TENSORBOARD_DIR
+from jobs.protocol import CHECKPOINT_DIR, TENSORBOARD_DIR, Control
 from jobs.readers import Kind, final_figures, is_bad, normalise
 from jobs.schemas import JobParams
 
@@ -172,7 +172,7 @@ class Run(Generic[P]):
         self._progress: dict[str, Any] = {}  # the latest of each figure `report` gave
         self._summaries: dict[str, Any] = {}  # the latest of each figure `epoch_end` gave
         self.reported = False  # anything said about progress or a result
-        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._pending: collections.deque[Control] = collections.deque()
         self._callbacks: dict[str, list[Callable[[Any], None]]] = {}
         self._save: SaveHook | None = None
         self._keep = 3
@@ -573,7 +573,7 @@ class Run(Generic[P]):
             self.log(**self._resume_note)
 
     # ---- control -----------------------------------------------------------------------------
-    def _handle(self, cmd: dict[str, Any]) -> None:
+    def _handle(self, cmd: Control) -> None:
         kind, control_id = cmd.get("cmd"), cmd.get("id")
         if kind == "stop":
             self._stop(control_id)
