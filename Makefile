@@ -30,10 +30,12 @@ test: $(STAMP)
 	bash tests/ensure_slurm.sh
 	bash tests/ensure_synapse.sh
 	$(BIN)/ruff check chatops adapters jobs tests bench examples
+	$(BIN)/ruff format --check chatops adapters jobs tests bench examples
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check chatops adapters jobs tests bench examples
+	$(BIN)/ruff format --check chatops adapters jobs tests bench examples
 
 bench: $(STAMP)
 	$(BIN)/python bench/runner_overhead.py

@@ -130,8 +130,11 @@ class EmailAdapter(Adapter):
         self.s = settings
         self.ctx = ctx
         # Progress goes out as a digest no more often than `digest_minutes` (the notifier paces it).
-        self.capabilities = replace(self.capabilities, digest_seconds=settings.digest_minutes * 60,
-                                    max_file_bytes=int(settings.max_attachment_mb * 1e6))
+        self.capabilities = replace(
+            self.capabilities,
+            digest_seconds=settings.digest_minutes * 60,
+            max_file_bytes=int(settings.max_attachment_mb * 1e6),
+        )
         self.address = settings.address.strip()
         self.username = settings.username or self.address
         secure = settings.security
@@ -482,7 +485,6 @@ class EmailAdapter(Adapter):
             log.error("email: cannot send mail: %s", problem)
             self._smtp_problem = problem
         return DeliveryError(problem, permanent=True)
-
 
 
 def _imap_date(ts: float) -> str:

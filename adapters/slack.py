@@ -59,12 +59,29 @@ MAX_BLOCKS = 50
 RESPONSE_URL_TTL = 1800.0  # Slack honours a response_url for 30 minutes
 _MENTION = re.compile(r"<@[UWB][A-Z0-9]+(?:\|[^>]*)?>")
 # Errors a retry cannot fix: the outbox should give up on them instead of looping.
-_PERMANENT = frozenset({
-    "channel_not_found", "not_in_channel", "is_archived", "invalid_auth", "not_authed",
-    "account_inactive", "token_revoked", "token_expired", "no_permission", "missing_scope",
-    "msg_too_long", "no_text", "invalid_blocks", "invalid_blocks_format", "restricted_action",
-    "invalid_arguments", "too_many_attachments", "message_not_found", "cant_update_message",
-})
+_PERMANENT = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "no_permission",
+        "missing_scope",
+        "msg_too_long",
+        "no_text",
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "restricted_action",
+        "invalid_arguments",
+        "too_many_attachments",
+        "message_not_found",
+        "cant_update_message",
+    }
+)
 _NO_CHANNEL_ACCESS = frozenset({"not_in_channel", "channel_not_found"})
 
 
@@ -149,8 +166,9 @@ class SlackAdapter(Adapter):
     name = "slack"
     settings_model = SlackSettings
     # Slack allows about one message per second per channel (short bursts aside).
-    capabilities = Capabilities(edit=True, images=True, buttons=True, max_text=TEXT_MAX, min_interval=1.0,
-                                max_file_bytes=1_000_000_000)  # files.upload takes up to 1 GB
+    capabilities = Capabilities(
+        edit=True, images=True, buttons=True, max_text=TEXT_MAX, min_interval=1.0, max_file_bytes=1_000_000_000
+    )  # files.upload takes up to 1 GB
 
     def __init__(
         self,
@@ -408,7 +426,6 @@ class SlackAdapter(Adapter):
                 )
             )
 
-
     async def _audit(self, who: str, action: str, detail: str) -> None:
         if self._ctx is None or self._ctx.audit is None:
             return
@@ -442,9 +459,7 @@ class SlackAdapter(Adapter):
         text, blocks = render(reply, self._confirming)
         web_client = self._client()
         try:
-            await web_client.chat_update(
-                channel=ref.conversation.chat_id, ts=ref.message_id, text=text, blocks=blocks
-            )
+            await web_client.chat_update(channel=ref.conversation.chat_id, ts=ref.message_id, text=text, blocks=blocks)
         except SlackApiError as exc:
             if exc.response.get("error") in ("message_not_found", "cant_update_message"):
                 return await self.send(ref.conversation, reply)
@@ -533,4 +548,3 @@ def _retry_after(headers: Any) -> float:
         return float((headers or {}).get("Retry-After", 1))
     except (TypeError, ValueError):
         return 1.0
-

@@ -73,8 +73,14 @@ _UPDATES = ["message", "callback_query"]
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 _SLASH = re.compile(r"^/([^\s@]+)@(\w+)")
 # Loggers that may print the token inside a URL (httpx logs every request URL at INFO).
-_TOKEN_LOGGERS = ("httpx", "telegram.Bot", "telegram.ext", "telegram.ext.ExtBot",
-                  "telegram.ext.Updater", "telegram.ext.Application")
+_TOKEN_LOGGERS = (
+    "httpx",
+    "telegram.Bot",
+    "telegram.ext",
+    "telegram.ext.ExtBot",
+    "telegram.ext.Updater",
+    "telegram.ext.Application",
+)
 
 
 def _fit(text: str, limit: int) -> int:
@@ -162,8 +168,15 @@ class TelegramAdapter(Adapter):
     settings_model = TelegramSettings
     # Telegram asks for about one message per second per chat.
     # Telegram's own limit on a message is MAX_TEXT: anything longer did not come from a client.
-    capabilities = Capabilities(edit=True, images=True, buttons=True, max_text=MAX_TEXT, max_file_bytes=50 * 2**20,
-                                min_interval=1.0, max_inbound=MAX_TEXT)
+    capabilities = Capabilities(
+        edit=True,
+        images=True,
+        buttons=True,
+        max_text=MAX_TEXT,
+        max_file_bytes=50 * 2**20,
+        min_interval=1.0,
+        max_inbound=MAX_TEXT,
+    )
 
     def __init__(self, ctx: AdapterContext) -> None:
         cfg = ctx.settings.section("telegram", TelegramSettings)
@@ -184,9 +197,7 @@ class TelegramAdapter(Adapter):
             if base.endswith("/bot"):
                 builder = builder.base_file_url(base[: -len("/bot")] + "/file/bot")
         self._app: Application[Any, Any, Any, Any, Any, Any] = builder.build()
-        self._app.add_handler(
-            PTBMessageHandler(filters.TEXT & ~filters.UpdateType.EDITED, self._on_message)
-        )
+        self._app.add_handler(PTBMessageHandler(filters.TEXT & ~filters.UpdateType.EDITED, self._on_message))
         self._app.add_handler(CallbackQueryHandler(self._on_callback))
         self._app.add_error_handler(self._on_error)
         self._commands = ctx.commands
@@ -201,9 +212,7 @@ class TelegramAdapter(Adapter):
         self._stop = asyncio.Event()
         self._retry_task: asyncio.Task[None] | None = None
         self._web: web.AppRunner | None = None  # the webhook endpoint, in webhook mode
-        self._webhook_secret = (
-            cfg.secret_token.get_secret_value() if cfg.secret_token else secrets.token_urlsafe(32)
-        )
+        self._webhook_secret = cfg.secret_token.get_secret_value() if cfg.secret_token else secrets.token_urlsafe(32)
 
     def __repr__(self) -> str:
         return f"<TelegramAdapter mode={self._cfg.mode} bot=@{self._username or '?'}>"
@@ -226,12 +235,9 @@ class TelegramAdapter(Adapter):
             await self._connect()
         except InvalidToken:
             # PTB's message quotes the token; say what is wrong without it.
-            raise ValueError(
-                "telegram: the bot token was rejected (check [telegram] token)"
-            ) from None
+            raise ValueError("telegram: the bot token was rejected (check [telegram] token)") from None
         except (TelegramError, OSError) as exc:
-            log.warning("telegram: cannot connect yet (%s); retrying in the background",
-                        exc.__class__.__name__)
+            log.warning("telegram: cannot connect yet (%s); retrying in the background", exc.__class__.__name__)
             self._retry_task = asyncio.create_task(
                 reconnect_forever(self._connect_and_wait, name="telegram", stop=self._stop)
             )
@@ -364,15 +370,14 @@ class TelegramAdapter(Adapter):
         if match:
             if match.group(2).lower() != me:
                 return None  # `/cmd@otherbot`
-            return "/" + match.group(1) + text[match.end():], True
+            return "/" + match.group(1) + text[match.end() :], True
         mention = re.match(r"@(\w+)\b[\s,:]*", text)
         if me and mention and mention.group(1).lower() == me:
-            return text[mention.end():], True
+            return text[mention.end() :], True
         if msg.chat.type == "private" or text.startswith("/"):
             return text, True
         replied = msg.reply_to_message
-        if replied is not None and replied.from_user is not None and \
-                replied.from_user.id == self._app.bot.id:
+        if replied is not None and replied.from_user is not None and replied.from_user.id == self._app.bot.id:
             return text, True
         words = text.split()
         if words and words[0].lower() in self._words:
@@ -393,9 +398,12 @@ class TelegramAdapter(Adapter):
             sender=Identity("telegram", str(user.id), user.full_name or user.username or ""),
             conversation=self._conversation(msg),
             message_id=f"{msg.chat.id}:{msg.message_id}",
-            meta={"chat_type": msg.chat.type, "username": user.username or "",
-                  # A bare command word in a group: refuse strangers silently, not in public.
-                  "quiet_deny": not explicit},
+            meta={
+                "chat_type": msg.chat.type,
+                "username": user.username or "",
+                # A bare command word in a group: refuse strangers silently, not in public.
+                "quiet_deny": not explicit,
+            },
         )
         # Acknowledgement: polling's offset has already moved past this update (PTB's updater asks
         # for the next ones as soon as it has queued these), so Telegram will not send it again.
@@ -424,8 +432,7 @@ class TelegramAdapter(Adapter):
             sender=Identity("telegram", str(user.id), user.full_name or user.username or ""),
             conversation=self._conversation(msg),
             message_id=f"cb:{query.id}",
-            meta={"chat_type": msg.chat.type, "callback": True,
-                  "button_message_id": str(msg.message_id)},
+            meta={"chat_type": msg.chat.type, "callback": True, "button_message_id": str(msg.message_id)},
         )
         await self._dispatcher.run(incoming)
         if command.endswith(" --yes") or command == "cancel":
@@ -442,9 +449,8 @@ class TelegramAdapter(Adapter):
     def _keyboard(self, buttons: list[Button]) -> InlineKeyboardMarkup | None:
         if not buttons:
             return None
-        keys = [InlineKeyboardButton(b.label, callback_data=self._buttons.encode(b.command))
-                for b in buttons]
-        return InlineKeyboardMarkup([keys[i:i + 3] for i in range(0, len(keys), 3)])
+        keys = [InlineKeyboardButton(b.label, callback_data=self._buttons.encode(b.command)) for b in buttons]
+        return InlineKeyboardMarkup([keys[i : i + 3] for i in range(0, len(keys), 3)])
 
     @staticmethod
     def _target(conversation: Conversation) -> tuple[int | str, int | None]:
@@ -463,19 +469,27 @@ class TelegramAdapter(Adapter):
         parts: list[Callable[[], Awaitable[Message]]] = []
         if photo is not None and utf16_len(reply.text) <= MAX_CAPTION:
             caption = reply.text if reply.text.strip() else None
-            parts.append(lambda: bot.send_photo(chat, photo, caption=caption,
-                                                message_thread_id=thread, reply_markup=markup,
-                                                filename="plot.png"))
+            parts.append(
+                lambda: bot.send_photo(
+                    chat, photo, caption=caption, message_thread_id=thread, reply_markup=markup, filename="plot.png"
+                )
+            )
         else:
             # No text message before a file sent on its own (the second file of `export`).
             chunks = split_text(reply.text, MAX_TEXT, utf16_len) or ([] if reply.file is not None else ["…"])
             for i, chunk in enumerate(chunks):
                 last = i == len(chunks) - 1 and photo is None
-                parts.append(lambda c=chunk, m=markup if last else None: bot.send_message(
-                    chat, c, message_thread_id=thread, reply_markup=m))
+                parts.append(
+                    lambda c=chunk, m=markup if last else None: bot.send_message(
+                        chat, c, message_thread_id=thread, reply_markup=m
+                    )
+                )
             if photo is not None:
-                parts.append(lambda: bot.send_photo(chat, photo, message_thread_id=thread,
-                                                    reply_markup=markup, filename="plot.png"))
+                parts.append(
+                    lambda: bot.send_photo(
+                        chat, photo, message_thread_id=thread, reply_markup=markup, filename="plot.png"
+                    )
+                )
         if reply.file is not None:
             document = file_bytes(reply.file, self.name)
             parts.append(lambda: bot.send_document(chat, document, filename=reply.file.name,  # type: ignore[union-attr]
@@ -500,14 +514,18 @@ class TelegramAdapter(Adapter):
         bot = self._app.bot
         try:
             try:
-                await bot.edit_message_text(truncate(reply.text, MAX_TEXT), chat_id=chat,
-                                            message_id=int(ref.message_id), reply_markup=markup)
+                await bot.edit_message_text(
+                    truncate(reply.text, MAX_TEXT), chat_id=chat, message_id=int(ref.message_id), reply_markup=markup
+                )
             except BadRequest as exc:
                 if "no text in the message" not in str(exc).lower():
                     raise
-                await bot.edit_message_caption(chat_id=chat, message_id=int(ref.message_id),
-                                               caption=truncate(reply.text, MAX_CAPTION),
-                                               reply_markup=markup)
+                await bot.edit_message_caption(
+                    chat_id=chat,
+                    message_id=int(ref.message_id),
+                    caption=truncate(reply.text, MAX_CAPTION),
+                    reply_markup=markup,
+                )
         except BadRequest as exc:
             text = str(exc).lower()
             if "not modified" in text:
@@ -518,4 +536,3 @@ class TelegramAdapter(Adapter):
         except (TelegramError, RuntimeError) as exc:
             raise _delivery_error(exc) from exc
         return ref
-

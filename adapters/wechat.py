@@ -53,9 +53,7 @@ GROUP_PREFIX = "group:"
 _LOGGED_OUT = {1100, 1101, 1102}
 # "Sending too often": the account is being rate limited.
 _TOO_FAST = {1205}
-_SECRET_PARAMS = re.compile(
-    r"((?:sid|skey|pass_ticket|uin|wxsid|wxuin|webwx_data_ticket)=)[^&\s'\"]+", re.IGNORECASE
-)
+_SECRET_PARAMS = re.compile(r"((?:sid|skey|pass_ticket|uin|wxsid|wxuin|webwx_data_ticket)=)[^&\s'\"]+", re.IGNORECASE)
 
 
 # itchat logs tracebacks whose URLs carry the session id; keep those out of our logs.
@@ -84,9 +82,7 @@ class WeChatSettings(Section):
 class WeChatAdapter(Adapter):
     name: ClassVar[str] = "wechat"
     settings_model = WeChatSettings
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        edit=False, images=True, buttons=False, max_text=2000
-    )
+    capabilities: ClassVar[Capabilities] = Capabilities(edit=False, images=True, buttons=False, max_text=2000)
 
     def __init__(
         self,
@@ -123,8 +119,7 @@ class WeChatAdapter(Adapter):
         login_file = cfg.login_file or Path("wechat.pkl")
         if not login_file.is_absolute():
             login_file = ctx.data_dir / login_file
-        return cls(cfg, login_file, data_dir=ctx.data_dir, notify_admins=ctx.notify_admins,
-                   audit=ctx.audit)
+        return cls(cfg, login_file, data_dir=ctx.data_dir, notify_admins=ctx.notify_admins, audit=ctx.audit)
 
     def not_ready(self) -> str | None:
         return None if self.online else "not logged in (scan the QR code)"
@@ -147,15 +142,17 @@ class WeChatAdapter(Adapter):
         if interactive is None:
             interactive = sys.stdin is not None and sys.stdin.isatty()
         if interactive:
-            log.warning("wechat: no valid saved login in %s; scan the QR code below with the "
-                        "bot's WeChat account", self.login_file)
-            self._login_thread = threading.Thread(
-                target=self._qr_login, args=(core,), name="wechat-login", daemon=True
+            log.warning(
+                "wechat: no valid saved login in %s; scan the QR code below with the bot's WeChat account",
+                self.login_file,
             )
+            self._login_thread = threading.Thread(target=self._qr_login, args=(core,), name="wechat-login", daemon=True)
             self._login_thread.start()
             return
-        text = (f"WeChat: no valid saved login in {self.login_file} and no terminal to show a QR "
-                "code; the WeChat adapter stays down. Run chatops once in a terminal to log in.")
+        text = (
+            f"WeChat: no valid saved login in {self.login_file} and no terminal to show a QR "
+            "code; the WeChat adapter stays down. Run chatops once in a terminal to log in."
+        )
         log.error("%s", text)
         await self._notify(text)
 
@@ -183,22 +180,26 @@ class WeChatAdapter(Adapter):
             log.info("wechat: no saved login at %s", self.login_file)
             return False
         try:
-            result = core.load_login_status(str(self.login_file), loginCallback=lambda: None,
-                                            exitCallback=self._on_exit)
+            result = core.load_login_status(
+                str(self.login_file), loginCallback=lambda: None, exitCallback=self._on_exit
+            )
         except Exception as exc:  # a corrupt or foreign file must not take the bot down
             log.warning("wechat: saved login unreadable: %s", exc.__class__.__name__)
             return False
         if not result:
-            log.warning("wechat: saved login refused by the server (%s)",
-                        result["BaseResponse"].get("RawMsg", ""))
+            log.warning("wechat: saved login refused by the server (%s)", result["BaseResponse"].get("RawMsg", ""))
             return False
         return True
 
     def _qr_login(self, core: Core) -> None:
         """Runs in its own thread: itchat's login blocks until the phone confirms."""
         try:
-            core.login(enableCmdQR=2, picDir=str(self.data_dir / "wechat-qr.png"),
-                       loginCallback=lambda: None, exitCallback=self._on_exit)
+            core.login(
+                enableCmdQR=2,
+                picDir=str(self.data_dir / "wechat-qr.png"),
+                loginCallback=lambda: None,
+                exitCallback=self._on_exit,
+            )
             if not core.alive or self._stopping:
                 return
             self._dump(core)
@@ -224,8 +225,10 @@ class WeChatAdapter(Adapter):
         self.online = False
         if self._stopping:
             return
-        text = ("WeChat: the login was lost (logged out from the phone or refused by the server); "
-                "WeChat is down until the bot is logged in again.")
+        text = (
+            "WeChat: the login was lost (logged out from the phone or refused by the server); "
+            "WeChat is down until the bot is logged in again."
+        )
         log.error("%s", text)
         self._from_thread(self._notify(text))
 
@@ -259,8 +262,7 @@ class WeChatAdapter(Adapter):
         try:
             incoming = self._to_incoming(msg)
         except Exception as exc:  # odd messages must not stop the loop
-            log.warning("wechat: skipped a message that could not be read: %s",
-                        exc.__class__.__name__)
+            log.warning("wechat: skipped a message that could not be read: %s", exc.__class__.__name__)
             return
         if incoming is not None:
             self._from_thread(self._dispatcher.run(incoming))
@@ -321,7 +323,6 @@ class WeChatAdapter(Adapter):
             text = re.sub(r"@" + re.escape(n) + r"(\u2005|\s|$)", " ", text)
         return text.strip()
 
-
     # --- outbound --------------------------------------------------------------------------
 
     async def send(self, conversation: Conversation, reply: Reply) -> MessageRef:
@@ -343,7 +344,7 @@ class WeChatAdapter(Adapter):
         if chat_id.startswith("@"):
             return chat_id
         if chat_id.startswith(GROUP_PREFIX):
-            name = unquote(chat_id[len(GROUP_PREFIX):])
+            name = unquote(chat_id[len(GROUP_PREFIX) :])
             rooms = core.search_chatrooms(name=name) or []
             exact = [r for r in rooms if r.get("NickName") == name]
             if len(exact) == 1:

@@ -91,9 +91,7 @@ class WeComSettings(Section):
 class WeComAdapter(Adapter):
     name: ClassVar[str] = "wecom"
     settings_model = WeComSettings
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        edit=False, images=True, buttons=False, max_text=2000
-    )
+    capabilities: ClassVar[Capabilities] = Capabilities(edit=False, images=True, buttons=False, max_text=2000)
 
     def __init__(
         self,
@@ -176,7 +174,9 @@ class WeComAdapter(Adapter):
         q = request.query
         try:
             echo = self._crypto.check_signature(
-                q.get("msg_signature", ""), q.get("timestamp", ""), q.get("nonce", ""),
+                q.get("msg_signature", ""),
+                q.get("timestamp", ""),
+                q.get("nonce", ""),
                 q.get("echostr", ""),
             )
         except InvalidSignatureException:
@@ -241,7 +241,6 @@ class WeComAdapter(Adapter):
 
     # --- outbound --------------------------------------------------------------------------
 
-
     async def send(self, conversation: Conversation, reply: Reply) -> MessageRef:
         loop = asyncio.get_running_loop()
 
@@ -266,8 +265,7 @@ class WeComAdapter(Adapter):
                         raise DeliveryError(f"image file missing: {path.name}", permanent=True)
                     data = path.read_bytes()
                 uploaded = self._client.media.upload("image", ("plot.png", data, "image/png"))
-                result = self._client.message.send_image(self.agent_id, user,
-                                                         uploaded["media_id"])
+                result = self._client.message.send_image(self.agent_id, user, uploaded["media_id"])
         except APILimitedException:
             raise DeliveryError("WeCom API rate limit", retry_after=60) from None
         except WeChatClientException as exc:
@@ -279,6 +277,5 @@ class WeComAdapter(Adapter):
         except requests.RequestException as exc:
             raise DeliveryError(f"WeCom request failed: {exc.__class__.__name__}") from None
         if isinstance(result, dict) and result.get("invaliduser"):
-            raise DeliveryError("WeCom user is unknown or outside the app's scope",
-                                permanent=True)
+            raise DeliveryError("WeCom user is unknown or outside the app's scope", permanent=True)
         return str(result.get("msgid") or "") if isinstance(result, dict) else ""

@@ -51,8 +51,7 @@ class Watcher:
                     return ev
             checked = len(self.seen)
             if self.proc.poll() is not None and not new:
-                raise RuntimeError(f"runner exited {self.proc.returncode}: "
-                                   f"{[e['type'] for e in self.seen][-5:]}")
+                raise RuntimeError(f"runner exited {self.proc.returncode}: {[e['type'] for e in self.seen][-5:]}")
             time.sleep(0.001)
         raise TimeoutError("no acknowledgement")
 
@@ -61,17 +60,13 @@ def timed(job: Path, watch: Watcher, cmd: str, ack: str, params: dict | None = N
     return timed_ex(job, watch, cmd, ack, params)[0]
 
 
-def timed_ex(
-    job: Path, watch: Watcher, cmd: str, ack: str, params: dict | None = None
-) -> tuple[float, bool]:
+def timed_ex(job: Path, watch: Watcher, cmd: str, ack: str, params: dict | None = None) -> tuple[float, bool]:
     """Latency in ms, and whether an epoch's end (validation, histograms, checkpoint) came
     between the command and its acknowledgement."""
     sent = time.time()
     cid = write_control(job, cmd, params)
     event = watch.until(lambda e: e["type"] == ack and e.get("control_id") == cid)
-    crossed = any(
-        e["type"] == "epoch" and sent <= e["t"] <= event["t"] for e in watch.seen
-    )
+    crossed = any(e["type"] == "epoch" and sent <= e["t"] <= event["t"] for e in watch.seen)
     return (event["t"] - sent) * 1000, crossed
 
 
@@ -83,8 +78,13 @@ def main() -> int:
     parser.add_argument("--sets", type=int, default=20, help="number of `set lr` probes")
     parser.add_argument("--on-off-repeats", type=int, default=3, help="monitoring on/off runs (0: skip)")
     args = parser.parse_args()
-    params = {"model": args.model, "batch_size": args.batch_size, "context": args.ctx,
-              "epochs": 10_000, "report_seconds": 0.2}
+    params = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "context": args.ctx,
+        "epochs": 10_000,
+        "report_seconds": 0.2,
+    }
     with tempfile.TemporaryDirectory(prefix="latency-job-") as tmp:
         job = Path(tmp)
         spec = {"job_id": "latency", "kind": "mxnet", "params": params, "options": {}}
@@ -93,7 +93,9 @@ def main() -> int:
             launched = time.monotonic()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "jobs.runners.mxnet", "--job-dir", str(job)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         try:
             watch = Watcher(job, proc)
@@ -102,8 +104,7 @@ def main() -> int:
             watch.until(lambda e: e["type"] == "progress" and e["batch"] > 1)
             set_ms, in_batch = [], []
             for i in range(args.sets):
-                ms, crossed = timed_ex(job, watch, "set", "param_changed",
-                                       {"lr": 0.05 if i % 2 else 0.04})
+                ms, crossed = timed_ex(job, watch, "set", "param_changed", {"lr": 0.05 if i % 2 else 0.04})
                 set_ms.append(ms)
                 if not crossed:
                     in_batch.append(ms)
@@ -123,17 +124,25 @@ def main() -> int:
         started = next(e for e in watch.seen if e["type"] == "started")
         epochs = [e["seconds"] for e in watch.seen if e["type"] == "epoch"]
         batch_ms = statistics.median(epochs) / started["batches_per_epoch"] * 1000
-    print(f"runner: {args.model}, batch {args.batch_size}, context {started['context']}, "
-          f"{started['batches_per_epoch']} batches/epoch; process start to `started`: "
-          f"{start_s:.1f} s")
-    print(f"batch time (median over {len(epochs)} epochs): {batch_ms:6.1f} ms "
-          "(epoch-end validation, histograms and checkpoint come on top, once per epoch)")
-    print(f"set lr -> param_changed   : median {statistics.median(set_ms):6.1f} ms, "
-          f"max {max(set_ms):6.1f} ms ({len(set_ms)} probes)")
+    print(
+        f"runner: {args.model}, batch {args.batch_size}, context {started['context']}, "
+        f"{started['batches_per_epoch']} batches/epoch; process start to `started`: "
+        f"{start_s:.1f} s"
+    )
+    print(
+        f"batch time (median over {len(epochs)} epochs): {batch_ms:6.1f} ms "
+        "(epoch-end validation, histograms and checkpoint come on top, once per epoch)"
+    )
+    print(
+        f"set lr -> param_changed   : median {statistics.median(set_ms):6.1f} ms, "
+        f"max {max(set_ms):6.1f} ms ({len(set_ms)} probes)"
+    )
     if in_batch:
-        print(f"  of which {len(in_batch)} landed mid-epoch: median "
-              f"{statistics.median(in_batch):6.1f} ms; {len(set_ms) - len(in_batch)} waited "
-              "for an epoch's end")
+        print(
+            f"  of which {len(in_batch)} landed mid-epoch: median "
+            f"{statistics.median(in_batch):6.1f} ms; {len(set_ms) - len(in_batch)} waited "
+            "for an epoch's end"
+        )
     print(f"pause  -> paused (+ckpt)  : {pause_ms:6.1f} ms")
     print(f"resume -> resumed         : {resume_ms:6.1f} ms")
     print(f"stop   -> stopped (+ckpt) : {stop_ms:6.1f} ms; process exit after {exit_ms:.0f} ms")
@@ -154,13 +163,16 @@ def on_off(args: argparse.Namespace) -> None:
     on: list[float] = []
     off: list[float] = []
     for i in range(args.on_off_repeats):
-        for first in ([True, False] if i % 2 == 0 else [False, True]):
+        for first in [True, False] if i % 2 == 0 else [False, True]:
             (on if first else off).append(runner(params, 23, on=first))
     ratios = [a / b for a, b in zip(on, off, strict=True)]
     print(f"samples/s monitoring on : best {max(on):,.0f}, median {statistics.median(on):,.0f}")
     print(f"samples/s monitoring off: best {max(off):,.0f}, median {statistics.median(off):,.0f}")
-    print(f"on/off = {max(on) / max(off):.3f} best-of, {statistics.median(ratios):.3f} median of "
-          f"{len(ratios)} paired runs (min {min(ratios):.3f}, max {max(ratios):.3f}; target >= 0.97)")
+    print(
+        f"on/off = {max(on) / max(off):.3f} best-of, {statistics.median(ratios):.3f} median of "
+        f"{len(ratios)} paired runs (min {min(ratios):.3f}, max {max(ratios):.3f}; target >= 0.97)"
+    )
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -153,8 +153,9 @@ async def two_processes(count: int, data: Path) -> dict[str, int]:
         logs = [data / f"bot{n}.log" for n in range(2)]
         data.mkdir(parents=True, exist_ok=True)
         bots = [
-            subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env,
-                             cwd=ROOT)
+            subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env, cwd=ROOT
+            )
             for log in logs
         ]
         try:

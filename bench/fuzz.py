@@ -77,10 +77,59 @@ _ALPHABET: list[str] = (
     + _EMOJI * 3
     + list(_CONTROL) * 2
 )
-_KEYS = ["lr", "ep", "bs", "wd", "ti", "epochs", "learning_rate", "batch_size", "model", "context", "ctx",
-         "optimizer", "kind", "job", "resume", "n", "command", "seed", "max_samples", "x", "学习率", "k-1", "a.b"]
-_VALUES = ["0.1", "-1", "0", "1e999", "nan", "inf", "-inf", "1_000", "0x10", "3f2a", "mlp", "lenet", "gpu:0,1",
-           "cpu:0,cpu:1", "", '""', "''", '"a b"', "'a b'", "true", "None", "[]", "{}", "１０", "٣", "1" * 400]
+_KEYS = [
+    "lr",
+    "ep",
+    "bs",
+    "wd",
+    "ti",
+    "epochs",
+    "learning_rate",
+    "batch_size",
+    "model",
+    "context",
+    "ctx",
+    "optimizer",
+    "kind",
+    "job",
+    "resume",
+    "n",
+    "command",
+    "seed",
+    "max_samples",
+    "x",
+    "学习率",
+    "k-1",
+    "a.b",
+]
+_VALUES = [
+    "0.1",
+    "-1",
+    "0",
+    "1e999",
+    "nan",
+    "inf",
+    "-inf",
+    "1_000",
+    "0x10",
+    "3f2a",
+    "mlp",
+    "lenet",
+    "gpu:0,1",
+    "cpu:0,cpu:1",
+    "",
+    '""',
+    "''",
+    '"a b"',
+    "'a b'",
+    "true",
+    "None",
+    "[]",
+    "{}",
+    "１０",
+    "٣",
+    "1" * 400,
+]
 
 # The refusals a sender is answered with, by catalog key, and the reason their audit row gives.
 REFUSALS = {
@@ -451,16 +500,24 @@ def main() -> int:
     wall = time.perf_counter() - began
     kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(r.by_kind.items(), key=lambda kv: -kv[1]))
     print(f"{r.count:,} inputs (seed {args.seed}): {kinds}")
-    print(f"router: {r.count / r.seconds:,.0f} inputs/s building the Incoming + App.handle ({r.seconds:.1f} s); "
-          f"wall {wall:.1f} s with generation, audit checks and delivery ({r.count / wall:,.0f} inputs/s)")
-    print(f"slowest: {r.slowest * 1000:.1f} ms ({r.slowest_build * 1000:.1f} ms of it building the Incoming), "
-          f"{_describe(r.slowest_case)}")
+    print(
+        f"router: {r.count / r.seconds:,.0f} inputs/s building the Incoming + App.handle ({r.seconds:.1f} s); "
+        f"wall {wall:.1f} s with generation, audit checks and delivery ({r.count / wall:,.0f} inputs/s)"
+    )
+    print(
+        f"slowest: {r.slowest * 1000:.1f} ms ({r.slowest_build * 1000:.1f} ms of it building the Incoming), "
+        f"{_describe(r.slowest_case)}"
+    )
     print(f"slowest in App.handle alone: {r.slowest_handle * 1000:.1f} ms, {_describe(r.slowest_handle_case)}")
-    print(f"exceptions {r.exceptions} / internal errors {r.internal_errors} / unaudited denials {r.unaudited_denials}"
-          f" / strangers let through {r.let_through}")
-    print(f"denials {r.denials:,}, too long {r.too_long:,}, throttled {r.throttled:,} (rate episodes), other refusals"
-          f" {r.other_refusals:,}, replies {r.replies:,} (delivered {r.delivered:,}, "
-          f"{r.undelivered:,} left in the outbox; {r.drain_seconds:.1f} s waiting for it), silent {r.silent:,}")
+    print(
+        f"exceptions {r.exceptions} / internal errors {r.internal_errors} / unaudited denials {r.unaudited_denials}"
+        f" / strangers let through {r.let_through}"
+    )
+    print(
+        f"denials {r.denials:,}, too long {r.too_long:,}, throttled {r.throttled:,} (rate episodes), other refusals"
+        f" {r.other_refusals:,}, replies {r.replies:,} (delivered {r.delivered:,}, "
+        f"{r.undelivered:,} left in the outbox; {r.drain_seconds:.1f} s waiting for it), silent {r.silent:,}"
+    )
     for line in r.failures:
         print("  FAIL", line)
     bad = r.exceptions + r.internal_errors + r.unaudited_denials + r.let_through + r.undelivered

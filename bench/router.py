@@ -156,8 +156,10 @@ async def run(args: argparse.Namespace) -> int:
         label = {"typed": f"chatops typed ({TYPED})", "unknown": f"chatops unknown ({UNKNOWN})",
                  "unknown new": "chatops unknown, each new"}.get(key, key)  # fmt: skip
         print(f"{label:38}{best[key]:>12,.0f} ({med[key]:>7,.0f}){1e6 / best[key]:>10.1f}{ratio:>9}{target:>9}")
-    print(f"\nmasking the bot's secrets: typed {best['typed'] / best['typed, no mask']:.3f}x of unmasked (best),"
-          f" {med['typed'] / med['typed, no mask']:.3f}x (median)")
+    print(
+        f"\nmasking the bot's secrets: typed {best['typed'] / best['typed, no mask']:.3f}x of unmasked (best),"
+        f" {med['typed'] / med['typed, no mask']:.3f}x (median)"
+    )
     return 0
 
 

@@ -109,9 +109,7 @@ def classic(params: MXNetParams, repeat: int, static: bool = False) -> float:
     data = load_dataset(params.dataset)
     x = np.concatenate([data.x_train] * repeat)
     y = np.concatenate([data.y_train] * repeat).astype(np.float32)
-    train_data = gluon.data.DataLoader(
-        gluon.data.ArrayDataset(x, y), batch_size=params.batch_size, shuffle=True
-    )
+    train_data = gluon.data.DataLoader(gluon.data.ArrayDataset(x, y), batch_size=params.batch_size, shuffle=True)
     val_data = gluon.data.DataLoader(
         gluon.data.ArrayDataset(data.x_val, data.y_val.astype(np.float32)),
         batch_size=params.batch_size,
@@ -121,7 +119,8 @@ def classic(params: MXNetParams, repeat: int, static: bool = False) -> float:
     net.hybridize(**(HYBRIDIZE if static else {}))
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     trainer = gluon.Trainer(
-        net.collect_params(), params.optimizer,
+        net.collect_params(),
+        params.optimizer,
         {"learning_rate": params.learning_rate, "momentum": params.momentum},
     )
     samples = 0
@@ -152,22 +151,35 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7, help="runs per variant (best counts)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument(
-        "--data-repeat", type=int, default=46,
+        "--data-repeat",
+        type=int,
+        default=46,
         help="tile digits N times (46: 59,570 samples, an MNIST-sized epoch)",
     )
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
     params = MXNetParams(
-        model="lenet", dataset="digits", batch_size=args.batch_size, epochs=args.epochs,
-        context=args.ctx, optimizer="sgd", learning_rate=0.05, momentum=0.9, report_seconds=1.0,
+        model="lenet",
+        dataset="digits",
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        context=args.ctx,
+        optimizer="sgd",
+        learning_rate=0.05,
+        momentum=0.9,
+        report_seconds=1.0,
     )
     ctx = resolve_contexts(params.context)[0]
     print(f"mxnet {mx.__version__}, numpy {np.__version__}, python {platform.python_version()}")
-    print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-          f"MXNET_ENGINE_TYPE={os.environ.get('MXNET_ENGINE_TYPE', 'default')}")
-    print(f"context: {ctx}; lenet on digits x{args.data_repeat}, batch {args.batch_size}, "
-          f"{args.epochs} epochs per run, best of {args.repeats}")
+    print(
+        f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"MXNET_ENGINE_TYPE={os.environ.get('MXNET_ENGINE_TYPE', 'default')}"
+    )
+    print(
+        f"context: {ctx}; lenet on digits x{args.data_repeat}, batch {args.batch_size}, "
+        f"{args.epochs} epochs per run, best of {args.repeats}"
+    )
     runner(params.model_copy(update={"epochs": 1}), 1, on=False)  # warm-up: kernels, caches
     WHOLE_CALL.clear()
     best = {"runner_on": 0.0, "runner_off": 0.0, "classic": 0.0, "classic_static": 0.0}
@@ -187,18 +199,23 @@ def main() -> int:
     print(f"(a) runner, reporting + monitoring on : {best['runner_on']:>10,.0f} samples/s")
     print(f"(b) runner, reporting + monitoring off: {best['runner_off']:>10,.0f} samples/s")
     print(f"(c) classic DataLoader + asscalar loop: {best['classic']:>10,.0f} samples/s")
-    print(f"(d) classic loop, runner's hybridize   : {best['classic_static']:>10,.0f} samples/s"
-          f"  {HYBRIDIZE}")
-    print(f"(a), (b) over the whole train(run) call (data load, net build, test eval too): "
-          f"{max(WHOLE_CALL['on']):,.0f} / {max(WHOLE_CALL['off']):,.0f} samples/s")
+    print(f"(d) classic loop, runner's hybridize   : {best['classic_static']:>10,.0f} samples/s  {HYBRIDIZE}")
+    print(
+        f"(a), (b) over the whole train(run) call (data load, net build, test eval too): "
+        f"{max(WHOLE_CALL['on']):,.0f} / {max(WHOLE_CALL['off']):,.0f} samples/s"
+    )
     print(f"on/off          = {best['runner_on'] / best['runner_off']:.3f}  (target >= 0.97)")
     print(f"runner/classic  = {best['runner_on'] / best['classic']:.2f}x  (a/c: monitoring on)")
-    print(f"runner/classic' = {best['runner_on'] / best['classic_static']:.2f}x  (a/d: same graph "
-          "flags, so only the data path and per-batch syncs differ)")
+    print(
+        f"runner/classic' = {best['runner_on'] / best['classic_static']:.2f}x  (a/d: same graph "
+        "flags, so only the data path and per-batch syncs differ)"
+    )
     pairs = list(zip(seen["runner_on"], seen["runner_off"], seen["classic"], strict=True))
-    print(f"paired medians: on/off = {statistics.median(a / b for a, b, _ in pairs):.3f}, "
-          f"runner/classic = {statistics.median(a / c for a, _, c in pairs):.2f}x "
-          "(ratio within each run, then the median: a shared machine moves single runs by +-30 %)")
+    print(
+        f"paired medians: on/off = {statistics.median(a / b for a, b, _ in pairs):.3f}, "
+        f"runner/classic = {statistics.median(a / c for a, _, c in pairs):.2f}x "
+        "(ratio within each run, then the median: a shared machine moves single runs by +-30 %)"
+    )
     print(f"total {time.perf_counter() - began:.0f} s")
     return 0
 

@@ -209,13 +209,19 @@ def main() -> int:
 
     batches = fresh().batches
     samples = epochs * batches * args.batch_size
-    print(f"mxnet {mx.__version__}, numpy {np.__version__}, python {platform.python_version()}; "
-          f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    print(f"context: {ctx}; lenet on digits x{repeat} ({len(x):,} samples), batch {args.batch_size}, nag, "
-          f"{batches} batches x {epochs} epochs = {samples:,} samples per run, {runs} paired runs")
-    print("sdk: check() every batch, report(loss=NDArray) every batch (1 s apart when due), epoch_end every epoch, "
-          "EventWriter + ControlReader on temp files, heartbeat 5 s")
+    print(
+        f"mxnet {mx.__version__}, numpy {np.__version__}, python {platform.python_version()}; "
+        f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    )
+    print(
+        f"context: {ctx}; lenet on digits x{repeat} ({len(x):,} samples), batch {args.batch_size}, nag, "
+        f"{batches} batches x {epochs} epochs = {samples:,} samples per run, {runs} paired runs"
+    )
+    print(
+        "sdk: check() every batch, report(loss=NDArray) every batch (1 s apart when due), epoch_end every epoch, "
+        "EventWriter + ControlReader on temp files, heartbeat 5 s"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-sdk-") as tmp:
         bare(fresh(), 1)  # warm-up: kernels, caches, the hybridized graph
         (Path(tmp) / "warm").mkdir()
@@ -240,17 +246,23 @@ def main() -> int:
                 now[variant] = samples / seconds
                 rates[variant].append(now[variant])
             ratios.append(now["sdk"] / now["bare"])
-            print(f"  run {i + 1} ({order[0]} first): bare {now['bare']:>9,.0f}/s, sdk {now['sdk']:>9,.0f}/s, "
-                  f"sdk/bare {ratios[-1]:.3f}")
+            print(
+                f"  run {i + 1} ({order[0]} first): bare {now['bare']:>9,.0f}/s, sdk {now['sdk']:>9,.0f}/s, "
+                f"sdk/bare {ratios[-1]:.3f}"
+            )
     best_bare, best_sdk = max(rates["bare"]), max(rates["sdk"])
     print(f"best-of: bare {best_bare:,.0f}/s, sdk {best_sdk:,.0f}/s, sdk/bare {best_sdk / best_bare:.3f}")
-    print(f"median of per-run ratios: {statistics.median(ratios):.3f} (min {min(ratios):.3f}, "
-          f"max {max(ratios):.3f} over {runs} runs; target >= 0.97)")
+    print(
+        f"median of per-run ratios: {statistics.median(ratios):.3f} (min {min(ratios):.3f}, "
+        f"max {max(ratios):.3f} over {runs} runs; target >= 0.97)"
+    )
     print(f"medians: bare {statistics.median(rates['bare']):,.0f}/s, sdk {statistics.median(rates['sdk']):,.0f}/s")
     per_run = ", ".join(f"{n / runs:.1f} {k}" for k, n in sorted(said.items()))
     print(f"sdk events per run: {per_run}")
-    print(f"same training: last val_acc bare {last['bare']['val_acc']:.4f}, sdk {last['sdk']['val_acc']:.4f}; "
-          f"train_loss bare {last['bare']['train_loss']:.4g}, sdk {last['sdk']['train_loss']:.4g}")
+    print(
+        f"same training: last val_acc bare {last['bare']['val_acc']:.4f}, sdk {last['sdk']['val_acc']:.4f}; "
+        f"train_loss bare {last['bare']['train_loss']:.4g}, sdk {last['sdk']['train_loss']:.4g}"
+    )
     print(f"total {time.perf_counter() - began:.0f} s")
     return 0
 

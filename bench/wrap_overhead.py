@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = r'''
+SCRIPT = r"""
 import sys, time
 steps, epochs, every = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 began = last = time.perf_counter()
@@ -44,7 +44,7 @@ for epoch in range(1, epochs + 1):
             sys.stdout.flush()
     print(f" - val_loss: {loss:.4f} - val_accuracy: {0.5 + epoch / 100:.4f}", flush=True)
 print(f"INSIDE {time.perf_counter() - began:.4f}", flush=True)
-'''
+"""
 
 
 def once(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
@@ -60,8 +60,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--every", type=float, default=0.1,
-                        help="seconds between two redraws of the bar (tqdm's default 0.1; 0: every step)")
+    parser.add_argument(
+        "--every",
+        type=float,
+        default=0.1,
+        help="seconds between two redraws of the bar (tqdm's default 0.1; 0: every step)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chatops-wrap-bench-") as tmp:
         folder = Path(tmp)

@@ -347,9 +347,7 @@ class PacedParts:
         self._last_sent: dict[str, float] = {}
         self._resumable = Resumable()
 
-    async def send(
-        self, conversation: Conversation, reply: Reply, texts: list[str], send_part: SendPart
-    ) -> str:
+    async def send(self, conversation: Conversation, reply: Reply, texts: list[str], send_part: SendPart) -> str:
         payloads: list[tuple[str, Any]] = [("text", t) for t in texts if t.strip()]
         if reply.image is not None:
             payloads.append(("image", reply.image))

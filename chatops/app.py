@@ -151,8 +151,14 @@ class App:
             audit=self._audit,
             commands=[
                 CommandInfo(
-                    s.name, s.summary, (s.name, *s.aliases), s.confirm is not None, s.args, s.positionals,
-                    s.job_params, s.raw,
+                    s.name,
+                    s.summary,
+                    (s.name, *s.aliases),
+                    s.confirm is not None,
+                    s.args,
+                    s.positionals,
+                    s.job_params,
+                    s.raw,
                 )
                 for s in self.registry.specs()
             ],

@@ -100,6 +100,7 @@ def _stdout_to_devnull() -> None:
     finally:
         os.close(devnull)
 
+
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_CONFIG = 0, 1, 2, 3
 BOT_LOCK = "bot.lock"
 
@@ -237,8 +238,10 @@ def _background_note(jobs: list[Job], bot: bool) -> str:
     lines = []
     if running:
         ids = ", ".join(f"job {i}" for i in running)
-        lines.append(f"({ids} runs on in the background; " + (
-            "the bot running here reports on it)" if bot else "its report comes when a bot runs: chatops run)"))
+        lines.append(
+            f"({ids} runs on in the background; "
+            + ("the bot running here reports on it)" if bot else "its report comes when a bot runs: chatops run)")
+        )
     if queued:
         ids = ", ".join(f"job {i}" for i in queued)
         lines.append(f"({ids} waits for a free slot; the bot running here starts it)" if bot else

@@ -39,6 +39,7 @@ class Observed(Protocol):
     notifier: Notifier
     metrics: Metrics | None
 
+
 log = logging.getLogger(__name__)
 
 STUCK_SECONDS = 900.0  # an outbox item this old, still pending, means deliveries are failing

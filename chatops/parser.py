@@ -77,7 +77,7 @@ def head_word(text: str, window: int = HEAD_WINDOW) -> str | None:
     """
     text = text or ""
     start = len(text) - len(text.lstrip())
-    parsed = parse(text[start:start + window])
+    parsed = parse(text[start : start + window])
     if parsed is not None:
         return parsed.word
     return "" if len(text) - start > window else None
@@ -147,7 +147,7 @@ def shell_words(line: str) -> list[str] | None:
             end = line.find("'", i + 1)
             if end < 0:
                 return None
-            parts.append(line[i + 1:end])
+            parts.append(line[i + 1 : end])
             i = end + 1
         elif ch == '"':
             i += 1

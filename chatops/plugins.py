@@ -141,8 +141,8 @@ def spec_of(fn: Callable[..., Any], name: str, role: Role, aliases: tuple[str, .
 def _argument_docs(doc: str) -> dict[str, str]:
     """Each argument's description from the docstring's `Args:` section (Google style), for `help`:
 
-        Args:
-            index: one GPU by its number (default: those in use)
+    Args:
+        index: one GPU by its number (default: those in use)
     """
     found: dict[str, str] = {}
     inside, name = False, ""

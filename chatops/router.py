@@ -400,7 +400,7 @@ def _chinese(word: str) -> bool:
 def _after_word(text: str, word: str) -> str:
     """What follows the command word (as a whole token, `/word@bot` included), for a raw command."""
     found = re.search(rf"(?:^|\s)[/!]?{re.escape(word)}(?:@\w+)?(?=\s|$)", text, re.IGNORECASE)
-    return text[found.end():].strip() if found else ""
+    return text[found.end() :].strip() if found else ""
 
 
 def _strip_confirm(text: str) -> str:

@@ -96,8 +96,10 @@ class AuthSettings(Section):
         "own", description="whose jobs an operator may pause, change and stop: their own, or anybody's (admins: all)"
     )
     rate_per_minute: int = Field(
-        60, ge=0, description="messages one identity may send per minute, in bursts of as many; beyond: one"
-        " 'slow down' answer, then silence until its allowance is full again (0: no limit)"
+        60,
+        ge=0,
+        description="messages one identity may send per minute, in bursts of as many; beyond: one"
+        " 'slow down' answer, then silence until its allowance is full again (0: no limit)",
     )
 
 
@@ -133,8 +135,9 @@ class JobsSettings(Section):
     gpu_share: int = Field(1, ge=1, le=64, description="jobs one GPU may serve at a time")
     max_sweep_jobs: int = Field(32, ge=1, le=1000, description="the most jobs one `sweep` may start")
     executor: str = Field(
-        "local", description="where runners run: an installed executor plugin by name (entry-point group"
-        " chatops.executors): local processes, ray, slurm; its settings are its own section ([ray], [slurm])"
+        "local",
+        description="where runners run: an installed executor plugin by name (entry-point group"
+        " chatops.executors): local processes, ray, slurm; its settings are its own section ([ray], [slurm])",
     )
     storage: Path | None = Field(
         None, description="folder of the job folders; with a cluster's executor every node must see it at this path"
@@ -181,8 +184,10 @@ class NotifySettings(Section):
         0.25, gt=0, le=60, description="how soon a message queued by another process on the data dir is sent"
     )
     stall_minutes: float = Field(
-        30.0, ge=0, description="a running job with no progress and no new output line for this long is announced"
-        " as stalled, once, and again when it reports; 0 turns it off ([kinds.<name>] stall_minutes: per kind)"
+        30.0,
+        ge=0,
+        description="a running job with no progress and no new output line for this long is announced"
+        " as stalled, once, and again when it reports; 0 turns it off ([kinds.<name>] stall_minutes: per kind)",
     )
 
     _targets = field_validator("targets")(lambda cls, v: _notify_targets(v))
@@ -428,7 +433,7 @@ class PlatformEnv(PydanticBaseSettingsSource):
         for key, value in os.environ.items():
             if not key.upper().startswith("CHATOPS_") or "__" not in key:
                 continue
-            path = key[len("CHATOPS_"):].lower().split("__")
+            path = key[len("CHATOPS_") :].lower().split("__")
             if path[0] in core or not all(path):
                 continue
             node = found

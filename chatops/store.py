@@ -192,6 +192,8 @@ class Watch(NamedTuple):
     def crossed(self, value: Any) -> bool:
         """Whether a reported value is across the watch's line (numbers only)."""
         return isinstance(value, int | float) and not isinstance(value, bool) and COMPARE[self.op](value, self.value)
+
+
 log = logging.getLogger(__name__)
 
 PRUNE_BATCH = 5000  # rows deleted per write transaction: tens of milliseconds, then the loop runs again
@@ -506,8 +508,13 @@ class ChatStore:
 
     # outbox
     def enqueue(
-        self, conversation: str, payload: dict[str, Any], live_key: str | None = None, owner: str | None = "",
-        *, coalesce: bool = True,
+        self,
+        conversation: str,
+        payload: dict[str, Any],
+        live_key: str | None = None,
+        owner: str | None = "",
+        *,
+        coalesce: bool = True,
     ) -> int:
         """Queue one message; `owner` "" means: this process's if the conversation lives here.
         `coalesce=False` queues a live message's new state behind what is queued, in order."""

@@ -77,9 +77,7 @@ def load_digits() -> Dataset:
     bunch = sk_load_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
     y = bunch.target.astype(np.int32)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.2, stratify=y, random_state=SPLIT_SEED
-    )
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, stratify=y, random_state=SPLIT_SEED)
     x_train, y_train, x_val, y_val = _split_validation(x_train, y_train, stratify=True)
     return Dataset("digits", x_train, y_train, x_val, y_val, x_test, y_test)
 
@@ -154,9 +152,7 @@ def read_idx(path: Path) -> np.ndarray:
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as IDX (for tests and for exporting small sets)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
-        f">{array.ndim}I", *array.shape
-    )
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "wb") as fh:
         fh.write(header + array.tobytes())

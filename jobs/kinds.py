@@ -93,7 +93,7 @@ class KindConfig(BaseModel):
     def _one_way(self) -> KindConfig:
         # Neither: settings of a kind that exists already (the built-in one); load_registry checks.
         if self.module is not None and self.command is not None:
-            raise ValueError("give either module = \"…\" (a Python kind) or command = [\"…\"] (a command kind)")
+            raise ValueError('give either module = "…" (a Python kind) or command = ["…"] (a command kind)')
         if self.module is not None and (self.params or self.progress):
             raise ValueError("params and progress belong to command kinds; a module declares its own JobParams")
         if self.command is not None and not self.command:

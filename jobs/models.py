@@ -42,8 +42,7 @@ def lenet(input_shape: tuple[int, int, int], num_classes: int = 10) -> nn.Hybrid
     with net.name_scope():
         net.add(nn.Conv2D(channels[0], kernel_size=kernel, padding=pad1, activation="relu"))
         net.add(nn.MaxPool2D(pool_size=2, strides=2))
-        net.add(nn.Conv2D(channels[1], kernel_size=kernel, padding=1 if small else 0,
-                          activation="relu"))
+        net.add(nn.Conv2D(channels[1], kernel_size=kernel, padding=1 if small else 0, activation="relu"))
         net.add(nn.MaxPool2D(pool_size=2, strides=2))
         net.add(nn.Flatten())
         net.add(nn.Dense(120, activation="relu"))

@@ -247,5 +247,3 @@ def default_registry() -> KindRegistry:
         default=True,
     )
     return registry
-
-

@@ -33,8 +33,15 @@ class RawHistogram:
     def from_numpy(cls, values: np.ndarray, bins: int = 64) -> RawHistogram:
         flat = np.asarray(values, dtype=np.float64).ravel()
         counts, edges = np.histogram(flat, bins=bins)
-        return cls(float(flat.min()), float(flat.max()), flat.size, float(flat.sum()),
-                   float(np.dot(flat, flat)), edges[1:], counts)
+        return cls(
+            float(flat.min()),
+            float(flat.max()),
+            flat.size,
+            float(flat.sum()),
+            float(np.dot(flat, flat)),
+            edges[1:],
+            counts,
+        )
 
 
 class TrainingBoard:
@@ -63,8 +70,15 @@ class TrainingBoard:
         for tag, h in histograms.items():
             if h.num and np.isfinite(h.min) and np.isfinite(h.max):
                 self._writer.add_histogram_raw(
-                    tag, h.min, h.max, h.num, h.sum, h.sum_squares,
-                    h.bucket_limits.tolist(), h.bucket_counts.tolist(), step,
+                    tag,
+                    h.min,
+                    h.max,
+                    h.num,
+                    h.sum,
+                    h.sum_squares,
+                    h.bucket_limits.tolist(),
+                    h.bucket_counts.tolist(),
+                    step,
                 )
 
     def weight_image(self, tag: str, weights: np.ndarray, step: int) -> None:
@@ -127,8 +141,13 @@ def device_histograms(arrays: Mapping[str, Any], bins: int = 64) -> dict[str, Ra
     for i, (name, value) in enumerate(arrays.items()):
         row = host[i * width : (i + 1) * width]
         out[name] = RawHistogram(
-            min=row[0], max=row[1], num=int(value.size), sum=row[2], sum_squares=row[3],
-            bucket_limits=row[5 : 5 + bins], bucket_counts=row[5 + bins :],
+            min=row[0],
+            max=row[1],
+            num=int(value.size),
+            sum=row[2],
+            sum_squares=row[3],
+            bucket_limits=row[5 : 5 + bins],
+            bucket_counts=row[5 + bins :],
         )
     return out
 

@@ -23,8 +23,9 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
         # No rate limit: tests send faster than anyone types (tests/test_throttle.py sets its own).
-        auth=AuthSettings(admins=["test:admin"], operators=["test:op", "test:op*"], viewers=["test:viewer"],
-                          rate_per_minute=0),
+        auth=AuthSettings(
+            admins=["test:admin"], operators=["test:op", "test:op*"], viewers=["test:viewer"], rate_per_minute=0
+        ),
         jobs=JobsSettings(max_parallel=1, stop_timeout=10, heartbeat_timeout=60),
         notify=NotifySettings(progress_seconds=0.2, digest_seconds=1),
     )

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The model a save hook writes: ~10 MB, its epoch in a header, the rest derived from the epoch, so a
 # test can tell a whole file from a torn or mixed one. Shared by the kind below and the checks here.
-CONTENT = '''
+CONTENT = """
 import hashlib
 
 SIZE = 10 * 2**20
@@ -41,9 +41,11 @@ def content(epoch: int) -> bytes:
     header = f"epoch {epoch:06d}\\n".encode()
     block = hashlib.sha256(str(epoch).encode()).digest() * (CHUNK // 32)
     return header + block[len(header):] + block * (SIZE // CHUNK - 1)
-'''
+"""
 
-KIND = CONTENT + '''
+KIND = (
+    CONTENT
+    + """
 import time
 
 from jobs.sdk import JobParams, param
@@ -75,7 +77,8 @@ def train(run):
             pass
         run.epoch_end(val_loss=1.0 / epoch)
     return {"val_loss": 0.0}
-'''
+"""
+)
 
 _shared: dict[str, Any] = {}
 exec(CONTENT, _shared)  # the same `content` the kind writes with
@@ -261,8 +264,19 @@ async def test_the_export_command_says_which_checkpoint_it_sent_instead(bot: Bot
         run.epoch_end(val_loss=1.0 / run.epoch)
     folder = job_dir / "checkpoints"
     (folder / "best-e2.params").write_bytes(b"x" * 100)
-    bot.app.job_store.insert(Job("3f2a", "mxnet", {}, SUCCEEDED, "test:op", str(job_dir), time.time(),
-                                 metrics={"best_checkpoint": str(folder / "best")}, checkpoint=str(folder / "epoch-2")))
+    bot.app.job_store.insert(
+        Job(
+            "3f2a",
+            "mxnet",
+            {},
+            SUCCEEDED,
+            "test:op",
+            str(job_dir),
+            time.time(),
+            metrics={"best_checkpoint": str(folder / "best")},
+            checkpoint=str(folder / "epoch-2"),
+        )
+    )
     [reply] = await bot.say("export 3f2a")
     assert reply.text.splitlines()[:2] == [
         "checkpoint best-e2 is damaged: best-e2.params is 100 bytes, 4096 recorded; exporting the latest intact"

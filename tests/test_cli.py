@@ -60,12 +60,21 @@ SLACK = {"CHATOPS_SLACK__BOT_TOKEN": "xoxb-1-2", "CHATOPS_SLACK__LISTEN": "127.0
     ("env", "config", "problem"),
     [
         ({"CHATOPS_TELEGRAM__TOKEN": ""}, "", "[telegram] token: must not be empty (CHATOPS_TELEGRAM__TOKEN)"),
-        ({**SLACK, "CHATOPS_SLACK__SIGNING_SECRET": ""}, "",
-         "[slack] signing_secret: must not be empty (CHATOPS_SLACK__SIGNING_SECRET)"),
-        ({**SLACK, "CHATOPS_SLACK__SIGNING_SECRET": " \t"}, "",
-         "[slack] signing_secret: must not be empty (CHATOPS_SLACK__SIGNING_SECRET)"),
-        ({}, '[slack]\nbot_token = "xoxb-1-2"\nlisten = "127.0.0.1:0"\nsigning_secret = ""\n',
-         "[slack] signing_secret: must not be empty (CHATOPS_SLACK__SIGNING_SECRET)"),
+        (
+            {**SLACK, "CHATOPS_SLACK__SIGNING_SECRET": ""},
+            "",
+            "[slack] signing_secret: must not be empty (CHATOPS_SLACK__SIGNING_SECRET)",
+        ),
+        (
+            {**SLACK, "CHATOPS_SLACK__SIGNING_SECRET": " \t"},
+            "",
+            "[slack] signing_secret: must not be empty (CHATOPS_SLACK__SIGNING_SECRET)",
+        ),
+        (
+            {},
+            '[slack]\nbot_token = "xoxb-1-2"\nlisten = "127.0.0.1:0"\nsigning_secret = ""\n',
+            "[slack] signing_secret: must not be empty (CHATOPS_SLACK__SIGNING_SECRET)",
+        ),
     ],
     ids=["telegram-token", "slack-signing-secret", "slack-blank", "slack-in-the-file"],
 )

@@ -81,6 +81,7 @@ async def test_follow_and_unfollow(bot: BotHarness) -> None:
     assert ok.text == f"Following job {jid}."
     final = await bot.wait_for(lambda r: r.job_id == jid and "succeeded" in r.text)
     assert final is not None
+
     def destinations() -> set[str]:
         return {c.chat_id for c, r, _ in bot.adapter.sent if r.job_id == jid and "succeeded" in r.text}
 

@@ -51,7 +51,12 @@ def test_a_run_with_patience_ends_early_and_says_where(tmp_path: Path) -> None:
         run.epoch_end(val_loss=next(losses))
     result = run.finish({"test_acc": 0.9})
     assert run.epoch == 4 and result["early_stop"] == {
-        "epoch": 4, "epochs": 20, "monitor": "val_loss", "patience": 2, "best": 0.4, "best_epoch": 2,
+        "epoch": 4,
+        "epochs": 20,
+        "monitor": "val_loss",
+        "patience": 2,
+        "best": 0.4,
+        "best_epoch": 2,
     }
     # Epochs 1 and 2 were each the best so far; each best is saved to a fresh prefix, the `best.json`
     # pointer names the last one (tests/test_atomic.py).
@@ -91,7 +96,7 @@ async def test_the_built_in_kind_stops_early_and_its_report_says_so(bot: BotHarn
     assert "在第 2/50 轮提前停止" in final.text
 
 
-DIVERGES = '''
+DIVERGES = """
 from jobs.sdk import JobParams, Run, param
 
 
@@ -104,7 +109,7 @@ def train(run: Run[Params]) -> dict:
         run.report(force=True, loss=float("nan"))
         run.epoch_end(train_loss=float("nan"))
     return {"done": 1}
-'''
+"""
 
 
 @pytest.mark.slow

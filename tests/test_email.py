@@ -191,7 +191,9 @@ async def test_html_chinese_and_bad_mails_never_stop_the_loop(
     unreadable = [(i.sender.key, i.text, i.meta["unreadable"]) for i in incomings if "unreadable" in i.meta]
     why = "the body is not valid utf-8 text; please send UTF-8 text"
     assert [(who, subject) for who, subject, _ in unreadable] == [
-        (f"email:{ALICE}", "train"), (f"email:{MALLORY}", "train"), (f"email:{ALICE}", "train"),
+        (f"email:{ALICE}", "train"),
+        (f"email:{MALLORY}", "train"),
+        (f"email:{ALICE}", "train"),
     ]
     assert unreadable[0][2] == why and "limit is 2 MB" in unreadable[2][2]
     assert (f"email:{MALLORY}", "email.unreadable", why) in bot.audits
@@ -305,9 +307,7 @@ async def test_send_attaches_png_lists_buttons_and_maps_smtp_errors(
     assert bot.adapter.capabilities.digest_seconds == 600 and not bot.adapter.capabilities.edit
 
 
-async def test_starttls_on_both_servers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_bot: Any
-) -> None:
+async def test_starttls_on_both_servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_bot: Any) -> None:
     server = Dovecot({BOT: BOT_PW}, tls=True)
     server.start()
     assert server.cert is not None and server.key is not None
@@ -485,9 +485,7 @@ async def test_app_train_by_mail_answers_in_thread_and_mails_the_plot(
         await deliver(dovecot, mail(ALICE, f"status {job_id}"))
         status = await _wait_mail(smtp, lambda r: r.message["Subject"] == f"Re: status {job_id}", 30)
         assert job_id in text_of(status) and not smtp.refuse_next
-        final = await _wait_mail(
-            smtp, lambda r: re.search(rf"job {job_id} (succeeded|failed|stopped)", text_of(r)), 90
-        )
+        final = await _wait_mail(smtp, lambda r: re.search(rf"job {job_id} (succeeded|failed|stopped)", text_of(r)), 90)
         assert f"job {job_id} succeeded" in text_of(final), text_of(final)
         assert final.message["References"].split()[0] == order["Message-ID"]
         [plot] = [a for a in final.message.iter_attachments() if a.get_content_type() == "image/png"]

@@ -402,8 +402,11 @@ async def test_a_sigkilled_runner_fails_its_job_once_and_resume_goes_on_from_the
     await bot.say(f"stop {jid} --yes")
     await bot.wait_state(jid, {"stopped"}, timeout=30)
     await bot.wait_for(lambda r: r.job_id == jid and r.text.startswith(f"job {jid} stopped"), timeout=30)
-    failures = [r for _, r, edit in bot.adapter.sent  # a report, not the live message's final state
-                if r.job_id == jid and not edit and r.text.startswith(f"job {jid} failed")]
+    failures = [
+        r
+        for _, r, edit in bot.adapter.sent  # a report, not the live message's final state
+        if r.job_id == jid and not edit and r.text.startswith(f"job {jid} failed")
+    ]
     assert len(failures) == 1, "the failure is reported once"
     seqs = [e["seq"] for e in store.events(jid) if "seq" in e]
     assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
@@ -481,8 +484,11 @@ async def test_commands_sent_to_a_runner_frozen_until_lost_die_with_it(quick_los
     assert not _events(store, jid, ("param_changed", "paused"))
     await bot.say(f"stop {jid} --yes")
     assert await bot.wait_state(jid, {"stopped"}, timeout=30) == "stopped"
-    lost_reports = [r for _, r, edit in bot.adapter.sent  # a report, not the live message's final state
-                    if r.job_id == jid and not edit and r.text.startswith(f"job {jid} lost")]
+    lost_reports = [
+        r
+        for _, r, edit in bot.adapter.sent  # a report, not the live message's final state
+        if r.job_id == jid and not edit and r.text.startswith(f"job {jid} lost")
+    ]
     assert len(lost_reports) == 1, [r.text[:80] for _, r, _ in bot.adapter.sent if r.job_id == jid]
 
 

@@ -39,8 +39,14 @@ def test_the_generator_makes_what_it_promises(registry: CommandRegistry) -> None
     def some(probe: str) -> bool:
         return any(ch in t for t in texts for ch in probe)
 
-    for what, chars in [("lone surrogates", "\ud800\udbff\udc00\udfff"), ("bidi marks", "\u200e\u200f\u202e\u2067"),
-                        ("zero-width", "\u200b\u200d\ufeff"), ("CJK", "训停"), ("emoji", "📈🔥"), ("quotes", "'\"")]:
+    for what, chars in [
+        ("lone surrogates", "\ud800\udbff\udc00\udfff"),
+        ("bidi marks", "\u200e\u200f\u202e\u2067"),
+        ("zero-width", "\u200b\u200d\ufeff"),
+        ("CJK", "训停"),
+        ("emoji", "📈🔥"),
+        ("quotes", "'\""),
+    ]:
         assert some(chars), what  # fmt: skip
     assert any("\ud800" in c.user or "\udfff" in c.user for c in cases if c.stranger), "surrogates in ids"
     assert any(len(t) >= MB for t in texts) and any(t.count("=") >= 100_000 for t in texts)

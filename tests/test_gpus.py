@@ -17,7 +17,7 @@ from chatops.testing import BotHarness, eventually
 from jobs.gpus import GpuPool, gpus_wanted, renumbered
 
 # A kind that holds its devices until it is stopped, and says which ones it was given.
-HOLDER = '''
+HOLDER = """
 import os
 import time
 
@@ -34,7 +34,7 @@ def train(run: Run[Params]) -> None:
     for _ in run.epochs():
         time.sleep(0.05)
         run.epoch_end()
-'''
+"""
 
 
 def test_the_pool_gives_free_devices_least_loaded_first() -> None:

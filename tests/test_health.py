@@ -61,7 +61,10 @@ async def test_readyz_names_what_is_not_ready(settings: Settings) -> None:
         assert bot.app.health is not None
         status, body = await _fetch(bot.app.health.port, "/readyz")
         assert status == 200 and json.loads(body) == {
-            "status": "ready", "adapters": {"test": "ready"}, "database": "ready", "executor": "ready",
+            "status": "ready",
+            "adapters": {"test": "ready"},
+            "database": "ready",
+            "executor": "ready",
         }
         platform.down = "login expired"
         status, body = await _fetch(bot.app.health.port, "/readyz")

@@ -95,8 +95,17 @@ def test_shell_words_agrees_with_shlex_on_seeded_random_lines() -> None:
         ('"' + "b" * MB, None),
         ("a" * MB + "\\", None),
     ],
-    ids=["plain", "middle", "double-quoted", "single-quoted", "escapes", "escaped-quotes", "empty-quotes",
-         "unclosed", "trailing-backslash"],
+    ids=[
+        "plain",
+        "middle",
+        "double-quoted",
+        "single-quoted",
+        "escapes",
+        "escaped-quotes",
+        "empty-quotes",
+        "unclosed",
+        "trailing-backslash",
+    ],
 )
 def test_megabyte_token_is_one_word(line: str, words: list[str] | None) -> None:
     """shlex grows a word a character at a time (about 15 s for 1 MB); the result is what matters
@@ -344,7 +353,9 @@ def _files_holding(root: Path, needle: bytes) -> Iterator[Path]:
 
 
 async def test_telegram_webhook_refuses_and_audits_a_missing_or_wrong_secret(
-    api: FakeBotAPI, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+    api: FakeBotAPI,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     port = _free_port()
@@ -403,4 +414,3 @@ async def test_telegram_webhook_refuses_and_audits_a_missing_or_wrong_secret(
     assert not [r for r in caplog.records if WRONG in r.getMessage()], "the forged value is never logged"
     # python-telegram-bot itself logs setWebhook's parameters, the real secret among them, at DEBUG.
     assert not [r for r in caplog.records if SECRET in r.getMessage() and r.levelno > logging.DEBUG]
-

@@ -87,7 +87,7 @@ def test_no_import_circle_inside_chatops() -> None:
     def visit(module: str, path: list[str]) -> None:
         for dep in sorted(graph.get(module, ())):
             if dep in path:
-                circles.append([*path[path.index(dep):], dep])
+                circles.append([*path[path.index(dep) :], dep])
             elif dep not in done:
                 visit(dep, [*path, dep])
         done.add(module)

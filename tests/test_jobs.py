@@ -29,8 +29,14 @@ def test_state_machine_rejects_illegal_moves() -> None:
     check_transition("queued", "starting")
     check_transition("running", "paused")
     check_transition("paused", "running")
-    for old, new in [("succeeded", "running"), ("queued", "running"), ("stopped", "running"), ("failed", "paused"),
-                     ("lost", "succeeded"), ("lost", "running")]:
+    for old, new in [
+        ("succeeded", "running"),
+        ("queued", "running"),
+        ("stopped", "running"),
+        ("failed", "paused"),
+        ("lost", "succeeded"),
+        ("lost", "running"),
+    ]:
         with pytest.raises(InvalidTransition):
             check_transition(old, new)
     assert not TRANSITIONS["succeeded"]
@@ -194,8 +200,10 @@ def test_a_job_store_of_the_previous_release_keeps_its_jobs(tmp_path: Path) -> N
     db.execute("INSERT INTO jobs (id, kind, params, state, owner, origin, job_dir, created_at, metrics)"
                " VALUES ('3f2a', 'mxnet', '{\"lr\": 0.1}', 'succeeded', 'telegram:7', 'telegram:7', '/j', 1.0,"
                " '{\"acc\": 0.9}')")  # fmt: skip
-    db.execute("INSERT INTO job_events (job_id, seq, t, type, data) VALUES ('3f2a', 1, 1.0, 'epoch', ?)",
-               ('{"type": "epoch", "epoch": 1}',))
+    db.execute(
+        "INSERT INTO job_events (job_id, seq, t, type, data) VALUES ('3f2a', 1, 1.0, 'epoch', ?)",
+        ('{"type": "epoch", "epoch": 1}',),
+    )
     store = JobStore(db)
     job = store.get("3f2a")
     assert (job.params, job.owner, job.metrics, job.state) == ({"lr": 0.1}, "telegram:7", {"acc": 0.9}, "succeeded")

@@ -212,7 +212,8 @@ def test_kinds_are_described_by_one_process_and_a_crashing_module_takes_no_other
 
 def test_chatops_check_lists_every_problem(tmp_path: Path) -> None:
     (tmp_path / "ok_kind.py").write_text(TINY_KIND)
-    (tmp_path / "chatops.toml").write_text(textwrap.dedent("""
+    (tmp_path / "chatops.toml").write_text(
+        textwrap.dedent("""
         [jobs]
         default_kind = "ok"
         [kinds.ok]
@@ -226,7 +227,8 @@ def test_chatops_check_lists_every_problem(tmp_path: Path) -> None:
         type = "float"
         default = -1
         gt = 0
-    """))
+    """)
+    )
     env = {"CHATOPS_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
     argv = [sys.executable, "-m", "chatops.cli", "--config", str(tmp_path / "chatops.toml"), "check"]
     out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)

@@ -89,6 +89,7 @@ async def test_resume_while_a_pause_is_pending_cancels_it(bot: BotHarness) -> No
         assert twice.error and "not paused" in twice.text
     finally:
         os.kill(pid, signal.SIGCONT)
+
     # The runner finds both waiting: the resume cancels the pause, as the bot said, and it trains on
     # without pausing (no checkpoint, no paused and resumed reports).
     def cancelled() -> dict[str, Any] | None:

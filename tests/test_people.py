@@ -254,8 +254,13 @@ async def test_linked_on_slack_and_telegram_one_person_controls_their_job(two_pl
     # The final report follows the job to where it was started (Slack), not to Telegram: as a
     # message, or as the comment of its plot's upload when the job lived long enough for a plot.
     final = f"job {jid} stopped"
-    await slack.wait_for(lambda: slack.find_text(final) or any(
-        f.completed and final in (f.initial_comment or "") for f in slack.files.values()), timeout=30)
+    await slack.wait_for(
+        lambda: (
+            slack.find_text(final)
+            or any(f.completed and final in (f.initial_comment or "") for f in slack.files.values())
+        ),
+        timeout=30,
+    )
     assert not any(final in tg_text(call) for call in telegram.calls)
     await asyncio.sleep(0.2)
 

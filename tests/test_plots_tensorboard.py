@@ -33,7 +33,10 @@ def run_job(job_dir: Path, params: dict[str, Any], options: dict[str, Any]) -> l
     (job_dir / "params.json").write_text(json.dumps(spec))
     done = subprocess.run(
         [sys.executable, "-m", "jobs.runners.mxnet", "--job-dir", str(job_dir)],
-        cwd=ROOT, capture_output=True, timeout=120, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     return read_events(job_dir / "events.jsonl", 0)[0]
@@ -42,20 +45,36 @@ def run_job(job_dir: Path, params: dict[str, Any], options: dict[str, Any]) -> l
 @pytest.fixture(scope="module")
 def lenet_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     job = tmp_path_factory.mktemp("tb") / "lenet"
-    params = {"model": "lenet", "max_samples": 256, "epochs": 2, "batch_size": 8,
-              "report_seconds": 0.1}
+    params = {"model": "lenet", "max_samples": 256, "epochs": 2, "batch_size": 8, "report_seconds": 0.1}
     return job, run_job(job, params, {})
 
 
 # ---- plots --------------------------------------------------------------------------------
 def _epoch(n: int, lr: float = 0.05) -> dict:
-    return {"type": "epoch", "epoch": n, "train_loss": 1 / n, "train_acc": 1 - 0.5 / n,
-            "val_loss": 1.2 / n, "val_acc": 1 - 0.6 / n, "lr": lr, "seconds": 1.0}
+    return {
+        "type": "epoch",
+        "epoch": n,
+        "train_loss": 1 / n,
+        "train_acc": 1 - 0.5 / n,
+        "val_loss": 1.2 / n,
+        "val_acc": 1 - 0.6 / n,
+        "lr": lr,
+        "seconds": 1.0,
+    }
 
 
 def _progress(epoch: int, batch: int, lr: float = 0.05) -> dict:
-    return {"type": "progress", "epoch": epoch, "batch": batch, "batches": 10, "loss": 2 / batch,
-            "accuracy": batch / 10, "lr": lr, "samples_per_sec": 100.0, "eta_seconds": 5.0}
+    return {
+        "type": "progress",
+        "epoch": epoch,
+        "batch": batch,
+        "batches": 10,
+        "loss": 2 / batch,
+        "accuracy": batch / 10,
+        "lr": lr,
+        "samples_per_sec": 100.0,
+        "eta_seconds": 5.0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -65,8 +84,13 @@ def _progress(epoch: int, batch: int, lr: float = 0.05) -> dict:
         [{"type": "started", "epochs": 3}],
         [_progress(1, 2), _progress(1, 5)],
         [_progress(1, 5), _epoch(1)],
-        [_epoch(1), {"type": "param_changed", "name": "learning_rate", "old": 0.05, "new": 0.01},
-         _progress(2, 5, 0.01), _epoch(2, 0.01), _epoch(3, 0.01)],
+        [
+            _epoch(1),
+            {"type": "param_changed", "name": "learning_rate", "old": 0.05, "new": 0.01},
+            _progress(2, 5, 0.01),
+            _epoch(2, 0.01),
+            _epoch(3, 0.01),
+        ],
     ],
     ids=["nothing", "started-only", "progress-only", "one-epoch", "three-epochs-lr-change"],
 )
@@ -80,8 +104,7 @@ def test_render_plot_writes_a_png(tmp_path: Path, events: list[dict]) -> None:
 
 def test_plots_module_does_not_import_mxnet() -> None:
     code = "import jobs.plots, jobs.tensorboard, jobs.datasets, sys; print('mxnet' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
@@ -122,8 +145,16 @@ def test_tensorboard_files_read_back(lenet_job: tuple[Path, list[dict]]) -> None
     )
     acc.Reload()
     tags = acc.Tags()
-    expected = {"train/loss", "train/accuracy", "train/lr", "train/samples_per_sec",
-                "val/loss", "val/accuracy", "epoch/train_loss", "test/accuracy"}
+    expected = {
+        "train/loss",
+        "train/accuracy",
+        "train/lr",
+        "train/samples_per_sec",
+        "val/loss",
+        "val/accuracy",
+        "epoch/train_loss",
+        "test/accuracy",
+    }
     assert expected <= set(tags["scalars"]), tags["scalars"]
     val = [s.value for s in acc.Scalars("val/accuracy")]
     epochs = [e for e in events if e["type"] == "epoch"]
@@ -131,8 +162,12 @@ def test_tensorboard_files_read_back(lenet_job: tuple[Path, list[dict]]) -> None
     reports = [e for e in events if e["type"] == "progress"]
     assert len(acc.Scalars("train/loss")) == len(reports) > 0
     histos = set(tags["histograms"])
-    assert {"weights/lenet_conv0_weight", "grads/lenet_conv0_weight",
-            "weights/lenet_dense2_weight", "grads/lenet_dense2_bias"} <= histos, histos
+    assert {
+        "weights/lenet_conv0_weight",
+        "grads/lenet_conv0_weight",
+        "weights/lenet_dense2_weight",
+        "grads/lenet_dense2_bias",
+    } <= histos, histos
     assert len(acc.Histograms("weights/lenet_conv0_weight")) == 2  # once per epoch
     assert tags["images"] == ["weights/first_layer"]
     image = acc.Images("weights/first_layer")[-1]

@@ -123,9 +123,7 @@ async def test_an_installed_plugin_is_found_through_its_entry_point(
         assert reply.text.startswith("gpus index=3")
 
 
-async def test_plugin_commands_are_in_telegrams_command_menu(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_plugin_commands_are_in_telegrams_command_menu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from chatops.app import App
 
     write_module(tmp_path / "plug", "team_gpus", GPUS)

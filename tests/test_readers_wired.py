@@ -524,7 +524,7 @@ async def test_a_kind_runs_under_its_own_interpreter(settings: Settings, tmp_pat
 def test_check_reads_each_patterns_sample(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text("print('hi')\n")
     config = tmp_path / "chatops.toml"
-    good = 'Epoch 3/10 loss 0.25 acc 0.9'
+    good = "Epoch 3/10 loss 0.25 acc 0.9"
     config.write_text(textwrap.dedent(f"""
         [kinds.good]
         command = ["python", "train.py"]

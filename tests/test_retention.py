@@ -131,7 +131,10 @@ def test_retention_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert settings.retention == RetentionSettings(dedupe_hours=72, audit_days=7, delivered_hours=24, prune_seconds=60)
     defaults = RetentionSettings()
     assert (defaults.dedupe_hours, defaults.audit_days, defaults.delivered_hours, defaults.prune_seconds) == (
-        48, 90, 24, 600
+        48,
+        90,
+        24,
+        600,
     )
 
 

@@ -176,7 +176,7 @@ async def test_a_command_that_waits_commits_its_claim_before_waiting(bot: BotHar
     # Audited after its handler (allowed: it ran), not before it waited.
     assert seen == {"in_transaction": False, "claimed": 1, "audited": 0}
     assert await bot.say("slow", message_id="w1") == []  # and the claim holds
-    queued = bot.app.db.execute("SELECT COUNT(*) FROM outbox WHERE payload LIKE '%\"text\": \"done\"%'")
+    queued = bot.app.db.execute('SELECT COUNT(*) FROM outbox WHERE payload LIKE \'%"text": "done"%\'')
     assert queued.fetchone()[0] == 1  # its reply went to the outbox after the wait, with its audit row
     rows = bot.app.db.execute("SELECT allowed, reason FROM audit WHERE action='slow'").fetchall()
     assert [tuple(r) for r in rows] == [(1, None)]

@@ -24,9 +24,7 @@ Event = dict[str, Any]
 
 
 # ---- helpers ------------------------------------------------------------------------------
-def make_job(
-    job_dir: Path, params: dict[str, Any], options: dict[str, Any] | None = None
-) -> Path:
+def make_job(job_dir: Path, params: dict[str, Any], options: dict[str, Any] | None = None) -> Path:
     job_dir.mkdir(parents=True, exist_ok=True)
     spec = {"job_id": job_dir.name, "kind": "mxnet", "params": params, "options": options or {}}
     (job_dir / "params.json").write_text(json.dumps(spec))
@@ -50,9 +48,7 @@ def events_of(job_dir: Path) -> list[Event]:
     return read_events(job_dir / "events.jsonl", 0)[0]
 
 
-def wait_for(
-    job_dir: Path, proc: subprocess.Popen[bytes], pred: Callable[[Event], bool], timeout: float = 60
-) -> Event:
+def wait_for(job_dir: Path, proc: subprocess.Popen[bytes], pred: Callable[[Event], bool], timeout: float = 60) -> Event:
     """The first event matching `pred`; fails early if the runner ends without one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -64,8 +60,9 @@ def wait_for(
                 if pred(ev):
                     return ev
             log = (job_dir / "runner.log").read_text(errors="replace")[-2000:]
-            raise AssertionError(f"runner exited {proc.returncode} first; events: "
-                                 f"{[e['type'] for e in events_of(job_dir)]}\n{log}")
+            raise AssertionError(
+                f"runner exited {proc.returncode} first; events: {[e['type'] for e in events_of(job_dir)]}\n{log}"
+            )
         time.sleep(0.02)
     raise AssertionError(f"timed out; events: {[e['type'] for e in events_of(job_dir)]}")
 
@@ -170,8 +167,7 @@ def test_event_sequence_and_schema(finished_job: tuple[Path, int, list[Event]]) 
         assert 0 <= ev["train_acc"] <= 1 and ev["train_loss"] > 0 and ev["lr"] == 0.05
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     for ev in of_type(events, "progress"):
-        assert {"epoch", "batch", "batches", "loss", "accuracy", "samples_per_sec", "lr",
-                "eta_seconds"} <= set(ev)
+        assert {"epoch", "batch", "batches", "loss", "accuracy", "samples_per_sec", "lr", "eta_seconds"} <= set(ev)
         assert 1 <= ev["batch"] <= ev["batches"] == 25
     ckpts = of_type(events, "checkpoint")
     assert [c["reason"] for c in ckpts] == ["epoch"] * 3
@@ -282,7 +278,7 @@ def test_resume_from_checkpoint_continues(tmp_path: Path) -> None:
     rc, events = run_to_end(job)
     assert rc == 0
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-    second = events[len(first):]
+    second = events[len(first) :]
     assert second[0]["type"] == "started" and second[0]["start_epoch"] == 2
     note = next(e for e in second if e["type"] == "log" and e.get("resumed_from"))
     assert note["resumed_from"] == str(ckpt) and note["epoch"] == 2 and note["batch"] == 0
@@ -332,8 +328,7 @@ def test_bad_context_fails_clearly(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_missing_idx_files_and_bad_params_fail_clearly(tmp_path: Path) -> None:
-    job = make_job(tmp_path / "mnist", {**TINY, "dataset": "mnist"},
-                   {"datasets_dir": str(tmp_path / "nowhere")})
+    job = make_job(tmp_path / "mnist", {**TINY, "dataset": "mnist"}, {"datasets_dir": str(tmp_path / "nowhere")})
     rc, events = run_to_end(job)
     assert rc == 1 and events[-1]["type"] == "failed"
     assert "missing IDX file train-images-idx3-ubyte" in events[-1]["error"]

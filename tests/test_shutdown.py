@@ -118,8 +118,13 @@ class Bot:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        env = {**os.environ, "CHATOPS_DATA_DIR": str(self.data), "CHATOPS_TELEGRAM__TOKEN": TOKEN,
-               "CHATOPS_TELEGRAM__BASE_URL": f"http://127.0.0.1:{self.port}/bot", "CHATOPS_LOG_LEVEL": "INFO"}
+        env = {
+            **os.environ,
+            "CHATOPS_DATA_DIR": str(self.data),
+            "CHATOPS_TELEGRAM__TOKEN": TOKEN,
+            "CHATOPS_TELEGRAM__BASE_URL": f"http://127.0.0.1:{self.port}/bot",
+            "CHATOPS_LOG_LEVEL": "INFO",
+        }
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "chatops.cli", "run", env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,

@@ -69,8 +69,10 @@ async def fake() -> AsyncIterator[FakeSlack]:
 
 Started = tuple[SlackAdapter, Recorder, str]
 # What the app hands adapters: `stop` asks before it runs, `pause` does not.
-COMMANDS = [CommandInfo("pause", "pause a job", ("pause", "暂停")),
-            CommandInfo("stop", "stop a job", ("stop", "停止"), True)]
+COMMANDS = [
+    CommandInfo("pause", "pause a job", ("pause", "暂停")),
+    CommandInfo("stop", "stop a job", ("stop", "停止"), True),
+]
 
 
 @pytest.fixture
@@ -81,7 +83,10 @@ async def http_bot(fake: FakeSlack) -> AsyncIterator[Started]:
         audits.append((who, action, detail))
 
     adapter = SlackAdapter(
-        bot_token=fake.bot_token, signing_secret=SECRET, base_url=fake.base_url, listen="127.0.0.1:0",
+        bot_token=fake.bot_token,
+        signing_secret=SECRET,
+        base_url=fake.base_url,
+        listen="127.0.0.1:0",
         ctx=AdapterContext(settings=Settings(), data_dir=Path("."), audit=audit, commands=COMMANDS),
     )
     adapter.audits = audits  # type: ignore[attr-defined]
@@ -199,8 +204,10 @@ async def test_app_mention_strips_mention_keeps_thread_and_ignores_bots(http_bot
     # A bot's own post, a channel message without a mention and an edit are not commands.
     ignored = [
         {**mention_event("jobs"), "event": {**mention_event("jobs")["event"], "bot_id": "B0BOT"}},
-        {**mention_event("jobs"), "event": {**mention_event("jobs")["event"], "type": "message",
-                                            "channel_type": "channel"}},
+        {
+            **mention_event("jobs"),
+            "event": {**mention_event("jobs")["event"], "type": "message", "channel_type": "channel"},
+        },
         {**mention_event("jobs"), "event": {**mention_event("jobs")["event"], "subtype": "message_changed"}},
     ]
     for body in ignored:
@@ -248,7 +255,9 @@ async def test_socket_mode_command_event_and_button(fake: FakeSlack, socket_bot:
     await fake.wait_ack(envelope)
     seen = await recorder.wait(4)
     assert [(i.text, i.sender.key) for i in seen] == [
-        ("status 7", "slack:U0ALICE"), ("帮助", "slack:U0ALICE"), ("pause 3f2a", "slack:U0CAROL"),
+        ("status 7", "slack:U0ALICE"),
+        ("帮助", "slack:U0ALICE"),
+        ("pause 3f2a", "slack:U0CAROL"),
         ("jobs", "slack:U0ALICE"),
     ]
     await fake.wait_for(lambda: len(fake.messages) == 4)
@@ -293,9 +302,7 @@ async def test_long_text_is_split_into_valid_sections(fake: FakeSlack, http_bot:
     assert sum(len(b["elements"]) for b in msg.blocks if b["type"] == "actions") == 12
 
 
-async def test_plot_is_uploaded_with_files_upload_v2(
-    fake: FakeSlack, http_bot: Started, tmp_path: Path
-) -> None:
+async def test_plot_is_uploaded_with_files_upload_v2(fake: FakeSlack, http_bot: Started, tmp_path: Path) -> None:
     adapter, _, _ = http_bot
     plot = tmp_path / "job-3f2a.png"
     plot.write_bytes(PNG)
@@ -322,9 +329,7 @@ async def test_an_exported_model_is_uploaded_after_the_text(fake: FakeSlack, htt
     assert [m.text for m in fake.messages] == ["job 3f2a: the best checkpoint"]
 
 
-async def test_failed_plot_upload_is_retried_without_reposting_the_text(
-    fake: FakeSlack, http_bot: Started
-) -> None:
+async def test_failed_plot_upload_is_retried_without_reposting_the_text(fake: FakeSlack, http_bot: Started) -> None:
     adapter, _, _ = http_bot
     conv = Conversation("slack", "C0GENERAL")
     reply = Reply("job 3f2a curves", image=PNG, buttons=[Button("Stop", "stop 3f2a")])
@@ -338,9 +343,7 @@ async def test_failed_plot_upload_is_retried_without_reposting_the_text(
     assert [f.data for f in fake.files.values() if f.completed] == [PNG]
 
 
-async def test_rate_limited_send_is_retried_once_without_duplicates(
-    fake: FakeSlack, http_bot: Started
-) -> None:
+async def test_rate_limited_send_is_retried_once_without_duplicates(fake: FakeSlack, http_bot: Started) -> None:
     adapter, _, _ = http_bot
     fake.rate_limit("chat.postMessage", times=1, retry_after=1)
     began = time.monotonic()
@@ -359,9 +362,7 @@ async def test_persistent_429_becomes_a_retryable_delivery_error(fake: FakeSlack
     assert caught.value.retry_after == 1.0 and not caught.value.permanent
 
 
-async def test_errors_map_to_delivery_errors_and_response_url_fallback(
-    fake: FakeSlack, http_bot: Started
-) -> None:
+async def test_errors_map_to_delivery_errors_and_response_url_fallback(fake: FakeSlack, http_bot: Started) -> None:
     adapter, _, url = http_bot
     with pytest.raises(DeliveryError) as caught:
         await adapter.send(Conversation("slack", ""), Reply("x"))
@@ -378,9 +379,7 @@ async def test_errors_map_to_delivery_errors_and_response_url_fallback(
 def test_from_settings_and_secrets_stay_secret(tmp_path: Path) -> None:
     ctx = AdapterContext(settings=Settings(data_dir=tmp_path), data_dir=tmp_path)
     assert SlackAdapter.from_settings(ctx) is None
-    ctx.settings.slack = SlackSettings(
-        bot_token=SecretStr("xoxb-very-secret"), app_token=SecretStr("xapp-hush")
-    )
+    ctx.settings.slack = SlackSettings(bot_token=SecretStr("xoxb-very-secret"), app_token=SecretStr("xapp-hush"))
     adapter = SlackAdapter.from_settings(ctx)
     assert adapter is not None and "socket" in repr(adapter)
     assert "secret" not in repr(adapter) and "hush" not in repr(adapter)
@@ -391,8 +390,9 @@ def test_from_settings_and_secrets_stay_secret(tmp_path: Path) -> None:
 
 async def test_tokens_and_secret_never_logged(fake: FakeSlack, tmp_path: Path, caplog: Any) -> None:
     caplog.set_level(logging.DEBUG)
-    adapter = SlackAdapter(bot_token=fake.bot_token, app_token=fake.app_token, base_url=fake.base_url,
-                           signing_secret=SECRET)
+    adapter = SlackAdapter(
+        bot_token=fake.bot_token, app_token=fake.app_token, base_url=fake.base_url, signing_secret=SECRET
+    )
     recorder = Recorder()
     recorder.adapter = adapter
     await adapter.start(recorder)
@@ -421,8 +421,16 @@ def test_manifest_commands_are_router_commands() -> None:
     assert "chatops" in commands and len(commands) >= 5
     assert [c for c in commands if c != "chatops" and registry.lookup(c) is None] == []
     assert "status" not in commands  # reserved by Slack itself
-    for needed in ("commands", "chat:write", "files:write", "app_mentions:read", "im:history",
-                   "app_mention", "message.im", "socket_mode_enabled: true"):
+    for needed in (
+        "commands",
+        "chat:write",
+        "files:write",
+        "app_mentions:read",
+        "im:history",
+        "app_mention",
+        "message.im",
+        "socket_mode_enabled: true",
+    ):
         assert needed in manifest
 
 
@@ -480,6 +488,7 @@ async def test_e2e_signed_train_acks_answers_updates_progress_and_uploads_plot(
     match = re.search(r"job ([0-9a-z]+)", answer.text)
     assert match, answer.text
     job_id = match.group(1)
+
     def final() -> bool:
         comments = [f.initial_comment or "" for f in fake.files.values()]
         return bool(fake.find_text("succeeded")) or any("succeeded" in c for c in comments)
@@ -550,9 +559,7 @@ async def test_e2e_socket_mode_stop_through_the_confirmed_button(fake: FakeSlack
         values = [e["value"] for b in question.blocks if b["type"] == "actions" for e in b["elements"]]
         assert f"stop {job_id} --yes" in values
         # Pressed: the job message's Stop button sits behind Slack's confirm dialog.
-        stop = next(
-            e for b in started.blocks if b["type"] == "actions" for e in b["elements"] if "confirm" in e
-        )
+        stop = next(e for b in started.blocks if b["type"] == "actions" for e in b["elements"] if "confirm" in e)
         assert stop["value"] == f"stop {job_id} --yes"
         await fake.push("interactive", button_payload(stop["value"], message_ts=started.ts))
 

@@ -78,10 +78,16 @@ async def api() -> AsyncIterator[FakeBotAPI]:
 
 @pytest.fixture
 async def running(api: FakeBotAPI, tmp_path: Path) -> AsyncIterator[tuple[TelegramAdapter, Recorder]]:
-    adapter = make_adapter(api, tmp_path, commands=[
-        CommandInfo("train", "Start training", ("train", "开始")), CommandInfo("stop", "Stop a job", ("stop",), True),
-        CommandInfo("status", "Show a job", ("status", "状态")), CommandInfo("开始", "not a valid name", ("开始",)),
-    ])
+    adapter = make_adapter(
+        api,
+        tmp_path,
+        commands=[
+            CommandInfo("train", "Start training", ("train", "开始")),
+            CommandInfo("stop", "Stop a job", ("stop",), True),
+            CommandInfo("status", "Show a job", ("status", "状态")),
+            CommandInfo("开始", "not a valid name", ("开始",)),
+        ],
+    )
     recorder = Recorder()
     await adapter.start(recorder)
     try:
@@ -136,9 +142,7 @@ async def test_group_thread_botname_and_chinese(running, api) -> None:
     assert call.params["chat_id"] == -100 and call.params["message_thread_id"] == 5
 
 
-async def test_redelivered_update_keeps_message_id_and_bad_handler_is_survived(
-    running, api
-) -> None:
+async def test_redelivered_update_keeps_message_id_and_bad_handler_is_survived(running, api) -> None:
     _adapter, rec = running
 
     async def explode(inc: Incoming) -> None:
@@ -158,8 +162,7 @@ async def test_buttons_callback_and_answer(running, api, tmp_path) -> None:
     adapter, rec = running
     conv = Conversation("telegram", "42")
     long_cmd = "set 3f2a learning_rate=0.001 momentum=0.9 weight_decay=0.0001 batch_size=64"
-    buttons = [Button("⏸ Pause", "pause 3f2a"), Button("⏹ Stop", "stop 3f2a"),
-               Button("tune", long_cmd)]
+    buttons = [Button("⏸ Pause", "pause 3f2a"), Button("⏹ Stop", "stop 3f2a"), Button("tune", long_cmd)]
     await adapter.send(conv, Reply("job 3f2a running", buttons=buttons))
     call = await api.wait_call("sendMessage")
     keys = [b for row in call.params["reply_markup"]["inline_keyboard"] for b in row]
@@ -230,16 +233,14 @@ async def test_429_is_retried_after_retry_after_exactly_once(running, api) -> No
 async def test_errors_map_to_delivery_errors_without_duplicates(running, api) -> None:
     adapter, _ = running
     conv = Conversation("telegram", "42")
-    api.fail_next("sendMessage", status=403, retry_after=None,
-                  description="Forbidden: bot was blocked by the user")
+    api.fail_next("sendMessage", status=403, retry_after=None, description="Forbidden: bot was blocked by the user")
     with pytest.raises(DeliveryError) as blocked:
         await adapter.send(conv, Reply("hello"))
     assert blocked.value.permanent
     # A 3-part message whose second part hits a server error: the retry resumes, no duplicates.
     long = "\n".join("z" * 99 for _ in range(100))
     first = len(api.calls)
-    api.fail_next("sendMessage", status=502, retry_after=None, description="Bad Gateway",
-                  after=1)
+    api.fail_next("sendMessage", status=502, retry_after=None, description="Bad Gateway", after=1)
     with pytest.raises(DeliveryError) as transient:
         await adapter.send(conv, Reply(long))
     assert not transient.value.permanent
@@ -304,9 +305,14 @@ async def test_wrong_token_fails_fast_without_leaking_it(api, tmp_path, caplog) 
 
 async def test_webhook_secret_checked(api, tmp_path) -> None:
     port = _free_port()
-    adapter = make_adapter(api, tmp_path, mode="webhook",
-                           webhook_url="https://bot.example.com/tg/hook",
-                           listen=f"127.0.0.1:{port}", secret_token="s3cr3t")
+    adapter = make_adapter(
+        api,
+        tmp_path,
+        mode="webhook",
+        webhook_url="https://bot.example.com/tg/hook",
+        listen=f"127.0.0.1:{port}",
+        secret_token="s3cr3t",
+    )
     rec = Recorder()
     await adapter.start(rec)
     try:
@@ -431,12 +437,17 @@ async def test_e2e_button_stop_needs_confirmation_and_role(app, api) -> None:
     question = await api.wait_call(
         "sendMessage", lambda c: "reply_markup" in c.params and job_id in _text(c), start=mark
     )
-    yes = next(b for row in question.params["reply_markup"]["inline_keyboard"] for b in row
-               if b["callback_data"].endswith(" --yes"))
+    yes = next(
+        b
+        for row in question.params["reply_markup"]["inline_keyboard"]
+        for b in row
+        if b["callback_data"].endswith(" --yes")
+    )
     assert app.manager.store.get(job_id).state == "running"
     api.push_callback(question.result, yes["callback_data"], user_id=42)
-    await api.wait_call(("sendMessage", "sendPhoto"),
-                        lambda c: f"job {job_id} stopped" in _text(c), start=mark, timeout=60)
+    await api.wait_call(
+        ("sendMessage", "sendPhoto"), lambda c: f"job {job_id} stopped" in _text(c), start=mark, timeout=60
+    )
     assert app.manager.store.get(job_id).state == "stopped"
     question_id = question.result["message_id"]
     assert "reply_markup" not in api.messages[(42, question_id)]  # cannot confirm twice

@@ -87,7 +87,8 @@ async def test_a_conversation_holds_at_most_fifty_watches(settings: Settings, tm
                 assert armed.text.startswith(f"Watching job {jid}"), armed.text
             [refused] = await bot.say(f"watch {jid} loss<-1", user="viewer", chat="team")
             assert refused.error and refused.text.startswith(
-                "This conversation has 50 watches, the most one conversation may have (50)")
+                "This conversation has 50 watches, the most one conversation may have (50)"
+            )
             [elsewhere] = await bot.say(f"watch {jid} loss<-1", user="viewer")  # another conversation: its own 50
             assert not elsewhere.error
             row = bot.app.db.execute("SELECT identity, action, allowed, reason FROM audit WHERE allowed=0").fetchall()

@@ -40,9 +40,6 @@ LAB = "@@1ab0000000000000000000000000004"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
 
-
-
-
 class Notes:
     def __init__(self) -> None:
         self.texts: list[str] = []
@@ -81,11 +78,13 @@ async def login_file(fake: FakeWebWeChat, tmp_path: Path) -> Path:
     return path
 
 
-def make_adapter(login_file: Path, notes: Notes, *, mention_only: bool = True,
-                 min_interval: float = 0.05) -> WeChatAdapter:
+def make_adapter(
+    login_file: Path, notes: Notes, *, mention_only: bool = True, min_interval: float = 0.05
+) -> WeChatAdapter:
     cfg = WeChatSettings(enabled=True, group_mention_only=mention_only)
-    return WeChatAdapter(cfg, login_file, notify_admins=notes.notify, audit=notes.audit,
-                         min_interval=min_interval, interactive=False)
+    return WeChatAdapter(
+        cfg, login_file, notify_admins=notes.notify, audit=notes.audit, min_interval=min_interval, interactive=False
+    )
 
 
 @pytest.fixture
@@ -163,9 +162,7 @@ async def test_group_needs_a_mention_and_a_friend(
     assert (sent.to, sent.text) == (LAB, "没有任务")
 
 
-async def test_group_without_mention_when_allowed(
-    login_file: Path, notes: Notes, fake: FakeWebWeChat
-) -> None:
+async def test_group_without_mention_when_allowed(login_file: Path, notes: Notes, fake: FakeWebWeChat) -> None:
     adapter = make_adapter(login_file, notes, mention_only=False)
     rec = RecordingHandler()
     await adapter.start(rec)
@@ -194,9 +191,7 @@ async def test_reply_with_plot_sends_text_then_image(
     assert ref.message_id
 
 
-async def test_sends_are_throttled_per_chat(
-    login_file: Path, notes: Notes, fake: FakeWebWeChat
-) -> None:
+async def test_sends_are_throttled_per_chat(login_file: Path, notes: Notes, fake: FakeWebWeChat) -> None:
     adapter = make_adapter(login_file, notes, min_interval=1.0)
     await adapter.start(RecordingHandler())
     try:
@@ -234,9 +229,20 @@ async def test_bad_input_does_not_stop_the_loop(
     rec.fail = True
     fake.push_text(ALICE, "   ")  # blank
     fake.push_text(BOT_USER, "开始", to=ALICE)  # our own message, echoed back
-    fake.push_raw({"MsgId": "1", "NewMsgId": 1, "FromUserName": ALICE, "ToUserName": BOT_USER,
-                   "MsgType": 10000, "Content": "system note", "Url": "", "Status": 3,
-                   "AppMsgType": 0, "CreateTime": 0})
+    fake.push_raw(
+        {
+            "MsgId": "1",
+            "NewMsgId": 1,
+            "FromUserName": ALICE,
+            "ToUserName": BOT_USER,
+            "MsgType": 10000,
+            "Content": "system note",
+            "Url": "",
+            "Status": 3,
+            "AppMsgType": 0,
+            "CreateTime": 0,
+        }
+    )
     fake.push_text(ALICE, "first")
     fake.push_text(ALICE, "second")  # arrives although handling "first" raised
     items = await rec.wait(2)
@@ -256,9 +262,7 @@ async def test_login_lost_notifies_admins(
     assert not err.value.permanent
 
 
-async def test_without_saved_login_it_stays_down_quietly(
-    tmp_path: Path, notes: Notes, fake: FakeWebWeChat
-) -> None:
+async def test_without_saved_login_it_stays_down_quietly(tmp_path: Path, notes: Notes, fake: FakeWebWeChat) -> None:
     adapter = make_adapter(tmp_path / "missing.pkl", notes)
     await asyncio.wait_for(adapter.start(RecordingHandler()), 5)  # returns, never exits the process
     assert not adapter.online
@@ -269,9 +273,7 @@ async def test_without_saved_login_it_stays_down_quietly(
     assert fake.requests == []
 
 
-async def test_refused_saved_login_stays_down(
-    login_file: Path, notes: Notes, fake: FakeWebWeChat
-) -> None:
+async def test_refused_saved_login_stays_down(login_file: Path, notes: Notes, fake: FakeWebWeChat) -> None:
     fake.logged_out = True
     adapter = make_adapter(login_file, notes)
     await adapter.start(RecordingHandler())
@@ -282,7 +284,9 @@ async def test_refused_saved_login_stays_down(
 
 
 async def test_stop_saves_login_for_the_next_start(
-    running: tuple[WeChatAdapter, RecordingHandler], login_file: Path, notes: Notes,
+    running: tuple[WeChatAdapter, RecordingHandler],
+    login_file: Path,
+    notes: Notes,
     fake: FakeWebWeChat,
 ) -> None:
     adapter, _ = running
@@ -304,8 +308,7 @@ async def test_stop_saves_login_for_the_next_start(
 def test_from_settings(tmp_path: Path) -> None:
     off = AdapterContext(settings=Settings(data_dir=tmp_path), data_dir=tmp_path)
     assert WeChatAdapter.from_settings(off) is None
-    on = AdapterContext(settings=Settings(data_dir=tmp_path, wechat=WeChatSettings(enabled=True)),
-                        data_dir=tmp_path)
+    on = AdapterContext(settings=Settings(data_dir=tmp_path, wechat=WeChatSettings(enabled=True)), data_dir=tmp_path)
     adapter = WeChatAdapter.from_settings(on)
     assert isinstance(adapter, WeChatAdapter)
     assert adapter.login_file == tmp_path / "wechat.pkl"
@@ -381,7 +384,7 @@ async def _image_after(fake: FakeWebWeChat, user: str, text: str) -> list[Sent]:
     while True:
         sent = [s for s in fake.sent if s.to == user and s.kind in ("text", "image")]
         idx = next(i for i, s in enumerate(sent) if s.text == text)
-        images = [s for s in sent[idx + 1:] if s.kind == "image"]
+        images = [s for s in sent[idx + 1 :] if s.kind == "image"]
         if images:
             return images
         await asyncio.sleep(0.05)

@@ -32,8 +32,6 @@ AES_KEY = base64.b64encode(bytes(range(32))).decode().rstrip("=")
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 80
 
 
-
-
 def text_xml(user: str, text: str, msg_id: int, agent: int = AGENT) -> str:
     return (
         f"<xml><ToUserName><![CDATA[{CORP}]]></ToUserName>"
@@ -50,8 +48,10 @@ def encrypt(xml: str, nonce: str = "n0nce") -> tuple[dict[str, str], str]:
     sealed = WeChatCrypto(TOKEN, AES_KEY, CORP).encrypt_message(xml, nonce, ts)
     enc = re.search(r"<Encrypt><!\[CDATA\[(.*?)\]\]></Encrypt>", sealed).group(1)  # type: ignore[union-attr]
     sig = re.search(r"<MsgSignature><!\[CDATA\[(.*?)\]\]>", sealed).group(1)  # type: ignore[union-attr]
-    body = (f"<xml><ToUserName><![CDATA[{CORP}]]></ToUserName><AgentID><![CDATA[{AGENT}]]>"
-            f"</AgentID><Encrypt><![CDATA[{enc}]]></Encrypt></xml>")
+    body = (
+        f"<xml><ToUserName><![CDATA[{CORP}]]></ToUserName><AgentID><![CDATA[{AGENT}]]>"
+        f"</AgentID><Encrypt><![CDATA[{enc}]]></Encrypt></xml>"
+    )
     return {"msg_signature": sig, "timestamp": ts, "nonce": nonce}, body
 
 
@@ -64,9 +64,17 @@ async def api() -> AsyncIterator[FakeWeComAPI]:
 
 
 def make_adapter(api: FakeWeComAPI, min_interval: float = 0.05, audit=None) -> WeComAdapter:
-    return WeComAdapter(corp_id=CORP, agent_id=AGENT, secret=SECRET, token=TOKEN, aes_key=AES_KEY,
-                        base_url=api.base_url, listen="127.0.0.1:0", min_interval=min_interval,
-                        audit=audit)
+    return WeComAdapter(
+        corp_id=CORP,
+        agent_id=AGENT,
+        secret=SECRET,
+        token=TOKEN,
+        aes_key=AES_KEY,
+        base_url=api.base_url,
+        listen="127.0.0.1:0",
+        min_interval=min_interval,
+        audit=audit,
+    )
 
 
 @pytest.fixture
@@ -126,9 +134,7 @@ async def test_text_message_is_routed_and_answered_through_the_api(
     assert api.tokens_issued == 1
 
 
-async def test_bad_signature_is_refused(
-    running: tuple[WeComAdapter, RecordingHandler, str], api: FakeWeComAPI
-) -> None:
+async def test_bad_signature_is_refused(running: tuple[WeComAdapter, RecordingHandler, str], api: FakeWeComAPI) -> None:
     adapter, rec, url = running
     params, body = encrypt(text_xml("mallory", "停止 3f2a --yes", 6002))
     resp = await post(url, {**params, "msg_signature": "f" * 40}, body)
@@ -138,8 +144,11 @@ async def test_bad_signature_is_refused(
     sealed = other.encrypt_message(text_xml("mallory", "stop", 6003), "x", params["timestamp"])
     enc = re.search(r"<Encrypt><!\[CDATA\[(.*?)\]\]>", sealed).group(1)  # type: ignore[union-attr]
     sig = re.search(r"<MsgSignature><!\[CDATA\[(.*?)\]\]>", sealed).group(1)  # type: ignore[union-attr]
-    resp = await post(url, {"msg_signature": sig, "timestamp": params["timestamp"], "nonce": "x"},
-                      f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>")
+    resp = await post(
+        url,
+        {"msg_signature": sig, "timestamp": params["timestamp"], "nonce": "x"},
+        f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>",
+    )
     assert resp.status in (400, 403)
     resp = await post(url, params, "not xml at all")
     assert resp.status in (400, 403)
@@ -156,9 +165,11 @@ async def test_events_and_other_agents_are_ignored(
     running: tuple[WeComAdapter, RecordingHandler, str],
 ) -> None:
     _, rec, url = running
-    event = (f"<xml><ToUserName><![CDATA[{CORP}]]></ToUserName><FromUserName><![CDATA[lisi]]>"
-             f"</FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[event]]></MsgType>"
-             f"<Event><![CDATA[enter_agent]]></Event><AgentID>{AGENT}</AgentID></xml>")
+    event = (
+        f"<xml><ToUserName><![CDATA[{CORP}]]></ToUserName><FromUserName><![CDATA[lisi]]>"
+        f"</FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[event]]></MsgType>"
+        f"<Event><![CDATA[enter_agent]]></Event><AgentID>{AGENT}</AgentID></xml>"
+    )
     for xml in (event, text_xml("lisi", "jobs", 7001, agent=999)):
         params, body = encrypt(xml)
         assert (await post(url, params, body)).status == 200
@@ -175,8 +186,7 @@ async def test_plot_is_uploaded_and_sent_as_an_image(
     adapter, _, _ = running
     plot = tmp_path / "plot.png"
     plot.write_bytes(PNG)
-    ref = await adapter.send(Conversation("wecom", "zhangsan"),
-                             Reply("任务 3f2a 已完成 succeeded", image=plot))
+    ref = await adapter.send(Conversation("wecom", "zhangsan"), Reply("任务 3f2a 已完成 succeeded", image=plot))
     text, image = await api.wait_messages(2)
     assert text["text"]["content"] == "任务 3f2a 已完成 succeeded"
     assert image["msgtype"] == "image"
@@ -226,9 +236,14 @@ async def test_long_chinese_text_is_split_and_throttled(api: FakeWeComAPI) -> No
 def test_from_settings_and_secrets_stay_out_of_reprs(tmp_path: Path) -> None:
     off = AdapterContext(settings=Settings(data_dir=tmp_path), data_dir=tmp_path)
     assert WeComAdapter.from_settings(off) is None
-    cfg = WeComSettings(corp_id=CORP, agent_id=AGENT, secret=SecretStr(SECRET),
-                        token=SecretStr(TOKEN), aes_key=SecretStr(AES_KEY),
-                        listen="127.0.0.1:0")
+    cfg = WeComSettings(
+        corp_id=CORP,
+        agent_id=AGENT,
+        secret=SecretStr(SECRET),
+        token=SecretStr(TOKEN),
+        aes_key=SecretStr(AES_KEY),
+        listen="127.0.0.1:0",
+    )
     ctx = AdapterContext(settings=Settings(data_dir=tmp_path, wecom=cfg), data_dir=tmp_path)
     adapter = WeComAdapter.from_settings(ctx)
     assert isinstance(adapter, WeComAdapter)
@@ -250,9 +265,15 @@ async def app(api: FakeWeComAPI, tmp_path: Path) -> AsyncIterator[tuple[App, str
     settings = Settings(
         data_dir=tmp_path / "data",
         auth=AuthSettings(operators=["wecom:zhangsan"]),
-        wecom=WeComSettings(corp_id=CORP, agent_id=AGENT, secret=SecretStr(SECRET),
-                            token=SecretStr(TOKEN), aes_key=SecretStr(AES_KEY),
-                            base_url=api.base_url, listen="127.0.0.1:0"),
+        wecom=WeComSettings(
+            corp_id=CORP,
+            agent_id=AGENT,
+            secret=SecretStr(SECRET),
+            token=SecretStr(TOKEN),
+            aes_key=SecretStr(AES_KEY),
+            base_url=api.base_url,
+            listen="127.0.0.1:0",
+        ),
         notify=NotifySettings(digest_seconds=1, progress_seconds=0.5),
     )
     application = App(settings)
@@ -274,9 +295,7 @@ async def wait_text(api: FakeWeComAPI, user: str, pattern: str, timeout: float =
     raise AssertionError(f"no message matching {pattern!r}; sent: {api.messages!r}")
 
 
-async def test_e2e_params_in_chinese_and_unknown_user_refused(
-    app: tuple[App, str], api: FakeWeComAPI
-) -> None:
+async def test_e2e_params_in_chinese_and_unknown_user_refused(app: tuple[App, str], api: FakeWeComAPI) -> None:
     application, url = app
     for user, text, mid in (("zhangsan", "参数", 8001), ("wangwu", "开始 ep 1", 8002)):
         params, body = encrypt(text_xml(user, text, mid))
@@ -288,9 +307,7 @@ async def test_e2e_params_in_chinese_and_unknown_user_refused(
 
 
 @pytest.mark.slow
-async def test_e2e_train_in_chinese_ends_with_the_plot(
-    app: tuple[App, str], api: FakeWeComAPI
-) -> None:
+async def test_e2e_train_in_chinese_ends_with_the_plot(app: tuple[App, str], api: FakeWeComAPI) -> None:
     _, url = app
     params, body = encrypt(text_xml("zhangsan", "开始 ep 1 n 200", 8101))
     assert (await post(url, params, body)).status == 200
@@ -305,6 +322,9 @@ async def test_e2e_train_in_chinese_ends_with_the_plot(
         await asyncio.sleep(0.05)
     (upload,) = [c for c in api.calls if c.path == "media/upload"]
     assert upload.data.startswith(b"\x89PNG")
-    starts = [m for m in api.messages if m["msgtype"] == "text" and JOB.search(m["text"]["content"])
-              and "已完成" not in m["text"]["content"]]
+    starts = [
+        m
+        for m in api.messages
+        if m["msgtype"] == "text" and JOB.search(m["text"]["content"]) and "已完成" not in m["text"]["content"]
+    ]
     assert len({JOB.search(m["text"]["content"]).group(1) for m in starts}) == 1  # type: ignore[union-attr]

@@ -129,7 +129,7 @@ async def test_a_plain_script_runs_as_a_job_and_reports_to_the_console_and_the_f
 @pytest.mark.slow
 async def test_a_crash_exits_1_with_the_last_lines_of_its_output(tmp_path: Path) -> None:
     out, job_id = await _wrapped(tmp_path, "crash.py", CRASH, code=1)
-    report = out[out.index(f"job {job_id} failed"):]
+    report = out[out.index(f"job {job_id} failed") :]
     assert "ValueError: boom at epoch 2" in report and "about to fail" in report
 
 

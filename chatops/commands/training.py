@@ -580,8 +580,9 @@ async def cmd_status(ctx: CommandContext[JobRef]) -> Reply:
     job = _pick(ctx, ref, "status", ACTIVE_STATES, ())
     lang = ctx.lang
     lines = [
-        ctx.t("status.head", id=job.id, state=state_word(job.state, lang), kind=job.kind,
-              summary=_summary(ctx, job, lang)),
+        ctx.t(
+            "status.head", id=job.id, state=state_word(job.state, lang), kind=job.kind, summary=_summary(ctx, job, lang)
+        ),
         ctx.t("status.owner", owner=job.owner),
     ]
     if job.state in ACTIVE_STATES and job.metrics:

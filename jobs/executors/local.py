@@ -30,6 +30,7 @@ def _gpu_usage(pid: int) -> dict[str, Any]:
     """GPU memory of the runner and the device's utilisation, where nvidia-smi exists."""
     if shutil.which("nvidia-smi") is None:
         return {}
+
     def query(what: str) -> str:
         argv = ["nvidia-smi", f"--query-{what}", "--format=csv,noheader,nounits"]
         return subprocess.run(argv, capture_output=True, text=True, timeout=5, check=True).stdout

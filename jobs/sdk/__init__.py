@@ -39,4 +39,5 @@ def __getattr__(name: str) -> Any:
         return run_main
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = ["JobParams", "Run", "StopTraining", "TrainingDiverged", "UsageError", "param", "run_main"]

@@ -102,7 +102,7 @@ class EarlyStopping:
     warned: bool = False  # said that epoch_end gave no `monitor`
 
     def update(self, epoch: int, value: Any) -> str | None:
-        """"best" for a new best, "stop" when patience ran out, else None (also for no value)."""
+        """ "best" for a new best, "stop" when patience ran out, else None (also for no value)."""
         if not isinstance(value, int | float) or not math.isfinite(value):
             return None
         lower = "loss" in self.monitor

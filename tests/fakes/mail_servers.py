@@ -130,9 +130,7 @@ class Dovecot:
         else:  # unprivileged: every dovecot process runs as us
             internal = login = owner.pw_name
             group = grp.getgrgid(owner.pw_gid).gr_name
-        ssl = (
-            f"ssl = required\nssl_cert = <{self.cert}\nssl_key = <{self.key}\n" if self.tls else "ssl = no\n"
-        )
+        ssl = f"ssl = required\nssl_cert = <{self.cert}\nssl_key = <{self.key}\n" if self.tls else "ssl = no\n"
         cap = f"imap_capability = {self.capability}\n" if self.capability else ""
         # Without root there is no chroot: those services run in place.
         unprivileged = "service anvil {\n  chroot =\n}\n" if os.geteuid() != 0 else ""

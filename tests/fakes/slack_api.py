@@ -122,6 +122,7 @@ class FakeSlack:
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Wait until `predicate()` is truthy (re-checked on every change); return its value."""
+
         async def check() -> Any:
             async with self._changed:
                 while not (value := predicate()):
@@ -184,7 +185,10 @@ class FakeSlack:
         if error:
             return {"ok": False, "error": error}
         msg = FakeMessage(
-            channel, self._next_ts(), params.get("text", ""), params.get("blocks") or [],
+            channel,
+            self._next_ts(),
+            params.get("text", ""),
+            params.get("blocks") or [],
             params.get("thread_ts"),
         )
         self.messages.append(msg)
@@ -317,8 +321,14 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, st
 
 
 def slash_form(
-    command: str, text: str, *, user: str = "U0ALICE", channel: str = "C0GENERAL",
-    response_url: str = "", user_name: str = "alice", team: str = "T0TEAM",
+    command: str,
+    text: str,
+    *,
+    user: str = "U0ALICE",
+    channel: str = "C0GENERAL",
+    response_url: str = "",
+    user_name: str = "alice",
+    team: str = "T0TEAM",
 ) -> dict[str, str]:
     return {
         "token": "deprecated-verification-token",
@@ -335,22 +345,42 @@ def slash_form(
     }
 
 
-def mention_event(text: str, *, user: str = "U0ALICE", channel: str = "C0GENERAL",
-                  thread_ts: str | None = None, event_id: str | None = None) -> dict[str, Any]:
+def mention_event(
+    text: str,
+    *,
+    user: str = "U0ALICE",
+    channel: str = "C0GENERAL",
+    thread_ts: str | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any]:
     event: dict[str, Any] = {
-        "type": "app_mention", "user": user, "text": text, "channel": channel,
-        "ts": f"{time.time():.6f}", "client_msg_id": str(uuid.uuid4()),
+        "type": "app_mention",
+        "user": user,
+        "text": text,
+        "channel": channel,
+        "ts": f"{time.time():.6f}",
+        "client_msg_id": str(uuid.uuid4()),
     }
     if thread_ts:
         event["thread_ts"] = thread_ts
     return {
-        "type": "event_callback", "team_id": "T0TEAM", "api_app_id": "A0APP", "event": event,
-        "event_id": event_id or "Ev" + uuid.uuid4().hex[:10].upper(), "event_time": int(time.time()),
+        "type": "event_callback",
+        "team_id": "T0TEAM",
+        "api_app_id": "A0APP",
+        "event": event,
+        "event_id": event_id or "Ev" + uuid.uuid4().hex[:10].upper(),
+        "event_time": int(time.time()),
     }
 
 
-def button_payload(value: str, *, user: str = "U0ALICE", channel: str = "C0GENERAL",
-                   message_ts: str = "1.000001", action_id: str = "chatops_0") -> dict[str, Any]:
+def button_payload(
+    value: str,
+    *,
+    user: str = "U0ALICE",
+    channel: str = "C0GENERAL",
+    message_ts: str = "1.000001",
+    action_id: str = "chatops_0",
+) -> dict[str, Any]:
     return {
         "type": "block_actions",
         "user": {"id": user, "username": "alice", "team_id": "T0TEAM"},
@@ -360,8 +390,7 @@ def button_payload(value: str, *, user: str = "U0ALICE", channel: str = "C0GENER
         "message": {"ts": message_ts, "text": "..."},
         "trigger_id": f"{time.time_ns()}.{uuid.uuid4().hex[:8]}",
         "response_url": "",
-        "actions": [{"type": "button", "action_id": action_id, "value": value,
-                     "action_ts": f"{time.time():.6f}"}],
+        "actions": [{"type": "button", "action_id": action_id, "value": value, "action_ts": f"{time.time():.6f}"}],
     }
 
 
@@ -369,8 +398,14 @@ SLACK_ACK_SECONDS = 3.0
 
 
 async def post_signed(
-    url: str, secret: str, *, form: dict[str, str] | None = None, payload: dict[str, Any] | None = None,
-    event: dict[str, Any] | None = None, timestamp: int | None = None, signature: str | None = None,
+    url: str,
+    secret: str,
+    *,
+    form: dict[str, str] | None = None,
+    payload: dict[str, Any] | None = None,
+    event: dict[str, Any] | None = None,
+    timestamp: int | None = None,
+    signature: str | None = None,
 ) -> tuple[int, str]:
     """POST like Slack does (form for commands, `payload=` form for buttons, JSON for events).
 

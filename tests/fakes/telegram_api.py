@@ -229,11 +229,7 @@ class FakeBotAPI:
 
     def sent(self, method: str | None = None, *, ok: bool = True) -> list[Call]:
         """Recorded calls (by default only those that succeeded)."""
-        return [
-            c
-            for c in self.calls
-            if (method is None or c.method == method) and (not ok or c.ok)
-        ]
+        return [c for c in self.calls if (method is None or c.method == method) and (not ok or c.ok)]
 
     async def wait_call(
         self,
@@ -261,13 +257,12 @@ class FakeBotAPI:
         try:
             return await asyncio.wait_for(waiter(), timeout)
         except TimeoutError:
-            seen = [(c.method, c.status, c.params.get("text") or c.params.get("caption"))
-                    for c in self.calls[start:]][-15:]
+            seen = [(c.method, c.status, c.params.get("text") or c.params.get("caption")) for c in self.calls[start:]][
+                -15:
+            ]
             raise AssertionError(f"no {methods} call matched within {timeout}s; saw {seen}") from None
 
-    async def post_webhook(
-        self, url: str, update: dict[str, Any], secret: str | None
-    ) -> int:
+    async def post_webhook(self, url: str, update: dict[str, Any], secret: str | None) -> int:
         """Deliver an update to the bot's webhook the way Telegram does; returns the status."""
         update.setdefault("update_id", next(self._update_ids))
         headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret is not None else {}
@@ -300,8 +295,7 @@ class FakeBotAPI:
                 else:
                     raw[part.name] = await part.text()  # type: ignore[union-attr]
         elif request.content_type == "application/json":
-            raw = {k: v if isinstance(v, str) else json.dumps(v)
-                   for k, v in (await request.json()).items()}
+            raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (await request.json()).items()}
         else:
             raw = dict((await request.post()).items())  # type: ignore[arg-type]
             raw.update(request.query)
@@ -319,9 +313,7 @@ class FakeBotAPI:
     async def _dispatch(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         if request.match_info["token"] != self.token:
-            return web.json_response(
-                {"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401
-            )
+            return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
         params, files = await self._read_params(request)
         call = Call(method, params, files)
         for fault in self._faults:
@@ -364,8 +356,11 @@ class FakeBotAPI:
         return True
 
     async def _m_getWebhookInfo(self, p: dict[str, Any], f: dict[str, bytes]) -> Any:
-        return {"url": self.webhook.get("url", ""), "has_custom_certificate": False,
-                "pending_update_count": len(self._updates)}
+        return {
+            "url": self.webhook.get("url", ""),
+            "has_custom_certificate": False,
+            "pending_update_count": len(self._updates),
+        }
 
     async def _m_setMyCommands(self, p: dict[str, Any], f: dict[str, bytes]) -> Any:
         for cmd in p.get("commands", []):
@@ -439,8 +434,13 @@ class FakeBotAPI:
         caption = p.get("caption")
         if caption is not None and _utf16_len(caption) > 1024:
             raise _ApiError(400, "Bad Request: message caption is too long")
-        size = {"file_id": f"ph{len(self.calls)}", "file_unique_id": f"u{len(self.calls)}",
-                "width": 64, "height": 48, "file_size": len(photo)}
+        size = {
+            "file_id": f"ph{len(self.calls)}",
+            "file_unique_id": f"u{len(self.calls)}",
+            "width": 64,
+            "height": 48,
+            "file_size": len(photo),
+        }
         content: dict[str, Any] = {"photo": [size]}
         if caption:
             content["caption"] = caption

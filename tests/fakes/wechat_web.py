@@ -49,8 +49,7 @@ class Contact:
         }
         if self.user_name.startswith("@@"):
             d["MemberList"] = [
-                {"UserName": m.user_name, "NickName": m.nick_name, "DisplayName": ""}
-                for m in self.members
+                {"UserName": m.user_name, "NickName": m.nick_name, "DisplayName": ""} for m in self.members
             ]
             d["EncryChatRoomId"] = "@enc" + self.user_name[2:10]
         return d
@@ -119,17 +118,30 @@ class FakeWebWeChat:
         self.groups.append(g)
         return g
 
-    def push_text(self, from_user: str, text: str, *, to: str = BOT_USER, msg_id: int | None = None,
-                  member: str | None = None) -> str:
+    def push_text(
+        self, from_user: str, text: str, *, to: str = BOT_USER, msg_id: int | None = None, member: str | None = None
+    ) -> str:
         """Queue a text message for the next webwxsync; in groups `member` is the real sender."""
         mid = msg_id if msg_id is not None else next(self._ids)
         content = f"{member}:<br/>{text}" if member else text
-        self._pending.append({
-            "MsgId": str(mid), "NewMsgId": mid, "FromUserName": from_user, "ToUserName": to,
-            "MsgType": 1, "Content": content, "Url": "", "Status": 3, "AppMsgType": 0,
-            "CreateTime": int(time.time()), "FileName": "", "MediaId": "",
-            "RecommendInfo": {}, "Ticket": "",
-        })
+        self._pending.append(
+            {
+                "MsgId": str(mid),
+                "NewMsgId": mid,
+                "FromUserName": from_user,
+                "ToUserName": to,
+                "MsgType": 1,
+                "Content": content,
+                "Url": "",
+                "Status": 3,
+                "AppMsgType": 0,
+                "CreateTime": int(time.time()),
+                "FileName": "",
+                "MediaId": "",
+                "RecommendInfo": {},
+                "Ticket": "",
+            }
+        )
         self._event.set()
         return str(mid)
 
@@ -180,11 +192,15 @@ class FakeWebWeChat:
         body = await self._json_body(request)
         if not self._session_ok(request, body):
             return web.json_response({"BaseResponse": {"Ret": 1101, "ErrMsg": ""}})
-        return web.json_response({
-            "BaseResponse": {"Ret": 0, "ErrMsg": ""},
-            "User": {"UserName": BOT_USER, "NickName": BOT_NICK, "Uin": int(UIN)},
-            "SyncKey": self._sync_key(), "InviteStartCount": 40, "ContactList": [],
-        })
+        return web.json_response(
+            {
+                "BaseResponse": {"Ret": 0, "ErrMsg": ""},
+                "User": {"UserName": BOT_USER, "NickName": BOT_NICK, "Uin": int(UIN)},
+                "SyncKey": self._sync_key(),
+                "InviteStartCount": 40,
+                "ContactList": [],
+            }
+        )
 
     async def _h_webwxstatusnotify(self, request: web.Request) -> web.Response:
         return web.json_response({"BaseResponse": {"Ret": 0, "ErrMsg": ""}})
@@ -219,10 +235,15 @@ class FakeWebWeChat:
             return web.json_response({"BaseResponse": {"Ret": 1101, "ErrMsg": ""}})
         msgs, self._pending = self._pending, []
         self._sync += 1
-        return web.json_response({
-            "BaseResponse": {"Ret": 0, "ErrMsg": ""}, "AddMsgList": msgs, "ModContactList": [],
-            "SyncKey": self._sync_key(), "SyncCheckKey": self._sync_key(),
-        })
+        return web.json_response(
+            {
+                "BaseResponse": {"Ret": 0, "ErrMsg": ""},
+                "AddMsgList": msgs,
+                "ModContactList": [],
+                "SyncKey": self._sync_key(),
+                "SyncCheckKey": self._sync_key(),
+            }
+        )
 
     def _next_ret(self) -> int:
         return self.send_ret.pop(0) if self.send_ret else 0
@@ -236,8 +257,9 @@ class FakeWebWeChat:
             return web.json_response({"BaseResponse": {"Ret": ret, "ErrMsg": "refused"}})
         msg = body["Msg"]
         self.sent.append(Sent("text", msg["ToUserName"], text=msg["Content"]))
-        return web.json_response({"BaseResponse": {"Ret": 0, "ErrMsg": ""},
-                                  "MsgID": str(next(self._ids)), "LocalID": str(msg["LocalID"])})
+        return web.json_response(
+            {"BaseResponse": {"Ret": 0, "ErrMsg": ""}, "MsgID": str(next(self._ids)), "LocalID": str(msg["LocalID"])}
+        )
 
     async def _h_webwxuploadmedia(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -259,10 +281,10 @@ class FakeWebWeChat:
         media_id = msg["MediaId"]
         if media_id not in self._media:
             return web.json_response({"BaseResponse": {"Ret": 1, "ErrMsg": "no such media"}})
-        self.sent.append(Sent("image", msg["ToUserName"], media_id=media_id,
-                              data=self._media[media_id]))
-        return web.json_response({"BaseResponse": {"Ret": 0, "ErrMsg": ""},
-                                  "MsgID": str(next(self._ids)), "LocalID": str(msg["LocalID"])})
+        self.sent.append(Sent("image", msg["ToUserName"], media_id=media_id, data=self._media[media_id]))
+        return web.json_response(
+            {"BaseResponse": {"Ret": 0, "ErrMsg": ""}, "MsgID": str(next(self._ids)), "LocalID": str(msg["LocalID"])}
+        )
 
     async def _h_webwxlogout(self, request: web.Request) -> web.Response:
         return web.Response(text="")
@@ -284,9 +306,14 @@ def make_login_file(base_url: str, path: Path) -> None:
     info["skey"] = ""
     info["wxsid"], info["wxuin"], info["pass_ticket"] = SID, UIN, info["deviceid"]
     info["BaseRequest"] = {"Skey": "", "Sid": SID, "Uin": UIN, "DeviceID": info["deviceid"]}
-    for name, value in (("wxsid", SID), ("wxuin", UIN), ("webwx_data_ticket", DATA_TICKET),
-                        ("webwxuvid", "uvid"), ("webwx_auth_ticket", "auth"),
-                        ("wxloadtime", "1700000000")):
+    for name, value in (
+        ("wxsid", SID),
+        ("wxuin", UIN),
+        ("webwx_data_ticket", DATA_TICKET),
+        ("webwxuvid", "uvid"),
+        ("webwx_auth_ticket", "auth"),
+        ("wxloadtime", "1700000000"),
+    ):
         core.s.cookies.set(name, value)
     core.web_init()
     core.get_contact(True)

@@ -89,8 +89,7 @@ class FakeWeComAPI:
             return web.json_response({"errcode": 40001, "errmsg": "invalid credential"})
         self.tokens_issued += 1
         self._token = f"token-{self.tokens_issued}"
-        return web.json_response({"errcode": 0, "errmsg": "ok", "access_token": self._token,
-                                  "expires_in": 7200})
+        return web.json_response({"errcode": 0, "errmsg": "ok", "access_token": self._token, "expires_in": 7200})
 
     async def _send(self, request: web.Request) -> web.Response:
         error = self._token_error(request)
@@ -106,8 +105,9 @@ class FakeWeComAPI:
         invalid = ""
         if self.valid_users is not None and body.get("touser") not in self.valid_users:
             invalid = body.get("touser", "")
-        return web.json_response({"errcode": 0, "errmsg": "ok", "invaliduser": invalid,
-                                  "msgid": f"msg-{next(self._ids)}"})
+        return web.json_response(
+            {"errcode": 0, "errmsg": "ok", "invaliduser": invalid, "msgid": f"msg-{next(self._ids)}"}
+        )
 
     async def _upload(self, request: web.Request) -> web.Response:
         error = self._token_error(request)
@@ -123,5 +123,6 @@ class FakeWeComAPI:
         media_id = f"media-{next(self._ids)}"
         self._media[media_id] = data
         self.calls.append(Call("media/upload", data=data, filename=media.filename))  # type: ignore[union-attr]
-        return web.json_response({"errcode": 0, "errmsg": "ok", "type": "image",
-                                  "media_id": media_id, "created_at": str(int(time.time()))})
+        return web.json_response(
+            {"errcode": 0, "errmsg": "ok", "type": "image", "media_id": media_id, "created_at": str(int(time.time()))}
+        )
