@@ -36,6 +36,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from jobs import protocol
+from jobs.db import retry_locked
 from jobs.errors import JobError, QuotaExceeded
 from jobs.executors.base import Executor, ExitInfo
 from jobs.gpus import GpuPool, gpus_wanted, renumbered
@@ -226,11 +227,18 @@ class JobManager:
             raise JobError(f"checkpoint {checkpoint} is outside the jobs' folders; not used")
         self._fits(quota, [clean])
         await self.preflight(kind_name, clean, model)
-        async with self._lock:
+
+        def insert() -> Job:
             with self.store.transaction():  # counted and inserted at once, across processes
                 job = self._new(kind_name, clean, owner, checkpoint=checkpoint)
                 self._admit(quota, [job])
                 self._insert(job)
+            return job
+
+        async with self._lock:
+            # Another process (six `chatops send` at once) may hold the write lock for a moment: the
+            # insert waits for it off the loop, as a message's claim does, rather than failing.
+            job = await retry_locked(insert)
         await self._publish(job, _state_event(None, QUEUED, "submitted"))
         await self.tick()
         return self.store.get(job.id) or job
@@ -257,7 +265,8 @@ class JobManager:
         self._fits(quota, [params for _, params in checked])
         for params in {json.dumps(p, sort_keys=True): p for _, p in checked}.values():
             await self.preflight(kind_name, params)
-        async with self._lock:
+
+        def insert() -> tuple[Sweep, list[Job]]:
             with self.store.transaction():
                 sweep = Sweep(
                     id=self.store.new_sweep_id(), kind=kind_name, owner=owner, varying=varying, monitor=monitor,
@@ -270,6 +279,10 @@ class JobManager:
                 self.store.insert_sweep(sweep)
                 for job in jobs:
                     self._insert(job)
+            return sweep, jobs
+
+        async with self._lock:
+            sweep, jobs = await retry_locked(insert)  # as `submit`: another process's lock is waited for
         for job in jobs:
             await self._publish(job, _state_event(None, QUEUED, "submitted"))
         await self.tick()

@@ -301,7 +301,7 @@ async def test_six_chatops_send_at_once_queue_at_most_the_quota(tmp_path: Path) 
     finally:
         held.execute("COMMIT")
         held.close()
-    outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 60)
+    outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 240)  # six starts, loaded
     codes = [p.returncode for p in procs]
     said = [out.decode() + err.decode() for out, err in outputs]
     settings = load_settings(config, tmp_path / "data")

@@ -128,7 +128,10 @@ async def test_a_200_mb_backlog_is_read_with_flat_memory_and_no_loop_stall(tmp_p
         assert job.state == "succeeded" and job.last_seq == count
         assert stored == count, "every event stored once"
         assert growth < 100, f"RSS grew {growth:.0f} MB"
-        assert probe.worst < 0.1, f"the event loop stalled {probe.worst * 1000:.0f} ms"
+        # Reading off the loop keeps the worst stall at 54-58 ms on a quiet 2-core machine (it was 20 s
+        # read on the loop); a machine busy with other work adds its own scheduling delays, so the
+        # test holds what proves the reading is off the loop, not the quiet figure.
+        assert probe.worst < 0.5, f"the event loop stalled {probe.worst * 1000:.0f} ms"
     finally:
         runner.kill()
         runner.wait()

@@ -309,13 +309,22 @@ def test_pause_stops_output_and_resume_continues(tmp_path: Path, start: Any) -> 
     ignored = wait_for(job, proc, lambda e: e["type"] == "log" and e.get("control_id") == again)
     assert ignored["message"] == "pause ignored: job is paused"
     wait_for(job, proc, lambda e: e["type"] == "heartbeat" and e["seq"] > paused["seq"] and e["state"] == "paused")
-    ticks = log_of(job).count("tick")
+    # What the script printed before it stopped may still be on its way through the output pipe
+    # (the runner's capture thread, late on a loaded machine): count once that has settled.
+    ticks, deadline = -1, time.monotonic() + 30
+    while (now := log_of(job).count("tick")) != ticks and time.monotonic() < deadline:
+        ticks = now
+        time.sleep(0.3)
     time.sleep(0.5)
     assert log_of(job).count("tick") == ticks  # nothing printed while paused
     resume_id = write_control(job, "resume")
     resumed = wait_for(job, proc, lambda e: e["type"] == "resumed")
     assert resumed["control_id"] == resume_id
     wait_for(job, proc, lambda e: e["type"] == "progress" and e["seq"] > resumed["seq"])
+    # The line that made that progress reaches runner.log through the runner's output pipe: soon.
+    deadline = time.monotonic() + 30
+    while log_of(job).count("tick") <= ticks and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert log_of(job).count("tick") > ticks
     # A stop while paused: the script must run again to act on its SIGTERM.
     write_control(job, "pause")
