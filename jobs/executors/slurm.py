@@ -18,6 +18,7 @@ that environment and `--export=ALL`, so the bot's own variables never reach the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -156,8 +157,6 @@ class SlurmExecutor(FileChannel):
     async def launch(
         self, job_id: str, job_dir: Path, runner_module: str, env: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        import asyncio
-
         job_dir = Path(job_dir).absolute()  # not resolved: the shared mount's path is what the nodes see
         kind_env, kind_pass = kind_environment(job_dir)
         job_env = job_environment(os.environ, pass_env=[*self.pass_env, *kind_pass], env={**kind_env, **(env or {})},
@@ -237,8 +236,6 @@ class SlurmExecutor(FileChannel):
     async def kill(self, job_id: str, handle: dict[str, Any], *, force: bool) -> None:
         """SIGTERM to every process of the job (the runner stops gracefully, Slurm keeps the job until
         it exits), or, with `force`, cancel it (Slurm's SIGTERM, then SIGKILL after its KillWait)."""
-        import asyncio
-
         job = str(handle.get("slurm_job_id") or "")
         if not job:
             return
