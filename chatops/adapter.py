@@ -19,6 +19,7 @@ from chatops.message import Conversation, Incoming, MessageRef, Reply
 from chatops.settings import Section
 
 if TYPE_CHECKING:
+    from chatops.people import People
     from chatops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class AdapterContext:
     audit: Callable[[str, str, str], Awaitable[None]] | None = None
     # Every registered command, plugins' included, in registration order.
     commands: list[CommandInfo] = field(default_factory=list)
+    # Who is who, and the notification targets people added in chat (a send-only adapter reads them).
+    people: People | None = None
 
     def words(self) -> frozenset[str]:
         """Every command word, lower-cased."""

@@ -97,6 +97,7 @@ class App:
         self.people = People(
             self.db, settings.people, self.authorizer.role_for,
             operators_control=settings.auth.operators_control, quotas=settings.quotas,
+            notify=settings.notify,
         )  # fmt: skip
         self.manager = _job_manager(settings, self.job_service, self.people)
         self.adapters: dict[str, Adapter] = {}  # filled below, once the notifier they report through exists
@@ -146,6 +147,7 @@ class App:
     def context(self) -> AdapterContext:
         return AdapterContext(
             settings=self.settings,
+            people=self.people,
             data_dir=self.settings.data_dir,
             notify_admins=self.notify_admins,
             audit=self._audit,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from chatops.auth import Role
 from chatops.message import Identity
-from chatops.settings import PersonSettings, QuotaSettings
+from chatops.settings import NotifySettings, PersonSettings, QuotaSettings
 from jobs.db import migrate, write_transaction
 from jobs.quotas import Quota
 from jobs.records import Job
@@ -41,6 +41,15 @@ _MIGRATIONS = [
     CREATE INDEX link_failures_identity ON link_failures(identity, t);
     CREATE TABLE notify_prefs (conversation TEXT PRIMARY KEY, mode TEXT NOT NULL, seconds REAL);
     CREATE TABLE mutes (job_id TEXT NOT NULL, conversation TEXT NOT NULL, PRIMARY KEY (job_id, conversation))
+    """,
+    # A person's own notification targets, added in chat (`notify add <apprise-url>`): the URL holds
+    # the service's credentials and stays here, in the bot's database; the outbox names it by `id`.
+    """
+    CREATE TABLE notify_targets (
+        person TEXT NOT NULL, id TEXT NOT NULL, url TEXT NOT NULL, added REAL NOT NULL,
+        PRIMARY KEY (person, id)
+    );
+    CREATE INDEX notify_targets_id ON notify_targets(id);
     """,
 ]
 
@@ -73,8 +82,11 @@ class People:
         *,
         operators_control: str = "own",
         quotas: QuotaSettings | None = None,
+        notify: NotifySettings | None = None,
     ) -> None:
         self.conn = conn
+        # `[notify]`: the targets of every job, and how many one person may add in chat
+        self.notify_settings = notify or NotifySettings()
         self.operators_control = operators_control  # "own": an operator controls their own jobs only
         self.quotas = quotas or QuotaSettings()
         self._links: frozenset[str] = frozenset()
@@ -82,6 +94,7 @@ class People:
         migrate(conn, "people", _MIGRATIONS)
         self._config_role = config_role  # the role config grants one identity key
         self._declared: dict[str, str] = {}  # identity -> person name, from config
+        self._declared_targets = {name: list(p.targets) for name, p in declared.items() if p.targets}
         for name, person in declared.items():
             for ident in person.ids:
                 self._declared[ident.lower()] = name
@@ -229,6 +242,47 @@ class People:
         query = "SELECT mode, seconds FROM notify_prefs WHERE conversation=?"
         row = self.conn.execute(query, (conversation,)).fetchone()
         return NotifyPref(row[0], row[1]) if row else NotifyPref()
+
+    # -- a person's own notification targets (`notify add`) ------------------------------------
+    def _owners(self, identity: str) -> list[str]:
+        """The names a person's targets may be stored under: the person, and each identity of
+        theirs (a target added before a link stays with the one who added it)."""
+        return list(dict.fromkeys([self.person_of(identity), *self.identities_of(identity)]))
+
+    def config_targets(self, identity: str) -> tuple[list[str], list[str]]:
+        """The Apprise URLs config sends `identity`'s jobs to: every job's, and their person's own."""
+        return list(self.notify_settings.targets), self._declared_targets.get(self.person_of(identity), [])
+
+    def targets_of(self, identity: str) -> list[tuple[str, str]]:
+        """(id, url) of the targets `identity`'s person added in chat, oldest first."""
+        owners = self._owners(identity)
+        marks = ",".join("?" * len(owners))
+        query = f"SELECT id, url FROM notify_targets WHERE person IN ({marks}) ORDER BY added, rowid"
+        return list(dict((r[0], r[1]) for r in self.conn.execute(query, owners)).items())
+
+    def add_target(self, identity: str, target_id: str, url: str, most: int) -> tuple[int, bool] | None:
+        """Store a target for `identity`'s person: its number in their list and whether it is new,
+        or None when they have `most` already (adding one they have is not an error)."""
+        with write_transaction(self.conn):
+            mine = [i for i, _ in self.targets_of(identity)]
+            if target_id in mine:
+                return mine.index(target_id) + 1, False
+            if len(mine) >= most:
+                return None
+            row = (self.person_of(identity), target_id, url, time.time())
+            self.conn.execute("INSERT INTO notify_targets VALUES (?, ?, ?, ?)", row)
+        return len(mine) + 1, True
+
+    def remove_target(self, identity: str, target_id: str) -> bool:
+        owners = self._owners(identity)
+        marks = ",".join("?" * len(owners))
+        query = f"DELETE FROM notify_targets WHERE id=? AND person IN ({marks})"
+        return self.conn.execute(query, (target_id, *owners)).rowcount > 0
+
+    def stored_target(self, target_id: str) -> str | None:
+        """The URL of a target added in chat, by its outbox id (whoever added it)."""
+        row = self.conn.execute("SELECT url FROM notify_targets WHERE id=? LIMIT 1", (target_id,)).fetchone()
+        return str(row[0]) if row else None
 
     def mute(self, job_id: str, conversation: str) -> bool:
         cur = self.conn.execute("INSERT OR IGNORE INTO mutes VALUES (?, ?)", (job_id, conversation))

@@ -69,6 +69,7 @@ def command(
     confirm: Callable[[CommandContext[Any]], str | Question] | None = None,
     job_params: bool = False,
     raw: bool = False,
+    redact: Callable[[str], str] | None = None,
 ) -> Callable[[F], F]:
     """Make an `async def handler(ctx, arg: type = default, …)` a chat command (see the module).
 
@@ -76,8 +77,8 @@ def command(
     a pydantic model of the arguments instead of parameters (`positionals`: the fields bare words
     fill, in order); `summary`/`summary_zh` instead of the docstring; `confirm`, the question asked
     before it runs; `job_params`, keys beyond `args` kept for a job kind's schema; `raw`, the
-    handler parses what follows the command word itself (`ctx.rest`); role `none`, open to anyone,
-    strangers included (`whoami`)."""
+    handler parses what follows the command word itself (`ctx.rest`); `redact`, what the audit keeps
+    of a message that holds a secret; role `none`, open to anyone, strangers included (`whoami`)."""
     if role not in ("viewer", "operator", "admin", "none"):
         raise ValueError(f"command {name!r}: role must be viewer, operator or admin (got {role!r})")
 
@@ -85,7 +86,7 @@ def command(
         spec = spec_of(fn, name, Role[role], tuple(aliases), tuple(examples), args=args,
                        positionals=None if positionals is None else tuple(positionals))  # fmt: skip
         spec = replace(spec, summary=summary or spec.summary, summary_zh=summary_zh, confirm=confirm,
-                       job_params=job_params, raw=raw)  # fmt: skip
+                       job_params=job_params, raw=raw, redact=redact)  # fmt: skip
         setattr(fn, _SPEC, spec)
         return fn
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from typing import Any
@@ -177,6 +178,29 @@ def split_target(url: str) -> tuple[str, str, float | None]:
     if level == "all" and digest is None:
         digest = 600.0
     return base + ("?" + "&".join(kept) if kept else ""), level, digest
+
+
+def target_id(url: str) -> str:
+    """A target's name in the outbox (`notify:<id>`): a hash of the URL Apprise gets, so the URL,
+    which holds the credentials, is never written beside the messages."""
+    return hashlib.sha256(split_target(url)[0].encode()).hexdigest()[:12]
+
+
+def unwrap_url(text: str) -> str:
+    """A URL as a chat delivered it: Slack sends `<scheme://…>` or `<scheme://…|label>`, other
+    platforms the text as typed."""
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].split("|", 1)[0]
+    return text
+
+
+_URL_IN_TEXT = re.compile(r"<?\b[a-z][a-z0-9+.-]*://[^\s>]+>?", re.IGNORECASE)
+
+
+def mask_urls(text: str) -> str:
+    """Every URL in `text` as `shown_url` shows it: for the audit of a message that carries one."""
+    return _URL_IN_TEXT.sub(lambda m: shown_url(unwrap_url(m[0])), text)
 
 
 def notify_target_problem(url: str) -> str | None:

@@ -291,10 +291,10 @@ class Router:
             return _refused(exc, who, spec, command, audit)
         except Exception:
             if spec.changes_state:  # let through, then failed: the internal error's ref is in the log
-                audit.append((who, spec.name, _detail(command), True, "error"))
+                audit.append((who, spec.name, _detail(command, spec), True, "error"))
             raise
         if spec.changes_state:
-            audit.append((who, spec.name, _detail(command), True, None))
+            audit.append((who, spec.name, _detail(command, spec), True, None))
         _note(spec.name, "handled")
         if isinstance(result, str):
             return [Reply(result)]
@@ -313,7 +313,7 @@ class Router:
         _note("-", "throttled")
         if not held.first:
             return []
-        audit.append((incoming.sender.key, "message", _detail(incoming.text), False, "rate"))
+        audit.append((incoming.sender.key, "message", self._detail_of(incoming.text), False, "rate"))
         if incoming.meta.get("quiet_deny") and role == Role.none:
             return []
         said = text("router.slow_down", _lang(head_word(incoming.text)), who=incoming.sender.key,
@@ -323,8 +323,8 @@ class Router:
     def _too_long(self, incoming: Incoming, limit: int, audit: list[AuditRow], lang: Lang) -> list[Reply]:
         size = len(incoming.text)
         _note("-", "too_long")
-        audit.append((incoming.sender.key, "message_too_long", f"{size} characters: {incoming.text[:200]}", False,
-                      "too_long"))  # fmt: skip
+        said = self._detail_of(incoming.text[:200])
+        audit.append((incoming.sender.key, "message_too_long", f"{size} characters: {said}", False, "too_long"))
         return [Reply(text("router.too_long", lang, size=size, limit=limit), error=True)]
 
     def _deny(self, incoming: Incoming, role: Role, spec: CommandSpec | None, audit: list[AuditRow],
@@ -332,7 +332,7 @@ class Router:
         who = incoming.sender.key
         action = spec.name if spec else "message"
         _note(spec.name if spec else "-", "denied")
-        audit.append((who, action, _detail(incoming.text), False, "role"))
+        audit.append((who, action, self._detail_of(incoming.text, spec), False, "role"))
         if incoming.meta.get("quiet_deny") and role == Role.none:
             return []
         if role == Role.none:
@@ -340,6 +340,11 @@ class Router:
         assert spec is not None
         said = text("router.needs_role", lang, command=spec.name, needed=spec.role.name, who=who, role=role.name)
         return [Reply(said, error=True)]
+
+    def _detail_of(self, said: str, spec: CommandSpec | None = None) -> str:
+        """What the audit keeps of a message not (yet) bound to its command: the command its first
+        word names still masks what it declares secret (`notify add`'s URL), a stranger's too."""
+        return _detail(said, spec or self.registry.lookup(head_word(said) or ""))
 
     def _bind(self, spec: CommandSpec, parsed: Parsed, lang: Lang = Lang.EN) -> tuple[BaseModel, dict[str, str]]:
         if parsed.duplicates:
@@ -378,12 +383,14 @@ def _refused(exc: CommandError, who: str, spec: CommandSpec, command: str, audit
     command (a viewer's typo, a question about a job that does not exist, is not worth a row)."""
     reason = exc.reason or ("invalid" if spec.changes_state else None)
     if reason is not None:
-        audit.append((who, spec.name, _detail(command), False, reason))
+        audit.append((who, spec.name, _detail(command, spec), False, reason))
     return [Reply(str(exc), error=True, buttons=exc.buttons)]
 
 
-def _detail(said: str) -> str:
-    """What the audit keeps of a message."""
+def _detail(said: str, spec: CommandSpec | None = None) -> str:
+    """What the audit keeps of a message: its start, with what its command declares secret masked."""
+    if spec is not None and spec.redact is not None:
+        said = spec.redact(said)
     return said.strip()[:500]
 
 

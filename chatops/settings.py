@@ -177,6 +177,10 @@ class NotifySettings(Section):
     targets: list[str] = Field(
         default_factory=list, description="Apprise URLs told of every job (ntfy://, json://, pover://; docs/notify.md)"
     )
+    chat_targets: int = Field(
+        5, ge=0, le=100, description="how many targets of their own one person may add in chat with `notify add`"
+        " (told of the jobs they start); 0: none, `notify add` is refused",
+    )  # fmt: skip
     progress_seconds: float = Field(2.0, ge=0.2, description="minimum gap between live edits")
     digest_seconds: float = Field(60.0, ge=1, description="digest interval where edits are impossible")
     retry_max_seconds: float = Field(300.0, gt=0)
@@ -195,8 +199,9 @@ class NotifySettings(Section):
 
     @property
     def configured(self) -> bool:
-        """The send-only targets' adapter starts when any target is given (here or a person's)."""
-        return bool(self.targets) or self._people_targets
+        """The send-only targets' adapter starts when any target is given (here or a person's), or
+        people may add their own in chat (then any process that runs jobs delivers to them)."""
+        return bool(self.targets) or self._people_targets or self.chat_targets > 0
 
 
 class RetentionSettings(Section):

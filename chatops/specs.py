@@ -129,6 +129,9 @@ class CommandSpec:
     # The handler reads what follows the command word itself (`ctx.rest`): `val_acc>=0.98` is not
     # key=value, and the parser would take it apart.
     raw: bool = False
+    # What the audit keeps of the message, for a command whose text holds a secret (`notify add`'s
+    # Apprise URL): the text with it masked.
+    redact: Callable[[str], str] | None = None
     confirm: Callable[[CommandContext[Any]], str | Question] | None = None  # asked before running
     examples: tuple[str, ...] = ()
 

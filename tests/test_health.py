@@ -23,7 +23,8 @@ async def test_healthz_is_ok_while_the_bot_works_and_503_when_its_watcher_dies(s
         assert bot.app.health is not None and bot.app.health.port != 0
         status, body = await _get(bot.app.health.port)
         assert status == 200 and body["status"] == "ok", body
-        assert body["adapters"] == ["test"] and body["jobs"] == {"active": 0, "queued": 0}
+        # `notify`: the send-only targets' adapter, there for targets people add in chat
+        assert body["adapters"] == ["notify", "test"] and body["jobs"] == {"active": 0, "queued": 0}
         assert body["outbox_pending"] == 0
 
         await bot.app.manager.close()  # the job watcher is gone: jobs would never progress
@@ -62,7 +63,7 @@ async def test_readyz_names_what_is_not_ready(settings: Settings) -> None:
         status, body = await _fetch(bot.app.health.port, "/readyz")
         assert status == 200 and json.loads(body) == {
             "status": "ready",
-            "adapters": {"test": "ready"},
+            "adapters": {"notify": "ready", "test": "ready"},
             "database": "ready",
             "executor": "ready",
         }

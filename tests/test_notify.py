@@ -80,7 +80,8 @@ async def flaky() -> AsyncIterator[tuple[Hits, str]]:
 
 
 def _with(settings: Settings, **changes: Any) -> Settings:
-    notify = settings.notify.model_copy(update={"targets": changes.pop("targets", [])})
+    update = {"targets": changes.pop("targets", []), "chat_targets": changes.pop("chat_targets", 5)}
+    notify = settings.notify.model_copy(update=update)
     return Settings.model_validate({**settings.model_dump(), "notify": notify.model_dump(), **changes})
 
 
@@ -189,13 +190,112 @@ def test_a_bad_target_is_a_config_error_naming_it_redacted(
     # Targets start the notify adapter beside the console, never instead of it.
     assert configured_platforms(_with(settings, targets=["json://127.0.0.1:9/x"])) == ["console", "notify"]
     people = {"alice": PersonSettings(ids=["test:op"], targets=["json://127.0.0.1:9/a"])}
-    assert "notify" in configured_platforms(_with(settings, people=people))
-    assert "notify" not in configured_platforms(settings)
+    assert "notify" in configured_platforms(_with(settings, people=people, chat_targets=0))
+    assert "notify" in configured_platforms(settings)  # people may add their own in chat (`notify add`)
+    assert "notify" not in configured_platforms(_with(settings, chat_targets=0))
 
 
 async def test_the_recording_platform_still_gets_its_own_reply(settings: Settings) -> None:
-    """A bot without targets has no notify adapter: nothing changes for chats."""
-    async with BotHarness(settings, RecordingAdapter()) as bot:
-        assert "notify" not in bot.app.adapters
-        [me] = await bot.say("whoami")
-        assert not me.error
+    """A bot without targets in its config still gets its own replies (the notify adapter, there for
+    targets added in chat, only sends what follows a job); with `chat_targets = 0` it has none."""
+    for chat_targets, present in ((5, True), (0, False)):
+        async with BotHarness(_with(settings, chat_targets=chat_targets), RecordingAdapter()) as bot:
+            assert ("notify" in bot.app.adapters) is present
+            [me] = await bot.say("whoami")
+            assert not me.error and "operator" in me.text
+
+
+def _audit_text(bot: BotHarness) -> str:
+    return " ".join(str(tuple(r)) for r in bot.app.db.execute("SELECT identity, action, detail, reason FROM audit"))
+
+
+@pytest.mark.slow
+async def test_a_target_added_in_chat_gets_that_persons_jobs_until_removed(
+    settings: Settings, hook: tuple[Hits, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`notify add <url>` in chat: the URL (its `?a=b&c=d` whole, not taken apart as arguments) is told
+    of the jobs its person starts, from any of their accounts, and never of another's; the token shows
+    in no reply, audit row or log line; `notify remove 1` stops it."""
+    caplog.set_level(logging.DEBUG)
+    posts, at = hook
+    url = f"json://lab:{TOKEN}@{at}/mine?chatops_level=final&-tag=a%20b"
+    people = {"alice": PersonSettings(ids=["test:op", "test:op3"])}
+    async with _harness(_with(settings, people=people)) as bot:
+        [added] = await bot.say(f"notify add {url}")
+        assert not added.error and "Notification target 1 added: json://…/mine" in added.text
+        [again] = await bot.say(f"notify add <{url}>", user="op3")  # Slack's form, from alice's other account
+        assert not again.error and "already" in again.text and "1." in again.text
+        [listed] = await bot.say("notify targets")
+        assert "1. json://…/mine (final reports)" in listed.text
+        [bobs] = await bot.say(f"train epochs=1 {TINY}", user="op2")
+        [alices] = await bot.say(f"train epochs=1 {TINY}", user="op3")
+        bob, alice = job_id(bobs.text), job_id(alices.text)
+        for jid in (bob, alice):
+            await bot.wait_state(jid, {"succeeded"}, timeout=120)
+        await eventually(lambda: _finals(posts, alice), 30, "alice's report at the target she added")
+        # Apprise got the URL whole: its password (Basic auth), its `-tag` (a query parameter).
+        assert posts.got[0]["headers"]["Authorization"] == "Basic " + base64.b64encode(f"lab:{TOKEN}".encode()).decode()
+        assert posts.got[0]["query"] == {"tag": "a b"}
+        await eventually(lambda: bot.app.chat_store.pending_count(["notify"]) == 0, 30, "the notify outbox drained")
+        [removed] = await bot.say("notify remove 1")
+        assert not removed.error and "json://…/mine" in removed.text
+        [later] = await bot.say(f"train epochs=1 {TINY}")
+        after = job_id(later.text)
+        await bot.wait_state(after, {"succeeded"}, timeout=120)
+        await bot.wait_for(lambda r: r.job_id == after and "succeeded" in r.text, timeout=60)
+        [none] = await bot.say("notify targets")
+        assert "no notification targets" in none.text
+        audit = _audit_text(bot)
+    assert _finals(posts, bob) == [] and _finals(posts, after) == []
+    assert len(_finals(posts, alice)) == 1
+    said = " ".join(r.text for _, r, _ in bot.adapter.sent)
+    assert TOKEN not in said and TOKEN not in audit and TOKEN not in caplog.text
+    assert "notify add" in audit and "json://…/mine" in audit
+
+
+async def test_notify_add_refuses_clearly_and_keeps_the_url_out_of_the_audit(settings: Settings) -> None:
+    secret_url = f"ntfy://{TOKEN}@127.0.0.1:9/lab-gpu"
+    async with _harness(_with(settings, chat_targets=2)) as bot:
+        [viewer] = await bot.say(f"notify add {secret_url}", user="viewer")
+        assert viewer.error and "operators" in viewer.text and TOKEN not in viewer.text
+        [stranger] = await bot.say(f"notify add {secret_url}", user="nobody")
+        assert stranger.error
+        [bare] = await bot.say("notify add")
+        assert bare.error and "notify add <apprise-url>" in bare.text
+        [spaced] = await bot.say("notify add ntfy://a b")
+        assert spaced.error and "one URL" in spaced.text
+        [unknown] = await bot.say(f"notify add nosuch://{TOKEN}@host/lab-gpu")
+        assert unknown.error and "nosuch://…/lab-gpu" in unknown.text and "Apprise does not take" in unknown.text
+        [loud] = await bot.say(f"notify add {secret_url}?chatops_level=loud")
+        assert loud.error and "chatops_level must be one of final, alerts, all" in loud.text
+        [not_url] = await bot.say("notify add lab-gpu")
+        assert not_url.error and "not an Apprise URL" in not_url.text
+        for n in (1, 2):
+            [ok] = await bot.say(f"通知 添加 json://127.0.0.1:9/t{n}?chatops_level=all&chatops_digest=15m")
+            assert not ok.error and f"已添加推送目标 {n}" in ok.text and "15" in ok.text
+        [full] = await bot.say("notify add json://127.0.0.1:9/t3")
+        assert full.error and "2 notification targets" in full.text
+        [gone] = await bot.say("notify remove 9")
+        assert gone.error and "no target 9" in gone.text and "(2)" in gone.text
+        [which] = await bot.say("notify remove the-first")
+        assert which.error and "notify remove <n>" in which.text
+        [mode] = await bot.say("notify digest 10m")  # what a conversation is told works as before
+        assert not mode.error and "10" in mode.text
+        [bad] = await bot.say("notify sometimes")
+        assert bad.error and "notify add <apprise-url>" in bad.text
+        audit = _audit_text(bot)
+    said = " ".join(r.text for _, r, _ in bot.adapter.sent)
+    assert TOKEN not in said and TOKEN not in audit
+    assert "ntfy://…/lab-gpu" in audit  # the refusals are audited, the URL masked
+
+
+async def test_config_targets_are_listed_and_chat_targets_can_be_off(settings: Settings) -> None:
+    people = {"alice": PersonSettings(ids=["test:op"], targets=["pover://userkey1234@apptoken5678"])}
+    every = [f"ntfy://{TOKEN}@127.0.0.1:9/lab-gpu?chatops_level=alerts"]
+    async with _harness(_with(settings, targets=every, people=people, chat_targets=0)) as bot:
+        [listed] = await bot.say("notify targets")
+        assert "ntfy://…/lab-gpu (every job: final reports and alerts)" in listed.text
+        assert "pover://… (your jobs: final reports)" in listed.text
+        [off] = await bot.say("notify add json://127.0.0.1:9/x")
+        assert off.error and "chat_targets = 0" in off.text
+    assert all(TOKEN not in r.text and "apptoken5678" not in r.text for _, r, _ in bot.adapter.sent)

@@ -13,8 +13,9 @@ from chatops.commands.training import find_job
 from chatops.message import Conversation, Reply
 from chatops.people import LinkError, People
 from chatops.plugins import command
+from chatops.redact import mask_urls, notify_target_problem, shown_url, split_target, target_id, unwrap_url
 from chatops.render import duration
-from chatops.specs import Args, CommandContext, CommandError
+from chatops.specs import Args, CommandContext, CommandError, NoArgs
 
 
 class LinkArgs(Args):
@@ -23,11 +24,6 @@ class LinkArgs(Args):
 
 class UnlinkArgs(Args):
     identity: str | None = Field(None, description="which of your identities (default: the one you send from)")
-
-
-class NotifyArgs(Args):
-    mode: str | None = Field(None, description="all, quiet or digest")
-    every: str | None = Field(None, description="for digest: 10m, 1h, 90s")
 
 
 class MuteArgs(Args):
@@ -99,15 +95,25 @@ async def cmd_unlink(ctx: CommandContext[UnlinkArgs]) -> str:
 
 
 _EVERY = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?$")
+# `notify <word>`: what a conversation is told (all, quiet, digest), or a person's own push targets.
+_TARGET_WORDS = {"add": "add", "添加": "add", "remove": "remove", "rm": "remove", "删除": "remove", "移除": "remove",
+                 "targets": "targets", "target": "targets", "list": "targets", "目标": "targets"}  # fmt: skip
 
 
-@command("notify", aliases=["通知"], args=NotifyArgs, positionals=["mode", "every"],
-         summary="what this conversation is told: all, quiet (final reports only) or digest 10m",
-         summary_zh="通知设置", examples=["notify quiet", "notify digest 10m", "notify all"])  # fmt: skip
-async def cmd_notify(ctx: CommandContext[NotifyArgs]) -> str:
+@command("notify", aliases=["通知"], args=NoArgs, raw=True, redact=mask_urls,
+         summary="what this conversation is told: all, quiet (final reports only) or digest 10m; your own push"
+                 " targets: notify targets, notify add <apprise-url>, notify remove <n>",
+         summary_zh="通知设置", examples=["notify quiet", "notify digest 10m", "notify all", "notify targets",
+                                          "notify add ntfys://ntfy.sh/my-topic", "notify remove 1"])  # fmt: skip
+async def cmd_notify(ctx: CommandContext[NoArgs]) -> str:
     who = people(ctx)
-    mode = (ctx.args.mode or "").lower()
+    word, _, rest = ctx.rest.strip().partition(" ")
+    mode, rest = word.lower(), rest.strip()
+    if mode in _TARGET_WORDS:
+        return _targets_command(ctx, who, _TARGET_WORDS[mode], rest)
     conv = ctx.conversation.key
+    if rest and mode != "digest":
+        raise CommandError(ctx.t("notify.usage"))
     if mode == "all":
         who.set_notify(conv, "all")
         return ctx.t("notify.all")
@@ -115,7 +121,7 @@ async def cmd_notify(ctx: CommandContext[NotifyArgs]) -> str:
         who.set_notify(conv, "quiet")
         return ctx.t("notify.quiet")
     if mode == "digest":
-        found = _EVERY.match((ctx.args.every or "10m").lower())
+        found = _EVERY.match((rest or "10m").lower())
         if found is None:
             raise CommandError(ctx.t("notify.usage"))
         unit = {"h": 3600, "hr": 3600, "m": 60, "min": 60}.get(found[2] or "m", 1)
@@ -125,6 +131,66 @@ async def cmd_notify(ctx: CommandContext[NotifyArgs]) -> str:
         who.set_notify(conv, "digest", seconds)
         return ctx.t("notify.digest", every=duration(seconds))
     raise CommandError(ctx.t("notify.usage"))
+
+
+def _targets_command(ctx: CommandContext[NoArgs], who: People, action: str, rest: str) -> str:
+    """A person's own push targets: the URLs are credentials, so nothing here says one back whole."""
+    me = ctx.sender.key
+    if action == "targets":
+        return _list_targets(ctx, who)
+    if action == "add":
+        return _add_target(ctx, who, unwrap_url(rest))
+    mine = who.targets_of(me)
+    if not rest.isdigit():
+        raise CommandError(ctx.t("notify.remove_usage", count=len(mine)))
+    n = int(rest)
+    if not 1 <= n <= len(mine):
+        raise CommandError(ctx.t("notify.remove_none", n=n, count=len(mine)))
+    target_id, url = mine[n - 1]
+    who.remove_target(me, target_id)
+    ctx.chats.audit(me, "notify remove", shown_url(url))
+    return ctx.t("notify.removed", n=n, shown=shown_url(url))
+
+
+def _add_target(ctx: CommandContext[NoArgs], who: People, url: str) -> str:
+    most = who.notify_settings.chat_targets
+    if not most:
+        raise CommandError(ctx.t("notify.add_off"))
+    if ctx.role < Role.operator:  # a target is told of the jobs its person starts: a viewer starts none
+        raise CommandError(ctx.t("notify.add_role", role=ctx.role.name), reason="role")
+    if not url or any(c.isspace() for c in url):
+        raise CommandError(ctx.t("notify.add_usage"))
+    problem = notify_target_problem(url)
+    if problem:
+        raise CommandError(problem)
+    added = who.add_target(ctx.sender.key, target_id(url), url, most)
+    if added is None:
+        raise CommandError(ctx.t("notify.add_full", most=most))
+    (n, new), shown, what = added, shown_url(url), _level_words(ctx, url)
+    if not new:
+        return ctx.t("notify.added_again", n=n, shown=shown, what=what)
+    ctx.chats.audit(ctx.sender.key, "notify add", shown)
+    return ctx.t("notify.added", n=n, shown=shown, what=what)
+
+
+def _list_targets(ctx: CommandContext[NoArgs], who: People) -> str:
+    me = ctx.sender.key
+    mine = who.targets_of(me)
+    lines = [ctx.t("notify.targets_head")] if mine else [ctx.t("notify.targets_none")]
+    lines += [f"{n}. {shown_url(url)} ({_level_words(ctx, url)})" for n, (_, url) in enumerate(mine, 1)]
+    every, personal = who.config_targets(me)
+    if every or personal:
+        lines.append(ctx.t("notify.config_head"))
+        lines += [f"- {shown_url(url)} ({ctx.t('notify.for_every_job')}: {_level_words(ctx, url)})" for url in every]
+        lines += [f"- {shown_url(url)} ({ctx.t('notify.for_your_jobs')}: {_level_words(ctx, url)})" for url in personal]
+    return "\n".join(lines)
+
+
+def _level_words(ctx: CommandContext[NoArgs], url: str) -> str:
+    _, level, digest = split_target(url)
+    if level == "all":
+        return ctx.t("notify.level_all", every=duration(digest or 600))
+    return ctx.t("notify.level_alerts") if level == "alerts" else ctx.t("notify.level_final")
 
 
 @command("mute", aliases=["静音"], args=MuteArgs, positionals=["job"], summary="no progress from a job here",

@@ -185,7 +185,31 @@ TEXTS: dict[str, str] = {
                     " waiting. Wait for one to start, or stop one.",
     "quota.gpus": "This job asks for {need} GPU(s); one person may hold at most {most}.",
     "jobs.none_mine": "You have no jobs. Start one with: train epochs=5",
-    "notify.usage": "notify all | quiet (final reports only) | digest 10m (progress every 10 minutes)",
+    "notify.usage": "notify all | quiet (final reports only) | digest 10m (progress every 10 minutes)\n"
+    "notify targets | notify add <apprise-url> | notify remove <n>: your own push targets (ntfy, Pushover, Gotify,"
+    " a JSON hook …), told of the jobs you start",
+    "notify.add_usage": "notify add <apprise-url>, one URL, e.g. notify add ntfys://ntfy.sh/my-topic"
+    " (add ?chatops_level=alerts or ?chatops_level=all&chatops_digest=10m for more than final reports)",
+    "notify.add_role": "Only operators add notification targets (a target is told of the jobs you start);"
+    " you are {role}.",
+    "notify.add_off": "Notification targets are not added in chat on this bot ([notify] chat_targets = 0):"
+    " ask an admin to put yours in its config ([people.<name>] targets).",
+    "notify.add_full": "You have {most} notification targets, the most one person may add here:"
+    " notify remove <n> one of them first.",
+    "notify.added": "Notification target {n} added: {shown}, told the {what} of the jobs you start.",
+    "notify.added_again": "You have that notification target already: {n}. {shown}, told the {what}.",
+    "notify.targets_none": "You have no notification targets of your own. notify add <apprise-url> adds one"
+    " (ntfy, Pushover, Gotify, a JSON hook …).",
+    "notify.targets_head": "Your notification targets (notify remove <n> takes one out):",
+    "notify.config_head": "From the config (changed there):",
+    "notify.for_every_job": "every job",
+    "notify.for_your_jobs": "your jobs",
+    "notify.remove_usage": "notify remove <n>: the number notify targets shows ({count} of yours)",
+    "notify.remove_none": "You have no target {n} of your own: notify targets lists yours ({count}).",
+    "notify.removed": "Notification target {n} removed: {shown}.",
+    "notify.level_final": "final reports",
+    "notify.level_alerts": "final reports and alerts",
+    "notify.level_all": "final reports, alerts and progress every {every}",
     "notify.all": "This conversation gets every progress update again.",
     "notify.quiet": "Quiet: this conversation gets final reports only (and alerts it asked for).",
     "notify.digest": "Digest: progress here at most every {every}, as new messages; final reports at once.",

@@ -176,7 +176,29 @@ TEXTS: dict[str, str] = {
                     "请等其中一个开始，或停止一个。",
     "quota.gpus": "这个任务需要 {need} 块 GPU；每人最多占用 {most} 块。",
     "jobs.none_mine": "你还没有任务。发送 开始 ep 5 开始训练。",
-    "notify.usage": "通知 all（全部）| quiet（只要最终报告）| digest 10m（每 10 分钟汇总进度）",
+    "notify.usage": "通知 all（全部）| quiet（只要最终报告）| digest 10m（每 10 分钟汇总进度）\n"
+    "通知 目标 | 通知 添加 <apprise 网址> | 通知 删除 <编号>：你自己的推送目标（ntfy、Pushover、Gotify、JSON 接口……），"
+    "接收你启动的任务",
+    "notify.add_usage": "通知 添加 <apprise 网址>，一个网址，例如：通知 添加 ntfys://ntfy.sh/my-topic"
+    "（加 ?chatops_level=alerts 或 ?chatops_level=all&chatops_digest=10m 接收更多）",
+    "notify.add_role": "只有操作员可以添加推送目标（目标接收你启动的任务）；你的角色是 {role}。",
+    "notify.add_off": "这个机器人不能在聊天里添加推送目标（[notify] chat_targets = 0）：请管理员写进配置"
+    "（[people.<名字>] targets）。",
+    "notify.add_full": "你已经有 {most} 个推送目标，这是一个人最多能添加的数量：先用 通知 删除 <编号> 删掉一个。",
+    "notify.added": "已添加推送目标 {n}：{shown}，接收你启动的任务的{what}。",
+    "notify.added_again": "你已经有这个推送目标：{n}. {shown}，接收{what}。",
+    "notify.targets_none": "你还没有自己的推送目标。通知 添加 <apprise 网址> 可以添加一个"
+    "（ntfy、Pushover、Gotify、JSON 接口……）。",
+    "notify.targets_head": "你的推送目标（通知 删除 <编号> 删除）：",
+    "notify.config_head": "配置里的（在配置里修改）：",
+    "notify.for_every_job": "所有任务",
+    "notify.for_your_jobs": "你的任务",
+    "notify.remove_usage": "通知 删除 <编号>：通知 目标 显示的编号（你有 {count} 个）",
+    "notify.remove_none": "你没有编号 {n} 的推送目标：通知 目标 列出你的（{count} 个）。",
+    "notify.removed": "已删除推送目标 {n}：{shown}。",
+    "notify.level_final": "最终报告",
+    "notify.level_alerts": "最终报告和提醒",
+    "notify.level_all": "最终报告、提醒和每 {every} 的进度",
     "notify.all": "这个会话重新接收所有进度。",
     "notify.quiet": "安静模式：这个会话只接收最终报告（以及设置的提醒）。",
     "notify.digest": "汇总模式：这里的进度最多每 {every} 发一条新消息；最终报告立即发送。",
