@@ -27,7 +27,8 @@ from chatops.redact import notify_target_problem, redact_logger, shown_url, spli
 log = logging.getLogger(__name__)
 
 PLATFORM = "notify"
-_TITLE = re.compile(r"^(job \S+ [\w-]+)")  # `job 3f2a succeeded in 1m: …` -> `job 3f2a succeeded`
+# `job 3f2a succeeded in 1m: …` -> `job 3f2a succeeded`; `sweep s3f2a ended: …` -> `sweep s3f2a ended`
+_TITLE = re.compile(r"^((?:job|sweep) \S+ [\w-]+)")
 _LEVEL_PREF = {"final": "final", "alerts": "quiet", "all": "digest"}
 
 
@@ -56,7 +57,8 @@ class Target:
 
 
 def title_and_body(text: str) -> tuple[str, str]:
-    """A push's title is the report's head (`job 3f2a succeeded`), its body the rest, short."""
+    """A push's title is the report's head (`job 3f2a succeeded`, `sweep s3f2a ended`), its body the
+    rest, short."""
     first, _, rest = text.partition("\n")
     found = _TITLE.match(first)
     if found is not None:

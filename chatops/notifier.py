@@ -278,11 +278,10 @@ class Notifier:
 
     def _follow_targets(self, job: Job) -> None:
         """Send-only adapters (notification targets) follow the jobs they are told of: every job, or
-        the jobs of one person (`follows(owner, person_of)` -> conversation keys); asked once per job
-        in this process, and following twice is a no-op in the store."""
+        the jobs of one person (`follows(owner, person_of)` -> conversation keys), a sweep's member's
+        sweep; asked once per job in this process, and following twice is a no-op in the store."""
         self._targets_asked.add(job.id)
-        if job.sweep is not None:
-            return  # a sweep's member: its sweep reports
+        followed = job.sweep or job.id  # a sweep's member: the targets follow its sweep, whose report tells
         person_of = self.people.person_of if self.people is not None else str
         for adapter in list(self.adapters.values()):
             follows = getattr(adapter, "follows", None)
@@ -294,7 +293,7 @@ class Notifier:
                 log.exception("notification targets of job %s", job.id)
                 continue
             for conv_key in keys:
-                self.store.follow(job.id, conv_key, "en")
+                self.store.follow(followed, conv_key, "en")
 
     def _check_watches(self, job: Job, event: dict[str, Any]) -> None:
         """`watch 3f2a val_acc>=0.98`: the first reported value across the line is told, once."""

@@ -6,8 +6,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import sys
+import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,7 @@ from pydantic import ValidationError
 from adapters.apprise import NotifyAdapter, Target, title_and_body
 from chatops.app import configured_platforms
 from chatops.redact import shown_url, url_secrets
-from chatops.settings import NotifySettings, PersonSettings, Settings, config_problems
+from chatops.settings import NotifySettings, PersonSettings, Settings, config_problems, load_settings
 from chatops.testing import BotHarness, RecordingAdapter, eventually
 from tests.test_jobs import TINY, job_id
 
@@ -299,3 +302,59 @@ async def test_config_targets_are_listed_and_chat_targets_can_be_off(settings: S
         [off] = await bot.say("notify add json://127.0.0.1:9/x")
         assert off.error and "chat_targets = 0" in off.text
     assert all(TOKEN not in r.text and "apptoken5678" not in r.text for _, r, _ in bot.adapter.sent)
+
+
+@pytest.mark.slow
+async def test_a_sweep_is_pushed_once_as_its_report_not_member_by_member(
+    settings: Settings, hook: tuple[Hits, str]
+) -> None:
+    posts, at = hook
+    jobs = settings.jobs.model_copy(update={"max_parallel": 2})
+    async with _harness(_with(settings, targets=[f"json://{at}/lab"]).model_copy(update={"jobs": jobs})) as bot:
+        [started] = await bot.say(f"sweep epochs=1 lr=0.05,0.1 {TINY}")
+        sid = started.sweep_id
+        assert sid and not started.error
+        await bot.wait_for(lambda r: f"best of sweep {sid}" in r.text, timeout=180)
+        await eventually(lambda: len(posts.got) >= 2, 30, "the sweep's report and its best at the target")
+        await eventually(lambda: bot.app.chat_store.pending_count(["notify"]) == 0, 30, "the notify outbox drained")
+    titles = [h["json"]["title"] for h in posts.got]
+    assert titles[0] == f"sweep {sid} ended" and titles[1].startswith(f"best of sweep {sid}"), titles
+    assert len(posts.got) == 2  # no member's own report
+    assert base64.b64decode(posts.got[0]["json"]["attachments"][0]["base64"]).startswith(PNG)
+
+
+@pytest.mark.slow
+async def test_each_level_gets_what_it_asked_for_a_stall_and_the_end(tmp_path: Path, hook: tuple[Hits, str]) -> None:
+    """A job that hangs: `alerts` and `all` targets are told of the stall, a `final` one is not;
+    all three get the final report, once."""
+    posts, at = hook
+    script = tmp_path / "hang.py"
+    script.write_text('import time\nprint("loading shard 3 of 8", flush=True)\nwhile True:\n    time.sleep(0.05)\n')
+    config = tmp_path / "chatops.toml"
+    config.write_text(textwrap.dedent(f"""
+        [auth]
+        operators = ["test:op"]
+        rate_per_minute = 0
+        [notify]
+        stall_minutes = 0.02
+        targets = ["json://{at}/final", "json://{at}/alerts?chatops_level=alerts",
+                   "json://{at}/all?chatops_level=all&chatops_digest=10s"]
+        [kinds.hang]
+        command = ["{sys.executable}", "{script}"]
+    """))  # fmt: skip
+    async with _harness(load_settings(config, tmp_path / "data")) as bot:
+        [started] = await bot.say("train hang")
+        jid = job_id(started.text)
+        await bot.wait_for(lambda r: r.job_id == jid and "may be stuck" in r.text, timeout=120)
+        await eventually(lambda: {h["path"] for h in posts.got} >= {"/alerts", "/all"}, 60, "the stall at two targets")
+        await bot.say(f"stop {jid} --yes")
+        await bot.wait_state(jid, {"stopped"}, timeout=60)
+        stopped = f"job {jid} stopped"
+        await eventually(lambda: sum(h["json"]["title"] == stopped for h in posts.got) == 3, 60, "the end at all three")
+        await eventually(lambda: bot.app.chat_store.pending_count(["notify"]) == 0, 30, "the notify outbox drained")
+    told = {path: [h["json"]["title"] + " " + h["json"]["message"] for h in posts.got if h["path"] == path]
+            for path in ("/final", "/alerts", "/all")}  # fmt: skip
+    assert told["/final"] == [t for t in told["/final"] if t.startswith(stopped)] and len(told["/final"]) == 1
+    for path in ("/alerts", "/all"):
+        assert len(told[path]) == 2 and "may be stuck" in told[path][0] and "loading shard 3 of 8" in told[path][0]
+        assert told[path][1].startswith(stopped)
