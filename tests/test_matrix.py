@@ -542,3 +542,61 @@ async def test_password_login_syncs_and_never_logs_the_password(
     assert homeserver.bot.password not in caplog.text
     assert (tmp_path / "matrix-sync.json").exists()
     assert homeserver.bot.password not in (tmp_path / "matrix-sync.json").read_text()
+
+
+async def _put_event(hs: Homeserver, account: Account, room: str, kind: str, content: dict[str, Any]) -> str:
+    """A raw client-server API send (what a client that encrypts would put in an encrypted room)."""
+    txn = secrets.token_hex(8)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(
+            f"{hs.url}/_matrix/client/v3/rooms/{room}/send/{kind}/{txn}",
+            json=content,
+            headers={"Authorization": f"Bearer {account.access_token}"},
+        ) as resp,  # fmt: skip
+    ):
+        assert resp.status == 200, await resp.text()
+        return str((await resp.json())["event_id"])
+
+
+@pytest.mark.slow
+async def test_e2e_an_encrypted_room_is_told_once_and_a_thread_is_answered_in_it(
+    homeserver: Homeserver, alice: Person, tmp_path: Path
+) -> None:
+    """An encrypted message cannot be read: the room is told why, once, and nothing runs; a
+    command in a thread is answered in that thread."""
+    from chatops.app import App
+
+    bot = homeserver.bot.user_id
+    app = App(app_settings(homeserver, tmp_path))
+    await app.start()
+    try:
+        encryption = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+        made = await alice.client.room_create(name="secret", invite=[bot], initial_state=[encryption])
+        assert isinstance(made, RoomCreateResponse), made
+        secret = made.room_id
+        await wait_for(lambda: alice.joined(secret, bot), what="the bot to join the encrypted room")
+        megolm = {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEnAc" * 8, "device_id": "ALICEDEV",
+                  "sender_key": "c2VuZGVya2V5" * 4, "session_id": "c2Vzc2lvbg" * 4}  # fmt: skip
+        for _ in range(2):
+            await _put_event(homeserver, homeserver.alice, secret, "m.room.encrypted", megolm)
+        notice = await wait_for(lambda: alice.find(secret, bot, "end-to-end encrypted"), what="the notice")
+        assert notice["content"]["msgtype"] == "m.notice"
+        # Threads: the answer carries the thread it was asked in.
+        room = await alice.room(bot)
+        await wait_for(lambda: alice.joined(room, bot), what="the bot to join")
+        root = await _put_event(homeserver, homeserver.alice, room, "m.room.message",
+                                {"msgtype": "m.text", "body": "tonight's runs"})  # fmt: skip
+        await _put_event(homeserver, homeserver.alice, room, "m.room.message", {
+            "msgtype": "m.text", "body": "whoami",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root, "is_falling_back": True,
+                             "m.in_reply_to": {"event_id": root}},
+        })  # fmt: skip
+        answer = await wait_for(lambda: alice.find(room, bot, homeserver.alice.user_id), what="whoami answered")
+        relates = answer["content"]["m.relates_to"]
+        assert relates["rel_type"] == "m.thread" and relates["event_id"] == root
+        # Once only, and nothing ran from what could not be read.
+        assert len([m for m in alice.messages(secret, bot) if "end-to-end encrypted" in m["content"]["body"]]) == 1
+        assert app.manager.store.list() == []
+    finally:
+        await app.stop()
