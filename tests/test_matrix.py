@@ -34,7 +34,7 @@ from pydantic import SecretStr
 
 from adapters.matrix import MatrixAdapter, MatrixSettings, render
 from chatops.adapter import AdapterContext
-from chatops.message import Button, Reply
+from chatops.message import Button, Conversation, Reply
 from chatops.settings import AuthSettings, ConsoleSettings, NotifySettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -564,7 +564,8 @@ async def test_e2e_an_encrypted_room_is_told_once_and_a_thread_is_answered_in_it
     homeserver: Homeserver, alice: Person, tmp_path: Path
 ) -> None:
     """An encrypted message cannot be read: the room is told why, once, and nothing runs; a
-    command in a thread is answered in that thread."""
+    command in a thread is answered in that thread, and a file goes there through the media
+    repository."""
     from chatops.app import App
 
     bot = homeserver.bot.user_id
@@ -595,6 +596,22 @@ async def test_e2e_an_encrypted_room_is_told_once_and_a_thread_is_answered_in_it
         answer = await wait_for(lambda: alice.find(room, bot, homeserver.alice.user_id), what="whoami answered")
         relates = answer["content"]["m.relates_to"]
         assert relates["rel_type"] == "m.thread" and relates["event_id"] == root
+        # A file (`logs`, `export`) is uploaded to the media repository and posted in the thread too.
+        log_file = tmp_path / "runner.log"
+        log_file.write_bytes(b"epoch 1 loss 0.5\n" * 100)
+        await app.adapters["matrix"].send(Conversation("matrix", room, root), Reply("the log", file=log_file))
+        files = lambda: [m for m in alice.messages(room, bot) if m["content"].get("msgtype") == "m.file"]  # noqa: E731
+        [posted] = await wait_for(files, what="the file")
+        assert posted["content"]["body"] == "runner.log" and posted["content"]["m.relates_to"]["event_id"] == root
+        server, media = posted["content"]["url"].removeprefix("mxc://").split("/", 1)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{homeserver.url}/_matrix/client/v1/media/download/{server}/{media}",
+                headers={"Authorization": f"Bearer {homeserver.alice.access_token}"},
+            ) as resp,  # fmt: skip
+        ):
+            assert resp.status == 200 and await resp.read() == log_file.read_bytes()
         # Once only, and nothing ran from what could not be read.
         assert len([m for m in alice.messages(secret, bot) if "end-to-end encrypted" in m["content"]["body"]]) == 1
         assert app.manager.store.list() == []
