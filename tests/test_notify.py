@@ -230,6 +230,9 @@ async def test_a_target_added_in_chat_gets_that_persons_jobs_until_removed(
         assert not again.error and "already" in again.text and "1." in again.text
         [listed] = await bot.say("notify targets")
         assert "1. json://…/mine (final reports)" in listed.text
+        [tested] = await bot.say("notify test 1")
+        assert not tested.error and "json://…/mine" in tested.text
+        await eventually(lambda: any("chatops test" in h["json"]["title"] for h in posts.got), 30, "the test push")
         [bobs] = await bot.say(f"train epochs=1 {TINY}", user="op2")
         [alices] = await bot.say(f"train epochs=1 {TINY}", user="op3")
         bob, alice = job_id(bobs.text), job_id(alices.text)
@@ -250,7 +253,7 @@ async def test_a_target_added_in_chat_gets_that_persons_jobs_until_removed(
         assert "no notification targets" in none.text
         audit = _audit_text(bot)
     assert _finals(posts, bob) == [] and _finals(posts, after) == []
-    assert len(_finals(posts, alice)) == 1
+    assert len(_finals(posts, alice)) == 1 and len(posts.got) == 2  # the test push, alice's report
     said = " ".join(r.text for _, r, _ in bot.adapter.sent)
     assert TOKEN not in said and TOKEN not in audit and TOKEN not in caplog.text
     assert "notify add" in audit and "json://…/mine" in audit

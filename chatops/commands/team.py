@@ -97,14 +97,16 @@ async def cmd_unlink(ctx: CommandContext[UnlinkArgs]) -> str:
 _EVERY = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?$")
 # `notify <word>`: what a conversation is told (all, quiet, digest), or a person's own push targets.
 _TARGET_WORDS = {"add": "add", "添加": "add", "remove": "remove", "rm": "remove", "删除": "remove", "移除": "remove",
-                 "targets": "targets", "target": "targets", "list": "targets", "目标": "targets"}  # fmt: skip
+                 "targets": "targets", "target": "targets", "list": "targets", "目标": "targets",
+                 "test": "test", "测试": "test"}  # fmt: skip
 
 
 @command("notify", aliases=["通知"], args=NoArgs, raw=True, redact=mask_urls,
          summary="what this conversation is told: all, quiet (final reports only) or digest 10m; your own push"
-                 " targets: notify targets, notify add <apprise-url>, notify remove <n>",
+                 " targets: notify targets, notify add <apprise-url>, notify test <n>, notify remove <n>",
          summary_zh="通知设置", examples=["notify quiet", "notify digest 10m", "notify all", "notify targets",
-                                          "notify add ntfys://ntfy.sh/my-topic", "notify remove 1"])  # fmt: skip
+                                          "notify add ntfys://ntfy.sh/my-topic", "notify test 1",
+                                          "notify remove 1"])  # fmt: skip
 async def cmd_notify(ctx: CommandContext[NoArgs]) -> str:
     who = people(ctx)
     word, _, rest = ctx.rest.strip().partition(" ")
@@ -147,6 +149,9 @@ def _targets_command(ctx: CommandContext[NoArgs], who: People, action: str, rest
     if not 1 <= n <= len(mine):
         raise CommandError(ctx.t("notify.remove_none", n=n, count=len(mine)))
     target_id, url = mine[n - 1]
+    if action == "test":  # through the outbox like a report: a failure is retried, then logged redacted
+        ctx.services.send(Conversation("notify", target_id), Reply(ctx.t("notify.test_push", who=ctx.sender.key)))
+        return ctx.t("notify.test_sent", n=n, shown=shown_url(url))
     who.remove_target(me, target_id)
     ctx.chats.audit(me, "notify remove", shown_url(url))
     return ctx.t("notify.removed", n=n, shown=shown_url(url))

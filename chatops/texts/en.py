@@ -204,8 +204,11 @@ TEXTS: dict[str, str] = {
     "notify.config_head": "From the config (changed there):",
     "notify.for_every_job": "every job",
     "notify.for_your_jobs": "your jobs",
-    "notify.remove_usage": "notify remove <n>: the number notify targets shows ({count} of yours)",
+    "notify.remove_usage": "notify remove <n> (or test <n>): the number notify targets shows ({count} of yours)",
     "notify.remove_none": "You have no target {n} of your own: notify targets lists yours ({count}).",
+    "notify.test_push": "chatops test: pushes for the jobs {who} starts come here.",
+    "notify.test_sent": "A test push is on its way to target {n}, {shown}. Nothing within a minute? The URL is"
+    " wrong or the service refuses it: the bot's log names the target and the reason.",
     "notify.removed": "Notification target {n} removed: {shown}.",
     "notify.level_final": "final reports",
     "notify.level_alerts": "final reports and alerts",

@@ -193,8 +193,11 @@ TEXTS: dict[str, str] = {
     "notify.config_head": "配置里的（在配置里修改）：",
     "notify.for_every_job": "所有任务",
     "notify.for_your_jobs": "你的任务",
-    "notify.remove_usage": "通知 删除 <编号>：通知 目标 显示的编号（你有 {count} 个）",
+    "notify.remove_usage": "通知 删除 <编号>（或 测试 <编号>）：通知 目标 显示的编号（你有 {count} 个）",
     "notify.remove_none": "你没有编号 {n} 的推送目标：通知 目标 列出你的（{count} 个）。",
+    "notify.test_push": "chatops 测试：{who} 启动的任务的推送会发到这里。",
+    "notify.test_sent": "测试推送正发往目标 {n}：{shown}。一分钟内没收到？网址有误或服务拒绝了："
+    "机器人的日志写明了目标和原因。",
     "notify.removed": "已删除推送目标 {n}：{shown}。",
     "notify.level_final": "最终报告",
     "notify.level_alerts": "最终报告和提醒",
