@@ -3,9 +3,11 @@ ntfy's and Apprise's JSON target's wire formats, for jobs that really run throug
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -361,3 +363,32 @@ async def test_each_level_gets_what_it_asked_for_a_stall_and_the_end(tmp_path: P
     for path in ("/alerts", "/all"):
         assert len(told[path]) == 2 and "may be stuck" in told[path][0] and "loading shard 3 of 8" in told[path][0]
         assert told[path][1].startswith(stopped)
+
+
+@pytest.mark.slow
+async def test_chatops_send_wait_pushes_its_own_jobs_end_with_no_bot_running(
+    tmp_path: Path, hook: tuple[Hits, str]
+) -> None:
+    """No `chatops run` anywhere: `chatops send "notify add …"` stores a target, and `chatops send
+    "train …" --wait` delivers the job's report to it and to the config's target before it exits."""
+    posts, at = hook
+    config = tmp_path / "chatops.toml"
+    config.write_text(f'[notify]\ntargets = ["json://{at}/every"]\n')
+    env = {**os.environ, "CHATOPS_DATA_DIR": str(tmp_path / "data"), "CHATOPS_CONFIG": str(config)}
+
+    async def send(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chatops.cli", "send", *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 300)
+        assert proc.returncode == 0, out.decode()
+        return out.decode()
+
+    added = await send(f"notify add json://lab:{TOKEN}@{at}/mine")
+    assert "Notification target 1 added: json://…/mine" in added and TOKEN not in added
+    printed = await send(f"train epochs=1 {TINY}", "--wait")
+    jid = job_id(printed)
+    assert f"job {jid} succeeded" in printed and TOKEN not in printed
+    assert [h["path"] for h in posts.got if h["json"]["title"] == f"job {jid} succeeded"] in (
+        ["/every", "/mine"], ["/mine", "/every"])  # fmt: skip
