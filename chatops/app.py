@@ -27,7 +27,7 @@ from jobs.db import LOOP_BUSY_TIMEOUT, Backoff, connect, store_problem
 from jobs.executors import load_executor
 from jobs.executors.base import Executor, ExecutorPlugin, ExecutorSetup
 from jobs.gpus import GpuPool, detect_gpus
-from jobs.kinds import load_registry
+from jobs.kinds import kind_names, load_registry
 from jobs.manager import JobManager
 from jobs.service import JobService
 
@@ -315,6 +315,7 @@ def make_executor(settings: Settings) -> tuple[Executor, ExecutorPlugin]:
         jobs_dir=Path(settings.jobs.storage or settings.jobs_dir), python=settings.jobs.python,
         pass_env=tuple(settings.jobs.pass_env),
         secrets=tuple(secret_values(settings)),  # never into a job's environment, whatever pass_env says
+        kinds=kind_names(settings.kinds),
     )  # fmt: skip
     return plugin.create(setup, settings.executor_settings(plugin.name, plugin.settings)), plugin
 

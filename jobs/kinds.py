@@ -106,6 +106,13 @@ class KindConfig(BaseModel):
         return self
 
 
+def kind_names(configs: dict[str, Any], entry_points_group: str = ENTRY_POINT_GROUP) -> frozenset[str]:
+    """The names of every kind `load_registry` would offer (without importing or describing any):
+    for config that refers to kinds by name (`[slurm.kinds.<kind>]`) to be checked at load."""
+    shipped = set(default_registry().names()) | {WRAP}
+    return frozenset(shipped | {ep.name for ep in entry_points(group=entry_points_group)} | set(configs or {}))
+
+
 def load_registry(
     configs: dict[str, Any],
     *,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from chatops.settings import JobsSettings, Settings
+from chatops.app import make_executor
+from chatops.settings import JobsSettings, Settings, load_settings
 from chatops.testing import BotHarness, eventually
 from jobs.executors.slurm import SlurmExecutor, SlurmSettings
 from jobs.gpus import cluster_gpus
@@ -67,9 +69,14 @@ def slurm_id(bot: BotHarness, jid: str) -> str:
     return str(bot.app.job_store.get(jid).handle["slurm_job_id"])
 
 
-def slurm_state(slurm_job: str) -> str:
-    out = subprocess.run(["scontrol", "show", "job", "-o", slurm_job], capture_output=True, text=True, timeout=30)
-    return next((p.split("=", 1)[1] for p in out.stdout.split() if p.startswith("JobState=")), "")
+def slurm_job(slurm_id: str) -> dict[str, str]:
+    """What the controller holds of a job (`scontrol show job -o`), field by field."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", slurm_id], capture_output=True, text=True, timeout=30)
+    return dict(part.split("=", 1) for part in shlex.split(out.stdout.strip()) if "=" in part)
+
+
+def slurm_state(slurm_id: str) -> str:
+    return slurm_job(slurm_id).get("JobState", "")
 
 
 async def test_a_job_trains_on_slurm_with_progress_its_plot_and_its_slurm_job_id(sbot: BotHarness) -> None:
@@ -197,3 +204,90 @@ def test_slurm_settings_refuse_what_would_reach_sbatch_as_more_than_one_option()
             SlurmSettings.model_validate(bad)
     ok = SlurmSettings.model_validate({"partition": "gpu", "time_limit": "4:00:00", "extra_args": ["--mem=16G"]})
     assert ok.extra_args == ["--mem=16G"]
+
+
+async def test_a_kinds_own_sbatch_options_and_a_job_past_its_time_limit_ends_failed_with_timeout(
+    slurm_settings: Settings, tmp_path: Path
+) -> None:
+    # The built-in kind's jobs get a partition, a 1-minute limit and a comment of their own; the
+    # section's comment comes first, so the kind's (last: sbatch takes it) is the one Slurm keeps.
+    slurm = SlurmSettings.model_validate({
+        "shared_dir": tmp_path / "shared", "time_limit": "30", "extra_args": ["--comment=section"],
+        "kinds": {"mxnet": {"partition": "busy", "time_limit": "1", "extra_args": ["--comment=kind"]}},
+    })  # fmt: skip
+    async with BotHarness(slurm_settings.model_copy(update={"slurm": slurm})) as bot:
+        [reply] = await bot.say("train crashy")  # a kind with no table of its own: the section's options
+        other = job_id(reply.text)
+        [reply] = await bot.say(f"train epochs=10000 {TINY}")
+        jid = job_id(reply.text)
+        await bot.wait_for(lambda r: r.job_id == jid and r.progress is not None, timeout=START)
+        asked = slurm_job(slurm_id(bot, jid))
+        assert (asked["Partition"], asked["TimeLimit"], asked["Comment"]) == ("busy", "00:01:00", "kind"), asked
+        assert await bot.wait_state(other, {"failed", "succeeded", "lost"}, timeout=RUN) == "failed"
+        plain = slurm_job(slurm_id(bot, other))
+        assert (plain["Partition"], plain["TimeLimit"], plain["Comment"]) == ("debug", "00:30:00", "section"), plain
+        # Slurm ends it at its limit (its periodic check, then SIGTERM; SIGKILL after KillWait).
+        assert await bot.wait_state(jid, {"failed", "stopped", "succeeded", "lost"}, timeout=RUN) == "failed"
+        sid = slurm_id(bot, jid)
+        job = bot.app.job_store.get(jid)
+        said = f"Slurm job {sid} TIMEOUT: hit its time limit (00:01:00)"
+        assert (job.error or "").startswith(said), job.error
+        assert job.checkpoint, "the runner heard Slurm's SIGTERM and kept a checkpoint"
+        final = await bot.wait_for(lambda r: r.job_id == jid and "failed" in r.text, timeout=REACT)
+        assert said in final.text and "Traceback" not in final.text, final.text
+        [status] = await bot.say(f"status {jid}")
+        assert said in status.text, status.text
+        await eventually(lambda: slurm_state(sid) == "TIMEOUT", REACT, "Slurm's own TIMEOUT once it has ended it")
+
+
+def test_a_kinds_slurm_options_replace_the_sections_and_its_extra_args_follow_them() -> None:
+    slurm = SlurmSettings.model_validate({
+        "partition": "gpu", "account": "lab", "time_limit": "4:00:00", "extra_args": ["--mem=16G"],
+        "kinds": {"finetune": {"partition": "long", "time_limit": "2-00:00:00", "extra_args": ["--mem=64G"]},
+                  "eval": {"qos": "short"}},
+    })  # fmt: skip
+    assert slurm.options("finetune") == ["--partition=long", "--account=lab", "--time=2-00:00:00", "--mem=16G",
+                                         "--mem=64G"]  # fmt: skip
+    assert slurm.options("eval") == ["--partition=gpu", "--account=lab", "--qos=short", "--time=4:00:00", "--mem=16G"]
+    assert slurm.options("mxnet") == slurm.options(None) == ["--partition=gpu", "--account=lab", "--time=4:00:00",
+                                                             "--mem=16G"]  # fmt: skip
+    # Dumped and read again (as `load_settings` does), a kind's unset keys stay the section's.
+    assert SlurmSettings.model_validate(slurm.model_dump()).options("eval") == slurm.options("eval")
+
+
+def test_a_kinds_slurm_table_is_checked_as_the_section_is(tmp_path: Path) -> None:
+    for bad, said in (
+        ({"finetune": {"partiton": "long"}}, "kinds.finetune: unknown key 'partiton'; did you mean 'partition'?"),
+        ({"finetune": {"time_limit": "1 day"}}, "kinds.finetune.time_limit: must be one word"),
+        ({"finetune": {"extra_args": ["--mem=1G", "rm -rf /"]}}, "kinds.finetune.extra_args: 'rm -rf /' is not"),
+        ({"Fine Tune": {"qos": "x"}}, "kinds.Fine Tune: a kind name is lower-case letters"),
+    ):
+        with pytest.raises(ValidationError) as caught:
+            SlurmSettings.model_validate({"kinds": bad})
+        assert said in str(caught.value), caught.value
+    # In the config file, as the bot reads it: the section's name before each problem.
+    config = tmp_path / "chatops.toml"
+    config.write_text('[jobs]\nexecutor = "slurm"\n[slurm.kinds.finetune]\npartiton = "long"\nqos = "a b"\n')
+    with pytest.raises(ValidationError) as caught:
+        load_settings(config, data_dir=tmp_path / "data")
+    text = str(caught.value)
+    assert "[slurm] kinds.finetune: unknown key 'partiton'; did you mean 'partition'?" in text, text
+    assert "[slurm] kinds.finetune.qos: must be one word" in text, text
+    # A table for a kind that does not exist: its options would never apply, so the executor refuses it.
+    config.write_text('[jobs]\nexecutor = "slurm"\n[kinds.finetune]\ncommand = ["true"]\n'
+                      '[slurm.kinds.finetun]\nqos = "long"\n')  # fmt: skip
+    with pytest.raises(ValueError) as refused:
+        make_executor(load_settings(config, data_dir=tmp_path / "data"))
+    assert str(refused.value) == "[slurm] kinds.finetun: there is no job kind 'finetun'; did you mean 'finetune'?"
+    config.write_text('[jobs]\nexecutor = "slurm"\n[slurm.kinds.mxnet]\nqos = "long"\n')  # the shipped kind
+    executor, _ = make_executor(load_settings(config, data_dir=tmp_path / "data"))
+    assert executor.settings.options("mxnet") == ["--qos=long"]
+
+
+def test_a_kinds_slurm_options_come_from_the_environment_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "chatops.toml"
+    config.write_text('[jobs]\nexecutor = "slurm"\n[slurm]\npartition = "gpu"\n[slurm.kinds.finetune]\nqos = "long"\n')
+    monkeypatch.setenv("CHATOPS_SLURM__KINDS__FINETUNE__TIME_LIMIT", "2-00:00:00")
+    monkeypatch.setenv("CHATOPS_SLURM__KINDS__FINETUNE__EXTRA_ARGS", '["--mem=64G"]')
+    slurm = load_settings(config, data_dir=tmp_path / "data").section("slurm", SlurmSettings)
+    assert slurm.options("finetune") == ["--partition=gpu", "--qos=long", "--time=2-00:00:00", "--mem=64G"]

@@ -103,6 +103,7 @@ class ExecutorSetup:
     python: str | None = None  # [jobs] python: the runners' interpreter
     pass_env: tuple[str, ...] = ()  # [jobs] pass_env: globs of the bot's environment passed on purpose
     secrets: tuple[str, ...] = ()  # the bot's secret values: never into a job, whatever pass_env says
+    kinds: frozenset[str] | None = None  # the job kinds' names (for config naming a kind); None: not known
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,11 @@ that environment and `--export=ALL`, so the bot's own variables never reach the 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -29,14 +31,17 @@ import sys
 import time
 from collections.abc import Collection, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.environment import job_environment, kind_environment
 from jobs.executors.base import ExecutorPlugin, ExecutorSetup, ExitInfo, FileChannel
 from jobs.gpus import cluster_gpus
 from jobs.protocol import LOG_FILE, PARAMS_FILE
+
+if TYPE_CHECKING:
+    from jobs.store import Job
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +49,18 @@ TIMEOUT = 20.0  # seconds one Slurm command may take (a busy controller answers 
 # Slurm's job states (`scontrol show job`, `sacct`) in which the job has not ended.
 LIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING", "RESIZING", "REQUEUED",
                   "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"})  # fmt: skip
+# Slurm's states of a job Slurm itself ended (its processes got SIGTERM, then SIGKILL), in words.
+ENDED_BY_SLURM = {"TIMEOUT": "hit its time limit", "OUT_OF_MEMORY": "ran out of memory", "NODE_FAIL": "lost its node",
+                  "PREEMPTED": "was preempted", "BOOT_FAIL": "its node failed to boot",
+                  "DEADLINE": "missed its deadline"}  # fmt: skip
+# While Slurm ends such a job, `scontrol` says COMPLETING and gives the cause as the job's reason.
+BY_REASON = {"TimeLimit": "TIMEOUT", "OutOfMemory": "OUT_OF_MEMORY", "NodeDown": "NODE_FAIL", "DeadLine": "DEADLINE"}
 SCRIPT = "slurm.sh"
+KIND_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")  # a job kind's name, as jobs.kinds takes it
 
 
-class SlurmSettings(BaseModel):
-    """`[slurm]`: where and how jobs are submitted (env `CHATOPS_SLURM__<KEY>`)."""
+class SlurmOptions(BaseModel):
+    """What a job asks of `sbatch`: `[slurm]`'s keys, and those of each `[slurm.kinds.<kind>]`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -56,10 +68,6 @@ class SlurmSettings(BaseModel):
     account: str | None = Field(None, description="sbatch --account")
     qos: str | None = Field(None, description="sbatch --qos")
     time_limit: str | None = Field(None, description='sbatch --time, in Slurm\'s forms: "30", "4:00:00", "1-12"')
-    shared_dir: Path | None = Field(
-        None, description="the job folders, on the shared file system the bot and every node see at this path"
-        " (unset: [jobs] storage, else the data dir's jobs/)",
-    )  # fmt: skip
     extra_args: list[str] = Field(
         default_factory=list, description='more sbatch options, one argv item each: ["--constraint=a100", "--mem=16G"]'
     )
@@ -71,6 +79,17 @@ class SlurmSettings(BaseModel):
             raise ValueError("must be one word (a name or a time), no spaces, commas or quotes")
         return value
 
+    @field_validator("extra_args", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        """The environment gives a string (`CHATOPS_SLURM__EXTRA_ARGS='["--mem=16G"]'`): a JSON list."""
+        if isinstance(value, str) and value.strip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError('must be a list of sbatch options, like ["--mem=16G"]') from None
+        return value
+
     @field_validator("extra_args")
     @classmethod
     def _options(cls, value: list[str]) -> list[str]:
@@ -78,6 +97,67 @@ class SlurmSettings(BaseModel):
             if not arg.startswith("-") or "\n" in arg or "\0" in arg:
                 raise ValueError(f"{arg!r} is not an sbatch option (each item one option, like --mem=16G)")
         return value
+
+
+class SlurmSettings(SlurmOptions):
+    """`[slurm]`: where and how jobs are submitted (env `CHATOPS_SLURM__<KEY>`); `[slurm.kinds.<kind>]`
+    (env `CHATOPS_SLURM__KINDS__<KIND>__<KEY>`) gives one kind's jobs options of their own."""
+
+    shared_dir: Path | None = Field(
+        None, description="the job folders, on the shared file system the bot and every node see at this path"
+        " (unset: [jobs] storage, else the data dir's jobs/)",
+    )  # fmt: skip
+    kinds: dict[str, SlurmOptions] = Field(
+        default_factory=dict, description="sbatch options of one job kind's jobs: its keys replace the section's,"
+        " its extra_args come after the section's",
+    )  # fmt: skip
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_tables(cls, data: Any) -> Any:
+        """Each kind's table checked here, so a problem names its table (`[slurm] kinds.finetune:
+        unknown key 'partiton'; did you mean 'partition'?`) as a key of `[slurm]` itself is named."""
+        if not isinstance(data, dict) or not isinstance(data.get("kinds"), dict):
+            return data
+        checked: dict[str, SlurmOptions] = {}
+        problems: list[str] = []
+        for name, table in data["kinds"].items():
+            if not isinstance(name, str) or not KIND_NAME.match(name):
+                problems.append(f"kinds.{name}: a kind name is lower-case letters, digits, - and _ (at most 32)")
+                continue
+            try:
+                checked[name] = SlurmOptions.model_validate(table)
+            except ValidationError as exc:
+                problems += [f"kinds.{name}{line}" for line in _problems(exc)]
+        if problems:
+            raise ValueError("; [slurm] ".join(problems))  # each named as the first is (`_section_as`)
+        return {**data, "kinds": checked}
+
+    def options(self, kind: str | None) -> list[str]:
+        """The sbatch options of a job of `kind`: the kind's keys where it gives them, else the
+        section's; the section's `extra_args`, then the kind's (sbatch takes the last of a repeated
+        option, so the kind's win there too)."""
+        own = self.kinds.get(kind or "") or SlurmOptions()
+        argv = []
+        for key, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("time_limit", "time")):
+            value = getattr(own, key) or getattr(self, key)  # unset in the kind (None): the section's
+            if value:
+                argv.append(f"--{flag}={value}")
+        return [*argv, *self.extra_args, *own.extra_args]
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """One line per problem of a kind's table (after its name), naming the key, never quoting a value."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err.get("loc", ()))
+        if err.get("type") == "extra_forbidden":
+            close = difflib.get_close_matches(key, list(SlurmOptions.model_fields), n=1, cutoff=0.6)
+            lines.append(f": unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        else:
+            msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+            lines.append(f".{key}: {msg}" if key else f": {msg}")
+    return lines
 
 
 class SlurmError(RuntimeError):
@@ -144,14 +224,55 @@ class SlurmExecutor(FileChannel):
         if shutil.which("sacct") is None:
             return None
         try:
-            out = self._run(["sacct", "-n", "-P", "-X", "-j", job, "-o", "State,ExitCode,End,NodeList,Reason"])
+            columns = "State,ExitCode,End,NodeList,Reason,Timelimit"
+            out = self._run(["sacct", "-n", "-P", "-X", "-j", job, "-o", columns])
         except SlurmError:
             return None
-        rows = [line.split("|") for line in out.strip().splitlines() if line.count("|") == 4]
+        rows = [line.split("|") for line in out.strip().splitlines() if line.count("|") == 5]
         if not rows:
             return None
-        state, code, end, nodes, reason = rows[-1]
-        return {"JobState": state.split()[0], "ExitCode": code, "EndTime": end, "NodeList": nodes, "Reason": reason}
+        state, code, end, nodes, reason, limit = rows[-1]
+        return {"JobState": state.split()[0], "ExitCode": code, "EndTime": end, "NodeList": nodes, "Reason": reason,
+                "TimeLimit": limit}  # fmt: skip
+
+    # -- the runner channel ---------------------------------------------------------------------
+    def read_events(self, job: Job, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """The runner's events, where Slurm ended the job itself said as Slurm's verdict.
+
+        At its time limit (or on preemption) Slurm sends the job's processes SIGTERM, then SIGKILL
+        after `KillWait`. The runner takes the SIGTERM as a polite stop and says `stopped` (keeping a
+        checkpoint), or its script dies of it and it says `failed`; read as they are, a TIMEOUT would
+        end `stopped from outside chatops`. Slurm decides before it sends the signal (the job shows
+        COMPLETING with reason TimeLimit, then TIMEOUT), so the job's record, asked when such an end
+        is read, tells: the end becomes `failed` with Slurm's state and the limit in its error. A
+        stop asked through chatops, and a `scancel` (CANCELLED), are left as they are."""
+        events, end = super().read_events(job, offset)
+        for i, event in enumerate(events):
+            kind = event.get("type")
+            if kind not in ("stopped", "failed") or event.get("control_id") or job.stop_requested:
+                continue
+            said = self._cluster_ended(job.handle)
+            if said is None:
+                continue
+            if kind == "stopped":
+                where = f"; the runner stopped at epoch {event.get('epoch')}" if event.get("epoch") is not None else ""
+                kept = ", its checkpoint kept" if event.get("checkpoint") else ""
+                events[i] = {"v": event.get("v", 1), "seq": event.get("seq"), "t": event.get("t"), "type": "failed",
+                             "error": said + where + kept, "traceback": None}  # fmt: skip
+            else:
+                events[i] = {**event, "error": f"{said}: {event.get('error')}"}
+        return events, end
+
+    def _cluster_ended(self, handle: dict[str, Any]) -> str | None:
+        """Slurm's own verdict when Slurm ended the job (TIMEOUT, PREEMPTED…), else None."""
+        try:
+            fields = self.record(handle, fresh=0.0)
+        except SlurmError:
+            return None  # cannot tell: the runner's word stands
+        state = (fields or {}).get("JobState", "").split("+")[0]
+        if state == "COMPLETING":  # its processes are being signalled: the state to come is in the reason
+            state = BY_REASON.get((fields or {}).get("Reason", ""), state)
+        return _verdict(state, fields or {}, handle) if state in ENDED_BY_SLURM else None
 
     # -- the Executor protocol --------------------------------------------------------------------
     async def launch(
@@ -176,13 +297,11 @@ class SlurmExecutor(FileChannel):
         script.chmod(0o700)
         argv = ["sbatch", "--parsable", f"--job-name=chatops-{job_id}", f"--chdir={job_dir}",
                 f"--output={job_dir / LOG_FILE}", "--open-mode=append", "--export=ALL"]  # fmt: skip
-        s = self.settings
-        argv += [f"--{flag}={value}" for flag, value in (("partition", s.partition), ("account", s.account),
-                                                          ("qos", s.qos), ("time", s.time_limit)) if value]  # fmt: skip
         gpus = cluster_gpus(spec.get("params") or {})
         if gpus:
             argv.append(f"--gres=gpu:{gpus}")
-        argv += [*s.extra_args, str(script)]
+        kind = spec.get("kind") if isinstance(spec.get("kind"), str) else None  # the manager wrote it there
+        argv += [*self.settings.options(kind), str(script)]  # extra_args last: an explicit --gres wins
         out = await asyncio.to_thread(self._run, argv, job_env)
         slurm_id = out.strip().splitlines()[-1].split(";")[0] if out.strip() else ""
         if not slurm_id.isdigit():
@@ -207,12 +326,9 @@ class SlurmExecutor(FileChannel):
             return ExitInfo(int(code) if code.isdigit() else 0, at=at)
         if state == "CANCELLED":
             return ExitInfo(None, at=at, note=f"cancelled on the cluster ({slurm}: CANCELLED, scancel)", stopped=True)
-        why = {"TIMEOUT": "hit its time limit", "OUT_OF_MEMORY": "ran out of memory", "NODE_FAIL": "lost its node",
-               "PREEMPTED": "was preempted", "BOOT_FAIL": "its node failed to boot",
-               "DEADLINE": "missed its deadline"}.get(state, "failed")  # fmt: skip
         number = int(code) if code.isdigit() else None
-        return ExitInfo(number, int(sig) if sig.isdigit() and int(sig) else None, at=at,
-                        note=f"{slurm} {state}: {why}" + (f" (exit code {number})" if number else ""))  # fmt: skip
+        note = _verdict(state, fields, handle) + (f" (exit code {number})" if number else "")
+        return ExitInfo(number, int(sig) if sig.isdigit() and int(sig) else None, at=at, note=note)
 
     def alive(self, handle: dict[str, Any]) -> bool:
         try:
@@ -290,6 +406,16 @@ class SlurmExecutor(FileChannel):
         return why
 
 
+def _verdict(state: str, fields: dict[str, str], handle: dict[str, Any]) -> str:
+    """Slurm's state of a job that did not complete, in words: `Slurm job 12 TIMEOUT: hit its time
+    limit (00:30:00)`."""
+    why = ENDED_BY_SLURM.get(state, "failed")
+    limit = fields.get("TimeLimit", "")
+    if state == "TIMEOUT" and limit and limit not in ("UNLIMITED", "Partition_Limit", "NONE"):
+        why += f" ({limit})"
+    return f"Slurm job {handle.get('slurm_job_id')} {state}: {why}"
+
+
 def _slurm_time(value: str | None) -> float | None:
     """Slurm's `2026-12-04T13:08:11` (the controller's local time) as a timestamp; None if unset."""
     if not value or value in ("Unknown", "None", "N/A"):
@@ -301,7 +427,13 @@ def _slurm_time(value: str | None) -> float | None:
 
 
 def _create(setup: ExecutorSetup, section: BaseModel | None) -> SlurmExecutor:
+    """ValueError (`chatops check` and `chatops run` say it) for a `[slurm.kinds.<kind>]` that names
+    no kind: its options would silently never apply."""
     slurm = section if isinstance(section, SlurmSettings) else SlurmSettings()
+    for name in sorted(set(slurm.kinds) - (setup.kinds if setup.kinds is not None else set(slurm.kinds))):
+        close = difflib.get_close_matches(name, sorted(setup.kinds or ()), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f" (the kinds: {', '.join(sorted(setup.kinds or ()))})"
+        raise ValueError(f"[slurm] kinds.{name}: there is no job kind {name!r}{hint}")
     return SlurmExecutor(slurm, python=setup.python, pass_env=setup.pass_env, secrets=setup.secrets,
                          default_dir=setup.jobs_dir)  # fmt: skip
 
