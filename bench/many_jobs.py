@@ -15,6 +15,8 @@ every `[notify] progress_seconds` (`--progress-seconds`, default the shipped 2.0
 second event is reported; a message's lag is that of the event it shows. The first 3 s of each
 round (the start-up backlog) are left out. CPU: the bot process's user+system time over the
 measured window divided by its wall time (1.0 = one core busy); the load process is not counted.
+Load: the machine's 1-minute load average before and after each round, printed below the table
+(other work on the same cores lengthens the lag).
 
     .venv/bin/python bench/many_jobs.py [--jobs 10,100,1000] [--seconds 30] [--progress-seconds 2]
 """
@@ -188,8 +190,10 @@ def main() -> int:
     counts = [int(c) for c in args.jobs.split(",") if c.strip()]
     results = []
     for count in counts:
+        before = os.getloadavg()[0]  # the machine's other work lengthens the lag: said beside it
         with tempfile.TemporaryDirectory(prefix="many-jobs-") as tmp:
             results.append(asyncio.run(round_(count, args.seconds, args.progress_seconds, Path(tmp))))
+        results[-1]["load"] = (before, os.getloadavg()[0])
     print(f"one bot, N simulated runners (1 progress/s each), live edits every {args.progress_seconds:g} s, "
           f"{args.seconds:g} s measured per round; {os.cpu_count()} CPUs, shared with the load process")  # fmt: skip
     print(f"{'jobs':>6} {'events/s':>9} {'msgs/s':>8} {'samples':>8} {'lag p50':>9} {'lag p99':>9} "
@@ -202,6 +206,8 @@ def main() -> int:
         states = ", ".join(f"{n} {state}" for (state, _kind), n in sorted(r["states"].items()))
         print(f"{r['jobs']:>6} {r['events_per_s']:>9.0f} {r['messages_per_s']:>8.0f} {len(lags):>8} {figures} "
               f"{r['cpu']:>7.2f}   {states}")  # fmt: skip
+    rounds = ", ".join("{} jobs {:.1f} -> {:.1f}".format(r["jobs"], *r["load"]) for r in results)
+    print(f"load average (1 min) before -> after each round: {rounds}")
     return 0 if all(r["lags"] for r in results) else 1
 
 

@@ -24,6 +24,7 @@ import asyncio
 import errno
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import sys
@@ -38,7 +39,7 @@ from pydantic import ValidationError
 from jobs import protocol
 from jobs.db import retry_locked
 from jobs.errors import JobError, QuotaExceeded
-from jobs.executors.base import Executor, ExitInfo
+from jobs.executors.base import Executor, ExitInfo, FileChannel
 from jobs.gpus import GpuPool, gpus_wanted, renumbered
 from jobs.paths import confined
 from jobs.provenance import Recorder, interpreter_of
@@ -89,6 +90,11 @@ PARK_RETRY = 10.0  # seconds before a job parked for an unreachable executor (or
 # Seconds of event work on the loop before its transaction commits and the loop serves others: a
 # chunk of events is stored in a few short transactions, not one that holds the loop (and the lock).
 BATCH_SECONDS = 0.01
+# Bytes of new events read on the loop itself: a few new lines are read in about 30 µs, half a
+# worker thread's round trip (60 µs, and a wake-up of the loop), which a thousand jobs writing once
+# a second paid a thousand times a second. More (a backlog) is read in a worker thread, a chunk at
+# a time, and never holds the loop.
+INLINE_READ = 64 * 1024
 
 
 @dataclass
@@ -162,7 +168,15 @@ class JobManager:
         # Job id -> (run, state, reason, when): an end decided but not stored yet (the write failed);
         # the next pass stores the same verdict, not one the decision's own effects changed (a kill).
         self._verdicts: dict[str, tuple[int, str, str, float | None]] = {}
-        self._behind = False  # a pass read events: more may be waiting, the next pass comes at once
+        # A pass left events unread (a backlog is read a chunk per pass): the next comes at once.
+        self._behind = False
+        # Its runners' events are the job folder's `events.jsonl` (the file channel as it is, not
+        # Ray's key-value store) on this machine's disk (`local_files`: a `stat` tells its true
+        # size): a visit reads it only when the file is longer than the offset.
+        self._reads_folder = (
+            getattr(executor, "local_files", False) is True
+            and getattr(type(executor), "read_events", None) is FileChannel.read_events
+        )
         self._faults: set[str] = set()  # store failures logged in this episode (until a write succeeds)
         # The last "disk full" a store or file write met (the database's, a job folder's), None once
         # a write succeeds again: `/healthz` reports it.
@@ -485,44 +499,56 @@ class JobManager:
                 raise
             except Exception:
                 log.exception("job manager tick failed")
-            # A pass that read events may have left more (a backlog is read a chunk per pass):
-            # the next comes at once, after the loop has served everything else waiting.
+            # A pass that left events unread (a backlog is read a chunk per pass): the next comes
+            # at once, after the loop has served everything else waiting. At a steady pace the
+            # watcher sleeps between passes, however many jobs wrote something.
             await asyncio.sleep(0 if self._behind else self.poll_interval)
 
     async def tick(self) -> None:
         """One pass: ingest events of active jobs, detect ends, start queued jobs. A job whose
         store write fails (a locked or full database, a full disk) is left as stored and tried
-        again at the next pass; the other jobs go on."""
+        again at the next pass; the other jobs go on. Each job is read (decoded) once by the pass's
+        listing, and again only under the write lock when something is to be written."""
         async with self._lock:
             self._behind = False
             watched: set[str] = set()
+            served = time.perf_counter()
             for listed in self.store.list(ACTIVE_STATES | {QUEUED}, limit=10_000):
                 if listed.state == QUEUED and not _parked(listed):
                     continue
                 watched.add(listed.id)
                 await self._guarded(f"job {listed.id}", self._tend(listed))
+                if time.perf_counter() - served > BATCH_SECONDS:
+                    # A long pass (a thousand jobs) lets the loop serve the rest between stretches
+                    # of it: chat, and the outbox delivering what the pass announced so far.
+                    await asyncio.sleep(0)
+                    served = time.perf_counter()
             for table in (self._heard, self._retry_due, self._verdicts):
                 for job_id in set(table) - watched:  # ended (here or in another process), or gone
                     del table[job_id]
             await self._guarded("starting queued jobs", self._schedule())
 
     async def _tend(self, listed: Job) -> None:
-        """One job's part of a pass. Another bot process may share the database (`chatops send
-        --wait` beside `chatops run`): under the write lock and re-read, each event is applied and
-        announced once, and an exit is judged only after the events before it."""
-        job = self.store.get(listed.id)
-        if job is not None and _parked(job):
+        """One job's part of a pass, `listed` as the pass's listing read it. Another bot process may
+        share the database (`chatops send --wait` beside `chatops run`): under the write lock and
+        re-read, each event is applied and announced once, and an exit is judged only after the
+        events before it. A visit with nothing to write (the runner lives, no event is new, nothing
+        is due) takes no lock and reads the job no second time."""
+        if _parked(listed):
             with self.store.transaction():
                 job = self.store.get(listed.id)
                 if job is not None and _parked(job):
                     await self._check_parked(job)
             return
-        if job is None or job.state not in ACTIVE_STATES:
+        if listed.state not in ACTIVE_STATES:
             return
         # Asked before the read: every event the runner wrote before it ended is then in the file.
-        run = job.runs
-        exit_info = self.executor.poll(job.id, job.handle) if job.handle else None
-        caught_up = await self._ingest(job)
+        run = listed.runs
+        exit_info = self.executor.poll(listed.id, listed.handle) if listed.handle else None
+        caught_up, latest = await self._ingest(listed)
+        self._observe(latest)
+        if exit_info is None and self._settled(latest):
+            return
         with self.store.transaction():
             job = self.store.get(listed.id)
             if job is None or job.state not in ACTIVE_STATES:
@@ -537,24 +563,70 @@ class JobManager:
                 # restart): the kill after `stop_timeout` is this process's to do.
                 self._kill_later_task(job.id)
 
-    async def _ingest(self, job: Job) -> bool:
-        """Read one bounded chunk of the runner's new events in a worker thread (the file read never
-        holds the loop) and store it on the loop (the database connection is the loop's), in short
-        transactions that yield to the loop between them. The offset advances in the transaction
-        that stores the chunk's last event, so a failed write loses nothing: the chunk is read
-        again and what was stored already is skipped by its number. True when there was nothing
-        new to read (caught up)."""
+    def _settled(self, job: Job) -> bool:
+        """Whether the locked part of a visit (`_check_health`, `_check_stall`, backing a stop up)
+        would find nothing to do for `job`, a copy read in this pass: running or paused, no verdict
+        pending, heard from within the heartbeat timeout, neither stalled nor due to stall, no stop
+        to back up. In doubt it says no: the visit then takes the lock and reads the job again."""
+        heard = self._heard.get(job.id)
+        if heard is None or job.state not in (RUNNING, PAUSED) or job.id in self._verdicts:
+            return False
+        if job.stop_requested and job.id not in self._kill_tasks:
+            return False
+        now = self.clock()
+        if now - heard.at > self.heartbeat_timeout:
+            return False  # `_silence_verdict` decides
+        if job.state == RUNNING:
+            if job.stalled_at is not None or heard.stalled is not None:
+                return False  # `_check_stall` follows a stall, or forgets one another process cleared
+            limit = self._stall_seconds(job) * 60
+            if limit > 0 and now - heard.moved >= limit:
+                return False
+        return True
+
+    def _events_size(self, job: Job) -> int | None:
+        """The length of the job's `events.jsonl` now (0 when there is none yet), where its runner
+        writes it on this machine's disk (the local executor's); None where the events come another
+        way (a shared folder, Ray's key-value store) or the file cannot be looked at: read them."""
+        if not self._reads_folder:
+            return None
+        try:
+            return os.stat(os.path.join(job.job_dir, protocol.EVENTS_FILE)).st_size
+        except FileNotFoundError:
+            return 0
+        except OSError:
+            return None
+
+    async def _ingest(self, job: Job) -> tuple[bool, Job]:
+        """Read one bounded chunk of the runner's new events in a worker thread (a backlog's read
+        never holds the loop; a few new lines are read on the loop, see INLINE_READ) and store it
+        on the loop (the database connection is the loop's), in short transactions that yield to
+        the loop between them. The offset advances in the transaction that stores the chunk's
+        last event, so a failed write loses nothing: the chunk is read again and what was stored
+        already is skipped by its number. Returns whether there was
+        nothing new to read (caught up), and the job as stored after the chunk (`job` itself when
+        nothing was stored). An events file no longer than the stored offset is not read at all."""
         start = job.events_offset
-        events, end = await asyncio.to_thread(self.executor.read_events, job, start)
+        size = self._events_size(job)
+        if size is not None and size <= start:
+            return True, job
+        if size is not None and size - start <= INLINE_READ:
+            events, end = self.executor.read_events(job, start)
+        else:
+            events, end = await asyncio.to_thread(self.executor.read_events, job, start)
         if end == start:
-            return True
-        self._behind = True
+            return True, job
+        if size is None or size > end:
+            # The file held more than this chunk when the pass looked (a backlog, or a line
+            # still being written, which the next pass finds short and stops at).
+            self._behind = True
         done = 0
         while True:
             with self.store.transaction():
                 fresh = self.store.get(job.id)
                 if fresh is None or fresh.events_offset != start:
-                    return False  # another bot process stored this chunk meanwhile
+                    return False, job  # another bot process stored this chunk meanwhile
+                as_read = self.store.row_of(fresh)  # its save writes only what the events changed
                 if fresh.runs == job.runs:
                     for key, value in job.handle.items():  # what the read noted (Ray's `seq_base`)
                         fresh.handle.setdefault(key, value)
@@ -569,12 +641,15 @@ class JobManager:
                     fresh.last_event_at = _stamp(event, self.wall())
                     if event.get("type") in _STIRRING:
                         fresh.progress_at = fresh.last_event_at
+                    state = fresh.state
                     await self._apply(fresh, event)
+                    if fresh.state != state:  # moved, and saved whole (or another process's move taken)
+                        as_read = self.store.row_of(fresh)
                 if done == len(events):
                     fresh.events_offset = end
-                self.store.save(fresh)
+                self.store.save(fresh, as_read)
             if done == len(events):
-                return False
+                return False, fresh
             await asyncio.sleep(0)
 
     def _observe(self, job: Job) -> None:
@@ -582,7 +657,7 @@ class JobManager:
         by another bot process: its number), progress (`progress_at`), new output (runner.log). A job
         seen for the first time (this process just started) counts as heard and moving now."""
         now = self.clock()
-        output = _output_mark(job.dir)
+        output = _output_mark(job.job_dir)
         heard = self._heard.get(job.id)
         if heard is None:
             self._heard[job.id] = _Heard(job.last_seq, now, job.progress_at, output, now)
@@ -594,7 +669,9 @@ class JobManager:
 
     def _fresh(self, job: Job) -> None:
         """A run starts (or a parked job was started by its executor): silence counts from now."""
-        self._heard[job.id] = _Heard(job.last_seq, self.clock(), job.progress_at, _output_mark(job.dir), self.clock())
+        self._heard[job.id] = _Heard(
+            job.last_seq, self.clock(), job.progress_at, _output_mark(job.job_dir), self.clock()
+        )
         self._verdicts.pop(job.id, None)
 
     async def _guarded(self, where: str, work: Awaitable[None]) -> None:
@@ -851,6 +928,10 @@ class JobManager:
         return len(self.gpus.devices) if self.gpus is not None else self.executor.gpu_count()
 
     async def _schedule(self) -> None:
+        # Counted before anything is listed: with nothing queued, or no slot free, the plan is
+        # empty (a full machine never looks at its queue), and a pass lists every job only once.
+        if not self.store.count({QUEUED}) or self.store.count(ACTIVE_STATES) >= self.max_parallel:
+            return
         starts, waits = self._plan(self.store.list(ACTIVE_STATES | {QUEUED}, limit=10_000))
         for job, reason in waits:
             if job.error != reason:
@@ -1100,10 +1181,11 @@ def _output_at(job_dir: Path) -> float | None:
         return None
 
 
-def _output_mark(job_dir: Path) -> tuple[int, int] | None:
-    """runner.log's size and modification time: when either changes, the runner printed."""
+def _output_mark(job_dir: str | Path) -> tuple[int, int] | None:
+    """runner.log's size and modification time: when either changes, the runner printed. (Asked
+    of every job at every pass: a plain `os.stat`, no `Path` built.)"""
     try:
-        stat = (Path(job_dir) / protocol.LOG_FILE).stat()
+        stat = os.stat(os.path.join(job_dir, protocol.LOG_FILE))
     except OSError:
         return None
     return stat.st_size, stat.st_mtime_ns

@@ -25,6 +25,12 @@ from jobs.environment import job_environment, kind_environment
 from jobs.executors.base import ExecutorPlugin, ExecutorSetup, ExitInfo, FileChannel
 from jobs.protocol import LOG_FILE
 
+# Seconds between two psutil probes of a runner this process did not start (a re-attached one):
+# the manager polls every job at every pass, and at a thousand jobs the probes were a fifth of an
+# idle pass.
+# A runner killed -9 is still noticed within this much more than a pass.
+PROBE_SECONDS = 2.0
+
 
 def _gpu_usage(pid: int) -> dict[str, Any]:
     """GPU memory of the runner and the device's utilisation, where nvidia-smi exists."""
@@ -52,6 +58,11 @@ def _gpu_usage(pid: int) -> dict[str, Any]:
 
 
 class LocalExecutor(FileChannel):
+    # Its runners write their job folders on this machine's own disk: the size `stat` gives is the
+    # file's, so the manager reads `events.jsonl` only when it grew. (Over NFS a `stat` may answer a
+    # cached size for seconds where an `open` sees the new lines: a Slurm folder is always read.)
+    local_files = True
+
     def __init__(
         self,
         python: str | None = None,
@@ -73,6 +84,8 @@ class LocalExecutor(FileChannel):
         self._exits: dict[str, tuple[int, ExitInfo]] = {}
         self._gpus: int | None = None
         self._gpus_known = False
+        # Job id -> (pid, monotonic time) of the last probe that found a re-attached runner alive.
+        self._seen_alive: dict[str, tuple[int, float]] = {}
 
     def gpu_count(self) -> int | None:
         """Without a CUDA device node there is nothing to ask; otherwise the runner's own Python
@@ -114,6 +127,7 @@ class LocalExecutor(FileChannel):
             )
         self._children[job_id] = proc
         self._exits.pop(job_id, None)
+        self._seen_alive.pop(job_id, None)
         try:
             created = psutil.Process(proc.pid).create_time()
         except psutil.Error:
@@ -134,9 +148,16 @@ class LocalExecutor(FileChannel):
             info = ExitInfo(code, -code if code < 0 else None, at=time.time())
             self._exits[job_id] = (proc.pid, info)
             return info
-        # Not our child (the bot restarted): the pid and its start time identify the runner.
-        if self.alive(handle):
+        # Not our child (the bot restarted): the pid and its start time identify the runner, asked
+        # at most every PROBE_SECONDS.
+        pid = handle.get("pid")
+        seen = self._seen_alive.get(job_id)
+        if seen is not None and seen[0] == pid and time.monotonic() - seen[1] < PROBE_SECONDS:
             return None
+        if self.alive(handle):
+            self._seen_alive[job_id] = (pid, time.monotonic())
+            return None
+        self._seen_alive.pop(job_id, None)
         parent = handle.get("parent")
         if parent and parent != os.getpid() and psutil.pid_exists(parent):
             # Its launcher (another bot process on this data dir) still runs and can read the
@@ -145,6 +166,7 @@ class LocalExecutor(FileChannel):
         return ExitInfo(None)
 
     async def kill(self, job_id: str, handle: dict[str, Any], *, force: bool) -> None:
+        self._seen_alive.pop(job_id, None)  # the next poll asks again
         pid = handle.get("pid")
         if not pid or not self.alive(handle):
             return
