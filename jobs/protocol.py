@@ -327,6 +327,14 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def _read_at(fh: BinaryIO, offset: int, most: int) -> bytes:
+    """Up to `most` bytes from `offset`, asking for no more than the file holds: `read(n)` sets
+    aside n bytes first, and a chunk's megabyte for the few new lines of a progress event cost
+    as much as the rest of the read."""
+    fh.seek(offset)
+    return fh.read(max(0, min(most, os.fstat(fh.fileno()).st_size - offset)))
+
+
 def read_events(
     path: Path, offset: int, source: str | None = None, *, max_bytes: int | None = None
 ) -> tuple[list[dict[str, Any]], int]:
@@ -345,15 +353,13 @@ def read_events(
         with open(path, "rb") as fh:
             if _inside_long_line(fh, offset, size):
                 # An earlier call skipped the start of this line: on to its end, then as usual.
-                fh.seek(offset)
-                data = fh.read(size)
+                data = _read_at(fh, offset, size)
                 cut = data.find(b"\n")
                 if cut < 0:
                     return [], offset + len(data)
                 offset, data = offset + cut + 1, data[cut + 1 :]
             else:
-                fh.seek(offset)
-                data = fh.read(size)
+                data = _read_at(fh, offset, size)
     except FileNotFoundError:
         return [], offset
     end = data.rfind(b"\n")
