@@ -113,7 +113,8 @@ class ExecutorPlugin:
     its own config section `[<name>]` (env `CHATOPS_<NAME>__<KEY>`) is validated by `settings`.
 
     An executor may also have `jobs_dir`, a folder the job folders must live in (a cluster's shared
-    file system), and `describe(handle)`, a line for `status` (where a job waits or runs)."""
+    file system), `describe(handle)`, a line for `status` (where a job waits or runs), and
+    `local_files = True`, its runners' folders on the bot's own disk (events read only when grown)."""
 
     name: str
     create: Callable[[ExecutorSetup, BaseModel | None], Executor]  # its section's settings, or None
